@@ -1,0 +1,96 @@
+"""The executable semantics of a spec: the definition every kernel is tested against.
+
+    S     = scale * Q K^T                      (per query head h; K, V of head h // (Hq/Hkv))
+    S'    = score expression of S              (`score` = S)
+    S'    = -inf where the mask is false or the block layout is zero
+    P     = softmax(S') over keys;  lse = logsumexp(S')
+    P     = P * keep / (1 - p)                 (dropout, Philox mask; lse unchanged)
+    O     = P V
+
+A row with no visible key gives O = 0 and lse = -inf, never NaN (gradients too).
+Runs on any device, in float64, float32, or the input's own low precision."""
+from __future__ import annotations
+
+import torch
+
+from ..ir.nodes import AttentionSpec
+from ..runtime.arguments import BoundCall, bind
+from .evaluate import Evaluator
+from .philox import keep_mask, resolve_seed
+
+
+def grid_variables(B: int, H: int, Nq: int, Nk: int, device) -> dict[str, torch.Tensor]:
+    """The built-in index variables, shaped to broadcast over [B, H, Nq, Nk]."""
+    def ar(n, shape):
+        return torch.arange(n, dtype=torch.int32, device=device).view(shape)
+    return {"b": ar(B, (B, 1, 1, 1)), "h": ar(H, (1, H, 1, 1)),
+            "q_idx": ar(Nq, (1, 1, Nq, 1)), "kv_idx": ar(Nk, (1, 1, 1, Nk)),
+            "q_len": torch.tensor(Nq, dtype=torch.int32, device=device),
+            "kv_len": torch.tensor(Nk, dtype=torch.int32, device=device)}
+
+
+def visible(spec: AttentionSpec, call: BoundCall, dtype=torch.float64) -> torch.Tensor | None:
+    """bool [B or 1, H or 1, Nq, Nk]: the mask and block layout together (None: all visible)."""
+    B, H, _, Nq, Nk = call.shape
+    device = call.q.device
+    keep = None
+    if spec.mask is not None:
+        ev = Evaluator(spec, grid_variables(B, H, Nq, Nk, device), call.params, dtype, device)
+        keep = ev(spec.mask)
+    if call.layout is not None:
+        bs = spec.block_sparse
+        rows = torch.arange(Nq, device=device) // bs.block_q
+        cols = torch.arange(Nk, device=device) // bs.block_k
+        blocks = call.layout[:, rows][:, :, cols].unsqueeze(0)      # [1, H or 1, Nq, Nk]
+        keep = blocks if keep is None else keep & blocks
+    return keep
+
+
+def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = False):
+    spec = call.spec
+    B, H, Hkv, Nq, Nk = call.shape
+    dtype = dtype or call.q.dtype
+    device = call.q.device
+    q, k, v = (t.to(dtype) for t in (call.q, call.k, call.v))
+    params = {n: (p.to(dtype) if isinstance(p, torch.Tensor) and p.is_floating_point() else p)
+              for n, p in call.params.items()}
+    group = H // Hkv
+    if group > 1:                                      # GQA: head h reads kv head h // group
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+    s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
+    if spec.score is not None:
+        variables = grid_variables(B, H, Nq, Nk, device)
+        variables["score"] = s
+        s = Evaluator(spec, variables, params, dtype, device)(spec.score)
+        s = s.expand(B, H, Nq, Nk)
+    keep = visible(spec, call, dtype)
+    if keep is not None:
+        s = s.masked_fill(~keep, float("-inf"))
+    # softmax that gives 0 (not NaN) for a row with no visible key, in values and gradients
+    row_max = s.amax(dim=-1, keepdim=True).detach()
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    e = torch.exp(s - row_max)
+    total = e.sum(dim=-1, keepdim=True)
+    empty = total == 0
+    p = e / torch.where(empty, torch.ones_like(total), total)
+    if call.dropout_p > 0:
+        seed, offset = resolve_seed(call.seed, device)
+        drop_keep = keep_mask(seed, offset, call.dropout_p, B, H, Nq, Nk, device)
+        p = p * drop_keep.to(dtype) / (1.0 - call.dropout_p)
+    out = torch.matmul(p, v)
+    if not return_lse:
+        return out
+    lse = torch.where(empty, torch.full_like(total, float("-inf")),
+                      torch.log(torch.where(empty, torch.ones_like(total), total)) + row_max)
+    return out, lse.squeeze(-1)
+
+
+def reference(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None,
+              return_lse=False, layout=None, dtype: torch.dtype | None = None, **params):
+    """Attention as the spec defines it, computed with PyTorch ops (autograd works).
+
+    `dtype` computes in another precision than the inputs' (e.g. torch.float64)."""
+    call = bind(spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed, layout=layout,
+                params=params)
+    return run(call, dtype=dtype, return_lse=return_lse)

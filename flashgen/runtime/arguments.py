@@ -1,0 +1,200 @@
+"""Checking and binding the arguments of a call, before anything runs.
+
+The reference and the kernels share this, so a wrong tensor gets the same plain
+message from both: which argument, what was expected, what came."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..ir.nodes import AttentionSpec, ParamDecl
+from ..spec.errors import did_you_mean
+from ..reference.patterns import block_counts, fixed_layout
+from ..reference.philox import threshold
+
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+PARAM_DTYPES = {"f32": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
+                "i32": (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8),
+                "bool": (torch.bool,)}
+
+
+class ArgumentError(ValueError):
+    """A call's arguments do not fit the spec; the message says which and how."""
+
+
+@dataclass
+class BoundCall:
+    spec: AttentionSpec
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    scale: float
+    dropout_p: float
+    seed: object
+    layout: torch.Tensor | None                        # [Hq or 1, q_blocks, kv_blocks] bool
+    params: dict[str, object] = field(default_factory=dict)   # tensors or Python scalars
+    sizes: dict[str, int] = field(default_factory=dict)       # B, H, Hkv, Nq, Nk, and free symbols
+
+    @property
+    def shape(self):
+        s = self.sizes
+        return s["B"], s["H"], s["Hkv"], s["Nq"], s["Nk"]
+
+
+def _fail(message: str):
+    raise ArgumentError(message)
+
+
+def _check_qkv(spec: AttentionSpec, q, k, v, for_kernel: bool) -> dict[str, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            _fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            _fail(f"{name} must be 4-D [batch, heads, seq, head_dim], got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        _fail(f"q, k and v must have one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        _fail(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if for_kernel:
+        allowed = [TORCH_DTYPES[d] for d in spec.dtypes]
+        if q.dtype not in allowed:
+            _fail(f"q has dtype {q.dtype}, but '{spec.name}' is built for "
+                  f"{', '.join(spec.dtypes)}; convert with q.to({allowed[0]}) "
+                  "or add the dtype to the spec's `dtype =` line")
+        if q.device.type != "cuda":
+            _fail(f"q is on {q.device}; the kernel needs CUDA tensors (use op.reference(...) on "
+                  "the CPU)")
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.stride(-1) != 1:
+                _fail(f"{name}'s last dim must be contiguous (stride 1), got strides "
+                      f"{tuple(t.stride())}; call {name}.contiguous()")
+    elif not q.is_floating_point():
+        _fail(f"q must be a floating-point tensor, got {q.dtype}")
+    B, Hq, Nq, d = q.shape
+    Bk, Hkv, Nk, dk = k.shape
+    Bv, Hv, Nv, dv = v.shape
+    if Bk != B or Bv != B:
+        _fail(f"batch sizes differ: q has {B}, k has {Bk}, v has {Bv}")
+    if Hv != Hkv:
+        _fail(f"k and v must have the same number of heads, got {Hkv} and {Hv}")
+    if Nv != Nk:
+        _fail(f"k and v must have the same sequence length, got {Nk} and {Nv}")
+    if Hkv == 0 or Hq % Hkv:
+        _fail(f"q's heads ({Hq}) must be a multiple of k/v's heads ({Hkv}) (GQA/MQA)")
+    if dk != d:
+        _fail(f"q and k head dims differ: {d} and {dk}")
+    if d not in spec.head_dims:
+        _fail(f"head dim {d} is not one of the spec's ({', '.join(map(str, spec.head_dims))}); "
+              "add it to `head_dim =` in the spec")
+    if dv != spec.value_dim_for(d):
+        _fail(f"v's head dim is {dv}, the spec expects {spec.value_dim_for(d)}"
+              + (" (set `value_dim =` in the spec for a different one)" if spec.value_dim is None
+                 else ""))
+    return {"B": B, "H": Hq, "Hkv": Hkv, "Nq": Nq, "Nk": Nk}
+
+
+def _bind_dims(p: ParamDecl, t: torch.Tensor, sizes: dict[str, int]) -> None:
+    if t.dim() != len(p.shape):
+        _fail(f"parameter '{p.name}' must have {len(p.shape)} dim(s) "
+              f"[{', '.join(map(str, p.shape))}], got shape {tuple(t.shape)}")
+    for axis, (dim, n) in enumerate(zip(p.shape, t.shape)):
+        if dim.size is not None:
+            expected = dim.size
+        elif dim.symbol == "N":
+            if sizes["Nq"] != sizes["Nk"]:
+                _fail(f"parameter '{p.name}' uses N, which needs q and k of one length; got "
+                      f"Nq={sizes['Nq']}, Nk={sizes['Nk']} (declare it with Nq or Nk instead)")
+            expected = sizes["Nq"]
+        else:
+            expected = sizes.setdefault(dim.symbol, n)
+        if n != expected:
+            _fail(f"parameter '{p.name}' has size {n} in dim {axis} ({dim}); expected {expected}"
+                  f" (shape [{', '.join(map(str, p.shape))}])")
+
+
+def _bind_param(p: ParamDecl, value, sizes, device, for_kernel: bool):
+    if p.is_tensor:
+        if not isinstance(value, torch.Tensor):
+            _fail(f"parameter '{p.name}' must be a tensor [{', '.join(map(str, p.shape))}] of "
+                  f"{p.element}, got {type(value).__name__}")
+        if value.dtype not in PARAM_DTYPES[p.element]:
+            _fail(f"parameter '{p.name}' must hold {p.element} values, got {value.dtype}")
+        if value.device != device:
+            _fail(f"parameter '{p.name}' is on {value.device}, q is on {device}")
+        _bind_dims(p, value, sizes)
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            _fail(f"parameter '{p.name}' is a scalar {p.element}, got a tensor of shape "
+                  f"{tuple(value.shape)}")
+        value = value.item()
+    if p.element == "bool":
+        if not isinstance(value, bool):
+            _fail(f"parameter '{p.name}' must be a bool, got {value!r}")
+        return value
+    if p.element == "i32":
+        if isinstance(value, bool) or not isinstance(value, int) or not -2**31 <= value < 2**31:
+            _fail(f"parameter '{p.name}' must be a 32-bit int, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(f"parameter '{p.name}' must be a number, got {value!r}")
+    return float(value)
+
+
+def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, layout=None,
+         params: dict | None = None, for_kernel: bool = False) -> BoundCall:
+    """Check every argument of a call against the spec and bind the shape symbols."""
+    sizes = _check_qkv(spec, q, k, v, for_kernel)
+    params = dict(params or {})
+    unknown = [n for n in params if n not in {p.name for p in spec.params}]
+    if unknown:
+        names = [p.name for p in spec.params]
+        hint = did_you_mean(unknown[0], names)
+        _fail(f"'{spec.name}' has no parameter '{unknown[0]}'"
+              + (f"; {hint}" if hint else f"; its parameters: {', '.join(names) or 'none'}"))
+    bound = {}
+    for p in spec.params:
+        if p.name not in params:
+            if p.default is None:
+                kind = f"tensor [{', '.join(map(str, p.shape))}]" if p.is_tensor else "scalar"
+                _fail(f"missing parameter '{p.name}' ({p.element} {kind}): pass {p.name}=...")
+            bound[p.name] = p.default
+        else:
+            bound[p.name] = _bind_param(p, params[p.name], sizes, q.device, for_kernel)
+    if scale is None:
+        scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        _fail(f"scale must be a finite number, got {scale!r}")
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) \
+            or not 0.0 <= dropout_p < 1.0:
+        _fail(f"dropout_p must be in [0, 1), got {dropout_p!r}")
+    if dropout_p > 0 and not spec.dropout:
+        _fail(f"'{spec.name}' has no dropout; add a `dropout` line to the spec to use dropout_p")
+    threshold(float(dropout_p))
+    layout = _bind_layout(spec, layout, sizes, q.device)
+    return BoundCall(spec, q, k, v, float(scale), float(dropout_p), seed, layout, bound, sizes)
+
+
+def _bind_layout(spec: AttentionSpec, layout, sizes, device):
+    bs = spec.block_sparse
+    if bs is None or bs.pattern != "layout":
+        if layout is not None:
+            _fail(f"'{spec.name}' takes no layout"
+                  + ("; its block pattern is built in" if bs is not None else
+                     "; add `block_sparse = layout(block = 128)` to the spec to pass one"))
+        return fixed_layout(bs, sizes["Nq"], sizes["Nk"], device) if bs is not None else None
+    qb, kb = block_counts(bs, sizes["Nq"], sizes["Nk"])
+    if layout is None:
+        _fail(f"'{spec.name}' needs a block layout: pass layout=<bool tensor "
+              f"[{sizes['H']} or 1, {qb}, {kb}]>")
+    if not isinstance(layout, torch.Tensor) or layout.dtype != torch.bool:
+        _fail("layout must be a bool tensor")
+    if layout.dim() != 3 or layout.shape[0] not in (1, sizes["H"]) \
+            or tuple(layout.shape[1:]) != (qb, kb):
+        _fail(f"layout must have shape [{sizes['H']} or 1, {qb}, {kb}] (blocks of "
+              f"{bs.block_q}x{bs.block_k}), got {tuple(layout.shape)}")
+    if layout.device != device:
+        _fail(f"layout is on {layout.device}, q is on {device}")
+    return layout
