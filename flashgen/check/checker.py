@@ -421,6 +421,7 @@ class Checker:
         seen: dict[str, ast.Statement] = {}
         head_dims, value_dim, dtypes, scale = HEAD_DIMS, None, DTYPES, None
         masks, scores, dropout, block_sparse = [], [], False, None
+        mask_spans, score_spans = [], []
         for s in node.statements:
             kind = type(s).__name__
             if kind in ("HeadDim", "ValueDim", "DType", "Scale", "Dropout", "BlockSparse"):
@@ -462,6 +463,7 @@ class Checker:
                         self._fail(s.expr.span, f"a mask must be a condition (bool), got {m.type}",
                                    "compare indices, e.g. `mask = q_idx >= kv_idx`")
                     masks.append(m)
+                    mask_spans.append(s.span)
                 elif isinstance(s, ast.Score):
                     e = self.expr(s.expr, _Scope("score"))
                     if e.type is Type.BOOL:
@@ -469,6 +471,7 @@ class Checker:
                                    "to drop pairs write a `mask = ...`, or "
                                    "`score = if <cond> then score else -inf`")
                     scores.append((_as_float(e), s))
+                    score_spans.append(s.span)
                 elif isinstance(s, ast.Dropout):
                     dropout = True
                 elif isinstance(s, ast.BlockSparse):
@@ -477,6 +480,9 @@ class Checker:
                 continue
         if len(self.report.errors) > n_errors:
             return None
+        masks = [fold(m) for m in masks]
+        scores = [(fold(e), s) for e, s in scores]
+        self.lets = {n: ir.LetDef(n, fold(let.expr), span=let.span) for n, let in self.lets.items()}
         mask = None
         for m in masks:
             mask = m if mask is None else ir.Binary("and", mask, m, type=Type.BOOL, span=m.span)
@@ -491,7 +497,7 @@ class Checker:
         score_derivative = None
         if score is not None:
             try:
-                score_derivative = derivative(score)
+                score_derivative = fold(derivative(score))
             except NotDifferentiable as err:
                 self.report.error(err.node.span, f"the score is not differentiable in `score`: it "
                                   f"goes through {err.what}",
@@ -506,7 +512,8 @@ class Checker:
             name=node.name.text, head_dims=head_dims, value_dim=value_dim, dtypes=dtypes,
             scale=scale, params=tuple(self.params.values()), lets=tuple(self.lets.values()),
             mask=mask, score=score, score_derivative=score_derivative, dropout=dropout,
-            block_sparse=block_sparse, source=self.source, span=node.span)
+            block_sparse=block_sparse, mask_spans=tuple(mask_spans),
+            score_spans=tuple(score_spans), source=self.source, span=node.span)
 
     def _let(self, s: ast.Let) -> None:
         name = s.name.text
@@ -546,6 +553,19 @@ class Checker:
                               "add one, e.g. `attention causal { mask = causal }`")
         self.report.raise_if_errors()
         return specs
+
+
+def fold(e: ir.Expr) -> ir.Expr:
+    """Replace every constant subtree by its value (ints wrap as int32, as in CUDA)."""
+    def constant(node: ir.Expr):
+        if isinstance(node, ir.Const) or any(
+                isinstance(n, (ir.Var, ir.ScalarParam, ir.Load, ir.Local)) for n in node.walk()):
+            return None
+        value = evaluate(node)
+        if node.type is Type.FLOAT and isinstance(value, float) and math.isnan(value):
+            return None                 # keep 0/0 visible rather than a NaN literal
+        return ir.Const(value, type=node.type, span=node.span)
+    return ir.transform(e, constant)
 
 
 def _as_float(e: ir.Expr) -> ir.Expr:

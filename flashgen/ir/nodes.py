@@ -187,6 +187,8 @@ class AttentionSpec:
     score_derivative: Expr | None      # d score / d score (float); None when score is None
     dropout: bool
     block_sparse: BlockSparse | None
+    mask_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
+    score_spans: tuple[Span, ...] = field(default=(), compare=False, repr=False)
     source: Source = field(compare=False, repr=False, default=Source(""))
     span: Span = field(default=NOWHERE, compare=False, repr=False)
 

@@ -1,0 +1,139 @@
+"""The Python API: load a spec, compile it to an op, generate its CUDA sources."""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import torch
+
+from . import resources
+from .check.checker import check_source
+from .ir.nodes import AttentionSpec
+from .reference.attention import run as run_reference
+from .render.variant import render_variant
+from .runtime.arguments import bind
+from .spec.errors import Diagnostic, SpecError, did_you_mean
+from .spec.parse import parse
+
+
+class SpecNotFound(LookupError):
+    """A spec argument names no file, no shipped spec and is not spec text."""
+
+
+@functools.cache
+def shipped() -> dict[str, Path]:
+    """Shipped specs: attention name -> file."""
+    index = {}
+    for path in sorted(resources.specs_dir().glob("*.attn")):
+        for attention in parse(path.read_text(), str(path)).attentions:
+            index[attention.name.text] = path
+    return index
+
+
+def _display_path(path: Path) -> str:
+    """How generated code names a spec file: shipped specs relative to the repository,
+    so that `flashgen generate` output is the same on every machine."""
+    try:
+        return str(path.resolve().relative_to(resources.specs_dir().parent.parent)).replace(os.sep, "/")
+    except ValueError:
+        return str(path)
+
+
+def _source_of(spec: str | os.PathLike) -> tuple[str, str]:
+    """(text, path) for a path, spec text, or shipped spec name."""
+    if isinstance(spec, os.PathLike) or (isinstance(spec, str) and "{" not in spec
+                                          and (spec.endswith(".attn") or os.sep in spec)):
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecNotFound(f"no spec file '{path}'")
+        return path.read_text(), _display_path(path)
+    if "{" in spec:
+        return spec, "<string>"
+    if spec in shipped():
+        path = shipped()[spec]
+        return path.read_text(), _display_path(path)
+    if Path(spec).is_file():
+        return Path(spec).read_text(), str(spec)
+    hint = did_you_mean(spec, shipped())
+    raise SpecNotFound(f"'{spec}' is not a spec file, spec text, or a shipped spec"
+                       + (f"; {hint}" if hint else "; `flashgen list` shows the shipped specs"))
+
+
+def load_all(spec: str | os.PathLike) -> tuple[list[AttentionSpec], list[Diagnostic]]:
+    """Every attention block of a spec, checked; and the checker's warnings."""
+    text, path = _source_of(spec)
+    result = check_source(text, path)
+    if isinstance(spec, str) and spec in shipped() and "{" not in spec:
+        result.specs = [s for s in result.specs if s.name == spec] or result.specs
+    return result.specs, result.warnings
+
+
+def load(spec: str | os.PathLike, name: str | None = None) -> AttentionSpec:
+    """One checked attention block (`name` picks it when the file holds several)."""
+    specs, _ = load_all(spec)
+    if name is not None:
+        for s in specs:
+            if s.name == name:
+                return s
+        names = [s.name for s in specs]
+        hint = did_you_mean(name, names)
+        raise SpecNotFound(f"no attention '{name}' in the spec"
+                           + (f"; {hint}" if hint else f"; it holds {', '.join(names)}"))
+    if len(specs) > 1:
+        raise SpecNotFound(f"the spec holds {len(specs)} attention blocks "
+                           f"({', '.join(s.name for s in specs)}); pick one with name=...")
+    return specs[0]
+
+
+class AttentionOp:
+    """A compiled attention variant: `op(q, k, v, **params)` runs its kernel on CUDA
+    tensors; `op.reference(...)` computes the same function with PyTorch ops."""
+
+    def __init__(self, spec: AttentionSpec):
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return f"<flashgen op {self.spec.name}>"
+
+    def __call__(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
+                 layout=None, **params):
+        bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed, layout=layout,
+             params=params, for_kernel=True)
+        raise NotImplementedError(
+            f"the CUDA kernels of '{self.spec.name}' are not part of this flashgen version "
+            "yet; op.reference(...) computes the same attention with PyTorch ops")
+
+    def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
+                  layout=None, dtype: torch.dtype | None = None, **params):
+        """The spec's exact semantics in PyTorch (any device; `dtype` to compute in another
+        precision, e.g. torch.float64). With the same seed it draws the kernel's dropout."""
+        call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
+                    layout=layout, params=params)
+        return run_reference(call, dtype=dtype, return_lse=return_lse)
+
+
+def compile(spec: str | os.PathLike, name: str | None = None) -> AttentionOp:  # noqa: A001
+    """Check a spec (a path, spec text, or a shipped spec's name) and return its op."""
+    return AttentionOp(load(spec, name))
+
+
+def generate(spec: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None
+             ) -> list[Path]:
+    """Write the CUDA sources of a spec's attention blocks under out_dir/<name>/.
+    Needs no GPU. Returns the files written."""
+    specs, _ = load_all(spec)
+    if name is not None:
+        specs = [load(spec, name)]
+    _, path = _source_of(spec)
+    written = []
+    for s in specs:
+        folder = Path(out_dir) / s.name
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "variant.cuh"
+        target.write_text(render_variant(s, path))
+        written.append(target)
+    return written
+
+
+__all__ = ["AttentionOp", "SpecError", "SpecNotFound", "compile", "generate", "load", "shipped"]

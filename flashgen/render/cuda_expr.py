@@ -1,0 +1,118 @@
+"""IR expressions -> CUDA C++ statements.
+
+A rendered function body reads like the spec: `let`s become named locals, a
+subexpression used more than once is computed once into `t0, t1, ...`, and every
+operation the language defines beyond C (floor division, clamped tensor reads,
+NaN-propagating min/max) is a helper from templates/common/expr.cuh. Names from
+the spec reach CUDA only as validated identifiers under a prefix (`p.slopes`,
+`let_rel`), never as raw text."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..ir.functions import FUNCTIONS
+from ..ir.nodes import (Binary, Call, Const, Expr, Load, Local, ScalarParam, Select, ToFloat,
+                        Unary, Var)
+from ..ir.types import Type
+
+C_TYPE = {Type.INT: "int", Type.FLOAT: "float", Type.BOOL: "bool"}
+_C_OP = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<",
+         "le": "<=", "gt": ">", "ge": ">=", "and": "&&", "or": "||"}
+
+
+def c_literal(value, type_: Type) -> str:
+    if type_ is Type.BOOL:
+        return "true" if value else "false"
+    if type_ is Type.INT:
+        return str(int(value)) if value != -2**31 else "(-2147483647 - 1)"
+    v = float(value)
+    if v == float("inf"):
+        return "fg::inf()"
+    if v == float("-inf"):
+        return "(-fg::inf())"
+    if v != v:
+        return "fg::nan()"
+    text = repr(v)
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return text + "f"
+
+
+def let_name(name: str) -> str:
+    return f"let_{name}"
+
+
+@dataclass
+class Body:
+    """Statements that compute some expressions, and the C text of each result."""
+    statements: list[str] = field(default_factory=list)
+    results: list[str] = field(default_factory=list)
+
+
+def _is_leaf(e: Expr) -> bool:
+    return isinstance(e, (Const, Var, ScalarParam, Local)) or isinstance(e, ToFloat) and _is_leaf(e.operand)
+
+
+class _Renderer:
+    def __init__(self, roots: list[Expr]):
+        self.counts: Counter = Counter()
+        for root in roots:
+            self._count(root)
+        self.temps: dict[Expr, str] = {}
+        self.statements: list[str] = []
+
+    def _count(self, e: Expr) -> None:
+        self.counts[e] += 1
+        if self.counts[e] == 1:          # children of a repeated node are counted once
+            for c in e.children():
+                self._count(c)
+
+    def render(self, e: Expr) -> str:
+        if e in self.temps:
+            return self.temps[e]
+        text = self._render(e)
+        if self.counts[e] > 1 and not _is_leaf(e):
+            name = f"t{len(self.temps)}"
+            self.statements.append(f"const {C_TYPE[e.type]} {name} = {text};")
+            self.temps[e] = name
+            return name
+        return text
+
+    def _render(self, e: Expr) -> str:
+        r = self.render
+        if isinstance(e, Const):
+            return c_literal(e.value, e.type)
+        if isinstance(e, Var):
+            return e.name
+        if isinstance(e, ScalarParam):
+            return f"p.{e.name}"
+        if isinstance(e, Local):
+            return let_name(e.name)
+        if isinstance(e, Load):
+            return f"p.{e.name}.at({', '.join(r(i) for i in e.indices)})"
+        if isinstance(e, ToFloat):
+            return f"float({r(e.operand)})"
+        if isinstance(e, Unary):
+            return f"(!{r(e.operand)})" if e.op == "not" else f"(-{r(e.operand)})"
+        if isinstance(e, Select):
+            return f"({r(e.condition)} ? {r(e.then)} : {r(e.otherwise)})"
+        if isinstance(e, Call):
+            return f"{FUNCTIONS[e.function].cuda}({', '.join(r(a) for a in e.args)})"
+        if isinstance(e, Binary):
+            if e.op == "floordiv":
+                return f"fg::floordiv({r(e.left)}, {r(e.right)})"
+            if e.op == "mod":
+                return f"fg::mod({r(e.left)}, {r(e.right)})"
+            if e.type is Type.INT and e.op in ("add", "sub", "mul"):
+                # two's-complement wrap, defined behaviour (signed overflow is UB in C++)
+                return f"fg::wrap_{e.op}({r(e.left)}, {r(e.right)})"
+            return f"({r(e.left)} {_C_OP[e.op]} {r(e.right)})"
+        raise TypeError(e)
+
+
+def render(roots: list[Expr]) -> Body:
+    """Render expressions that are evaluated together (temporaries are shared)."""
+    renderer = _Renderer(roots)
+    results = [renderer.render(e) for e in roots]
+    return Body(renderer.statements, results)
