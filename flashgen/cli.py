@@ -60,23 +60,15 @@ def cmd_demo(args) -> int:
     import torch
 
     from .render.variant import render_variant
+    from .runtime.examples import example_inputs
     op = api.compile(args.spec, args.name)
     spec = op.spec
     print(f"== the checked spec (helpers expanded)\n{format_spec(spec)}\n")
     print("== generated CUDA (variant.cuh; `flashgen generate` writes it)")
     print(render_variant(spec, "<demo>"))
-    d = spec.head_dims[0]
-    B, Hq, Hkv, Nq, Nk = 2, 4, 2, 300, 300
     gen = torch.Generator().manual_seed(0)
-    q = torch.randn(B, Hq, Nq, d, generator=gen)
-    k = torch.randn(B, Hkv, Nk, d, generator=gen)
-    v = torch.randn(B, Hkv, Nk, spec.value_dim_for(d), generator=gen)
-    params = _demo_params(spec, B, Hq, Nq, Nk, gen)
-    layout = None
-    if spec.block_sparse is not None and spec.block_sparse.pattern == "layout":
-        from .reference.patterns import block_counts
-        qb, kb = block_counts(spec.block_sparse, Nq, Nk)
-        layout = torch.rand(1, qb, kb, generator=gen) < 0.5
+    q, k, v, params, layout = example_inputs(spec, B=2, Hq=4, Hkv=2, Nq=300, Nk=300,
+                                             dtype=torch.float32, generator=gen)
     extra = {"dropout_p": 0.1, "seed": 0} if spec.dropout else {}
     print(f"== the reference on the CPU: q {tuple(q.shape)}, k/v {tuple(k.shape)}"
           + (f", params {', '.join(params)}" if params else ""))
@@ -98,28 +90,6 @@ def cmd_demo(args) -> int:
     else:
         print("== no CUDA device here: the kernel runs where one is")
     return 0
-
-
-def _demo_params(spec, B, H, Nq, Nk, gen) -> dict:
-    import torch
-    values = {}
-    for p in spec.params:
-        if p.default is not None:
-            continue
-        if not p.is_tensor:
-            values[p.name] = {"f32": 1.0, "i32": Nk // 3, "bool": True}[p.element]
-            continue
-        sizes = {"B": B, "H": H, "Hkv": H, "Nq": Nq, "Nk": Nk, "N": Nq}
-        shape = [d.size if d.size is not None else sizes.get(d.symbol, 8) for d in p.shape]
-        if p.element == "f32":
-            values[p.name] = torch.rand(shape, generator=gen) * 0.5
-        elif p.element == "i32":
-            hi = Nk if p.name.endswith(("len", "lengths")) else 4
-            t = torch.randint(1, hi + 1, shape, generator=gen, dtype=torch.int32)
-            values[p.name] = t.sort(dim=-1).values if len(shape) > 1 else t
-        else:
-            values[p.name] = torch.rand(shape, generator=gen) < 0.5
-    return values
 
 
 def main(argv=None) -> int:
