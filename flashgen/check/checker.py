@@ -251,6 +251,9 @@ class Checker:
                 self._fail(name_span, f"'{name}' is a scalar, it cannot be indexed",
                            f"declare it as a tensor, e.g. `param {name}: {p.element}[H]`", scope)
             return p
+        if name in ir.INDEX_VARS or name == "score" or (not scope.in_def and name in self.lets):
+            self._fail(name_span, f"'{name}' is not a tensor", "pass the name of a tensor "
+                       "parameter, e.g. `param ids: i32[B, N]`", scope)
         candidates = [n for n, p in self.params.items() if p.is_tensor] if not scope.in_def else []
         fix = did_you_mean(name, candidates) or f"declare it: `param {name}: f32[H]`"
         self._fail(name_span, f"unknown tensor '{name}'", fix, scope)

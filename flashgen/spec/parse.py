@@ -8,7 +8,7 @@ from lark import Token, Transformer, v_args
 
 from .. import resources
 from . import ast
-from .errors import Diagnostic, Source, Span, SpecError
+from .errors import Diagnostic, Source, Span, SpecError, did_you_mean
 
 # How the grammar's terminals read in an error message.
 _TERMINAL_WORDS = {
@@ -161,8 +161,49 @@ def _expected_words(expected) -> str:
     return ", ".join(words)
 
 
+STATEMENTS = ("head_dim", "value_dim", "dtype", "scale", "param", "let", "mask", "score",
+              "dropout", "block_sparse")
+
+
+def _word_at(source: Source, line: int, column: int) -> tuple[int, int] | None:
+    """(start, end) columns of the identifier-like word around a position, if any."""
+    text = source.line(line)
+    i = column - 1
+    if not (0 <= i < len(text)) or not (text[i].isalnum() or text[i] == "_"):
+        return None
+    start, end = i, i
+    while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+        start -= 1
+    while end < len(text) and (text[end].isalnum() or text[end] == "_"):
+        end += 1
+    return start + 1, end + 1
+
+
+def _unknown_word(source: Source, line: int, column: int, expected) -> Diagnostic | None:
+    """A misspelt keyword (`masks = ...`) lexes as a keyword plus a stray letter: report
+    the whole word, with the statement it resembles."""
+    found = _word_at(source, line, column)
+    if found is None:
+        return None
+    start, end = found
+    word = source.line(line)[start - 1:end - 1]
+    split_word = start < column                     # the lexer cut a word in two
+    at_statement = any(k.upper() in expected for k in STATEMENTS)
+    if word in STATEMENTS or not (split_word or at_statement):
+        return None
+    span = Span(line, start, line, end)
+    fix = did_you_mean(word, STATEMENTS) or ("statements: " + ", ".join(STATEMENTS))
+    return Diagnostic("error", f"unexpected '{word}'", span, source, fix)
+
+
 def _parse_error(source: Source, err: lark.exceptions.UnexpectedInput) -> Diagnostic:
     line, column = max(err.line, 1), max(err.column, 1)
+    expected = getattr(err, "expected", None) or getattr(err, "allowed", None) or set()
+    at_end = isinstance(err, lark.exceptions.UnexpectedEOF) or (
+        isinstance(err, lark.exceptions.UnexpectedToken) and err.token.type == "$END")
+    word = None if at_end else _unknown_word(source, line, column, expected)
+    if word is not None:
+        return word
     if isinstance(err, lark.exceptions.UnexpectedCharacters):
         char = source.line(line)[column - 1:column] or "?"
         span = Span(line, column, line, column + 1)
