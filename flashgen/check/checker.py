@@ -24,6 +24,15 @@ KEYWORDS = {"attention", "def", "head_dim", "value_dim", "dtype", "scale", "para
             "mask", "score", "dropout", "block_sparse", "if", "then", "else", "true", "false",
             "inf"}
 INT32_MAX = 2**31 - 1
+# Parameter names become C++ struct members: these would not compile.
+CPP_KEYWORDS = set("""alignas alignof and and_eq asm auto bitand bitor bool break case catch char
+char8_t char16_t char32_t class compl concept const consteval constexpr constinit const_cast
+continue co_await co_return co_yield decltype default delete do double dynamic_cast else enum
+explicit export extern false float for friend goto if inline int long mutable namespace new
+noexcept not not_eq nullptr operator or or_eq private protected public register
+reinterpret_cast requires return short signed sizeof static static_assert static_cast struct
+switch template this thread_local throw true try typedef typeid typename union unsigned using
+virtual void volatile wchar_t while xor xor_eq""".split())
 
 # Block-sparse patterns and their options (name -> default; None = required).
 PATTERNS = {
@@ -332,6 +341,9 @@ class Checker:
             self._fail(s.name.span, f"'{name}' is a reserved word", "rename the parameter")
         if name in FUNCTIONS or name in self.defs:
             self._fail(s.name.span, f"'{name}' is the name of a function", "rename the parameter")
+        if name in CPP_KEYWORDS or name.startswith("_"):
+            self._fail(s.name.span, f"'{name}' cannot name a parameter (it is reserved in C++)",
+                       f"rename it, e.g. '{name.strip('_')}_'")
         if name in ("layout", "dropout_p", "seed", "return_lse", "q", "k", "v"):
             self._fail(s.name.span, f"'{name}' is an argument of every call",
                        "rename the parameter")

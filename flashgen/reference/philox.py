@@ -42,7 +42,9 @@ def _mulhilo(m: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def philox4x32_10(counter, key) -> tuple[torch.Tensor, ...]:
     """Four uint32 outputs (int64 tensors) for uint32 counters (4 tensors or ints) and key (2)."""
-    c0, c1, c2, c3 = torch.broadcast_tensors(*[torch.as_tensor(c, dtype=torch.int64) for c in counter])
+    device = next((c.device for c in counter if isinstance(c, torch.Tensor)), None)
+    c0, c1, c2, c3 = torch.broadcast_tensors(
+        *[torch.as_tensor(c, dtype=torch.int64, device=device) for c in counter])
     k0, k1 = int(key[0]) & MASK32, int(key[1]) & MASK32
     for r in range(ROUNDS):
         if r:

@@ -43,6 +43,8 @@ CASES = [
     ("attention a {\n  param mask: i32\n}", "  param mask: i32", "mask", "reserved word", "rename"),
     ("attention a {\n  param exp: f32\n}", "  param exp: f32", "exp", "name of a function",
      "rename"),
+    ("attention a {\n  param new: f32\n}", "  param new: f32", "new", "reserved in C++",
+     "new_"),
     ("attention a {\n  param w: i32\n  param w: f32\n}", "  param w: f32", "w",
      "declared twice", "remove"),
     ("attention a {\n  param w: int32\n}", "  param w: int32", "int32", "unknown type 'int32'",
