@@ -224,8 +224,7 @@ class Checker:
                     self._fail(node.span, f"'{name}' is a runtime parameter, not a constant",
                                "use a number here", scope)
                 if p.is_tensor:
-                    dims = ", ".join(str(d) for d in p.shape)
-                    self._fail(node.span, f"'{name}' is a tensor [{dims}]; index it",
+                    self._fail(node.span, f"'{name}' is a tensor {p.shape_text}; index it",
                                f"write {name}[{', '.join(_index_hint(d) for d in p.shape)}]", scope)
                 return ir.ScalarParam(name, type=p.type, span=span)
             if name in self.lets:
@@ -270,8 +269,7 @@ class Checker:
     def _index(self, node: ast.Index, scope: _Scope) -> ir.Expr:
         p = self._tensor(node.tensor, node.name_span, scope)
         if len(node.indices) != len(p.shape):
-            dims = ", ".join(str(d) for d in p.shape)
-            self._fail(node.span, f"'{p.name}' has {len(p.shape)} dim(s) [{dims}] but is indexed "
+            self._fail(node.span, f"'{p.name}' has {len(p.shape)} dim(s) {p.shape_text} but is indexed "
                        f"with {len(node.indices)}",
                        f"write {p.name}[{', '.join(_index_hint(d) for d in p.shape)}]", scope)
         indices = []

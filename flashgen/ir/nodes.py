@@ -151,6 +151,11 @@ class ParamDecl:
     def is_tensor(self) -> bool:
         return self.shape is not None
 
+    @property
+    def shape_text(self) -> str:
+        """The shape as written in a spec: "[H, 32]", or "" for a scalar."""
+        return f"[{', '.join(map(str, self.shape))}]" if self.shape else ""
+
 
 @dataclass(frozen=True)
 class LetDef:

@@ -70,7 +70,7 @@ def format_spec(spec: AttentionSpec) -> str:
     if spec.scale is not None:
         lines.append(f"  scale = {_number(spec.scale)}")
     for p in spec.params:
-        shape = f"[{', '.join(map(str, p.shape))}]" if p.shape else ""
+        shape = p.shape_text
         default = f" = {_number(p.default)}" if p.default is not None else ""
         lines.append(f"  param {p.name}: {p.element}{shape}{default}")
     for let in spec.lets:

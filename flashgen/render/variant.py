@@ -47,7 +47,7 @@ class VariantView:
 
 
 def _param(p: ParamDecl, path: str) -> ParamView:
-    shape = f"[{', '.join(map(str, p.shape))}]" if p.shape else ""
+    shape = p.shape_text
     comment = f"param {p.name}: {p.element}{shape}  ({path}:{p.span.line})"
     if p.is_tensor:
         return ParamView(f"fg::TensorRef<{C_ELEMENT[p.element]}, {len(p.shape)}> {p.name}", comment)

@@ -98,7 +98,7 @@ def _check_qkv(spec: AttentionSpec, q, k, v, for_kernel: bool) -> dict[str, int]
 def _bind_dims(p: ParamDecl, t: torch.Tensor, sizes: dict[str, int]) -> None:
     if t.dim() != len(p.shape):
         _fail(f"parameter '{p.name}' must have {len(p.shape)} dim(s) "
-              f"[{', '.join(map(str, p.shape))}], got shape {tuple(t.shape)}")
+              f"{p.shape_text}, got shape {tuple(t.shape)}")
     for axis, (dim, n) in enumerate(zip(p.shape, t.shape)):
         if dim.size is not None:
             expected = dim.size
@@ -111,13 +111,13 @@ def _bind_dims(p: ParamDecl, t: torch.Tensor, sizes: dict[str, int]) -> None:
             expected = sizes.setdefault(dim.symbol, n)
         if n != expected:
             _fail(f"parameter '{p.name}' has size {n} in dim {axis} ({dim}); expected {expected}"
-                  f" (shape [{', '.join(map(str, p.shape))}])")
+                  f" (shape {p.shape_text})")
 
 
 def _bind_param(p: ParamDecl, value, sizes, device, for_kernel: bool):
     if p.is_tensor:
         if not isinstance(value, torch.Tensor):
-            _fail(f"parameter '{p.name}' must be a tensor [{', '.join(map(str, p.shape))}] of "
+            _fail(f"parameter '{p.name}' must be a tensor {p.shape_text} of "
                   f"{p.element}, got {type(value).__name__}")
         if value.dtype not in PARAM_DTYPES[p.element]:
             _fail(f"parameter '{p.name}' must hold {p.element} values, got {value.dtype}")
@@ -158,7 +158,7 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
     for p in spec.params:
         if p.name not in params:
             if p.default is None:
-                kind = f"tensor [{', '.join(map(str, p.shape))}]" if p.is_tensor else "scalar"
+                kind = f"tensor {p.shape_text}" if p.is_tensor else "scalar"
                 _fail(f"missing parameter '{p.name}' ({p.element} {kind}): pass {p.name}=...")
             bound[p.name] = p.default
         else:
