@@ -55,7 +55,9 @@ def evaluate(e: Expr, env: Mapping[str, object] | None = None, lets: Mapping[str
                 raise NotConstant(e.name)
             return env[e.name]
         if isinstance(e, Local):
-            return ev(lets[e.name]) if e.name in lets else ev(Var(e.name, type=e.type))
+            if e.name not in lets:
+                raise NotConstant(e.name)
+            return ev(lets[e.name])
         if isinstance(e, Load):
             if e.name not in env:
                 raise NotConstant(e.name)

@@ -29,14 +29,11 @@ def grid_variables(B: int, H: int, Nq: int, Nk: int, device) -> dict[str, torch.
             "kv_len": torch.tensor(Nk, dtype=torch.int32, device=device)}
 
 
-def visible(spec: AttentionSpec, call: BoundCall, dtype=torch.float64) -> torch.Tensor | None:
+def visible(spec: AttentionSpec, call: BoundCall, evaluator: Evaluator) -> torch.Tensor | None:
     """bool [B or 1, H or 1, Nq, Nk]: the mask and block layout together (None: all visible)."""
-    B, H, _, Nq, Nk = call.shape
+    _, _, _, Nq, Nk = call.shape
     device = call.q.device
-    keep = None
-    if spec.mask is not None:
-        ev = Evaluator(spec, grid_variables(B, H, Nq, Nk, device), call.params, dtype, device)
-        keep = ev(spec.mask)
+    keep = evaluator(spec.mask) if spec.mask is not None else None
     if call.layout is not None:
         bs = spec.block_sparse
         rows = torch.arange(Nq, device=device) // bs.block_q
@@ -59,12 +56,13 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
         k = k.repeat_interleave(group, dim=1)
         v = v.repeat_interleave(group, dim=1)
     s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
+    # one evaluator for mask and score, so the `let`s are computed once
+    variables = grid_variables(B, H, Nq, Nk, device)
+    evaluator = Evaluator(spec, variables, params, dtype, device)
     if spec.score is not None:
-        variables = grid_variables(B, H, Nq, Nk, device)
         variables["score"] = s
-        s = Evaluator(spec, variables, params, dtype, device)(spec.score)
-        s = s.expand(B, H, Nq, Nk)
-    keep = visible(spec, call, dtype)
+        s = evaluator(spec.score).expand(B, H, Nq, Nk)
+    keep = visible(spec, call, evaluator)
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))
     # softmax that gives 0 (not NaN) for a row with no visible key, in values and gradients

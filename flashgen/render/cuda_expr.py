@@ -9,7 +9,6 @@ the spec reach CUDA only as validated identifiers under a prefix (`p.slopes`,
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 
 from ..ir.functions import FUNCTIONS
 from ..ir.nodes import (Binary, Call, Const, Expr, Load, Local, ScalarParam, Select, ToFloat,
@@ -41,13 +40,6 @@ def c_literal(value, type_: Type) -> str:
 
 def let_name(name: str) -> str:
     return f"let_{name}"
-
-
-@dataclass
-class Body:
-    """Statements that compute some expressions, and the C text of each result."""
-    statements: list[str] = field(default_factory=list)
-    results: list[str] = field(default_factory=list)
 
 
 def _is_leaf(e: Expr) -> bool:
@@ -111,8 +103,12 @@ class _Renderer:
         raise TypeError(e)
 
 
-def render(roots: list[Expr]) -> Body:
-    """Render expressions that are evaluated together (temporaries are shared)."""
-    renderer = _Renderer(roots)
-    results = [renderer.render(e) for e in roots]
-    return Body(renderer.statements, results)
+def render_body(lets: list[tuple[str, Expr]], result: Expr) -> tuple[list[str], str]:
+    """The statements of a function body that computes `lets` (in order, as named locals)
+    and the C text of `result`; a subexpression used more than once is computed once."""
+    renderer = _Renderer([e for _, e in lets] + [result])
+    for name, e in lets:
+        value = renderer.render(e)
+        renderer.statements.append(f"const {C_TYPE[e.type]} {let_name(name)} = {value};")
+    text = renderer.render(result)
+    return renderer.statements, text

@@ -10,7 +10,7 @@ from .. import resources
 from ..ir.nodes import AttentionSpec, Expr, Local, ParamDecl
 from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES
-from .cuda_expr import C_TYPE, _Renderer, let_name
+from .cuda_expr import C_TYPE, render_body
 
 C_ELEMENT = {"f32": "float", "i32": "int", "bool": "bool"}
 
@@ -76,16 +76,8 @@ def _origin(spec: AttentionSpec, path: str, spans) -> tuple[str, ...]:
 
 def _function(spec: AttentionSpec, path: str, name: str, expr: Expr, takes_score: bool,
               spans, note: str | None = None) -> FunctionView:
-    lets = _lets_needed(spec, [expr])
-    renderer = _Renderer([spec.let(n).expr for n in lets] + [expr])
-    statements = []
-    for n in lets:
-        value = renderer.render(spec.let(n).expr)
-        statements += renderer.statements
-        renderer.statements = []
-        statements.append(f"const {C_TYPE[spec.let(n).expr.type]} {let_name(n)} = {value};")
-    result = renderer.render(expr)
-    statements += renderer.statements
+    lets = [(n, spec.let(n).expr) for n in _lets_needed(spec, [expr])]
+    statements, result = render_body(lets, expr)
     origin = _origin(spec, path, spans)
     if note:
         origin = (note,) + origin

@@ -12,7 +12,6 @@ import torch
 from ..ir.nodes import AttentionSpec, ParamDecl
 from ..spec.errors import did_you_mean
 from ..reference.patterns import block_counts, fixed_layout
-from ..reference.philox import threshold
 
 TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 PARAM_DTYPES = {"f32": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
@@ -114,7 +113,7 @@ def _bind_dims(p: ParamDecl, t: torch.Tensor, sizes: dict[str, int]) -> None:
                   f" (shape {p.shape_text})")
 
 
-def _bind_param(p: ParamDecl, value, sizes, device, for_kernel: bool):
+def _bind_param(p: ParamDecl, value, sizes, device):
     if p.is_tensor:
         if not isinstance(value, torch.Tensor):
             _fail(f"parameter '{p.name}' must be a tensor {p.shape_text} of "
@@ -162,7 +161,7 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
                 _fail(f"missing parameter '{p.name}' ({p.element} {kind}): pass {p.name}=...")
             bound[p.name] = p.default
         else:
-            bound[p.name] = _bind_param(p, params[p.name], sizes, q.device, for_kernel)
+            bound[p.name] = _bind_param(p, params[p.name], sizes, q.device)
     if scale is None:
         scale = spec.scale if spec.scale is not None else 1.0 / math.sqrt(q.shape[-1])
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
@@ -172,7 +171,6 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
         _fail(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     if dropout_p > 0 and not spec.dropout:
         _fail(f"'{spec.name}' has no dropout; add a `dropout` line to the spec to use dropout_p")
-    threshold(float(dropout_p))
     layout = _bind_layout(spec, layout, sizes, q.device)
     return BoundCall(spec, q, k, v, float(scale), float(dropout_p), seed, layout, bound, sizes)
 
