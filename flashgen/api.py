@@ -11,10 +11,17 @@ from . import resources
 from .check.checker import check_source
 from .ir.nodes import AttentionSpec
 from .reference.attention import run as run_reference
+from .render.kernels import render_units
 from .render.variant import render_variant
+from .runtime import launch
 from .runtime.arguments import bind
+from .runtime.op import forward_op
 from .spec.errors import Diagnostic, SpecError, did_you_mean
 from .spec.parse import parse
+
+
+# what the kernels read tensor parameters as (templates/common/expr.cuh TensorRef)
+KERNEL_ELEMENT = {"f32": torch.float32, "i32": torch.int32, "bool": torch.bool}
 
 
 class SpecNotFound(LookupError):
@@ -88,21 +95,35 @@ def load(spec: str | os.PathLike, name: str | None = None) -> AttentionSpec:
 
 class AttentionOp:
     """A compiled attention variant: `op(q, k, v, **params)` runs its kernel on CUDA
-    tensors; `op.reference(...)` computes the same function with PyTorch ops."""
+    tensors (autograd and torch.compile included); `op.reference(...)` computes the
+    same function with PyTorch ops. Kernels build on first use of a (dtype, head dim)
+    and are cached on disk (`flashgen build` builds them ahead of time)."""
 
-    def __init__(self, spec: AttentionSpec):
+    def __init__(self, spec: AttentionSpec, source_path: str = "<string>"):
         self.spec = spec
+        self.source_path = source_path
+        self.key = launch.register(spec, source_path)
 
     def __repr__(self) -> str:
         return f"<flashgen op {self.spec.name}>"
 
     def __call__(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
                  layout=None, **params):
-        bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed, layout=layout,
-             params=params, for_kernel=True)
-        raise NotImplementedError(
-            f"the CUDA kernels of '{self.spec.name}' are not part of this flashgen version "
-            "yet; op.reference(...) computes the same attention with PyTorch ops")
+        call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
+                    layout=layout, params=params, for_kernel=True)
+        if call.dropout_p > 0 or self.spec.block_sparse is not None:
+            raise NotImplementedError(
+                f"'{self.spec.name}': the kernels do not run dropout or block-sparse patterns "
+                "in this flashgen version; op.reference(...) computes them with PyTorch ops")
+        tensors, scalars = [], []
+        for p in self.spec.params:
+            value = call.params[p.name]
+            if p.is_tensor:
+                tensors.append(value.to(KERNEL_ELEMENT[p.element]))
+            else:
+                scalars.append(float(value))
+        out, lse = forward_op(self.key, q, k, v, tensors, scalars, call.scale)
+        return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
                   layout=None, dtype: torch.dtype | None = None, **params):
@@ -115,7 +136,7 @@ class AttentionOp:
 
 def compile(spec: str | os.PathLike, name: str | None = None) -> AttentionOp:  # noqa: A001
     """Check a spec (a path, spec text, or a shipped spec's name) and return its op."""
-    return AttentionOp(load(spec, name))
+    return AttentionOp(load(spec, name), _source_of(spec)[1])
 
 
 def generate(spec: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None
@@ -130,9 +151,13 @@ def generate(spec: str | os.PathLike, out_dir: str | os.PathLike, name: str | No
     for s in specs:
         folder = Path(out_dir) / s.name
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / "variant.cuh"
-        target.write_text(render_variant(s, path))
-        written.append(target)
+        files = {"variant.cuh": render_variant(s, path)}
+        for dtype in s.dtypes:
+            for head_dim in s.head_dims:
+                files.update(render_units(s, path, dtype, head_dim))
+        for file_name, text in files.items():
+            (folder / file_name).write_text(text)
+            written.append(folder / file_name)
     return written
 
 

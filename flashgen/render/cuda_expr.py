@@ -46,7 +46,11 @@ def _is_leaf(e: Expr) -> bool:
     return isinstance(e, (Const, Var, ScalarParam, Local)) or isinstance(e, ToFloat) and _is_leaf(e.operand)
 
 
-class _Renderer:
+class Renderer:
+    """Renders expressions into statements + a result text, computing repeated
+    subexpressions once. Subclasses render into other domains (tile_class.py)."""
+    temp_prefix = "t"
+
     def __init__(self, roots: list[Expr]):
         self.counts: Counter = Counter()
         for root in roots:
@@ -60,13 +64,19 @@ class _Renderer:
             for c in e.children():
                 self._count(c)
 
+    def c_type(self, e: Expr) -> str:
+        return C_TYPE[e.type]
+
+    def local_name(self, name: str) -> str:
+        return let_name(name)
+
     def render(self, e: Expr) -> str:
         if e in self.temps:
             return self.temps[e]
         text = self._render(e)
         if self.counts[e] > 1 and not _is_leaf(e):
-            name = f"t{len(self.temps)}"
-            self.statements.append(f"const {C_TYPE[e.type]} {name} = {text};")
+            name = f"{self.temp_prefix}{len(self.temps)}"
+            self.statements.append(f"const {self.c_type(e)} {name} = {text};")
             self.temps[e] = name
             return name
         return text
@@ -80,7 +90,7 @@ class _Renderer:
         if isinstance(e, ScalarParam):
             return f"p.{e.name}"
         if isinstance(e, Local):
-            return let_name(e.name)
+            return self.local_name(e.name)
         if isinstance(e, Load):
             return f"p.{e.name}.at({', '.join(r(i) for i in e.indices)})"
         if isinstance(e, ToFloat):
@@ -103,12 +113,19 @@ class _Renderer:
         raise TypeError(e)
 
 
-def render_body(lets: list[tuple[str, Expr]], result: Expr) -> tuple[list[str], str]:
+def render_many(lets: list[tuple[str, Expr]], results: list[Expr], renderer=Renderer
+                ) -> tuple[list[str], list[str]]:
     """The statements of a function body that computes `lets` (in order, as named locals)
-    and the C text of `result`; a subexpression used more than once is computed once."""
-    renderer = _Renderer([e for _, e in lets] + [result])
+    and the C texts of `results`; a subexpression used more than once is computed once."""
+    r = renderer([e for _, e in lets] + list(results))
     for name, e in lets:
-        value = renderer.render(e)
-        renderer.statements.append(f"const {C_TYPE[e.type]} {let_name(name)} = {value};")
-    text = renderer.render(result)
-    return renderer.statements, text
+        value = r.render(e)
+        r.statements.append(f"const {r.c_type(e)} {r.local_name(name)} = {value};")
+    texts = [r.render(e) for e in results]
+    return r.statements, texts
+
+
+def render_body(lets: list[tuple[str, Expr]], result: Expr, renderer=Renderer
+                ) -> tuple[list[str], str]:
+    statements, (text,) = render_many(lets, [result], renderer)
+    return statements, text

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import jinja2
 
 from .. import resources
-from ..ir.nodes import AttentionSpec, Expr, Local, ParamDecl
+from ..analysis.derivative import NotDifferentiable, derivative
+from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, transform
 from ..ir.pretty import pretty
-from ..ir.types import PARAM_TYPES
-from .cuda_expr import C_TYPE, render_body
+from ..ir.types import PARAM_TYPES, Type
+from .cuda_expr import C_TYPE, render_body, render_many
+from .tile_class import IntervalRenderer
 
 C_ELEMENT = {"f32": "float", "i32": "int", "bool": "bool"}
 
@@ -19,6 +21,15 @@ C_ELEMENT = {"f32": "float", "i32": "int", "bool": "bool"}
 class ParamView:
     c_decl: str
     comment: str
+    read: str        # how the launcher fills it from the host's argument arrays
+
+
+@dataclass(frozen=True)
+class GradView:
+    """A float tensor parameter read by `score`, and so differentiable."""
+    c_decl: str
+    name: str
+    rank: int
 
 
 @dataclass(frozen=True)
@@ -44,14 +55,38 @@ class VariantView:
     mask: FunctionView | None
     score: FunctionView | None
     score_grad: FunctionView | None
+    tile_class: FunctionView | None
+    grads: tuple[GradView, ...]
+    param_grads: FunctionView | None
 
 
 def _param(p: ParamDecl, path: str) -> ParamView:
     shape = p.shape_text
     comment = f"param {p.name}: {p.element}{shape}  ({path}:{p.span.line})"
     if p.is_tensor:
-        return ParamView(f"fg::TensorRef<{C_ELEMENT[p.element]}, {len(p.shape)}> {p.name}", comment)
-    return ParamView(f"{C_TYPE[PARAM_TYPES[p.element]]} {p.name}", comment)
+        decl = f"fg::TensorRef<{C_ELEMENT[p.element]}, {len(p.shape)}>"
+        return ParamView(f"{decl} {p.name}", comment, f"{decl}::read(in)")
+    read = {"f32": "in.f32()", "i32": "in.i32()", "bool": "in.i32() != 0"}[p.element]
+    return ParamView(f"{C_TYPE[PARAM_TYPES[p.element]]} {p.name}", comment, read)
+
+
+def inline_lets(spec: AttentionSpec, e: Expr) -> Expr:
+    """e with every `let` replaced by its expression (for differentiating through lets)."""
+    def replace(node):
+        if isinstance(node, Local):
+            return inline_lets(spec, spec.let(node.name).expr)
+        return None
+    return transform(e, replace)
+
+
+def differentiable_loads(spec: AttentionSpec) -> list[Load]:
+    """The distinct reads of float tensor parameters in `score`, in order of appearance.
+    Each gets its own gradient term (a table read twice at different places adds twice)."""
+    if spec.score is None:
+        return []
+    score = inline_lets(spec, spec.score)
+    loads = [n for n in score.walk() if isinstance(n, Load) and n.type is Type.FLOAT]
+    return list(dict.fromkeys(loads))
 
 
 def _lets_needed(spec: AttentionSpec, roots: list[Expr]) -> list[str]:
@@ -75,9 +110,14 @@ def _origin(spec: AttentionSpec, path: str, spans) -> tuple[str, ...]:
 
 
 def _function(spec: AttentionSpec, path: str, name: str, expr: Expr, takes_score: bool,
-              spans, note: str | None = None) -> FunctionView:
+              spans, note: str | None = None, renderer=None) -> FunctionView:
     lets = [(n, spec.let(n).expr) for n in _lets_needed(spec, [expr])]
-    statements, result = render_body(lets, expr)
+    if renderer is None:
+        statements, result = render_body(lets, expr)
+    else:
+        # intervals track ints and bools only: float lets are never read there
+        lets = [(n, e) for n, e in lets if e.type is not Type.FLOAT]
+        statements, result = render_body(lets, expr, renderer)
     origin = _origin(spec, path, spans)
     if note:
         origin = (note,) + origin
@@ -104,11 +144,49 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         score = _function(spec, source_path, "score", spec.score, True, spec.score_spans)
         grad = _function(spec, source_path, "score_grad", spec.score_derivative, True,
                          spec.score_spans, "d score / d score, derived by flashgen from:")
+    tile_class = None
+    if spec.mask is not None:
+        tile_class = _function(spec, source_path, "tile_class", spec.mask, False, spec.mask_spans,
+                               "the mask over a tile, by interval analysis "
+                               "(flashgen/render/tile_class.py), of:", IntervalRenderer)
+    grads, param_grads = _param_grads(spec, source_path)
     return VariantView(
         name=spec.name, namespace=f"fg_{spec.name}", source_path=source_path,
         line=spec.span.line, summary=tuple(summary),
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
-        dropout=spec.dropout, mask=mask, score=score, score_grad=grad)
+        dropout=spec.dropout, mask=mask, score=score, score_grad=grad, tile_class=tile_class,
+        grads=grads, param_grads=param_grads)
+
+
+def _param_grads(spec: AttentionSpec, path: str):
+    """The Grads struct and add_param_grads(): for every read of a float tensor
+    parameter in `score`, dt * d score / d (that read) goes to the read's element."""
+    loads = differentiable_loads(spec)
+    if not loads:
+        return (), None
+    names = list(dict.fromkeys(load.name for load in loads))
+    grads = tuple(GradView(f"fg::GradRef<{len(spec.param(n).shape)}> {n}", n,
+                           len(spec.param(n).shape)) for n in names)
+    score = inline_lets(spec, spec.score)
+    results, shapes = [], []
+    for load in loads:
+        try:
+            results.append(derivative(score, lambda node, load=load: node == load))
+        except NotDifferentiable:     # read under floor(), //, ...: gradient 0, as in torch
+            continue
+        results += list(load.indices)
+        shapes.append((load.name, len(load.indices)))
+    statements, texts = render_many([], results)
+    statements = list(statements)
+    at = 0
+    for name, rank in shapes:
+        d, indices = texts[at], texts[at + 1:at + 1 + rank]
+        at += 1 + rank
+        value = "dt" if d == "1.0f" else f"dt * {d}"
+        statements.append(f"if (g.{name}.data) g.{name}.add({value}, {', '.join(indices)});")
+    origin = ("dt * d score / d param, for each read of a float tensor parameter in:",
+              *_origin(spec, path, spec.score_spans))
+    return grads, FunctionView("add_param_grads", "void", True, origin, tuple(statements), "")
 
 
 @functools.cache

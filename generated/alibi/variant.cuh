@@ -7,33 +7,74 @@
 //   score = score + slopes[h] * (kv_idx - q_idx)
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_alibi {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   fg::TensorRef<float, 1> slopes;  // param slopes: f32[H]  (flashgen/specs/alibi.attn:4)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.slopes = fg::TensorRef<float, 1>::read(in);
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = true;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  fg::GradRef<1> slopes;
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.slopes = fg::GradRef<1>::read(in);
+    return g;
+  }
+};
 
 
-// flashgen/specs/alibi.attn:5: mask  = causal
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (q_idx >= kv_idx);
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_alibi::Params;
+  using Grads = fg_alibi::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = true;
+  static constexpr bool kHasParamGrads = true;
+  static constexpr bool kHasDropout = false;
 
-// flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
-__device__ __forceinline__ float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx))));
-}
+  // flashgen/specs/alibi.attn:5: mask  = causal
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (q_idx >= kv_idx);
+  }
 
-// d score / d score, derived by flashgen from:
-// flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
-__device__ __forceinline__ float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return 1.0f;
-}
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/alibi.attn:5: mask  = causal
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+
+  // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
+  static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx))));
+  }
+
+  // d score / d score, derived by flashgen from:
+  // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
+  static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return 1.0f;
+  }
+
+  // dt * d score / d param, for each read of a float tensor parameter in:
+  // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
+  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if (g.slopes.data) g.slopes.add(dt * float(fg::wrap_sub(kv_idx, q_idx)), h);
+  }
+};
 
 }  // namespace fg_alibi

@@ -7,6 +7,7 @@
 //   score = cap * tanh((score + slopes[h] * (kv_idx - q_idx)) / cap)
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_alibi_window_softcap {
 
@@ -15,30 +16,75 @@ struct Params {
   fg::TensorRef<float, 1> slopes;  // param slopes: f32[H]  (flashgen/specs/alibi_window_softcap.attn:5)
   int window;  // param window: i32  (flashgen/specs/alibi_window_softcap.attn:6)
   float cap;  // param cap: f32  (flashgen/specs/alibi_window_softcap.attn:7)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.slopes = fg::TensorRef<float, 1>::read(in);
+    p.window = in.i32();
+    p.cap = in.f32();
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = true;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  fg::GradRef<1> slopes;
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.slopes = fg::GradRef<1>::read(in);
+    return g;
+  }
+};
 
 
-// flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return ((q_idx >= kv_idx) && (fg::wrap_sub(q_idx, kv_idx) < p.window));
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_alibi_window_softcap::Params;
+  using Grads = fg_alibi_window_softcap::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = true;
+  static constexpr bool kHasParamGrads = true;
+  static constexpr bool kHasDropout = false;
 
-// flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
-// flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
-__device__ __forceinline__ float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (p.cap * fg::tanh(((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))) / p.cap)));
-}
+  // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return ((q_idx >= kv_idx) && (fg::wrap_sub(q_idx, kv_idx) < p.window));
+  }
 
-// d score / d score, derived by flashgen from:
-// flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
-// flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
-__device__ __forceinline__ float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  const float t0 = fg::tanh(((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))) / p.cap));
-  return (p.cap * ((1.0f - (t0 * t0)) * (1.0f / p.cap)));
-}
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::tri_and(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv_lt(fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv(p.window)));
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+
+  // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
+  // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
+  static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (p.cap * fg::tanh(((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))) / p.cap)));
+  }
+
+  // d score / d score, derived by flashgen from:
+  // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
+  // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
+  static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    const float t0 = fg::tanh(((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))) / p.cap));
+    return (p.cap * ((1.0f - (t0 * t0)) * (1.0f / p.cap)));
+  }
+
+  // dt * d score / d param, for each read of a float tensor parameter in:
+  // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
+  // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
+  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    const float t0 = float(fg::wrap_sub(kv_idx, q_idx));
+    const float t1 = fg::tanh(((score + (p.slopes.at(h) * t0)) / p.cap));
+    if (g.slopes.data) g.slopes.add(dt * (p.cap * ((1.0f - (t1 * t1)) * (t0 / p.cap))), h);
+  }
+};
 
 }  // namespace fg_alibi_window_softcap

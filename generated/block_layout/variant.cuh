@@ -6,19 +6,46 @@
 //   block_sparse = layout (128 x 128)
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_block_layout {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   int unused;  // the spec has no parameters
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.unused = 0;
+    return p;
+  }
 };
 
-constexpr bool kHasMask = false;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
-constexpr int kBlockQ = 128;
-constexpr int kBlockK = 128;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
 
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
+
+
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_block_layout::Params;
+  using Grads = fg_block_layout::Grads;
+  static constexpr bool kHasMask = false;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+  static constexpr int kBlockQ = 128;
+  static constexpr int kBlockK = 128;
+};
 
 }  // namespace fg_block_layout

@@ -7,24 +7,59 @@
 //   block_sparse = butterfly (128 x 128)
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_butterfly_causal {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   int unused;  // the spec has no parameters
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.unused = 0;
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
-constexpr int kBlockQ = 128;
-constexpr int kBlockK = 128;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
 
 
-// flashgen/specs/butterfly_causal.attn:5: mask = causal
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (q_idx >= kv_idx);
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_butterfly_causal::Params;
+  using Grads = fg_butterfly_causal::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+  static constexpr int kBlockQ = 128;
+  static constexpr int kBlockK = 128;
+
+  // flashgen/specs/butterfly_causal.attn:5: mask = causal
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (q_idx >= kv_idx);
+  }
+
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/butterfly_causal.attn:5: mask = causal
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+};
 
 }  // namespace fg_butterfly_causal

@@ -2,20 +2,47 @@
 // `flashgen generate`.
 //
 // attention dense  (flashgen/specs/dense.attn:2)
-//   head_dim 64, 128; dtype fp16, bf16
+//   head_dim 16, 32, 64, 96, 128, 192, 256; dtype fp16, bf16
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_dense {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   int unused;  // the spec has no parameters
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.unused = 0;
+    return p;
+  }
 };
 
-constexpr bool kHasMask = false;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
 
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
+
+
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_dense::Params;
+  using Grads = fg_dense::Grads;
+  static constexpr bool kHasMask = false;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+};
 
 }  // namespace fg_dense

@@ -6,6 +6,7 @@
 //   mask  = q_idx >= kv_idx && q_idx - kv_idx < width * step && (q_idx - kv_idx) % step == 0
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_dilated {
 
@@ -13,17 +14,53 @@ namespace fg_dilated {
 struct Params {
   int width;  // param width: i32  (flashgen/specs/dilated.attn:4)
   int step;  // param step: i32  (flashgen/specs/dilated.attn:5)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.width = in.i32();
+    p.step = in.i32();
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
 
 
-// flashgen/specs/dilated.attn:6: mask = dilated_window(width, step)
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  const int t0 = fg::wrap_sub(q_idx, kv_idx);
-  return (((q_idx >= kv_idx) && (t0 < fg::wrap_mul(p.width, p.step))) && (fg::mod(t0, p.step) == 0));
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_dilated::Params;
+  using Grads = fg_dilated::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+
+  // flashgen/specs/dilated.attn:6: mask = dilated_window(width, step)
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    const int t0 = fg::wrap_sub(q_idx, kv_idx);
+    return (((q_idx >= kv_idx) && (t0 < fg::wrap_mul(p.width, p.step))) && (fg::mod(t0, p.step) == 0));
+  }
+
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/dilated.attn:6: mask = dilated_window(width, step)
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Iv r0 = fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
+    const fg::Tri visible = fg::tri_and(fg::tri_and(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv_lt(r0, fg::iv_mul(fg::iv(p.width), fg::iv(p.step)))), fg::iv_eq(fg::iv_mod(r0, fg::iv(p.step)), fg::iv(0)));
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+};
 
 }  // namespace fg_dilated

@@ -6,22 +6,57 @@
 //   mask  = kv_idx < prefix || q_idx >= kv_idx
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_prefix_lm {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   int prefix;  // param prefix: i32  (flashgen/specs/prefix_lm.attn:4)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.prefix = in.i32();
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
 
 
-// flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return ((kv_idx < p.prefix) || (q_idx >= kv_idx));
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_prefix_lm::Params;
+  using Grads = fg_prefix_lm::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+
+  // flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return ((kv_idx < p.prefix) || (q_idx >= kv_idx));
+  }
+
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::tri_or(fg::iv_lt(fg::Iv{kv_lo, kv_hi}, fg::iv(p.prefix)), fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}));
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+};
 
 }  // namespace fg_prefix_lm

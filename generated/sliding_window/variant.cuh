@@ -6,22 +6,57 @@
 //   mask  = q_idx >= kv_idx && q_idx - kv_idx < window
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_sliding_window {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   int window;  // param window: i32  (flashgen/specs/sliding_window.attn:4)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.window = in.i32();
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
 
 
-// flashgen/specs/sliding_window.attn:5: mask = sliding_window(window)
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return ((q_idx >= kv_idx) && (fg::wrap_sub(q_idx, kv_idx) < p.window));
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_sliding_window::Params;
+  using Grads = fg_sliding_window::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+
+  // flashgen/specs/sliding_window.attn:5: mask = sliding_window(window)
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return ((q_idx >= kv_idx) && (fg::wrap_sub(q_idx, kv_idx) < p.window));
+  }
+
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/sliding_window.attn:5: mask = sliding_window(window)
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::tri_and(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv_lt(fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv(p.window)));
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+};
 
 }  // namespace fg_sliding_window

@@ -7,34 +7,69 @@
 //   score = cap * tanh(score / cap)
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_softcap {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   float cap;  // param cap: f32  (flashgen/specs/softcap.attn:4)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.cap = in.f32();
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = true;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
 
 
-// flashgen/specs/softcap.attn:5: mask  = causal
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (q_idx >= kv_idx);
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_softcap::Params;
+  using Grads = fg_softcap::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = true;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
 
-// flashgen/specs/softcap.attn:6: score = cap * tanh(score / cap)
-__device__ __forceinline__ float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (p.cap * fg::tanh((score / p.cap)));
-}
+  // flashgen/specs/softcap.attn:5: mask  = causal
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (q_idx >= kv_idx);
+  }
 
-// d score / d score, derived by flashgen from:
-// flashgen/specs/softcap.attn:6: score = cap * tanh(score / cap)
-__device__ __forceinline__ float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  const float t0 = fg::tanh((score / p.cap));
-  return (p.cap * ((1.0f - (t0 * t0)) * (1.0f / p.cap)));
-}
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/softcap.attn:5: mask  = causal
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+
+  // flashgen/specs/softcap.attn:6: score = cap * tanh(score / cap)
+  static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (p.cap * fg::tanh((score / p.cap)));
+  }
+
+  // d score / d score, derived by flashgen from:
+  // flashgen/specs/softcap.attn:6: score = cap * tanh(score / cap)
+  static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    const float t0 = fg::tanh((score / p.cap));
+    return (p.cap * ((1.0f - (t0 * t0)) * (1.0f / p.cap)));
+  }
+};
 
 }  // namespace fg_softcap

@@ -7,24 +7,59 @@
 //   block_sparse = strided (64 x 64)
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_strided_causal {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   int unused;  // the spec has no parameters
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.unused = 0;
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = false;
-constexpr bool kHasDropout = false;
-constexpr int kBlockQ = 64;
-constexpr int kBlockK = 64;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  int unused;  // the score reads no float tensor parameter
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.unused = 0;
+    return g;
+  }
+};
 
 
-// flashgen/specs/strided_causal.attn:4: mask = causal
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (q_idx >= kv_idx);
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_strided_causal::Params;
+  using Grads = fg_strided_causal::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = false;
+  static constexpr bool kHasParamGrads = false;
+  static constexpr bool kHasDropout = false;
+  static constexpr int kBlockQ = 64;
+  static constexpr int kBlockK = 64;
+
+  // flashgen/specs/strided_causal.attn:4: mask = causal
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (q_idx >= kv_idx);
+  }
+
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/strided_causal.attn:4: mask = causal
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+};
 
 }  // namespace fg_strided_causal

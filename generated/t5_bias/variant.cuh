@@ -6,29 +6,63 @@
 //   score = score + bias[h, (if kv_idx > q_idx then 16 else 0) + (if abs(kv_idx - q_idx) < 8 then abs(kv_idx - q_idx) else min(8 + floor(log(abs(kv_idx - q_idx) / 8.0) / 2.772588722239781 * 8.0), 15))]
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_t5_bias {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
   fg::TensorRef<float, 2> bias;  // param bias: f32[H, 32]  (flashgen/specs/t5_bias.attn:5)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.bias = fg::TensorRef<float, 2>::read(in);
+    return p;
+  }
 };
 
-constexpr bool kHasMask = false;
-constexpr bool kHasScore = true;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  fg::GradRef<2> bias;
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.bias = fg::GradRef<2>::read(in);
+    return g;
+  }
+};
 
 
-// flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
-__device__ __forceinline__ float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
-  return (score + p.bias.at(h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int(((fg::log((float(t0) / 8.0f)) / 2.772588722239781f) * 8.0f))), 15)))));
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_t5_bias::Params;
+  using Grads = fg_t5_bias::Grads;
+  static constexpr bool kHasMask = false;
+  static constexpr bool kHasScore = true;
+  static constexpr bool kHasParamGrads = true;
+  static constexpr bool kHasDropout = false;
 
-// d score / d score, derived by flashgen from:
-// flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
-__device__ __forceinline__ float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return 1.0f;
-}
+  // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
+  static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
+    return (score + p.bias.at(h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int(((fg::log((float(t0) / 8.0f)) / 2.772588722239781f) * 8.0f))), 15)))));
+  }
+
+  // d score / d score, derived by flashgen from:
+  // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
+  static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return 1.0f;
+  }
+
+  // dt * d score / d param, for each read of a float tensor parameter in:
+  // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
+  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
+    if (g.bias.data) g.bias.add(dt, h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int(((fg::log((float(t0) / 8.0f)) / 2.772588722239781f) * 8.0f))), 15))));
+  }
+};
 
 }  // namespace fg_t5_bias

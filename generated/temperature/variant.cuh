@@ -7,6 +7,7 @@
 //   score = score * inv_temp[h]
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg_temperature {
 
@@ -14,27 +15,68 @@ namespace fg_temperature {
 struct Params {
   fg::TensorRef<float, 1> inv_temp;  // param inv_temp: f32[H]  (flashgen/specs/temperature.attn:4)
   fg::TensorRef<int, 1> kv_lengths;  // param kv_lengths: i32[B]  (flashgen/specs/temperature.attn:5)
+
+  // in the order flashgen/runtime/launch.py packs them
+  template <class Reader>
+  static Params read(Reader& in) {
+    Params p;
+    p.inv_temp = fg::TensorRef<float, 1>::read(in);
+    p.kv_lengths = fg::TensorRef<int, 1>::read(in);
+    return p;
+  }
 };
 
-constexpr bool kHasMask = true;
-constexpr bool kHasScore = true;
-constexpr bool kHasDropout = false;
+// Gradients of the float tensor parameters that `score` reads (null: not wanted).
+struct Grads {
+  fg::GradRef<1> inv_temp;
+
+  template <class Reader>
+  static Grads read(Reader& in) {
+    Grads g;
+    g.inv_temp = fg::GradRef<1>::read(in);
+    return g;
+  }
+};
 
 
-// flashgen/specs/temperature.attn:6: mask  = key_padding(kv_lengths)
-__device__ __forceinline__ bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (kv_idx < p.kv_lengths.at(b));
-}
+// What the kernels (templates/kernels/*.cuh) see of this spec.
+struct Variant {
+  using Params = fg_temperature::Params;
+  using Grads = fg_temperature::Grads;
+  static constexpr bool kHasMask = true;
+  static constexpr bool kHasScore = true;
+  static constexpr bool kHasParamGrads = true;
+  static constexpr bool kHasDropout = false;
 
-// flashgen/specs/temperature.attn:7: score = score * inv_temp[h]
-__device__ __forceinline__ float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return (score * p.inv_temp.at(h));
-}
+  // flashgen/specs/temperature.attn:6: mask  = key_padding(kv_lengths)
+  static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (kv_idx < p.kv_lengths.at(b));
+  }
 
-// d score / d score, derived by flashgen from:
-// flashgen/specs/temperature.attn:7: score = score * inv_temp[h]
-__device__ __forceinline__ float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-  return p.inv_temp.at(h);
-}
+  // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:
+  // flashgen/specs/temperature.attn:6: mask  = key_padding(kv_lengths)
+  // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
+  static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    const fg::Tri visible = fg::iv_lt(fg::Iv{kv_lo, kv_hi}, fg::iv_load(p.kv_lengths, fg::iv(b)));
+    return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
+  }
+
+  // flashgen/specs/temperature.attn:7: score = score * inv_temp[h]
+  static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return (score * p.inv_temp.at(h));
+  }
+
+  // d score / d score, derived by flashgen from:
+  // flashgen/specs/temperature.attn:7: score = score * inv_temp[h]
+  static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return p.inv_temp.at(h);
+  }
+
+  // dt * d score / d param, for each read of a float tensor parameter in:
+  // flashgen/specs/temperature.attn:7: score = score * inv_temp[h]
+  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if (g.inv_temp.data) g.inv_temp.add(dt * score, h);
+  }
+};
 
 }  // namespace fg_temperature

@@ -7,30 +7,33 @@
 #pragma once
 #include <cstdint>
 
+// Host and device: the host build of a variant lets CPU tests check tile_class().
+#define FG_HD __host__ __device__ __forceinline__
+
 namespace fg {
 
-__device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
-__device__ __forceinline__ float nan() { return __int_as_float(0x7fffffff); }
+FG_HD float inf() { return __builtin_huge_valf(); }
+FG_HD float nan() { return __builtin_nanf(""); }
 
 // ---- int32 arithmetic that wraps (signed overflow is undefined in C++)
-__device__ __forceinline__ int wrap_add(int a, int b) { return int(unsigned(a) + unsigned(b)); }
-__device__ __forceinline__ int wrap_sub(int a, int b) { return int(unsigned(a) - unsigned(b)); }
-__device__ __forceinline__ int wrap_mul(int a, int b) { return int(unsigned(a) * unsigned(b)); }
+FG_HD int wrap_add(int a, int b) { return int(unsigned(a) + unsigned(b)); }
+FG_HD int wrap_sub(int a, int b) { return int(unsigned(a) - unsigned(b)); }
+FG_HD int wrap_mul(int a, int b) { return int(unsigned(a) * unsigned(b)); }
 
-__device__ __forceinline__ int floordiv(int a, int b) {
+FG_HD int floordiv(int a, int b) {
   if (b == 0) return 0;
   if (b == -1) return wrap_sub(0, a);          // INT_MIN / -1 wraps, as in the reference
   int q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
-__device__ __forceinline__ int mod(int a, int b) {
+FG_HD int mod(int a, int b) {
   if (b == 0 || b == -1) return 0;
   int r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 
 // ---- float `//` and `%` as torch.div(rounding_mode="floor") and torch.remainder
-__device__ __forceinline__ float floordiv(float a, float b) {
+FG_HD float floordiv(float a, float b) {
   if (b == 0.0f) return a / b;
   float m = fmodf(a, b);
   float d = (a - m) / b;
@@ -39,33 +42,60 @@ __device__ __forceinline__ float floordiv(float a, float b) {
   float f = floorf(d);
   return (d - f > 0.5f) ? f + 1.0f : f;
 }
-__device__ __forceinline__ float mod(float a, float b) {
+FG_HD float mod(float a, float b) {
   float m = fmodf(a, b);
   return (m != 0.0f && ((b < 0.0f) != (m < 0.0f))) ? m + b : m;
 }
 
 // ---- the function table (flashgen/ir/functions.py)
-__device__ __forceinline__ float exp(float x) { return ::expf(x); }
-__device__ __forceinline__ float log(float x) { return ::logf(x); }
-__device__ __forceinline__ float sqrt(float x) { return ::sqrtf(x); }
-__device__ __forceinline__ float tanh(float x) { return ::tanhf(x); }
-__device__ __forceinline__ float pow(float x, float y) { return ::powf(x, y); }
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
-__device__ __forceinline__ int abs(int x) { return x < 0 ? wrap_sub(0, x) : x; }
-__device__ __forceinline__ float abs(float x) { return ::fabsf(x); }
-__device__ __forceinline__ int min(int a, int b) { return a < b ? a : b; }
-__device__ __forceinline__ int max(int a, int b) { return a > b ? a : b; }
-__device__ __forceinline__ float min(float a, float b) {
+FG_HD float exp(float x) { return ::expf(x); }
+FG_HD float log(float x) { return ::logf(x); }
+FG_HD float sqrt(float x) { return ::sqrtf(x); }
+FG_HD float tanh(float x) { return ::tanhf(x); }
+FG_HD float pow(float x, float y) { return ::powf(x, y); }
+FG_HD float sigmoid(float x) { return 1.0f / (1.0f + ::expf(-x)); }
+FG_HD int abs(int x) { return x < 0 ? wrap_sub(0, x) : x; }
+FG_HD float abs(float x) { return ::fabsf(x); }
+FG_HD int min(int a, int b) { return a < b ? a : b; }
+FG_HD int max(int a, int b) { return a > b ? a : b; }
+FG_HD float min(float a, float b) {
   return (a != a || b != b) ? nan() : ::fminf(a, b);
 }
-__device__ __forceinline__ float max(float a, float b) {
+FG_HD float max(float a, float b) {
   return (a != a || b != b) ? nan() : ::fmaxf(a, b);
 }
-__device__ __forceinline__ int clamp(int x, int lo, int hi) { return min(max(x, lo), hi); }
-__device__ __forceinline__ float clamp(float x, float lo, float hi) { return min(max(x, lo), hi); }
+FG_HD int clamp(int x, int lo, int hi) { return min(max(x, lo), hi); }
+FG_HD float clamp(float x, float lo, float hi) { return min(max(x, lo), hi); }
 // cvt.rmi/rpi.s32.f32 saturate to the int32 range and give 0 for NaN
-__device__ __forceinline__ int floor_to_int(float x) { return __float2int_rd(x); }
-__device__ __forceinline__ int ceil_to_int(float x) { return __float2int_ru(x); }
+FG_HD int saturate_to_int(float x) {
+  return x != x ? 0 : x >= 2147483648.0f ? 2147483647 : x < -2147483648.0f ? (-2147483647 - 1) : int(x);
+}
+FG_HD int floor_to_int(float x) {
+#ifdef __CUDA_ARCH__
+  return __float2int_rd(x);
+#else
+  return saturate_to_int(::floorf(x));
+#endif
+}
+FG_HD int ceil_to_int(float x) {
+#ifdef __CUDA_ARCH__
+  return __float2int_ru(x);
+#else
+  return saturate_to_int(::ceilf(x));
+#endif
+}
+
+// The element offset of idx in a tensor, every index clamped to [0, size - 1].
+template <int Rank>
+FG_HD int64_t clamped_offset(const int (&idx)[Rank], const int* size, const int64_t* stride) {
+  int64_t offset = 0;
+#pragma unroll
+  for (int d = 0; d < Rank; ++d) {
+    const int i = idx[d] < 0 ? 0 : (idx[d] >= size[d] ? size[d] - 1 : idx[d]);
+    offset += int64_t(i) * stride[d];
+  }
+  return offset;
+}
 
 // A runtime tensor parameter: reads clamp every index to [0, size - 1], so a spec
 // can never read out of bounds; offsets are 64-bit.
@@ -76,16 +106,49 @@ struct TensorRef {
   int size[Rank];
 
   template <typename... I>
-  __device__ __forceinline__ T at(I... index) const {
+  FG_HD T at(I... index) const {
     static_assert(sizeof...(I) == Rank, "index count must match the tensor's rank");
-    const int idx[Rank] = {int(index)...};
-    int64_t offset = 0;
-#pragma unroll
-    for (int d = 0; d < Rank; ++d) {
-      int i = idx[d] < 0 ? 0 : (idx[d] >= size[d] ? size[d] - 1 : idx[d]);
-      offset += int64_t(i) * stride[d];
-    }
+    const int64_t offset = clamped_offset<Rank>({int(index)...}, size, stride);
+#ifdef __CUDA_ARCH__
     return __ldg(data + offset);
+#else
+    return data[offset];
+#endif
+  }
+
+  // Filled by the launcher from the host's argument array (templates/kernels/args.cuh).
+  template <class Reader>
+  static TensorRef read(Reader& in) {
+    TensorRef t;
+    t.data = in.template ptr<const T>();
+    for (int d = 0; d < Rank; ++d) t.size[d] = in.i32();
+    for (int d = 0; d < Rank; ++d) t.stride[d] = in.i64();
+    return t;
+  }
+};
+
+// The gradient of a float tensor parameter: fp32, accumulated with atomics; clamps its
+// indices exactly as TensorRef::at, so each read gets its gradient where it read.
+// data == nullptr: this gradient is not wanted.
+template <int Rank>
+struct GradRef {
+  float* data;
+  int64_t stride[Rank];
+  int size[Rank];
+
+  template <typename... I>
+  __device__ __forceinline__ void add(float value, I... index) const {
+    const int64_t offset = clamped_offset<Rank>({int(index)...}, size, stride);
+    atomicAdd(data + offset, value);
+  }
+
+  template <class Reader>
+  static GradRef read(Reader& in) {
+    GradRef g;
+    g.data = in.template ptr<float>();
+    for (int d = 0; d < Rank; ++d) g.size[d] = in.i32();
+    for (int d = 0; d < Rank; ++d) g.stride[d] = in.i64();
+    return g;
   }
 };
 

@@ -15,7 +15,7 @@ CASES = [
     ("causal", dict(), lambda q, k, v: (q[0], k, v), {}, "q must be 4-D"),
     ("causal", dict(), lambda q, k, v: (q, k.double(), v), {}, "one dtype"),
     ("causal", dict(Hq=3, Hkv=2), None, {}, "multiple of k/v's heads"),
-    ("causal", dict(d=32), None, {}, "head dim 32 is not one of the spec's (64, 128)"),
+    ("alibi", dict(d=32), None, {"slopes": torch.ones(4)}, "head dim 32 is not one of the spec's (64, 128)"),
     ("causal", dict(dv=32), None, {}, "v's head dim is 32"),
     ("causal", dict(), lambda q, k, v: (q, k[:, :, :5], v), {}, "same sequence length"),
     ("causal", dict(), lambda q, k, v: (q, k, torch.cat([v, v])), {}, "batch sizes differ"),

@@ -32,7 +32,7 @@ def test_generated_code_points_back_to_the_spec():
 
 
 def _probe(spec) -> str:
-    ns = f"fg_{spec.name}"
+    ns = f"fg_{spec.name}::Variant"
     args = "0, 1, int(threadIdx.x), int(threadIdx.x) / 2, 64, 80"
     body = ["float s = out[threadIdx.x];"]
     if spec.score is not None:
@@ -41,7 +41,7 @@ def _probe(spec) -> str:
         body.append(f"s = {ns}::mask(p, {args}) ? s : 0.f;")
     body.append("out[threadIdx.x] = s;")
     return (f'#include "{spec.name}/variant.cuh"\n'
-            f"__global__ void probe_{spec.name}({ns}::Params p, float* out) {{\n  "
+            f"__global__ void probe_{spec.name}(fg_{spec.name}::Params p, float* out) {{\n  "
             + "\n  ".join(body) + "\n}\n")
 
 

@@ -1,0 +1,1 @@
+"""Compiling rendered CUDA sources into shared libraries, cached per user."""

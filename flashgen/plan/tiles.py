@@ -1,0 +1,84 @@
+"""Tile planning: block sizes and warps per (head dim, value dim), for sm_80 and sm_90.
+
+The plan is written into the header comment of every generated kernel source and
+printed by `flashgen explain`. Rules, from the register and shared-memory budgets:
+
+forward -- each warp owns 16 query rows, so BM = 16 * warps. Per thread the output
+  accumulator takes Dv/2 registers and a score tile BN/2, which sets BN: 128 keys for
+  small heads, 64 up to 192, 32 at 256. Shared memory holds Q and two K/V stages,
+  padded rows: at most 128 KiB, under sm_80's 163 KiB (and 227 KiB on sm_90).
+backward -- BM = BN = 64. dK and dV stay in registers for the whole CTA:
+  (D + Dv) / 2 / (column splits) floats per thread. 4 warps up to d = 64, else 8, split
+  2 ways over columns. Q/dO are double-buffered unless two stages would not fit
+  sm_80's shared memory (d >= 192: one stage)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
+PAD = 8                        # elements of padding per shared row (templates/kernels/mma.cuh)
+ELEMENT_BYTES = 2              # fp16 / bf16
+
+
+@dataclass(frozen=True)
+class ForwardPlan:
+    block_m: int
+    block_n: int
+    warps: int
+
+    def smem_bytes(self, d: int, dv: int) -> int:
+        q = self.block_m * (d + PAD)
+        kv = 2 * self.block_n * (d + PAD + dv + PAD)
+        return (q + kv) * ELEMENT_BYTES
+
+
+@dataclass(frozen=True)
+class BackwardPlan:
+    block_m: int
+    block_n: int
+    warps: int
+    stages: int                # Q/dO buffers
+
+    def smem_bytes(self, d: int, dv: int) -> int:
+        kv = self.block_n * (d + PAD + dv + PAD)
+        q_do = self.stages * self.block_m * (d + PAD + dv + PAD)
+        p_ds = 2 * self.block_m * (self.block_n + PAD)
+        return (kv + q_do + p_ds) * ELEMENT_BYTES
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    head_dim: int
+    value_dim: int
+    forward: ForwardPlan
+    backward: BackwardPlan
+
+    def describe(self) -> list[str]:
+        f, b, d, dv = self.forward, self.backward, self.head_dim, self.value_dim
+        return [
+            f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {f.warps} warps "
+            f"(16 rows each), 2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
+            f"backward: {b.block_n} keys x {b.block_m} query rows per tile, {b.warps} warps, "
+            f"{b.stages} Q/dO stage{'s' if b.stages > 1 else ''}, "
+            f"{b.smem_bytes(d, dv) // 1024} KiB shared memory",
+        ]
+
+
+def plan_tiles(head_dim: int, value_dim: int) -> TilePlan:
+    widest = max(head_dim, value_dim)
+    if widest <= 64:
+        forward = ForwardPlan(128, 128, 8)
+    elif widest <= 128:
+        forward = ForwardPlan(128, 64, 8)
+    elif widest <= 192:
+        forward = ForwardPlan(64, 64, 4)
+    else:
+        forward = ForwardPlan(64, 32, 4)
+    warps = 4 if widest <= 64 else 8
+    backward = BackwardPlan(64, 64, warps, 2)
+    if backward.smem_bytes(head_dim, value_dim) > SM80_SMEM_LIMIT:
+        backward = BackwardPlan(64, 64, warps, 1)
+    plan = TilePlan(head_dim, value_dim, forward, backward)
+    assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
+    assert backward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
+    return plan

@@ -1,0 +1,83 @@
+"""The mask, lifted to whole tiles: interval analysis rendered as CUDA.
+
+For a (Q tile, KV tile) pair the kernels need to know, before loading anything,
+whether the mask is false everywhere (skip the tile), true everywhere (run it with no
+per-element mask), or mixed. `tile_class` renders the mask expression a second time,
+over intervals: `q_idx` becomes [q_lo, q_hi], `kv_idx` [kv_lo, kv_hi], every int
+subexpression the interval of the values it takes (fg::Iv) and every bool one the
+pair "may be true / may be false" (fg::Tri); the rules live in
+templates/common/interval.cuh. The analysis is static -- derived from the spec, no
+runtime block mask -- and cheap at run time: a few integer operations per tile.
+
+A tensor read at indices that are constant over the tile (lengths[b]) is read once
+and is exact, so key padding skips whole tiles; reads at varying indices (doc[b,
+q_idx]) and float arithmetic are not tracked, and leave the tile mixed."""
+from __future__ import annotations
+
+from ..ir.nodes import (Binary, Call, Const, Expr, Load, Local, ScalarParam, Select, ToFloat,
+                        Unary, Var)
+from ..ir.types import Type
+from .cuda_expr import Renderer, c_literal
+
+_RANGE_VARS = {"q_idx": "fg::Iv{q_lo, q_hi}", "kv_idx": "fg::Iv{kv_lo, kv_hi}"}
+_INT_CALLS = {"min": "fg::iv_min", "max": "fg::iv_max", "clamp": "fg::iv_clamp",
+              "abs": "fg::iv_abs"}
+_COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+class IntervalRenderer(Renderer):
+    temp_prefix = "r"
+
+    def c_type(self, e: Expr) -> str:
+        return {Type.INT: "fg::Iv", Type.BOOL: "fg::Tri"}[e.type]
+
+    def local_name(self, name: str) -> str:
+        return f"range_{name}"
+
+    def render(self, e: Expr) -> str:
+        if e.type is Type.FLOAT:        # floats are not tracked (see interval.cuh)
+            raise AssertionError("float nodes are never rendered as intervals")
+        return super().render(e)
+
+    def _any(self, e: Expr) -> str:
+        return "fg::iv_any()" if e.type is Type.INT else "fg::tri_any()"
+
+    def _render(self, e: Expr) -> str:
+        r = self.render
+        if isinstance(e, Const):
+            return (f"fg::iv({c_literal(e.value, e.type)})" if e.type is Type.INT
+                    else f"fg::tri({c_literal(e.value, e.type)})")
+        if isinstance(e, Var):
+            return _RANGE_VARS.get(e.name, f"fg::iv({e.name})")
+        if isinstance(e, ScalarParam):
+            return f"fg::iv(p.{e.name})" if e.type is Type.INT else f"fg::tri(p.{e.name})"
+        if isinstance(e, Local):
+            return self.local_name(e.name)
+        if isinstance(e, Load):
+            # exact when every index is: the one element the whole tile reads
+            if any(i.type is not Type.INT for i in e.indices):
+                return self._any(e)
+            fn = "fg::iv_load" if e.type is Type.INT else "fg::tri_load"
+            return f"{fn}(p.{e.name}, {', '.join(r(i) for i in e.indices)})"
+        if isinstance(e, Unary):
+            return f"fg::tri_not({r(e.operand)})" if e.op == "not" else f"fg::iv_neg({r(e.operand)})"
+        if isinstance(e, Select):
+            cond = r(e.condition)
+            fn = "fg::iv_select" if e.type is Type.INT else "fg::tri_select"
+            return f"{fn}({cond}, {r(e.then)}, {r(e.otherwise)})"
+        if isinstance(e, Call):
+            if e.type is Type.INT and e.function in _INT_CALLS:
+                return f"{_INT_CALLS[e.function]}({', '.join(r(a) for a in e.args)})"
+            return self._any(e)          # floor/ceil of a float: untracked
+        if isinstance(e, Binary):
+            if e.op in ("and", "or"):
+                return f"fg::tri_{e.op}({r(e.left)}, {r(e.right)})"
+            if e.op in _COMPARE:
+                if e.left.type is Type.FLOAT:
+                    return "fg::tri_any()"
+                prefix = "iv" if e.left.type is Type.INT else "tri"
+                return f"fg::{prefix}_{e.op}({r(e.left)}, {r(e.right)})"
+            return f"fg::iv_{e.op}({r(e.left)}, {r(e.right)})"
+        if isinstance(e, ToFloat):
+            raise AssertionError("float nodes are never rendered as intervals")
+        raise TypeError(e)

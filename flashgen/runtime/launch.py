@@ -1,0 +1,180 @@
+"""Building a spec's kernels on first use and calling them through ctypes.
+
+One build module per (spec, dtype, head dim) holds the forward and backward kernels
+(flashgen/render/kernels.py); flashgen/build/cache.py builds it once per machine and
+content. A launcher takes one int64 array and one float array; the order of values
+is written here once and read back in templates/kernels/args.cuh and by each
+variant's Params::read / Grads::read:
+
+  ints:   B, H, Hkv, Nq, Nk; then per tensor of the pass (q, k, v, out | q, k, v, dO,
+          then dK, dV) its pointer and batch, head, row strides; plain pointers (lse |
+          lse, delta, dQ accumulator) where args.cuh reads them; then the spec's
+          parameters in order: a tensor as pointer, sizes, strides; an i32/bool scalar
+          as its value. Backward then adds one gradient per differentiable table
+          (pointer or 0, sizes, strides).
+  floats: the softmax scale, then each f32 scalar parameter in order."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..build.cache import BuiltModule, build, device_arch
+from ..ir.nodes import AttentionSpec
+from ..render.kernels import render_module
+from ..render.variant import differentiable_loads
+
+
+class KernelError(RuntimeError):
+    """A kernel launch failed (the message is CUDA's)."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a launch needs to know about a spec, by registry key."""
+    spec: AttentionSpec
+    source_path: str
+
+    @functools.cached_property
+    def grad_params(self) -> tuple[str, ...]:
+        """Float tensor parameters that `score` reads: the ones with gradients."""
+        return tuple(dict.fromkeys(load.name for load in differentiable_loads(self.spec)))
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register(spec: AttentionSpec, source_path: str) -> str:
+    """A key naming this spec in the ops' string argument (stable for a spec's content)."""
+    digest = hashlib.sha256(f"{source_path}\n{spec.source.text}\n{spec.name}".encode())
+    key = f"{spec.name}:{digest.hexdigest()[:16]}"
+    _VARIANTS.setdefault(key, Variant(spec, source_path))
+    return key
+
+
+def variant(key: str) -> Variant:
+    return _VARIANTS[key]
+
+
+DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@functools.cache
+def module(key: str, dtype: torch.dtype, head_dim: int, arch: str) -> BuiltModule:
+    v = variant(key)
+    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim)
+    return build(sources, name=f"{v.spec.name}_{DTYPE_NAMES[dtype]}_d{head_dim}", arch=arch)
+
+
+@functools.cache
+def _arch(device_index: int) -> str:
+    return device_arch(device_index)
+
+
+def _library(key: str, q: torch.Tensor) -> ctypes.CDLL:
+    return module(key, q.dtype, q.shape[-1], _arch(q.device.index)).library()
+
+
+def _output(*shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
+    """An output buffer. FLASHGEN_POISON=1 (the GPU tests) fills it with NaN first, so an
+    element the kernel forgets to write cannot pass."""
+    t = torch.empty(*shape, dtype=dtype or like.dtype, device=like.device)
+    if os.environ.get("FLASHGEN_POISON") == "1":
+        t.fill_(float("nan"))
+    return t
+
+
+def _strided(t: torch.Tensor) -> list[int]:
+    return [t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)]
+
+
+def _params(v: Variant, tensors: list[torch.Tensor], scalars: list[float]):
+    """The spec's parameters as ints and floats, in declaration order."""
+    ints, floats = [], []
+    tensor_at, scalar_at = iter(tensors), iter(scalars)
+    for p in v.spec.params:
+        if p.is_tensor:
+            t = next(tensor_at)
+            ints += [t.data_ptr(), *t.shape, *t.stride()]
+        elif p.element == "f32":
+            floats.append(float(next(scalar_at)))
+        else:
+            ints.append(int(next(scalar_at)))
+    return ints, floats
+
+
+def aligned(t: torch.Tensor) -> torch.Tensor:
+    """t, or a contiguous copy when its rows are not 16-byte aligned (cp.async needs it)."""
+    item = t.element_size()
+    if t.data_ptr() % 16 or any((s * item) % 16 for s in t.stride()[:3]):
+        return t.contiguous()
+    return t
+
+
+def _call(lib: ctypes.CDLL, function: str, ints: list[int], floats: list[float], device):
+    fn = getattr(lib, function)
+    int_array = (ctypes.c_int64 * len(ints))(*ints)
+    float_array = (ctypes.c_float * len(floats))(*floats)
+    stream = ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+    with torch.cuda.device(device):
+        status = fn(int_array, float_array, stream)
+    if status != 0:
+        lib.flashgen_error_string.restype = ctypes.c_char_p
+        raise KernelError(f"{function} failed: {lib.flashgen_error_string(status).decode()}")
+
+
+def _shape(q, k, scale) -> tuple[list[int], list[float]]:
+    B, H, Nq, _ = q.shape
+    return [B, H, k.shape[1], Nq, k.shape[2]], [scale]
+
+
+def forward(key: str, q, k, v, tensors, scalars, scale: float):
+    """out [B, H, Nq, Dv] (q's dtype) and lse [B, H, Nq] (fp32)."""
+    var = variant(key)
+    q, k, v = aligned(q), aligned(k), aligned(v)
+    B, H, Nq, _ = q.shape
+    out = _output(B, H, Nq, v.shape[-1], like=q)
+    lse = _output(B, H, Nq, like=q, dtype=torch.float32)
+    ints, floats = _shape(q, k, scale)
+    for t in (q, k, v, out):
+        ints += _strided(t)
+    ints.append(lse.data_ptr())
+    p_ints, p_floats = _params(var, tensors, scalars)
+    _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
+    return out, lse
+
+
+def backward(key: str, dout, q, k, v, lse, delta, tensors, scalars, scale: float,
+             param_grads_wanted: list[bool]):
+    """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
+    gradients, in the order of Variant.grad_params."""
+    var = variant(key)
+    q, k, v, dout = aligned(q), aligned(k), aligned(v), aligned(dout)
+    B, H, Nq, D = q.shape
+    dq_accum = torch.zeros(B, H, Nq, D, dtype=torch.float32, device=q.device)
+    dk = _output(*k.shape, like=k)
+    dv = _output(*v.shape, like=v)
+    ints, floats = _shape(q, k, scale)
+    for t in (q, k, v, dout):
+        ints += _strided(t)
+    ints += [lse.data_ptr(), delta.data_ptr(), dq_accum.data_ptr()]
+    ints += _strided(dk) + _strided(dv)
+    p_ints, p_floats = _params(var, tensors, scalars)
+    by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
+    sizes = [by_name[n].numel() if want else 0
+             for n, want in zip(var.grad_params, param_grads_wanted)]
+    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
+    g_ints, at = [], 0
+    for name, size in zip(var.grad_params, sizes):
+        shape = by_name[name].shape
+        g_ints += [flat.data_ptr() + 4 * at if size else 0, *shape,
+                   *torch.empty(shape, device="meta").stride()]
+        at += size
+    _call(_library(key, q), "flashgen_backward", ints + p_ints + g_ints, floats + p_floats,
+          q.device)
+    dq = (dq_accum * scale).to(q.dtype)
+    return dq, dk, dv, flat

@@ -1,0 +1,84 @@
+"""The kernels as PyTorch operators: torch.library custom ops with fake (meta) and
+autograd registrations, so torch.compile(fullgraph=True) traces a call as one node.
+
+    flashgen::forward(key, q, k, v, tensors, scalars, scale) -> (out, lse)
+    flashgen::backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted)
+        -> (dq, dk, dv, flat parameter gradients)
+
+`key` names a registered spec (flashgen/runtime/launch.py); `tensors` are the spec's
+tensor parameters in order (f32 ones as float32, i32 as int32), `scalars` its scalar
+parameters (ints and bools as floats, exact below 2**53)."""
+from __future__ import annotations
+
+import torch
+
+from . import launch
+
+
+@torch.library.custom_op("flashgen::forward", mutates_args=())
+def forward_op(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               tensors: list[torch.Tensor], scalars: list[float], scale: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    return launch.forward(key, q, k, v, tensors, scalars, scale)
+
+
+@forward_op.register_fake
+def _(key, q, k, v, tensors, scalars, scale):
+    B, H, Nq, _ = q.shape
+    return (q.new_empty(B, H, Nq, v.shape[-1]),
+            q.new_empty(B, H, Nq, dtype=torch.float32))
+
+
+@torch.library.custom_op("flashgen::backward", mutates_args=())
+def backward_op(key: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                v: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
+                tensors: list[torch.Tensor], scalars: list[float], scale: float,
+                wanted: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return launch.backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted)
+
+
+def _grad_tensors(key: str, tensors):
+    """The tensor parameters that can have gradients, by position in `tensors`."""
+    var = launch.variant(key)
+    names = [p.name for p in var.spec.params if p.is_tensor]
+    return [names.index(n) for n in var.grad_params]
+
+
+@backward_op.register_fake
+def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted):
+    size = sum(tensors[i].numel() for i, w in zip(_grad_tensors(key, tensors), wanted) if w)
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            q.new_empty(size, dtype=torch.float32))
+
+
+def _setup_context(ctx, inputs, output):
+    key, q, k, v, tensors, scalars, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, *tensors)
+    ctx.key, ctx.scalars, ctx.scale = key, scalars, scale
+    ctx.grad_positions = _grad_tensors(key, tensors)
+    ctx.wanted = [tensors[i].requires_grad for i in ctx.grad_positions]
+    ctx.tensor_count = len(tensors)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, *tensors = ctx.saved_tensors
+    # delta = rowsum(dO * O); a gradient flowing into lse enters as P * dlse, the same
+    # as lowering delta by dlse (dS = P * (dP - delta + dlse)).
+    delta = (dout.float() * out.float()).sum(-1)
+    if dlse is not None:
+        delta = delta - dlse
+    wanted = ctx.wanted
+    dq, dk, dv, flat = backward_op(ctx.key, dout.contiguous(), q, k, v, lse, delta.contiguous(),
+                                   tensors, ctx.scalars, ctx.scale, wanted)
+    grads: list[torch.Tensor | None] = [None] * ctx.tensor_count
+    at = 0
+    for i, want in zip(ctx.grad_positions, wanted):
+        if want:
+            n = tensors[i].numel()
+            grads[i] = flat[at:at + n].view(tensors[i].shape)
+            at += n
+    return None, dq, dk, dv, grads, None, None
+
+
+forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,101 @@
+// What the host passes to the kernels, and how it gets there.
+//
+// The host (flashgen/runtime/launch.py) calls an extern "C" launcher with one int64
+// array and one float array; ArgReader takes values off them in the order the
+// launcher and the variant's read_params() name them. The same order is written, once,
+// in flashgen/runtime/launch.py. Tensors q, k, v, dO may have any strides except in
+// the last dim; the outputs the host allocates are contiguous.
+#pragma once
+#include <cstdint>
+
+namespace fg {
+
+struct ArgReader {
+  const int64_t* ints;
+  const float* floats;
+  int next_int_ = 0, next_float_ = 0;
+  int64_t i64() { return ints[next_int_++]; }
+  int i32() { return static_cast<int>(ints[next_int_++]); }
+  float f32() { return floats[next_float_++]; }
+  template <class T>
+  T* ptr() { return reinterpret_cast<T*>(static_cast<intptr_t>(ints[next_int_++])); }
+};
+
+// A strided [batch, head, row, col] tensor: base pointer and the strides of the first three.
+template <class T>
+struct Strided4 {
+  T* data;
+  int64_t batch, head, row;
+  __device__ __forceinline__ T* at(int b, int h, int r) const {
+    return data + b * batch + h * head + int64_t(r) * row;
+  }
+  static Strided4 read(ArgReader& in) {
+    Strided4 s;
+    s.data = in.ptr<T>();
+    s.batch = in.i64();
+    s.head = in.i64();
+    s.row = in.i64();
+    return s;
+  }
+};
+
+struct Shape {
+  int batch, heads, kv_heads, q_len, kv_len;
+  float scale;       // softmax scale
+  float scale_log2;  // scale * log2(e)
+  static Shape read(ArgReader& in) {
+    Shape s;
+    s.batch = in.i32();
+    s.heads = in.i32();
+    s.kv_heads = in.i32();
+    s.q_len = in.i32();
+    s.kv_len = in.i32();
+    s.scale = in.f32();
+    s.scale_log2 = s.scale * 1.4426950408889634f;
+    return s;
+  }
+};
+
+template <class T>
+struct ForwardArgs {
+  Shape shape;
+  Strided4<const T> q, k, v;
+  Strided4<T> out;     // [B, H, Nq, Dv]
+  float* lse;          // [B, H, Nq]
+  static ForwardArgs read(ArgReader& in) {
+    ForwardArgs a;
+    a.shape = Shape::read(in);
+    a.q = Strided4<const T>::read(in);
+    a.k = Strided4<const T>::read(in);
+    a.v = Strided4<const T>::read(in);
+    a.out = Strided4<T>::read(in);
+    a.lse = in.ptr<float>();
+    return a;
+  }
+};
+
+template <class T>
+struct BackwardArgs {
+  Shape shape;
+  Strided4<const T> q, k, v, dout;
+  const float* lse;    // [B, H, Nq]
+  const float* delta;  // [B, H, Nq]: rowsum(dO * O)
+  float* dq_accum;     // [B, H, Nq, D], fp32, zeroed by the host
+  Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
+  static BackwardArgs read(ArgReader& in) {
+    BackwardArgs a;
+    a.shape = Shape::read(in);
+    a.q = Strided4<const T>::read(in);
+    a.k = Strided4<const T>::read(in);
+    a.v = Strided4<const T>::read(in);
+    a.dout = Strided4<const T>::read(in);
+    a.lse = in.ptr<const float>();
+    a.delta = in.ptr<const float>();
+    a.dq_accum = in.ptr<float>();
+    a.dk = Strided4<T>::read(in);
+    a.dv = Strided4<T>::read(in);
+    return a;
+  }
+};
+
+}  // namespace fg

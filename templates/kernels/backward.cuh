@@ -1,0 +1,214 @@
+// The backward pass (FlashAttention-2), by recomputation from Q, K, V, dO, lse and
+// delta = rowsum(dO * O): one CTA per (BN keys, batch * KV head).
+//
+// The CTA keeps its K and V tiles in shared memory and its dK, dV accumulators in
+// registers, and walks every (query head of its GQA group, Q tile) that the mask does
+// not skip, with the next Q/dO tile landing (cp.async) while this one computes:
+//   1. S = Q K^T and dP = dO V^T                          (warps split rows x keys)
+//   2. P = exp2(score(S) - lse), dT = P (dP - delta), dS = dT * dscore/dS; P and dS go
+//      to shared memory; float tensor parameters of the score get dT * dscore/dparam.
+//   3. dV += P^T dO and dK += dS^T Q                      (warps split keys x columns)
+//   4. dQ += dS K, added to an fp32 buffer with atomics   (warps split rows x columns)
+// Looping over the group's query heads inside the CTA sums GQA's dK/dV in registers.
+#pragma once
+#include "args.cuh"
+#include "copy.cuh"
+#include "mask.cuh"
+#include "mma.cuh"
+#include "softmax.cuh"
+
+namespace fg {
+
+// How W warps split an R x C block: as many 16-row slabs as fit, the rest along columns.
+template <int R, int C, int W>
+struct WarpSplit {
+  static constexpr int kRowWarps = (R / 16 < W) ? R / 16 : W;
+  static constexpr int kColWarps = W / kRowWarps;
+  static constexpr int kMT = R / 16 / kRowWarps;  // m16 tiles per warp
+  static constexpr int kNT = C / 8 / kColWarps;   // n8 tiles per warp
+  static_assert(kRowWarps * kColWarps == W && kMT * 16 * kRowWarps == R &&
+                kNT * 8 * kColWarps == C, "the warps must tile the block exactly");
+  static __device__ __forceinline__ int row0(int warp) { return (warp % kRowWarps) * 16 * kMT; }
+  static __device__ __forceinline__ int col0(int warp) { return (warp / kRowWarps) * 8 * kNT; }
+};
+
+template <int D, int Dv, int BM, int BN, int W, int Stages>
+struct BackwardTiles {
+  static constexpr int kThreads = 32 * W;
+  static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad, kLdP = BN + kSmemPad;
+  static constexpr int kK = BN * kLdQK, kV = BN * kLdV, kQ = BM * kLdQK, kDO = BM * kLdV;
+  static constexpr int kP = BM * kLdP;
+  template <class T>
+  static constexpr int smem_bytes() { return (kK + kV + Stages * (kQ + kDO) + 2 * kP) * int(sizeof(T)); }
+  using Scores = WarpSplit<BM, BN, W>;   // S, dP
+  using KeysK = WarpSplit<BN, D, W>;     // dK
+  using KeysV = WarpSplit<BN, Dv, W>;    // dV
+  using Rows = WarpSplit<BM, D, W>;      // dQ
+  static_assert(KeysK::kRowWarps == KeysV::kRowWarps, "dK and dV split keys alike");
+};
+
+template <class V, class T, int D, int Dv, int BM, int BN, int W, int Stages>
+__global__ void __launch_bounds__(32 * W, 1)
+backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typename V::Grads g) {
+  using Tiles = BackwardTiles<D, Dv, BM, BN, W, Stages>;
+  using SS = typename Tiles::Scores;
+  using KK = typename Tiles::KeysK;
+  using KV = typename Tiles::KeysV;
+  using RR = typename Tiles::Rows;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = sK + Tiles::kK;
+  T* sQ = sV + Tiles::kV;              // [Stages][BM][D + pad]
+  T* sdO = sQ + Stages * Tiles::kQ;    // [Stages][BM][Dv + pad]
+  T* sP = sdO + Stages * Tiles::kDO;   // [BM][BN + pad]
+  T* sdS = sP + Tiles::kP;             // [BM][BN + pad]
+
+  const Shape& n = a.shape;
+  const int n_block = blockIdx.x;
+  const int b = blockIdx.y / n.kv_heads, hk = blockIdx.y % n.kv_heads;
+  const int group = n.heads / n.kv_heads;
+  const int k0 = n_block * BN;
+  const int warp = threadIdx.x >> 5;
+  const int q_tiles = (n.q_len + BM - 1) / BM;
+  const int items = group * q_tiles;  // (query head of the group, Q tile) pairs
+
+  auto head_of = [&](int item) { return hk * group + item / q_tiles; };
+  auto classify = [&](int item) {
+    return classify_tile<V, BM, BN>(p, b, head_of(item), (item % q_tiles) * BM, k0, n.q_len, n.kv_len);
+  };
+  auto next_item = [&](int item) {
+    for (++item; item < items; ++item)
+      if (classify(item) != TileClass::kSkip) return item;
+    return items;
+  };
+  auto load_q_do = [&](int item, int stage) {
+    const int h = head_of(item), q0 = (item % q_tiles) * BM;
+    load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, a.q.at(b, h, q0), a.q.row,
+                                      n.q_len - q0, a.q.data);
+    load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, a.dout.at(b, h, q0), a.dout.row,
+                                       n.q_len - q0, a.dout.data);
+  };
+
+  load_tile<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, k0), a.k.row, n.kv_len - k0, a.k.data);
+  load_tile<BN, Dv, Tiles::kThreads>(sV, a.v.at(b, hk, k0), a.v.row, n.kv_len - k0, a.v.data);
+  int item = next_item(-1);
+  if (item < items) load_q_do(item, 0);
+  cp_async_commit();
+
+  float dk[KK::kMT][KK::kNT][4], dv[KV::kMT][KV::kNT][4];
+  zero(dk);
+  zero(dv);
+  const int lane = threadIdx.x & 31;
+  for (int stage = 0; item < items;) {
+    const int h = head_of(item), q0 = (item % q_tiles) * BM;
+    const TileClass tile = classify(item);
+    cp_async_wait<0>();
+    __syncthreads();
+    const int item_next = next_item(item);
+    if (Stages == 2 && item_next < items) load_q_do(item_next, stage ^ 1);
+    cp_async_commit();
+    const T* q_tile = sQ + stage * Tiles::kQ;
+    const T* do_tile = sdO + stage * Tiles::kDO;
+
+    // 1. S and dP for this warp's rows x keys
+    float s[SS::kMT][SS::kNT][4], dp[SS::kMT][SS::kNT][4];
+    zero(s);
+    zero(dp);
+    const int sr = SS::row0(warp), sc = SS::col0(warp);
+    warp_gemm<SS::kMT, SS::kNT, D, false, false>(s, q_tile, Tiles::kLdQK, sr, sK, Tiles::kLdQK, sc);
+    warp_gemm<SS::kMT, SS::kNT, Dv, false, false>(dp, do_tile, Tiles::kLdV, sr, sV, Tiles::kLdV, sc);
+
+    // 2. P and dS, element by element; to shared memory as T pairs
+    const float* lse_head = a.lse + (int64_t(b) * n.heads + h) * n.q_len;
+    const float* delta_head = a.delta + (int64_t(b) * n.heads + h) * n.q_len;
+#pragma unroll
+    for (int mt = 0; mt < SS::kMT; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = sr + 16 * mt + (lane >> 2) + 8 * half, q = q0 + r;
+        const int q_safe = min(q, n.q_len - 1);
+        const float lse2 = lse_head[q_safe] * kLog2e, delta = delta_head[q_safe];
+        const bool row_live = q < n.q_len && lse2 != -inf();
+#pragma unroll
+        for (int nt = 0; nt < SS::kNT; ++nt) {
+          float pv[2], dsv[2];
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const int c = sc + 8 * nt + 2 * (lane & 3) + e, kv = k0 + c;
+            const float sx = s[mt][nt][2 * half + e] * n.scale;
+            float prob = 0.0f;
+            if (row_live && (tile == TileClass::kFull || visible<V>(p, b, h, q, kv, n.q_len, n.kv_len))) {
+              float x;
+              if constexpr (V::kHasScore) {
+                x = V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
+              } else {
+                x = sx * kLog2e;
+              }
+              prob = fast_exp2(x - lse2);
+            }
+            const float dt = prob * (dp[mt][nt][2 * half + e] - delta);
+            float ds = dt;
+            if constexpr (V::kHasScore) {
+              if (prob != 0.0f) ds *= V::score_grad(p, sx, b, h, q, kv, n.q_len, n.kv_len);
+              if constexpr (V::kHasParamGrads) {
+                if (prob != 0.0f) V::add_param_grads(p, g, dt, sx, b, h, q, kv, n.q_len, n.kv_len);
+              }
+            }
+            pv[e] = prob;
+            dsv[e] = ds;
+          }
+          const int c = sc + 8 * nt + 2 * (lane & 3);
+          *reinterpret_cast<uint32_t*>(sP + r * Tiles::kLdP + c) = pack2<T>(pv[0], pv[1]);
+          *reinterpret_cast<uint32_t*>(sdS + r * Tiles::kLdP + c) = pack2<T>(dsv[0], dsv[1]);
+        }
+      }
+    }
+    __syncthreads();
+
+    // 3. dV += P^T dO, dK += dS^T Q
+    warp_gemm<KV::kMT, KV::kNT, BM, true, true>(dv, sP, Tiles::kLdP, KV::row0(warp), do_tile,
+                                                 Tiles::kLdV, KV::col0(warp));
+    warp_gemm<KK::kMT, KK::kNT, BM, true, true>(dk, sdS, Tiles::kLdP, KK::row0(warp), q_tile,
+                                                 Tiles::kLdQK, KK::col0(warp));
+
+    // 4. dQ += dS K (unscaled; the host multiplies by the softmax scale)
+    {
+      float dq[RR::kMT][RR::kNT][4];
+      zero(dq);
+      const int rr = RR::row0(warp), rc = RR::col0(warp);
+      warp_gemm<RR::kMT, RR::kNT, BN, false, true>(dq, sdS, Tiles::kLdP, rr, sK, Tiles::kLdQK, rc);
+      float* dq_head = a.dq_accum + (int64_t(b) * n.heads + h) * n.q_len * D;
+      for_each_element(dq, q0 + rr, rc, [&](float& x, int q, int c) {
+        if (q < n.q_len) atomicAdd(dq_head + int64_t(q) * D + c, x);
+      });
+    }
+    __syncthreads();  // P, dS and this Q/dO stage are free again
+    if (Stages == 1 && item_next < items) load_q_do(item_next, 0);
+    cp_async_commit();
+    if (Stages == 2) stage ^= 1;
+    item = item_next;
+  }
+
+  // dK (times the softmax scale) and dV, rows past the sequence dropped
+  auto store = [&](auto& acc, const Strided4<T>& out, int r0, int c0, float factor) {
+    const int g = lane >> 2, t = lane & 3;
+    constexpr int MT = sizeof(acc) / sizeof(acc[0]);
+    constexpr int NT = sizeof(acc[0]) / sizeof(acc[0][0]);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int kv = k0 + r0 + 16 * mt + g + 8 * half;
+        if (kv >= n.kv_len) continue;
+        T* row = out.at(b, hk, kv);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          *reinterpret_cast<uint32_t*>(row + c0 + 8 * nt + 2 * t) =
+              pack2<T>(acc[mt][nt][2 * half] * factor, acc[mt][nt][2 * half + 1] * factor);
+      }
+  };
+  store(dk, a.dk, KK::row0(warp), KK::col0(warp), n.scale);
+  store(dv, a.dv, KV::row0(warp), KV::col0(warp), 1.0f);
+}
+
+}  // namespace fg

@@ -1,0 +1,126 @@
+// The forward pass (FlashAttention-2): one CTA per (BM query rows, batch * head).
+//
+// The Q tile stays in shared memory; K/V tiles stream through two shared-memory stages
+// with cp.async, the next tile landing while this one computes. Each of the W warps
+// owns 16 query rows: S = Q K^T (16 x BN) lives in registers, goes through the spec's
+// score and mask, the online softmax turns it into P, and P (re-packed as A fragments,
+// never written out) multiplies the V tile into the output accumulator. O is scaled by
+// 1 / rowsum once at the end and written with lse; nothing N x N touches memory.
+#pragma once
+#include "args.cuh"
+#include "copy.cuh"
+#include "mask.cuh"
+#include "mma.cuh"
+#include "softmax.cuh"
+
+namespace fg {
+
+template <int D, int Dv, int BM, int BN, int W>
+struct ForwardTiles {
+  static constexpr int kThreads = 32 * W;
+  static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad;
+  static constexpr int kQ = BM * kLdQK, kK = BN * kLdQK, kV = BN * kLdV;  // elements
+  static constexpr int kStages = 2;
+  template <class T>
+  static constexpr int smem_bytes() { return (kQ + kStages * (kK + kV)) * int(sizeof(T)); }
+  static_assert(BM == 16 * W, "each warp owns 16 query rows");
+  static_assert(BN % 16 == 0 && D % 16 == 0 && Dv % 16 == 0, "tiles are whole k16 slices");
+};
+
+template <class V, class T, int D, int Dv, int BM, int BN, int W>
+__global__ void __launch_bounds__(32 * W, 1)
+forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
+  using Tiles = ForwardTiles<D, Dv, BM, BN, W>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sK = sQ + Tiles::kQ;                    // [2][BN][D + pad]
+  T* sV = sK + Tiles::kStages * Tiles::kK;   // [2][BN][Dv + pad]
+
+  const Shape& n = a.shape;
+  // the last query tiles first: under a causal mask they have the most work
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int b = blockIdx.y / n.heads, h = blockIdx.y % n.heads;
+  const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
+  const int q0 = m_block * BM;
+  const int warp = threadIdx.x >> 5;
+  const int kv_tiles = (n.kv_len + BN - 1) / BN;
+
+  const T* k_head = a.k.at(b, hk, 0);
+  const T* v_head = a.v.at(b, hk, 0);
+  auto classify = [&](int j) { return classify_tile<V, BM, BN>(p, b, h, q0, j * BN, n.q_len, n.kv_len); };
+  auto next_tile = [&](int j) {  // the next KV tile after j that is not skipped
+    for (++j; j < kv_tiles; ++j)
+      if (classify(j) != TileClass::kSkip) return j;
+    return kv_tiles;
+  };
+  auto load_kv = [&](int j, int stage) {
+    const int rows = n.kv_len - j * BN;
+    load_tile<BN, D, Tiles::kThreads>(sK + stage * Tiles::kK, k_head + j * BN * a.k.row, a.k.row,
+                                      rows, k_head);
+    load_tile<BN, Dv, Tiles::kThreads>(sV + stage * Tiles::kV, v_head + j * BN * a.v.row,
+                                       a.v.row, rows, v_head);
+  };
+
+  load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
+  int j = next_tile(-1);
+  if (j < kv_tiles) load_kv(j, 0);
+  cp_async_commit();
+
+  float o[Dv / 8][4];
+  zero(o);
+  OnlineSoftmax<BN / 8> softmax;
+  const int row0 = q0 + 16 * warp;
+  for (int stage = 0; j < kv_tiles; stage ^= 1) {
+    const TileClass tile = classify(j);
+    cp_async_wait<0>();
+    __syncthreads();  // this stage has landed, and every warp is done with the other one
+    const int j_next = next_tile(j);
+    if (j_next < kv_tiles) load_kv(j_next, stage ^ 1);
+    cp_async_commit();
+
+    float s[1][BN / 8][4];
+    zero(s);
+    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp,
+                                           sK + stage * Tiles::kK, Tiles::kLdQK, 0);
+    // scores in log2 units, after the spec's score expression and mask
+    for_each_element(s, row0, j * BN, [&](float& x, int q, int kv) {
+      if constexpr (V::kHasScore) {
+        x = V::score(p, x * n.scale, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
+      } else {
+        x *= n.scale_log2;
+      }
+      if (tile == TileClass::kPartial && !visible<V>(p, b, h, q, kv, n.q_len, n.kv_len)) x = -inf();
+    });
+    float alpha[2];
+    softmax.step(s[0], alpha);
+#pragma unroll
+    for (int dt = 0; dt < Dv / 8; ++dt) {
+      o[dt][0] *= alpha[0];
+      o[dt][1] *= alpha[0];
+      o[dt][2] *= alpha[1];
+      o[dt][3] *= alpha[1];
+    }
+    uint32_t pa[BN / 16][4];
+    accumulator_to_a<T>(pa, s[0]);
+    warp_gemm_rA<BN / 16, Dv / 8, true>(o, pa, sV + stage * Tiles::kV, Tiles::kLdV, 0);
+    j = j_next;
+  }
+
+  float inv_sum[2], lse[2];
+  softmax.finish(inv_sum, lse);
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = row0 + g + 8 * r;
+    if (q >= n.q_len) continue;
+    T* out = a.out.at(b, h, q);
+#pragma unroll
+    for (int dt = 0; dt < Dv / 8; ++dt) {
+      *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) =
+          pack2<T>(o[dt][2 * r] * inv_sum[r], o[dt][2 * r + 1] * inv_sum[r]);
+    }
+    if (t == 0) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
+  }
+}
+
+}  // namespace fg

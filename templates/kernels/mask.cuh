@@ -1,0 +1,49 @@
+// Masks in the kernels: which (Q tile, KV tile) pairs run, and which elements count.
+//
+// A tile pair is classified before anything is loaded. The variant's tile_class()
+// (rendered by flashgen/render/tile_class.py) bounds the mask over the tile's index
+// ranges by interval analysis: kSkip tiles are never loaded, kFull tiles run with no
+// per-element mask work, kPartial tiles evaluate the mask at every element. Keys past
+// the end of the sequence make a tile partial too (the bounds mask).
+#pragma once
+#include "expr.cuh"
+
+namespace fg {
+
+enum class TileClass : int { kSkip = 0, kFull = 1, kPartial = 2 };
+
+template <class V, int BM, int BN>
+__device__ __forceinline__ TileClass classify_tile(const typename V::Params& p, int b, int h,
+                                                   int q0, int k0, int q_len, int kv_len) {
+  const int q_hi = min(q0 + BM, q_len) - 1, kv_hi = min(k0 + BN, kv_len) - 1;
+  TileClass c = TileClass::kFull;
+  if constexpr (V::kHasMask)
+    c = static_cast<TileClass>(V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len));
+  if (c == TileClass::kFull && k0 + BN > kv_len) c = TileClass::kPartial;
+  return c;
+}
+
+// Is (q, kv) visible? Only asked inside partial tiles.
+template <class V>
+__device__ __forceinline__ bool visible(const typename V::Params& p, int b, int h, int q, int kv,
+                                        int q_len, int kv_len) {
+  if (kv >= kv_len) return false;
+  if constexpr (V::kHasMask) return V::mask(p, b, h, q, kv, q_len, kv_len);
+  return true;
+}
+
+// Calls f(value, row, col) for every element of a warp's accumulator block
+// c[MT][NT][4] whose first element is at (row0, col0) (see mma.cuh for the layout).
+template <int MT, int NT, class F>
+__device__ __forceinline__ void for_each_element(float (&c)[MT][NT][4], int row0, int col0, F&& f) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        f(c[mt][nt][i], row0 + 16 * mt + g + 8 * (i >> 1), col0 + 8 * nt + 2 * t + (i & 1));
+}
+
+}  // namespace fg

@@ -1,0 +1,75 @@
+// Online softmax in base 2 (FlashAttention-2).
+//
+// Scores arrive in log2 units (x = score * log2(e)), so every exponential is one ex2.
+// Each thread holds two rows of an m16 tile (rows g and g+8) and a quarter of their
+// columns; the four threads of a quad share a row, so row reductions are two shuffles.
+// The running sum stays per thread (a partial row sum) until the end: the rescale
+// factor is the same for the whole quad, so the partial sums can be rescaled apart.
+// A row that has seen no visible key keeps max = -inf; it is exponentiated against 0
+// instead, giving p = 0 (never NaN), and ends with O = 0 and lse = -inf.
+#pragma once
+#include "expr.cuh"
+
+namespace fg {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The exponent base of a row: its max, or 0 while the row has no visible key.
+__device__ __forceinline__ float finite_or_zero(float m) { return m == -inf() ? 0.0f : m; }
+
+template <int NT>
+struct OnlineSoftmax {
+  float row_max[2] = {-inf(), -inf()};  // log2 units
+  float row_sum[2] = {0.0f, 0.0f};      // this thread's partial sum
+
+  // x: one S tile (log2 units, -inf where masked) -> probabilities, unnormalised.
+  // alpha: per row, the factor the output accumulated so far must be scaled by.
+  __device__ __forceinline__ void step(float (&x)[NT][4], float (&alpha)[2]) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float m = row_max[r];
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
+      m = quad_max(m);
+      const float base = finite_or_zero(m);
+      alpha[r] = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first visible tile
+      row_max[r] = m;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        x[nt][2 * r] = fast_exp2(x[nt][2 * r] - base);
+        x[nt][2 * r + 1] = fast_exp2(x[nt][2 * r + 1] - base);
+        sum += x[nt][2 * r] + x[nt][2 * r + 1];
+      }
+      row_sum[r] = row_sum[r] * alpha[r] + sum;
+    }
+  }
+
+  // After the last tile: 1 / (row sum) per row (0 for an empty row), and lse (natural log).
+  __device__ __forceinline__ void finish(float (&inv_sum)[2], float (&lse)[2]) const {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float sum = quad_sum(row_sum[r]);
+      inv_sum[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
+      lse[r] = sum > 0.0f ? (row_max[r] + __log2f(sum)) * kLn2 : -inf();
+    }
+  }
+};
+
+}  // namespace fg

@@ -1,0 +1,192 @@
+"""The build cache: keys, the cache directory, building and loading a library without a GPU,
+one build when two processes ask at once, and the ptxas resource report."""
+import multiprocessing
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from flashgen.build import cache
+from flashgen.build.cache import BuildError, build, cache_dir, module_key, ptxas_report
+
+TINY = {
+    "answer.cu": '#include "answer.cuh"\n'
+                 'extern "C" int fg_answer() { return FG_ANSWER; }\n'
+                 "__global__ void fg_fill(int* out) { out[threadIdx.x] = FG_ANSWER; }\n",
+    "answer.cuh": "#define FG_ANSWER 42\n",
+}
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLASHGEN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_module_key_is_stable_and_sees_sources_flags_arch_and_nvcc(monkeypatch):
+    key = module_key(TINY, "sm_80", ["-lineinfo"])
+    assert len(key) == 16 and int(key, 16) >= 0
+    assert module_key(dict(reversed(TINY.items())), "sm_80", ("-lineinfo",)) == key
+    changed = [
+        module_key({**TINY, "answer.cuh": "#define FG_ANSWER 43\n"}, "sm_80", ["-lineinfo"]),
+        module_key({**TINY, "extra.cuh": ""}, "sm_80", ["-lineinfo"]),
+        module_key(TINY, "sm_80", []),
+        module_key(TINY, "sm_90a", ["-lineinfo"]),
+    ]
+    monkeypatch.setattr(cache, "_nvcc_version", lambda nvcc: "another nvcc")
+    changed.append(module_key(TINY, "sm_80", ["-lineinfo"]))
+    assert len({key, *changed}) == len(changed) + 1
+
+
+def test_cache_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("FLASHGEN_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "flashgen"
+    monkeypatch.setenv("FLASHGEN_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("FLASHGEN_CACHE_DIR")
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "flashgen"
+
+
+def test_arch_flags_and_device_arch(monkeypatch):
+    assert cache._arch_flags("sm_80") == ["-gencode=arch=compute_80,code=sm_80"]
+    assert cache._arch_flags("sm_90a") == ["-gencode=arch=compute_90a,code=sm_90a"]
+    with pytest.raises(ValueError, match="sm_80"):
+        cache._arch_flags("compute_80")
+    # The caller's -O and -std win; nvcc would warn about a redefined option.
+    assert "-O3" not in cache._nvcc_flags("sm_80", ["-O2"])
+    assert "-std=c++17" not in cache._nvcc_flags("sm_80", ["-std=c++20"])
+    for capability, arch in [((9, 0), "sm_90a"), ((8, 6), "sm_86"), ((10, 0), "sm_100")]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None, c=capability: c)
+        assert cache.device_arch() == arch
+
+
+def test_bad_names_are_refused_before_building(tmp_cache):
+    with pytest.raises(ValueError, match="C identifier"):
+        build(TINY, name="not-an-identifier", arch="sm_80")
+    with pytest.raises(ValueError, match="relative paths"):
+        build({**TINY, "../escape.cuh": ""}, name="tiny", arch="sm_80")
+    with pytest.raises(ValueError, match=r"no \.cu"):
+        build({"answer.cuh": ""}, name="tiny", arch="sm_80")
+    assert not tmp_cache.exists()
+
+
+PTXAS_OUTPUT = """\
+ptxas info    : 0 bytes gmem
+ptxas info    : Compiling entry function '_Z5scaleILi256EEvPff' for 'sm_90a'
+ptxas info    : Function properties for _Z5scaleILi256EEvPff
+    256 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 40 registers, used 1 barriers, 256 bytes cumulative stack size, 1024 bytes smem
+ptxas info    : Compile time = 24.200 ms
+ptxas info    : Function properties for _Z6helperf
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Function properties for plain
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Compiling entry function 'plain' for 'sm_80'
+ptxas info    : Used 8 registers, 360 bytes cmem[0]
+"""
+
+
+def test_parse_ptxas_output():
+    kernels = cache._parse_ptxas(PTXAS_OUTPUT)
+    assert set(kernels) == {"_Z5scaleILi256EEvPff", "plain"}      # not the device function
+    assert kernels["_Z5scaleILi256EEvPff"] == {
+        "registers": 40, "spill_stores": 8, "spill_loads": 12, "smem_static": 1024,
+        "stack": 256, "barriers": 1, "cubin_seconds": pytest.approx(0.0242)}
+    # Properties printed before the entry line (older nvcc) still land on the kernel.
+    assert kernels["plain"] == {"registers": 8, "spill_stores": 0, "spill_loads": 0,
+                                "smem_static": 0, "stack": 0, "barriers": 0}
+
+
+@pytest.mark.nvcc
+def test_build_loads_and_calls_then_comes_from_the_cache(tmp_cache):
+    built = build(TINY, name="tiny", arch="sm_80")
+    assert not built.cached and built.seconds > 0
+    assert built.path == tmp_cache / f"tiny_{built.key}" / f"tiny_{built.key}.so"
+    assert built.key == module_key(TINY, "sm_80", [])
+    # nvcc links the CUDA runtime statically, so loading needs no GPU and no libcudart.so.
+    assert built.library().fg_answer() == 42
+    assert built.library() is built.library()
+
+    start = time.perf_counter()
+    again = build(TINY, name="tiny", arch="sm_80")
+    assert time.perf_counter() - start < 1.0
+    assert again.cached and again.seconds == 0.0 and again.path == built.path
+    assert again.library().fg_answer() == 42
+    # Nothing but the module and its lock is left behind.
+    assert sorted(p.name for p in tmp_cache.iterdir()) == [f"tiny_{built.key}",
+                                                           f"tiny_{built.key}.lock"]
+
+
+@pytest.mark.nvcc
+def test_a_failed_build_raises_with_the_compiler_output_and_leaves_nothing(tmp_cache):
+    broken = {"broken.cu": 'extern "C" int fg_broken() { return undeclared_thing; }\n'}
+    with pytest.raises(BuildError, match="undeclared_thing") as error:
+        build(broken, name="broken", arch="sm_80")
+    assert "building broken_" in str(error.value) and "undeclared_thing" in error.value.output
+    assert [p.suffix for p in tmp_cache.iterdir()] == [".lock"]
+
+
+def _build_in_child(barrier, results):
+    barrier.wait()                                  # both ask at the same moment
+    built = build(TINY, name="race", arch="sm_80")
+    results.put((built.cached, built.library().fg_answer()))
+
+
+@pytest.mark.nvcc
+def test_two_processes_asking_at_once_build_once(tmp_cache):
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(2), context.Queue()
+    children = [context.Process(target=_build_in_child, args=(barrier, results))
+                for _ in range(2)]
+    for child in children:
+        child.start()
+    outcomes = sorted(results.get(timeout=120) for _ in children)
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    # One built it; the other waited on the lock and found it built.
+    assert outcomes == [(False, 42), (True, 42)]
+    names = sorted(p.name for p in tmp_cache.iterdir())
+    assert len(names) == 2 and names[0].startswith("race_") and names[1].endswith(".lock")
+
+
+@pytest.mark.nvcc
+def test_ptxas_report_counts_registers_per_kernel():
+    sources = {
+        "a.cu": "template <int N> __global__ void scale(float* p) {\n"
+                "  __shared__ float tile[N];\n"
+                "  tile[threadIdx.x % N] = p[threadIdx.x];\n"
+                "  __syncthreads();\n"
+                "  p[threadIdx.x] = tile[(threadIdx.x + 1) % N] * 2.f;\n"
+                "}\n"
+                "template __global__ void scale<64>(float*);\n",
+        "b.cu": TINY["answer.cu"],
+        "answer.cuh": TINY["answer.cuh"],
+    }
+    report = ptxas_report(sources, "sm_80")
+    by_mangled = {info["mangled"]: info for info in report.values()}
+    assert set(by_mangled) == {"_Z5scaleILi64EEvPf", "_Z7fg_fillPi"}
+    scale = by_mangled["_Z5scaleILi64EEvPf"]
+    assert scale["registers"] > 0 and scale["smem_static"] == 64 * 4 and scale["barriers"] == 1
+    assert scale["file"] == "a.cu" and by_mangled["_Z7fg_fillPi"]["file"] == "b.cu"
+    if cache._demangle(["_Z7fg_fillPi"]) != {"_Z7fg_fillPi": "_Z7fg_fillPi"}:
+        assert "void scale<64>(float*)" in report
+
+
+@pytest.mark.nvcc
+def test_ptxas_report_raises_build_error():
+    with pytest.raises(BuildError, match="nvcc failed on bad.cu for sm_80") as error:
+        ptxas_report({"bad.cu": "__global__ void k() { nope(); }\n"}, "sm_80")
+    assert "nope" in error.value.output and error.value.command[0].endswith("nvcc")
+
+
+def test_missing_nvcc_is_a_readable_build_error(tmp_cache, monkeypatch):
+    monkeypatch.setattr(cache, "nvcc_path", lambda: None)
+    with pytest.raises(BuildError, match="nvcc not found"):
+        build(TINY, name="tiny", arch="sm_80")
+    assert [p.suffix for p in tmp_cache.iterdir()] == [".lock"]
+    assert not any(Path(tmp_cache).glob(".tiny_*"))

@@ -1,0 +1,169 @@
+"""The generated kernels against the spec's reference, on a GPU.
+
+Oracle: for out, lse, dq, dk, dv and parameter gradients,
+    max |kernel - ref64| <= 2 * max |ref_lowp - ref64| + floor,
+ref64 being the reference in float64 and ref_lowp the reference in the input dtype;
+floor = 1e-3 * max |ref64| + 1e-6 covers outputs that both compute exactly. Fresh random
+inputs per case, outputs poisoned with NaN before every launch (FLASHGEN_POISON), NaN
+never passes. Modules build in parallel into one cache before the cases run."""
+import json
+import os
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+import flashgen
+from flashgen.runtime import launch
+from flashgen.runtime.examples import example_inputs
+
+pytestmark = pytest.mark.gpu
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+HEAD_DIMS = (16, 32, 64, 96, 128, 192, 256)
+SHAPES = [(1, 1), (1, 4096), (97, 203), (128, 128), (1000, 1000), (2048, 4096)]
+
+
+def _kernel_specs():
+    return [n for n in flashgen.shipped()
+            if not flashgen.load(n).dropout and flashgen.load(n).block_sparse is None]
+
+
+def _needs_square(name):
+    return any(d.symbol == "N" for p in flashgen.load(name).params if p.is_tensor for d in p.shape)
+
+
+# (spec, dtype, head dim, B, Hq, Hkv, Nq, Nk, strided views)
+CASES = []
+for _name in _kernel_specs():
+    _spec = flashgen.load(_name)
+    _n = (300, 300) if _needs_square(_name) else (97, 203)
+    CASES.append((_name, _spec.dtypes[0], _spec.head_dims[-1], 2, 4, 2) + _n + (False,))
+for _name in ("causal", "dense"):
+    for _dt in DTYPES:
+        for _d in HEAD_DIMS:
+            CASES.append((_name, _dt, _d, 2, 3, 3, 190, 190, False))
+    for _nq, _nk in SHAPES:
+        CASES.append((_name, "bf16", 64, 1, 2, 1, _nq, _nk, False))
+for _hq, _hkv in ((8, 2), (8, 1)):
+    CASES.append(("causal", "fp16", 128, 2, _hq, _hkv, 333, 333, False))
+CASES.append(("causal", "bf16", 128, 2, 4, 2, 257, 257, True))
+CASES.append(("alibi", "fp16", 64, 2, 4, 4, 200, 300, True))
+
+REPORT = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def built_modules():
+    """Every module the cases use, built in parallel (one nvcc per core)."""
+    arch = launch._arch(torch.cuda.current_device())
+    todo = {(flashgen.compile(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES}
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
+        built = list(pool.map(lambda t: launch.module(*t, arch), sorted(todo, key=str)))
+    print(f"\n{len(built)} modules, {sum(not m.cached for m in built)} built, "
+          f"longest {max(m.seconds for m in built):.1f} s")
+    yield
+    path = os.environ.get("FLASHGEN_TEST_REPORT")
+    if path:
+        with open(path, "w") as f:
+            json.dump(REPORT, f, indent=1)
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setenv("FLASHGEN_POISON", "1")
+
+
+def _leaf(t, dtype=None):
+    return t.detach().to(dtype or t.dtype).requires_grad_()
+
+
+def _run(op, q, k, v, dout, params, dtype=None, kernel=False):
+    """out, lse and the gradients of (q, k, v, float tensor params) for one call."""
+    q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
+    p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
+             if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
+         for n, t in params.items()}
+    if kernel:
+        out, lse = op(q, k, v, return_lse=True, **p)
+    else:
+        out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **p)
+    (out.double() * dout.double()).sum().backward()
+    grads = {"out": out, "lse": lse, "dq": q.grad, "dk": k.grad, "dv": v.grad}
+    grads.update({f"d{n}": t.grad for n, t in p.items() if isinstance(t, torch.Tensor)
+                  and t.requires_grad})
+    return grads
+
+
+def _error(a, ref):
+    a, ref = a.double(), ref.double()
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(a), finite) and torch.equal(a[~finite], ref[~finite]), \
+        "-inf (fully masked rows) where the reference has none, or the other way round"
+    if not finite.any():
+        return 0.0
+    return (a[finite] - ref[finite]).abs().max().item()
+
+
+def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided):
+    op = flashgen.compile(name)
+    seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided)).encode())
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v, params, _ = example_inputs(op.spec, B, Hq, Hkv, Nq, Nk, head_dim=d,
+                                        dtype=torch.float64, device="cuda", generator=gen)
+    dt = DTYPES[dtype]
+    if strided:   # [B, N, H, d] storage seen as [B, H, N, d]: strided in every dim but the last
+        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    dout = torch.randn(B, Hq, Nq, v.shape[-1], generator=gen, dtype=torch.float64).cuda()
+    ref64 = _run(op, q, k, v, dout, params, torch.float64)
+    low = _run(op, q, k, v, dout, params, dt)
+    qk, kk, vk = q.to(dt), k.to(dt), v.to(dt)
+    if strided:
+        assert not qk.is_contiguous() and qk.stride(-1) == 1
+    got = _run(op, qk, kk, vk, dout.to(dt), params, kernel=True)
+    row = {"case": f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"}
+    failures = []
+    for what, ref in ref64.items():
+        assert not torch.isnan(got[what]).any(), f"{what}: NaN in the kernel's result"
+        bound = 2 * _error(low[what], ref) + 1e-3 * ref[torch.isfinite(ref)].abs().max().item() + 1e-6
+        err = _error(got[what], ref)
+        row[what] = round(err / bound, 3)
+        if not err <= bound:
+            failures.append(f"{what}: max error {err:.3g} > bound {bound:.3g}")
+    REPORT.append(row)
+    assert not failures, "; ".join(failures)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_kernel_matches_reference(case):
+    check(*case)
+
+
+def test_torch_compile_fullgraph_has_no_graph_break():
+    op = flashgen.compile("alibi")
+    q, k, v = (torch.randn(2, 4, 128, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+               for _ in range(3))
+    slopes = torch.rand(4, device="cuda", requires_grad=True)
+
+    def model(q, k, v, slopes):
+        return op(q * 2, k, v, slopes=slopes).float().square().sum()
+
+    compiled = torch.compile(model, fullgraph=True)
+    loss = compiled(q, k, v, slopes)
+    loss.backward()
+    grads = [t.grad.clone() for t in (q, k, v, slopes)]
+    for t in (q, k, v, slopes):
+        t.grad = None
+    eager = model(q, k, v, slopes)
+    eager.backward()
+    torch.testing.assert_close(loss, eager)
+    for a, t in zip(grads, (q, k, v, slopes)):
+        torch.testing.assert_close(a, t.grad, rtol=2e-2, atol=2e-3)
+
+
+def test_bad_tensor_message_before_launch():
+    op = flashgen.compile("causal")
+    q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float32)
+    with pytest.raises(ValueError, match="built for fp16, bf16"):
+        op(q, q, q)
