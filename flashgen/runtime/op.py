@@ -78,7 +78,10 @@ def _backward(ctx, dout, dlse):
             n = tensors[i].numel()
             grads[i] = flat[at:at + n].view(tensors[i].shape)
             at += n
-    return None, dq, dk, dv, grads, None, None
+    # a float list has no gradient: None, except that an empty list must come back as []
+    # (torch.library flattens inputs and outputs with one tree structure)
+    no_scalar_grads = None if ctx.scalars else []
+    return None, dq, dk, dv, grads, no_scalar_grads, None
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
