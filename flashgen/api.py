@@ -161,4 +161,52 @@ def generate(spec: str | os.PathLike, out_dir: str | os.PathLike, name: str | No
     return written
 
 
-__all__ = ["AttentionOp", "SpecError", "SpecNotFound", "compile", "generate", "load", "shipped"]
+def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
+    for d in head_dims or ():
+        if d not in spec.head_dims:
+            raise SpecNotFound(f"'{spec.name}' has no head dim {d} "
+                               f"(it has {', '.join(map(str, spec.head_dims))})")
+    for t in dtypes or ():
+        if t not in spec.dtypes:
+            raise SpecNotFound(f"'{spec.name}' has no dtype {t} (it has {', '.join(spec.dtypes)})")
+    return [(t, d) for t in (dtypes or spec.dtypes) for d in (head_dims or spec.head_dims)]
+
+
+def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
+          arch: str | None = None) -> list[tuple[str, int, "BuiltModule"]]:
+    """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
+    current GPU's arch or `arch` (e.g. "sm_90a"). Returns (dtype, head dim, module)s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .build.cache import device_arch
+    op = compile(spec, name)
+    arch = arch or (device_arch() if torch.cuda.is_available() else "sm_90a")
+    configs = _configs(op.spec, dtypes, head_dims)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        modules = pool.map(lambda c: launch.module(op.key, launch.TORCH_DTYPES[c[0]], c[1], arch),
+                           configs)
+        return [(t, d, m) for (t, d), m in zip(configs, modules)]
+
+
+def explain(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
+            arch: str = "sm_90a") -> list[tuple[str, int, "TilePlan", dict]]:
+    """The tile plan and ptxas's report (registers, spills, shared memory) of each kernel
+    of a spec, compiled for `arch` without a GPU. Returns (dtype, head dim, plan, report)s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .build.cache import ptxas_report
+    from .plan.tiles import plan_tiles
+    from .render.kernels import render_module
+    spec_, path = load(spec, name), _source_of(spec)[1]
+    configs = _configs(spec_, dtypes, head_dims)
+
+    def one(config):
+        t, d = config
+        report = ptxas_report(render_module(spec_, path, t, d), arch)
+        return t, d, plan_tiles(d, spec_.value_dim_for(d)), report
+    with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
+        return list(pool.map(one, configs))
+
+
+__all__ = ["AttentionOp", "SpecError", "SpecNotFound", "build", "compile", "explain", "generate",
+           "load", "shipped"]

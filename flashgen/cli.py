@@ -1,4 +1,4 @@
-"""The command line: flashgen check | generate | list | demo."""
+"""The command line: flashgen check | generate | list | demo | build | explain."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import sys
 
 from . import api, resources
 from .ir.pretty import format_spec
+from .build.cache import BuildError
 from .runtime.arguments import ArgumentError
 from .spec.errors import SpecError
 
@@ -91,6 +92,50 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def cmd_build(args) -> int:
+    """Build the kernel modules (forward + backward per dtype and head dim) and time them."""
+    import time
+    start = time.perf_counter()
+    built = api.build(args.spec, args.name, dtypes=args.dtype and args.dtype.split(","),
+                      head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch)
+    for dtype, d, m in built:
+        how = "cached" if m.cached else f"built in {m.seconds:.1f} s"
+        print(f"{dtype} d{d}: {how}  {m.path}")
+    print(f"{len(built)} module(s) in {time.perf_counter() - start:.1f} s wall "
+          f"({sum(not m.cached for m in built)} built)")
+    if args.load:
+        for dtype, d, m in built:
+            t = time.perf_counter()
+            m.library()
+            print(f"{dtype} d{d}: loaded in {(time.perf_counter() - t) * 1e3:.1f} ms")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    """Tile plans, tile classification and ptxas's resource report, with no GPU."""
+    spec = api.load(args.spec, args.name)
+    print(f"attention {spec.name}")
+    if spec.mask is not None:
+        print("tile classes: the mask is classified per (Q tile, KV tile) by interval analysis "
+              "(skip / full / partial)")
+    for dtype, d, plan, report in api.explain(
+            args.spec, args.name, dtypes=args.dtype and args.dtype.split(","),
+            head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch):
+        print(f"\n{dtype} head_dim {d} value_dim {plan.value_dim} ({args.arch})")
+        for line in plan.describe():
+            print(f"  {line}")
+        for kernel, r in sorted(report.items()):
+            short = "forward" if "forward_kernel" in kernel else "backward" if "backward_kernel" in kernel else kernel
+            print(f"  {short:8s}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
+                  f"{r['spill_loads']} B spill loads, {r['stack']} B stack, "
+                  f"{r['smem_static']} B static smem")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flashgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,13 +156,26 @@ def main(argv=None) -> int:
     p.add_argument("spec", nargs="?", default="alibi")
     p.add_argument("--name")
     p.set_defaults(run=cmd_demo)
+    for command, run, help_text in (
+            ("build", cmd_build, "compile a spec's kernels into the cache; print build times"),
+            ("explain", cmd_explain, "tile plans and ptxas registers/spills/smem (no GPU)")):
+        p = sub.add_parser(command, help=help_text)
+        p.add_argument("spec")
+        p.add_argument("--name")
+        p.add_argument("--dtype", help="e.g. bf16 (default: every dtype of the spec)")
+        p.add_argument("--head-dim", help="e.g. 64,128 (default: every head dim of the spec)")
+        p.add_argument("--arch", default="sm_90a" if command == "explain" else None,
+                       help="sm_80, sm_90a, ... (build: default the GPU's)")
+        if command == "build":
+            p.add_argument("--load", action="store_true", help="also time loading each module")
+        p.set_defaults(run=run)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except SpecError as err:
         print(err, file=sys.stderr)
         return 1
-    except (api.SpecNotFound, ArgumentError, OSError) as err:
+    except (api.SpecNotFound, ArgumentError, OSError, BuildError) as err:
         print(f"flashgen: error: {err}", file=sys.stderr)
         return 1
 

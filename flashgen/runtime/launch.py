@@ -61,6 +61,7 @@ def variant(key: str) -> Variant:
 
 
 DTYPE_NAMES = {torch.float16: "fp16", torch.bfloat16: "bf16"}
+TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
 @functools.cache
