@@ -108,7 +108,11 @@ class AttentionOp:
         return f"<flashgen op {self.spec.name}>"
 
     def __call__(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
-                 layout=None, **params):
+                 layout=None, deterministic=False, **params):
+        """Attention of q [B, H, Nq, d], k [B, Hkv, Nk, d], v [B, Hkv, Nk, dv] (CUDA, the
+        spec's dtypes, any strides with a contiguous last dim). deterministic=True makes
+        dq, dk and dv bit-identical run to run (dQ by a second pass instead of atomics);
+        gradients of the score's float tables still add with float atomics."""
         call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
                     layout=layout, params=params, for_kernel=True)
         if call.dropout_p > 0 or self.spec.block_sparse is not None:
@@ -122,7 +126,7 @@ class AttentionOp:
                 tensors.append(value.to(KERNEL_ELEMENT[p.element]))
             else:
                 scalars.append(float(value))
-        out, lse = forward_op(self.key, q, k, v, tensors, scalars, call.scale)
+        out, lse = forward_op(self.key, q, k, v, tensors, scalars, call.scale, bool(deterministic))
         return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,

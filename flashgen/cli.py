@@ -106,7 +106,7 @@ def cmd_build(args) -> int:
         how = "cached" if m.cached else f"built in {m.seconds:.1f} s"
         print(f"{dtype} d{d}: {how}  {m.path}")
     print(f"{len(built)} module(s) in {time.perf_counter() - start:.1f} s wall "
-          f"({sum(not m.cached for m in built)} built)")
+          f"({sum(not m.cached for _, _, m in built)} built)")
     if args.load:
         for dtype, d, m in built:
             t = time.perf_counter()

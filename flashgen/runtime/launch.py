@@ -11,7 +11,8 @@ variant's Params::read / Grads::read:
           lse, delta, dQ accumulator) where args.cuh reads them; then the spec's
           parameters in order: a tensor as pointer, sizes, strides; an i32/bool scalar
           as its value. Backward then adds one gradient per differentiable table
-          (pointer or 0, sizes, strides).
+          (pointer or 0, sizes, strides). Backward's ints end the fixed part with the
+          deterministic flag (after dV).
   floats: the softmax scale, then each f32 scalar parameter in order."""
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float):
 
 
 def backward(key: str, dout, q, k, v, lse, delta, tensors, scalars, scale: float,
-             param_grads_wanted: list[bool]):
+             param_grads_wanted: list[bool], deterministic: bool = False):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
     gradients, in the order of Variant.grad_params."""
     var = variant(key)
@@ -163,7 +164,7 @@ def backward(key: str, dout, q, k, v, lse, delta, tensors, scalars, scale: float
     for t in (q, k, v, dout):
         ints += _strided(t)
     ints += [lse.data_ptr(), delta.data_ptr(), dq_accum.data_ptr()]
-    ints += _strided(dk) + _strided(dv)
+    ints += _strided(dk) + _strided(dv) + [int(deterministic)]
     p_ints, p_floats = _params(var, tensors, scalars)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0

@@ -1,9 +1,11 @@
 """The kernels as PyTorch operators: torch.library custom ops with fake (meta) and
 autograd registrations, so torch.compile(fullgraph=True) traces a call as one node.
 
-    flashgen::forward(key, q, k, v, tensors, scalars, scale) -> (out, lse)
-    flashgen::backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted)
-        -> (dq, dk, dv, flat parameter gradients)
+    flashgen::forward(key, q, k, v, tensors, scalars, scale, deterministic) -> (out, lse)
+    flashgen::backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
+                       deterministic) -> (dq, dk, dv, flat parameter gradients)
+
+`deterministic` only matters to the backward pass (dQ without atomics).
 
 `key` names a registered spec (flashgen/runtime/launch.py); `tensors` are the spec's
 tensor parameters in order (f32 ones as float32, i32 as int32), `scalars` its scalar
@@ -17,13 +19,13 @@ from . import launch
 
 @torch.library.custom_op("flashgen::forward", mutates_args=())
 def forward_op(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               tensors: list[torch.Tensor], scalars: list[float], scale: float
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               tensors: list[torch.Tensor], scalars: list[float], scale: float,
+               deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return launch.forward(key, q, k, v, tensors, scalars, scale)
 
 
 @forward_op.register_fake
-def _(key, q, k, v, tensors, scalars, scale):
+def _(key, q, k, v, tensors, scalars, scale, deterministic):
     B, H, Nq, _ = q.shape
     return (q.new_empty(B, H, Nq, v.shape[-1]),
             q.new_empty(B, H, Nq, dtype=torch.float32))
@@ -33,8 +35,10 @@ def _(key, q, k, v, tensors, scalars, scale):
 def backward_op(key: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                 v: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
                 tensors: list[torch.Tensor], scalars: list[float], scale: float,
-                wanted: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return launch.backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted)
+                wanted: list[bool], deterministic: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return launch.backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
+                           deterministic)
 
 
 def _grad_tensors(key: str, tensors):
@@ -45,17 +49,17 @@ def _grad_tensors(key: str, tensors):
 
 
 @backward_op.register_fake
-def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted):
+def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted, deterministic):
     size = sum(tensors[i].numel() for i, w in zip(_grad_tensors(key, tensors), wanted) if w)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             q.new_empty(size, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    key, q, k, v, tensors, scalars, scale = inputs
+    key, q, k, v, tensors, scalars, scale, deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, *tensors)
-    ctx.key, ctx.scalars, ctx.scale = key, scalars, scale
+    ctx.key, ctx.scalars, ctx.scale, ctx.deterministic = key, scalars, scale, deterministic
     ctx.grad_positions = _grad_tensors(key, tensors)
     ctx.wanted = [tensors[i].requires_grad for i in ctx.grad_positions]
     ctx.tensor_count = len(tensors)
@@ -70,7 +74,7 @@ def _backward(ctx, dout, dlse):
         delta = delta - dlse
     wanted = ctx.wanted
     dq, dk, dv, flat = backward_op(ctx.key, dout.contiguous(), q, k, v, lse, delta.contiguous(),
-                                   tensors, ctx.scalars, ctx.scale, wanted)
+                                   tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic)
     grads: list[torch.Tensor | None] = [None] * ctx.tensor_count
     at = 0
     for i, want in zip(ctx.grad_positions, wanted):
@@ -81,7 +85,7 @@ def _backward(ctx, dout, dlse):
     # a float list has no gradient: None, except that an empty list must come back as []
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
-    return None, dq, dk, dv, grads, no_scalar_grads, None
+    return None, dq, dk, dv, grads, no_scalar_grads, None, None
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

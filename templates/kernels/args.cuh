@@ -82,6 +82,7 @@ struct BackwardArgs {
   const float* delta;  // [B, H, Nq]: rowsum(dO * O)
   float* dq_accum;     // [B, H, Nq, D], fp32, zeroed by the host
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
+  int deterministic;   // 1: dQ without atomics (dq_kernel), bit-identical run to run
   static BackwardArgs read(ArgReader& in) {
     BackwardArgs a;
     a.shape = Shape::read(in);
@@ -94,6 +95,7 @@ struct BackwardArgs {
     a.dq_accum = in.ptr<float>();
     a.dk = Strided4<T>::read(in);
     a.dv = Strided4<T>::read(in);
+    a.deterministic = in.i32();
     return a;
   }
 };

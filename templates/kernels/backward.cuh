@@ -47,7 +47,39 @@ struct BackwardTiles {
   static_assert(KeysK::kRowWarps == KeysV::kRowWarps, "dK and dV split keys alike");
 };
 
-template <class V, class T, int D, int Dv, int BM, int BN, int W, int Stages>
+// Step 2 for one element (q, kv): P from the saved lse, then dT = P (dP - delta) and
+// dS = dT * dscore/dS, both w.r.t. the scaled score sx. Fully masked rows (lse = -inf)
+// and rows past the sequence give P = 0. With kParamGrads, the score's float tables
+// get dT * dscore/dtable.
+template <class V, bool kParamGrads>
+__device__ __forceinline__ void score_gradient(const typename V::Params& p,
+                                               const typename V::Grads& g, const Shape& n,
+                                               TileClass tile, bool row_live, float lse2,
+                                               float delta, int b, int h, int q, int kv,
+                                               float s, float dp, float& prob, float& ds) {
+  const float sx = s * n.scale;
+  prob = 0.0f;
+  if (row_live && (tile == TileClass::kFull || visible<V>(p, b, h, q, kv, n.q_len, n.kv_len))) {
+    float x;
+    if constexpr (V::kHasScore) {
+      x = V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
+    } else {
+      x = sx * kLog2e;
+    }
+    prob = fast_exp2(x - lse2);
+  }
+  const float dt = prob * (dp - delta);
+  ds = dt;
+  if constexpr (V::kHasScore) {
+    if (prob != 0.0f) ds *= V::score_grad(p, sx, b, h, q, kv, n.q_len, n.kv_len);
+    if constexpr (kParamGrads && V::kHasParamGrads) {
+      if (prob != 0.0f) V::add_param_grads(p, g, dt, sx, b, h, q, kv, n.q_len, n.kv_len);
+    }
+  }
+}
+
+// kDq = false (deterministic mode): dQ is left to dq_kernel below.
+template <class V, class T, int D, int Dv, int BM, int BN, int W, int Stages, bool kDq>
 __global__ void __launch_bounds__(32 * W, 1)
 backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typename V::Grads g) {
   using Tiles = BackwardTiles<D, Dv, BM, BN, W, Stages>;
@@ -134,28 +166,10 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
           float pv[2], dsv[2];
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const int c = sc + 8 * nt + 2 * (lane & 3) + e, kv = k0 + c;
-            const float sx = s[mt][nt][2 * half + e] * n.scale;
-            float prob = 0.0f;
-            if (row_live && (tile == TileClass::kFull || visible<V>(p, b, h, q, kv, n.q_len, n.kv_len))) {
-              float x;
-              if constexpr (V::kHasScore) {
-                x = V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
-              } else {
-                x = sx * kLog2e;
-              }
-              prob = fast_exp2(x - lse2);
-            }
-            const float dt = prob * (dp[mt][nt][2 * half + e] - delta);
-            float ds = dt;
-            if constexpr (V::kHasScore) {
-              if (prob != 0.0f) ds *= V::score_grad(p, sx, b, h, q, kv, n.q_len, n.kv_len);
-              if constexpr (V::kHasParamGrads) {
-                if (prob != 0.0f) V::add_param_grads(p, g, dt, sx, b, h, q, kv, n.q_len, n.kv_len);
-              }
-            }
-            pv[e] = prob;
-            dsv[e] = ds;
+            const int kv = k0 + sc + 8 * nt + 2 * (lane & 3) + e;
+            score_gradient<V, true>(p, g, n, tile, row_live, lse2, delta, b, h, q, kv,
+                                    s[mt][nt][2 * half + e], dp[mt][nt][2 * half + e], pv[e],
+                                    dsv[e]);
           }
           const int c = sc + 8 * nt + 2 * (lane & 3);
           *reinterpret_cast<uint32_t*>(sP + r * Tiles::kLdP + c) = pack2<T>(pv[0], pv[1]);
@@ -172,7 +186,7 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
                                                  Tiles::kLdQK, KK::col0(warp));
 
     // 4. dQ += dS K (unscaled; the host multiplies by the softmax scale)
-    {
+    if constexpr (kDq) {
       float dq[RR::kMT][RR::kNT][4];
       zero(dq);
       const int rr = RR::row0(warp), rc = RR::col0(warp);
@@ -209,6 +223,110 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   };
   store(dk, a.dk, KK::row0(warp), KK::col0(warp), n.scale);
   store(dv, a.dv, KV::row0(warp), KV::col0(warp), 1.0f);
+}
+
+// Deterministic dQ: one CTA per (BM query rows, batch * head), shaped like the
+// forward pass. It walks the KV tiles in order, recomputing S and dP, and keeps dQ in
+// registers, so every sum runs in one fixed order and no atomics touch dQ: bit-identical
+// run to run, at the price of recomputing S and dP (two more GEMMs per tile).
+template <int D, int Dv, int BM, int BN, int W>
+struct DqTiles {
+  static constexpr int kThreads = 32 * W;
+  static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad;
+  static constexpr int kQ = BM * kLdQK, kDO = BM * kLdV, kK = BN * kLdQK, kV = BN * kLdV;
+  template <class T>
+  static constexpr int smem_bytes() { return (kQ + kDO + 2 * (kK + kV)) * int(sizeof(T)); }
+  static_assert(BM == 16 * W, "each warp owns 16 query rows");
+};
+
+template <class V, class T, int D, int Dv, int BM, int BN, int W>
+__global__ void __launch_bounds__(32 * W, 1)
+dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
+  using Tiles = DqTiles<D, Dv, BM, BN, W>;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sQ = reinterpret_cast<T*>(smem);
+  T* sdO = sQ + Tiles::kQ;
+  T* sK = sdO + Tiles::kDO;         // [2][BN][D + pad]
+  T* sV = sK + 2 * Tiles::kK;       // [2][BN][Dv + pad]
+
+  const Shape& n = a.shape;
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int b = blockIdx.y / n.heads, h = blockIdx.y % n.heads;
+  const int hk = h / (n.heads / n.kv_heads);
+  const int q0 = m_block * BM;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kv_tiles = (n.kv_len + BN - 1) / BN;
+  const T* k_head = a.k.at(b, hk, 0);
+  const T* v_head = a.v.at(b, hk, 0);
+  auto classify = [&](int j) { return classify_tile<V, BM, BN>(p, b, h, q0, j * BN, n.q_len, n.kv_len); };
+  auto next_tile = [&](int j) {
+    for (++j; j < kv_tiles; ++j)
+      if (classify(j) != TileClass::kSkip) return j;
+    return kv_tiles;
+  };
+  auto load_kv = [&](int j, int stage) {
+    const int rows = n.kv_len - j * BN;
+    load_tile<BN, D, Tiles::kThreads>(sK + stage * Tiles::kK, k_head + j * BN * a.k.row, a.k.row,
+                                      rows, k_head);
+    load_tile<BN, Dv, Tiles::kThreads>(sV + stage * Tiles::kV, v_head + j * BN * a.v.row,
+                                       a.v.row, rows, v_head);
+  };
+  load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
+  load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, q0), a.dout.row, n.q_len - q0,
+                                     a.dout.data);
+  int j = next_tile(-1);
+  if (j < kv_tiles) load_kv(j, 0);
+  cp_async_commit();
+
+  // this thread's two rows
+  const int row0 = q0 + 16 * warp;
+  float lse2[2], delta[2];
+  bool row_live[2];
+  const int64_t head = (int64_t(b) * n.heads + h) * n.q_len;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = row0 + (lane >> 2) + 8 * r, q_safe = min(q, n.q_len - 1);
+    lse2[r] = a.lse[head + q_safe] * kLog2e;
+    delta[r] = a.delta[head + q_safe];
+    row_live[r] = q < n.q_len && lse2[r] != -inf();
+  }
+  const typename V::Grads no_grads{};
+  float dq[D / 8][4];
+  zero(dq);
+  for (int stage = 0; j < kv_tiles; stage ^= 1) {
+    const TileClass tile = classify(j);
+    cp_async_wait<0>();
+    __syncthreads();
+    const int j_next = next_tile(j);
+    if (j_next < kv_tiles) load_kv(j_next, stage ^ 1);
+    cp_async_commit();
+    float s[1][BN / 8][4], dp[1][BN / 8][4];
+    zero(s);
+    zero(dp);
+    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK + stage * Tiles::kK,
+                                           Tiles::kLdQK, 0);
+    warp_gemm<1, BN / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV + stage * Tiles::kV,
+                                            Tiles::kLdV, 0);
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // compile-time indices keep everything in registers
+        const int r = i >> 1;
+        const int q = row0 + (lane >> 2) + 8 * r, kv = j * BN + 8 * nt + 2 * (lane & 3) + (i & 1);
+        float prob;
+        score_gradient<V, false>(p, no_grads, n, tile, row_live[r], lse2[r], delta[r], b, h, q,
+                                 kv, s[0][nt][i], dp[0][nt][i], prob, s[0][nt][i]);
+      }
+    }
+    uint32_t ds[BN / 16][4];
+    accumulator_to_a<T>(ds, s[0]);
+    warp_gemm_rA<BN / 16, D / 8, true>(dq, ds, sK + stage * Tiles::kK, Tiles::kLdQK, 0);
+    j = j_next;
+  }
+  float* dq_head = a.dq_accum + head * D;
+  for_each_element(dq, row0, 0, [&](float& x, int q, int c) {
+    if (q < n.q_len) dq_head[int64_t(q) * D + c] = x;
+  });
 }
 
 }  // namespace fg

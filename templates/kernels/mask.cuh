@@ -46,4 +46,10 @@ __device__ __forceinline__ void for_each_element(float (&c)[MT][NT][4], int row0
         f(c[mt][nt][i], row0 + 16 * mt + g + 8 * (i >> 1), col0 + 8 * nt + 2 * t + (i & 1));
 }
 
+// The same for one m16 tile's block c[NT][4].
+template <int NT, class F>
+__device__ __forceinline__ void for_each_element(float (&c)[NT][4], int row0, int col0, F&& f) {
+  for_each_element(*reinterpret_cast<float(*)[1][NT][4]>(&c), row0, col0, f);
+}
+
 }  // namespace fg

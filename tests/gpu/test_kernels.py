@@ -58,7 +58,7 @@ REPORT = []
 def built_modules():
     """Every module the cases use, built in parallel (one nvcc per core)."""
     arch = launch._arch(torch.cuda.current_device())
-    todo = {(flashgen.compile(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES}
+    todo = {(flashgen.compile(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES + DETERMINISTIC}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
         built = list(pool.map(lambda t: launch.module(*t, arch), sorted(todo, key=str)))
     print(f"\n{len(built)} modules, {sum(not m.cached for m in built)} built, "
@@ -79,14 +79,14 @@ def _leaf(t, dtype=None):
     return t.detach().to(dtype or t.dtype).requires_grad_()
 
 
-def _run(op, q, k, v, dout, params, dtype=None, kernel=False):
+def _run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False):
     """out, lse and the gradients of (q, k, v, float tensor params) for one call."""
     q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
     p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
              if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
          for n, t in params.items()}
     if kernel:
-        out, lse = op(q, k, v, return_lse=True, **p)
+        out, lse = op(q, k, v, return_lse=True, deterministic=deterministic, **p)
     else:
         out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **p)
     (out.double() * dout.double()).sum().backward()
@@ -106,7 +106,7 @@ def _error(a, ref):
     return (a[finite] - ref[finite]).abs().max().item()
 
 
-def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided):
+def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False):
     op = flashgen.compile(name)
     seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided)).encode())
     gen = torch.Generator().manual_seed(seed)
@@ -121,8 +121,9 @@ def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided):
     qk, kk, vk = q.to(dt), k.to(dt), v.to(dt)
     if strided:
         assert not qk.is_contiguous() and qk.stride(-1) == 1
-    got = _run(op, qk, kk, vk, dout.to(dt), params, kernel=True)
-    row = {"case": f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"}
+    got = _run(op, qk, kk, vk, dout.to(dt), params, kernel=True, deterministic=deterministic)
+    row = {"case": f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"
+                   f"{' deterministic' if deterministic else ''}"}
     failures = []
     for what, ref in ref64.items():
         assert not torch.isnan(got[what]).any(), f"{what}: NaN in the kernel's result"
@@ -138,6 +139,35 @@ def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided):
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_kernel_matches_reference(case):
     check(*case)
+
+
+DETERMINISTIC = [("causal", "bf16", 64, 1, 4, 2, 1000, 1000, False),
+                 ("t5_bias", "fp16", 64, 2, 4, 2, 97, 203, False),
+                 ("softcap", "bf16", 256, 1, 2, 2, 300, 300, False),
+                 ("dense", "fp16", 16, 1, 2, 1, 1, 4096, False)]
+
+
+@pytest.mark.parametrize("case", DETERMINISTIC, ids=lambda c: "-".join(map(str, c)))
+def test_deterministic_backward_matches_reference(case):
+    check(*case, deterministic=True)
+
+
+def test_deterministic_backward_is_bit_identical():
+    op = flashgen.compile("causal")
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 8, 1500, 128, generator=gen).cuda().half() for _ in range(3))
+    k, v = k[:, :2], v[:, :2]
+    dout = torch.randn(2, 8, 1500, 128, generator=gen).cuda().half()
+
+    def grads(deterministic):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        op(*leaves, deterministic=deterministic).backward(dout)
+        return [t.grad for t in leaves]
+    first, second = grads(True), grads(True)
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    atomics = grads(False)
+    for a, b in zip(first, atomics):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-3)
 
 
 def test_torch_compile_fullgraph_has_no_graph_break():
