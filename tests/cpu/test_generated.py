@@ -80,3 +80,27 @@ def test_cli_generate_list_check_demo(tmp_path, capsys):
 def test_resources_are_found():
     assert resources.grammar_path().is_file()
     assert (resources.templates_dir() / "common" / "variant.cuh.j2").is_file()
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
+@pytest.mark.parametrize("name", list(flashgen.shipped()))
+def test_every_shipped_kernel_compiles(name, arch):
+    """Every (dtype, head dim) of every shipped spec, forward and backward, compiles with
+    the local nvcc (no GPU, no torch headers) and ptxas reports no spills."""
+    from flashgen.build.cache import ptxas_report
+    from flashgen.render.kernels import render_module
+    spec = flashgen.load(name)
+    path = f"flashgen/specs/{name}.attn"
+    sources = {}
+    for dtype in spec.dtypes:
+        for d in spec.head_dims:
+            sources.update(render_module(spec, path, dtype, d))
+    report = ptxas_report(sources, arch)
+    kernels = {"forward_kernel": 0, "backward_kernel": 0, "dq_kernel": 0}
+    for kernel, r in report.items():
+        kernels[next(k for k in kernels if k in kernel)] += 1
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{kernel} spills: {r}"
+    configs = len(spec.dtypes) * len(spec.head_dims)
+    assert kernels == {"forward_kernel": configs, "backward_kernel": 2 * configs,
+                       "dq_kernel": configs}
