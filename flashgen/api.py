@@ -13,6 +13,8 @@ from .ir.nodes import AttentionSpec
 from .reference.attention import run as run_reference
 from .render.kernels import render_units
 from .render.variant import render_variant
+from .build.cache import BuiltModule
+from .plan.tiles import TilePlan
 from .runtime import launch
 from .runtime.arguments import bind
 from .runtime.op import forward_op
@@ -177,7 +179,7 @@ def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
 
 
 def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
-          arch: str | None = None) -> list[tuple[str, int, "BuiltModule"]]:
+          arch: str | None = None) -> list[tuple[str, int, BuiltModule]]:
     """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
     current GPU's arch or `arch` (e.g. "sm_90a"). Returns (dtype, head dim, module)s."""
     from concurrent.futures import ThreadPoolExecutor
@@ -193,7 +195,7 @@ def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head
 
 
 def explain(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
-            arch: str = "sm_90a") -> list[tuple[str, int, "TilePlan", dict]]:
+            arch: str = "sm_90a") -> list[tuple[str, int, TilePlan, dict]]:
     """The tile plan and ptxas's report (registers, spills, shared memory) of each kernel
     of a spec, compiled for `arch` without a GPU. Returns (dtype, head dim, plan, report)s."""
     from concurrent.futures import ThreadPoolExecutor
