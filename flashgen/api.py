@@ -16,6 +16,7 @@ from .render.variant import render_variant
 from .build.cache import BuiltModule
 from .plan.tiles import TilePlan
 from .runtime import launch
+from .reference.philox import MASK32, resolve_seed
 from .runtime.arguments import bind
 from .runtime.op import forward_op
 from .spec.errors import Diagnostic, SpecError, did_you_mean
@@ -24,6 +25,15 @@ from .spec.parse import parse
 
 # what the kernels read tensor parameters as (templates/common/expr.cuh TensorRef)
 KERNEL_ELEMENT = {"f32": torch.float32, "i32": torch.int32, "bool": torch.bool}
+
+
+def seed_words(seed) -> list[int]:
+    """A call's seed as the op takes it: [] (draw from the generator) or
+    [seed lo, seed hi, offset]."""
+    if seed is None:
+        return []
+    s, offset = resolve_seed(seed, "cpu")
+    return [s & MASK32, s >> 32, offset]
 
 
 class SpecNotFound(LookupError):
@@ -114,13 +124,14 @@ class AttentionOp:
         """Attention of q [B, H, Nq, d], k [B, Hkv, Nk, d], v [B, Hkv, Nk, dv] (CUDA, the
         spec's dtypes, any strides with a contiguous last dim). deterministic=True makes
         dq, dk and dv bit-identical run to run (dQ by a second pass instead of atomics);
-        gradients of the score's float tables still add with float atomics."""
+        gradients of the score's float tables still add with float atomics.
+
+        dropout_p (specs with `dropout`): seed=None draws a seed and offset from torch's
+        CUDA generator, advancing it (torch.manual_seed reproduces a run); an int, or a
+        (seed, offset) pair, pins the mask. layout: the bool block layout of a
+        `block_sparse = layout(...)` spec."""
         call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
                     layout=layout, params=params, for_kernel=True)
-        if call.dropout_p > 0 or self.spec.block_sparse is not None:
-            raise NotImplementedError(
-                f"'{self.spec.name}': the kernels do not run dropout or block-sparse patterns "
-                "in this flashgen version; op.reference(...) computes them with PyTorch ops")
         tensors, scalars = [], []
         for p in self.spec.params:
             value = call.params[p.name]
@@ -128,7 +139,8 @@ class AttentionOp:
                 tensors.append(value.to(KERNEL_ELEMENT[p.element]))
             else:
                 scalars.append(float(value))
-        out, lse = forward_op(self.key, q, k, v, tensors, scalars, call.scale, bool(deterministic))
+        out, lse, _ = forward_op(self.key, q, k, v, tensors, scalars, call.scale, call.dropout_p,
+                                 seed_words(seed), call.layout, bool(deterministic))
         return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
@@ -201,7 +213,7 @@ def explain(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, he
     from concurrent.futures import ThreadPoolExecutor
 
     from .build.cache import ptxas_report
-    from .plan.tiles import plan_tiles
+    from .plan.tiles import plan_for
     from .render.kernels import render_module
     spec_, path = load(spec, name), _source_of(spec)[1]
     configs = _configs(spec_, dtypes, head_dims)
@@ -209,7 +221,7 @@ def explain(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, he
     def one(config):
         t, d = config
         report = ptxas_report(render_module(spec_, path, t, d), arch)
-        return t, d, plan_tiles(d, spec_.value_dim_for(d)), report
+        return t, d, plan_for(spec_, d), report
     with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
         return list(pool.map(one, configs))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from . import api, resources
@@ -129,11 +130,25 @@ def cmd_explain(args) -> int:
         for line in plan.describe():
             print(f"  {line}")
         for kernel, r in sorted(report.items()):
-            short = "forward" if "forward_kernel" in kernel else "backward" if "backward_kernel" in kernel else kernel
-            print(f"  {short:8s}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
+            print(f"  {_kernel_label(kernel):30s}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
                   f"{r['spill_loads']} B spill loads, {r['stack']} B stack, "
                   f"{r['smem_static']} B static smem")
     return 0
+
+
+def _kernel_label(kernel: str) -> str:
+    """A ptxas kernel name as `explain` shows it: the pass and its compile-time flags
+    (the trailing bool template arguments of templates/kernels/*.cuh)."""
+    flags = re.findall(r"\b(true|false)\b", kernel)
+    if "forward_kernel" in kernel:
+        return "forward" + (" +dropout" if flags[-1:] == ["true"] else "")
+    if "backward_kernel" in kernel:
+        dq, dropout = flags[-2:]
+        return ("backward" + (" (dQ atomics)" if dq == "true" else " (dK, dV)")
+                + (" +dropout" if dropout == "true" else ""))
+    if "dq_kernel" in kernel:
+        return "deterministic dQ" + (" +dropout" if flags[-1:] == ["true"] else "")
+    return kernel
 
 
 def main(argv=None) -> int:

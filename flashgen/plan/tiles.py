@@ -10,7 +10,11 @@ forward -- each warp owns 16 query rows, so BM = 16 * warps. Per thread the outp
 backward -- BM = BN = 64. dK and dV stay in registers for the whole CTA:
   (D + Dv) / 2 / (column splits) floats per thread. 4 warps up to d = 64, else 8, split
   2 ways over columns. Q/dO are double-buffered unless two stages would not fit
-  sm_80's shared memory (d >= 192: one stage)."""
+  sm_80's shared memory (d >= 192: one stage).
+block-sparse -- the forward tile shrinks to the layout's blocks (not below 64 x 32), so
+  a tile lies inside one block and is all visible or all skipped; smaller blocks, and
+  the backward's 64 x 64 tiles over 16- or 32-element blocks, read the layout per
+  element in the tiles whose blocks differ (templates/kernels/sparse.cuh)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -64,16 +68,21 @@ class TilePlan:
         ]
 
 
-def plan_tiles(head_dim: int, value_dim: int) -> TilePlan:
+def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = None) -> TilePlan:
+    """The tiles for a head dim, and for a block-sparse spec's (block_q, block_k)."""
     widest = max(head_dim, value_dim)
     if widest <= 64:
-        forward = ForwardPlan(128, 128, 8)
+        block_m, block_n = 128, 128
     elif widest <= 128:
-        forward = ForwardPlan(128, 64, 8)
+        block_m, block_n = 128, 64
     elif widest <= 192:
-        forward = ForwardPlan(64, 64, 4)
+        block_m, block_n = 64, 64
     else:
-        forward = ForwardPlan(64, 32, 4)
+        block_m, block_n = 64, 32
+    if blocks is not None:
+        block_m = min(block_m, max(64, blocks[0]))
+        block_n = min(block_n, max(32, blocks[1]))
+    forward = ForwardPlan(block_m, block_n, block_m // 16)
     warps = 4 if widest <= 64 else 8
     backward = BackwardPlan(64, 64, warps, 2)
     if backward.smem_bytes(head_dim, value_dim) > SM80_SMEM_LIMIT:
@@ -82,3 +91,10 @@ def plan_tiles(head_dim: int, value_dim: int) -> TilePlan:
     assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     assert backward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     return plan
+
+
+def plan_for(spec, head_dim: int) -> TilePlan:
+    """The tile plan of a checked spec's kernels at one head dim."""
+    bs = spec.block_sparse
+    return plan_tiles(head_dim, spec.value_dim_for(head_dim),
+                      None if bs is None else (bs.block_q, bs.block_k))

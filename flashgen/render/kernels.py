@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .. import resources
 from ..ir.nodes import AttentionSpec
-from ..plan.tiles import BackwardPlan, ForwardPlan, plan_tiles
+from ..plan.tiles import BackwardPlan, ForwardPlan, plan_for
 from .variant import environment, render_variant
 
 C_DTYPES = {"fp16": "__half", "bf16": "__nv_bfloat16"}
@@ -27,6 +27,7 @@ class KernelView:
     c_dtype: str
     d: int
     dv: int
+    dropout: bool
     fwd: ForwardPlan
     bwd: BackwardPlan
     plan: tuple[str, ...]
@@ -40,11 +41,11 @@ def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: in
                  ) -> dict[str, str]:
     """{file name: text} of the forward and backward units of one (dtype, head dim)."""
     dv = spec.value_dim_for(head_dim)
-    plan = plan_tiles(head_dim, dv)
+    plan = plan_for(spec, head_dim)
     units = {}
     for pass_name in PASSES:
         view = KernelView(spec.name, f"fg_{spec.name}", source_path, pass_name, dtype,
-                          C_DTYPES[dtype], head_dim, dv, plan.forward, plan.backward,
+                          C_DTYPES[dtype], head_dim, dv, spec.dropout, plan.forward, plan.backward,
                           tuple(plan.describe()))
         text = environment().get_template(f"kernels/{pass_name}.cu.j2").render(k=view)
         units[unit_name(pass_name, dtype, head_dim)] = text.rstrip() + "\n"

@@ -52,6 +52,7 @@ class VariantView:
     params: tuple[ParamView, ...]
     constants: tuple[tuple[str, tuple[str, str]], ...]
     dropout: bool
+    block_sparse: bool
     mask: FunctionView | None
     score: FunctionView | None
     score_grad: FunctionView | None
@@ -154,7 +155,7 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         name=spec.name, namespace=f"fg_{spec.name}", source_path=source_path,
         line=spec.span.line, summary=tuple(summary),
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
-        dropout=spec.dropout, mask=mask, score=score, score_grad=grad, tile_class=tile_class,
+        dropout=spec.dropout, block_sparse=spec.block_sparse is not None, mask=mask, score=score, score_grad=grad, tile_class=tile_class,
         grads=grads, param_grads=param_grads)
 
 

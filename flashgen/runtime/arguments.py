@@ -171,18 +171,22 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
         _fail(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     if dropout_p > 0 and not spec.dropout:
         _fail(f"'{spec.name}' has no dropout; add a `dropout` line to the spec to use dropout_p")
-    layout = _bind_layout(spec, layout, sizes, q.device)
+    layout = _bind_layout(spec, layout, sizes, q.device, for_kernel)
     return BoundCall(spec, q, k, v, float(scale), float(dropout_p), seed, layout, bound, sizes)
 
 
-def _bind_layout(spec: AttentionSpec, layout, sizes, device):
+def _bind_layout(spec: AttentionSpec, layout, sizes, device, for_kernel: bool):
+    """The call's layout: the tensor passed, or a built-in pattern's (for the kernels,
+    None: they take the pattern's cached tile lists, flashgen/runtime/sparse.py)."""
     bs = spec.block_sparse
     if bs is None or bs.pattern != "layout":
         if layout is not None:
             _fail(f"'{spec.name}' takes no layout"
                   + ("; its block pattern is built in" if bs is not None else
                      "; add `block_sparse = layout(block = 128)` to the spec to pass one"))
-        return fixed_layout(bs, sizes["Nq"], sizes["Nk"], device) if bs is not None else None
+        if bs is None or for_kernel:
+            return None
+        return fixed_layout(bs, sizes["Nq"], sizes["Nk"], device)
     qb, kb = block_counts(bs, sizes["Nq"], sizes["Nk"])
     if layout is None:
         _fail(f"'{spec.name}' needs a block layout: pass layout=<bool tensor "

@@ -8,12 +8,15 @@ variant's Params::read / Grads::read:
 
   ints:   B, H, Hkv, Nq, Nk; then per tensor of the pass (q, k, v, out | q, k, v, dO,
           then dK, dV) its pointer and batch, head, row strides; plain pointers (lse |
-          lse, delta, dQ accumulator) where args.cuh reads them; then the spec's
+          lse, delta, dQ accumulator) where args.cuh reads them; backward's
+          deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
+          threshold; all 0 without dropout); the block-sparse lists (14 ints,
+          flashgen/runtime/sparse.py; all 0 for a dense spec); then the spec's
           parameters in order: a tensor as pointer, sizes, strides; an i32/bool scalar
           as its value. Backward then adds one gradient per differentiable table
-          (pointer or 0, sizes, strides). Backward's ints end the fixed part with the
-          deterministic flag (after dV).
-  floats: the softmax scale, then each f32 scalar parameter in order."""
+          (pointer or 0, sizes, strides).
+  floats: the softmax scale, the dropout's 1 / (1 - p), then each f32 scalar parameter
+          in order."""
 from __future__ import annotations
 
 import ctypes
@@ -26,8 +29,11 @@ import torch
 
 from ..build.cache import BuiltModule, build, device_arch
 from ..ir.nodes import AttentionSpec
+from ..plan.tiles import plan_for
+from ..reference.philox import MASK32, resolve_seed, threshold
 from ..render.kernels import render_module
 from ..render.variant import differentiable_loads
+from .sparse import DENSE, sparse_tiles
 
 
 class KernelError(RuntimeError):
@@ -134,8 +140,34 @@ def _shape(q, k, scale) -> tuple[list[int], list[float]]:
     return [B, H, k.shape[1], Nq, k.shape[2]], [scale]
 
 
-def forward(key: str, q, k, v, tensors, scalars, scale: float):
-    """out [B, H, Nq, Dv] (q's dtype) and lse [B, H, Nq] (fp32)."""
+def rng_state(seed: list[int], dropout_p: float, device) -> torch.Tensor:
+    """(seed lo, seed hi, offset) of a call as a CPU int64 tensor: `seed` as given, or
+    (empty list) drawn from torch's generator of the device, advancing it. Nothing is
+    drawn when dropout_p = 0."""
+    if dropout_p > 0 and not seed:
+        s, offset = resolve_seed(None, device)
+        seed = [s & MASK32, s >> 32, offset]
+    return torch.tensor(list(seed) or [0, 0, 0], dtype=torch.int64)
+
+
+def _dropout(dropout_p: float, rng: torch.Tensor) -> tuple[list[int], list[float]]:
+    """Dropout's ints and float (templates/kernels/dropout.cuh Dropout::read)."""
+    if dropout_p == 0:
+        return [0, 0, 0, 0], [1.0]
+    return [*rng.tolist(), threshold(dropout_p)], [1.0 / (1.0 - dropout_p)]
+
+
+def _sparse(var: Variant, q, k, layout) -> list[int]:
+    if var.spec.block_sparse is None:
+        return DENSE
+    plan = plan_for(var.spec, q.shape[-1])
+    return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
+
+
+def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
+            rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
+    """out [B, H, Nq, Dv] (q's dtype) and lse [B, H, Nq] (fp32). rng: see rng_state;
+    layout: a runtime block layout (None for a built-in pattern or a dense spec)."""
     var = variant(key)
     q, k, v = aligned(q), aligned(k), aligned(v)
     B, H, Nq, _ = q.shape
@@ -145,15 +177,20 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float):
     for t in (q, k, v, out):
         ints += _strided(t)
     ints.append(lse.data_ptr())
+    d_ints, d_floats = _dropout(dropout_p, rng)
+    ints += d_ints + _sparse(var, q, k, layout)
+    floats += d_floats
     p_ints, p_floats = _params(var, tensors, scalars)
     _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
     return out, lse
 
 
 def backward(key: str, dout, q, k, v, lse, delta, tensors, scalars, scale: float,
-             param_grads_wanted: list[bool], deterministic: bool = False):
+             param_grads_wanted: list[bool], deterministic: bool = False, dropout_p: float = 0.0,
+             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
-    gradients, in the order of Variant.grad_params."""
+    gradients, in the order of Variant.grad_params. dropout_p, rng and layout are the
+    forward call's."""
     var = variant(key)
     q, k, v, dout = aligned(q), aligned(k), aligned(v), aligned(dout)
     B, H, Nq, D = q.shape
@@ -165,6 +202,9 @@ def backward(key: str, dout, q, k, v, lse, delta, tensors, scalars, scale: float
         ints += _strided(t)
     ints += [lse.data_ptr(), delta.data_ptr(), dq_accum.data_ptr()]
     ints += _strided(dk) + _strided(dv) + [int(deterministic)]
+    d_ints, d_floats = _dropout(dropout_p, rng)
+    ints += d_ints + _sparse(var, q, k, layout)
+    floats += d_floats
     p_ints, p_floats = _params(var, tensors, scalars)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0

@@ -1,11 +1,17 @@
 """The kernels as PyTorch operators: torch.library custom ops with fake (meta) and
 autograd registrations, so torch.compile(fullgraph=True) traces a call as one node.
 
-    flashgen::forward(key, q, k, v, tensors, scalars, scale, deterministic) -> (out, lse)
+    flashgen::forward(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
+                      deterministic) -> (out, lse, rng)
     flashgen::backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
-                       deterministic) -> (dq, dk, dv, flat parameter gradients)
+                       deterministic, dropout_p, rng, layout)
+                       -> (dq, dk, dv, flat parameter gradients)
 
-`deterministic` only matters to the backward pass (dQ without atomics).
+`deterministic` only matters to the backward pass (dQ without atomics). `seed` is
+[seed lo, seed hi, offset], or [] to draw from torch's CUDA generator inside the op (so
+a compiled graph draws afresh on every run); `rng` (CPU int64 [3]) is what the forward
+pass used, and the backward pass draws the same mask from it. `layout` is a runtime
+block layout, None for built-in patterns and dense specs.
 
 `key` names a registered spec (flashgen/runtime/launch.py); `tensors` are the spec's
 tensor parameters in order (f32 ones as float32, i32 as int32), `scalars` its scalar
@@ -20,25 +26,30 @@ from . import launch
 @torch.library.custom_op("flashgen::forward", mutates_args=())
 def forward_op(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                tensors: list[torch.Tensor], scalars: list[float], scale: float,
-               deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    return launch.forward(key, q, k, v, tensors, scalars, scale)
+               dropout_p: float, seed: list[int], layout: torch.Tensor | None,
+               deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rng = launch.rng_state(seed, dropout_p, q.device)
+    out, lse = launch.forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout)
+    return out, lse, rng
 
 
 @forward_op.register_fake
-def _(key, q, k, v, tensors, scalars, scale, deterministic):
+def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic):
     B, H, Nq, _ = q.shape
     return (q.new_empty(B, H, Nq, v.shape[-1]),
-            q.new_empty(B, H, Nq, dtype=torch.float32))
+            q.new_empty(B, H, Nq, dtype=torch.float32),
+            torch.empty(3, dtype=torch.int64, device="cpu"))
 
 
 @torch.library.custom_op("flashgen::backward", mutates_args=())
 def backward_op(key: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                 v: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
                 tensors: list[torch.Tensor], scalars: list[float], scale: float,
-                wanted: list[bool], deterministic: bool
+                wanted: list[bool], deterministic: bool, dropout_p: float, rng: torch.Tensor,
+                layout: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return launch.backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
-                           deterministic)
+                           deterministic, dropout_p, rng, layout)
 
 
 def _grad_tensors(key: str, tensors):
@@ -49,24 +60,27 @@ def _grad_tensors(key: str, tensors):
 
 
 @backward_op.register_fake
-def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted, deterministic):
+def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted, deterministic, dropout_p,
+      rng, layout):
     size = sum(tensors[i].numel() for i, w in zip(_grad_tensors(key, tensors), wanted) if w)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             q.new_empty(size, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    key, q, k, v, tensors, scalars, scale, deterministic = inputs
-    out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, *tensors)
+    key, q, k, v, tensors, scalars, scale, dropout_p, _seed, layout, deterministic = inputs
+    out, lse, rng = output
+    ctx.mark_non_differentiable(rng)
+    ctx.save_for_backward(q, k, v, out, lse, rng, layout, *tensors)
     ctx.key, ctx.scalars, ctx.scale, ctx.deterministic = key, scalars, scale, deterministic
+    ctx.dropout_p = dropout_p
     ctx.grad_positions = _grad_tensors(key, tensors)
     ctx.wanted = [tensors[i].requires_grad for i in ctx.grad_positions]
     ctx.tensor_count = len(tensors)
 
 
-def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, *tensors = ctx.saved_tensors
+def _backward(ctx, dout, dlse, _drng):
+    q, k, v, out, lse, rng, layout, *tensors = ctx.saved_tensors
     # delta = rowsum(dO * O); a gradient flowing into lse enters as P * dlse, the same
     # as lowering delta by dlse (dS = P * (dP - delta + dlse)).
     delta = (dout.float() * out.float()).sum(-1)
@@ -74,7 +88,8 @@ def _backward(ctx, dout, dlse):
         delta = delta - dlse
     wanted = ctx.wanted
     dq, dk, dv, flat = backward_op(ctx.key, dout.contiguous(), q, k, v, lse, delta.contiguous(),
-                                   tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic)
+                                   tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic,
+                                   ctx.dropout_p, rng, layout)
     grads: list[torch.Tensor | None] = [None] * ctx.tensor_count
     at = 0
     for i, want in zip(ctx.grad_positions, wanted):
@@ -85,7 +100,7 @@ def _backward(ctx, dout, dlse):
     # a float list has no gradient: None, except that an empty list must come back as []
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
-    return None, dq, dk, dv, grads, no_scalar_grads, None, None
+    return None, dq, dk, dv, grads, no_scalar_grads, None, None, None, None, None
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -49,6 +49,7 @@ struct Variant {
   static constexpr bool kHasScore = true;
   static constexpr bool kHasParamGrads = true;
   static constexpr bool kHasDropout = false;
+  static constexpr bool kHasBlockSparse = false;
 
   // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {

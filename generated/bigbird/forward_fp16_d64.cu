@@ -3,7 +3,7 @@
 //
 // attention bigbird: forward pass, fp16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py), for sm_80 and sm_90:
-//   forward:  128 query rows x 128 keys per tile, 8 warps (16 rows each), 2 K/V stages, 90 KiB shared memory
+//   forward:  64 query rows x 64 keys per tile, 4 warps (16 rows each), 2 K/V stages, 45 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 4 warps, 2 Q/dO stages, 72 KiB shared memory
 
 #include "variant.cuh"
@@ -12,8 +12,18 @@
 namespace {
 using T = __half;
 using Variant = fg_bigbird::Variant;
-using Tiles = fg::ForwardTiles<64, 64, 128, 128, 8>;
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 8>;
+using Tiles = fg::ForwardTiles<64, 64, 64, 64, 4>;
+template <bool kDropout>
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 64, 64, 4, kDropout>;
+
+template <class Kernel>
+cudaError_t launch(Kernel kernel, dim3 grid, int smem, void* stream, const fg::ForwardArgs<T>& args,
+                   const Variant::Params& params) {
+  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (status != cudaSuccess) return status;
+  kernel<<<grid, Tiles::kThreads, smem, static_cast<cudaStream_t>(stream)>>>(args, params);
+  return cudaGetLastError();
+}
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.
@@ -22,11 +32,8 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  cudaError_t status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (status != cudaSuccess) return status;
-  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads);
-  kKernel<<<grid, Tiles::kThreads, smem, static_cast<cudaStream_t>(stream)>>>(args, params);
-  return cudaGetLastError();
+  const dim3 grid((args.shape.q_len + 64 - 1) / 64, args.shape.batch * args.shape.heads);
+  return launch(kKernel<false>, grid, smem, stream, args, params);
 }
 
 extern "C" const char* flashgen_error_string(int status) {

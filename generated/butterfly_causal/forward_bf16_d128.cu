@@ -13,7 +13,17 @@ namespace {
 using T = __nv_bfloat16;
 using Variant = fg_butterfly_causal::Variant;
 using Tiles = fg::ForwardTiles<128, 128, 128, 64, 8>;
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 8>;
+template <bool kDropout>
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 8, kDropout>;
+
+template <class Kernel>
+cudaError_t launch(Kernel kernel, dim3 grid, int smem, void* stream, const fg::ForwardArgs<T>& args,
+                   const Variant::Params& params) {
+  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (status != cudaSuccess) return status;
+  kernel<<<grid, Tiles::kThreads, smem, static_cast<cudaStream_t>(stream)>>>(args, params);
+  return cudaGetLastError();
+}
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.
@@ -22,11 +32,8 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  cudaError_t status = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (status != cudaSuccess) return status;
   const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads);
-  kKernel<<<grid, Tiles::kThreads, smem, static_cast<cudaStream_t>(stream)>>>(args, params);
-  return cudaGetLastError();
+  return launch(kKernel<false>, grid, smem, stream, args, params);
 }
 
 extern "C" const char* flashgen_error_string(int status) {

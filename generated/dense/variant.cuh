@@ -43,6 +43,7 @@ struct Variant {
   static constexpr bool kHasScore = false;
   static constexpr bool kHasParamGrads = false;
   static constexpr bool kHasDropout = false;
+  static constexpr bool kHasBlockSparse = false;
 };
 
 }  // namespace fg_dense

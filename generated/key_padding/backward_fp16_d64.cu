@@ -13,11 +13,12 @@ namespace {
 using T = __half;
 using Variant = fg_key_padding::Variant;
 using Tiles = fg::BackwardTiles<64, 64, 64, 64, 4, 2>;
-template <bool kDq>
-constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 64, 64, 4, 2, kDq>;
+template <bool kDq, bool kDropout>
+constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 64, 64, 4, 2, kDq, kDropout>;
 // deterministic dQ runs on the forward pass's tiles
 using DqTiles = fg::DqTiles<64, 64, 128, 128, 8>;
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 128, 8>;
+template <bool kDropout>
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 128, 8, kDropout>;
 
 template <class Kernel, class... Args>
 cudaError_t launch(Kernel kernel, dim3 grid, int threads, int smem, void* stream, Args... args) {
@@ -25,6 +26,19 @@ cudaError_t launch(Kernel kernel, dim3 grid, int threads, int smem, void* stream
   if (status != cudaSuccess) return status;
   kernel<<<grid, threads, smem, static_cast<cudaStream_t>(stream)>>>(args...);
   return cudaGetLastError();
+}
+
+template <bool kDropout>
+int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
+        void* stream) {
+  const fg::Shape& n = args.shape;
+  const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
+  constexpr int smem = Tiles::smem_bytes<T>();
+  if (!args.deterministic) return launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  cudaError_t status = launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  if (status != cudaSuccess) return status;
+  const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
+  return launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
 }
 }  // namespace
 
@@ -34,12 +48,5 @@ extern "C" int flashgen_backward(const int64_t* ints, const float* floats, void*
   const auto args = fg::BackwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   const auto grads = Variant::Grads::read(in);
-  const fg::Shape& n = args.shape;
-  const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
-  constexpr int smem = Tiles::smem_bytes<T>();
-  if (!args.deterministic) return launch(kKernel<true>, grid, Tiles::kThreads, smem, stream, args, params, grads);
-  cudaError_t status = launch(kKernel<false>, grid, Tiles::kThreads, smem, stream, args, params, grads);
-  if (status != cudaSuccess) return status;
-  const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
-  return launch(kDqKernel, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
+  return run<false>(args, params, grads, stream);
 }

@@ -45,6 +45,7 @@ struct Variant {
   static constexpr bool kHasScore = false;
   static constexpr bool kHasParamGrads = false;
   static constexpr bool kHasDropout = false;
+  static constexpr bool kHasBlockSparse = true;
   static constexpr int kBlockQ = 64;
   static constexpr int kBlockK = 64;
 

@@ -8,6 +8,9 @@
 #pragma once
 #include <cstdint>
 
+#include "dropout.cuh"
+#include "sparse.cuh"
+
 namespace fg {
 
 struct ArgReader {
@@ -62,6 +65,8 @@ struct ForwardArgs {
   Strided4<const T> q, k, v;
   Strided4<T> out;     // [B, H, Nq, Dv]
   float* lse;          // [B, H, Nq]
+  Dropout dropout;
+  BlockSparseArgs sparse;
   static ForwardArgs read(ArgReader& in) {
     ForwardArgs a;
     a.shape = Shape::read(in);
@@ -70,6 +75,8 @@ struct ForwardArgs {
     a.v = Strided4<const T>::read(in);
     a.out = Strided4<T>::read(in);
     a.lse = in.ptr<float>();
+    a.dropout = Dropout::read(in);
+    a.sparse = BlockSparseArgs::read(in);
     return a;
   }
 };
@@ -83,6 +90,8 @@ struct BackwardArgs {
   float* dq_accum;     // [B, H, Nq, D], fp32, zeroed by the host
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
   int deterministic;   // 1: dQ without atomics (dq_kernel), bit-identical run to run
+  Dropout dropout;
+  BlockSparseArgs sparse;
   static BackwardArgs read(ArgReader& in) {
     BackwardArgs a;
     a.shape = Shape::read(in);
@@ -96,6 +105,8 @@ struct BackwardArgs {
     a.dk = Strided4<T>::read(in);
     a.dv = Strided4<T>::read(in);
     a.deterministic = in.i32();
+    a.dropout = Dropout::read(in);
+    a.sparse = BlockSparseArgs::read(in);
     return a;
   }
 };

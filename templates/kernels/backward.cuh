@@ -5,14 +5,19 @@
 // registers, and walks every (query head of its GQA group, Q tile) that the mask does
 // not skip, with the next Q/dO tile landing (cp.async) while this one computes:
 //   1. S = Q K^T and dP = dO V^T                          (warps split rows x keys)
-//   2. P = exp2(score(S) - lse), dT = P (dP - delta), dS = dT * dscore/dS; P and dS go
-//      to shared memory; float tensor parameters of the score get dT * dscore/dparam.
+//   2. P = exp2(score(S) - lse), dT = P (dP * Z - delta), dS = dT * dscore/dS, with Z
+//      the dropout factor (0 or 1 / (1 - p), drawn again as the forward pass drew it);
+//      P * Z and dS go to shared memory; float tensor parameters of the score get
+//      dT * dscore/dparam.
 //   3. dV += P^T dO and dK += dS^T Q                      (warps split keys x columns)
 //   4. dQ += dS K, added to an fp32 buffer with atomics   (warps split rows x columns)
 // Looping over the group's query heads inside the CTA sums GQA's dK/dV in registers.
+// A block-sparse spec walks its KV tile's list of Q tiles (sparse.cuh) instead of all.
 #pragma once
 #include "args.cuh"
 #include "copy.cuh"
+#include "dropout.cuh"
+#include "kv_stream.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
 #include "softmax.cuh"
@@ -47,39 +52,45 @@ struct BackwardTiles {
   static_assert(KeysK::kRowWarps == KeysV::kRowWarps, "dK and dV split keys alike");
 };
 
-// Step 2 for one element (q, kv): P from the saved lse, then dT = P (dP - delta) and
-// dS = dT * dscore/dS, both w.r.t. the scaled score sx. Fully masked rows (lse = -inf)
-// and rows past the sequence give P = 0. With kParamGrads, the score's float tables
-// get dT * dscore/dtable.
+// Step 2 for one element (q, kv): P from the saved lse, then dT = P (dP * keep - delta)
+// and dS = dT * dscore/dS, both w.r.t. the scaled score sx; `keep` is the element's
+// dropout factor (1 without dropout). Fully masked rows (lse = -inf) and rows past the
+// sequence give P = 0. prob returns P * keep, the probability that multiplied V. With
+// kParamGrads, the score's float tables get dT * dscore/dtable.
 template <class V, bool kParamGrads>
 __device__ __forceinline__ void score_gradient(const typename V::Params& p,
-                                               const typename V::Grads& g, const Shape& n,
-                                               TileClass tile, bool row_live, float lse2,
+                                               const typename V::Grads& g,
+                                               const BlockSparseArgs& sparse, const Shape& n,
+                                               TileMask tile, bool row_live, float lse2,
                                                float delta, int b, int h, int q, int kv,
-                                               float s, float dp, float& prob, float& ds) {
+                                               float s, float dp, float keep, float& prob,
+                                               float& ds) {
   const float sx = s * n.scale;
-  prob = 0.0f;
-  if (row_live && (tile == TileClass::kFull || visible<V>(p, b, h, q, kv, n.q_len, n.kv_len))) {
+  float pr = 0.0f;
+  if (row_live && visible<V>(tile, p, sparse, b, h, q, kv, n.q_len, n.kv_len)) {
     float x;
     if constexpr (V::kHasScore) {
       x = V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
     } else {
       x = sx * kLog2e;
     }
-    prob = fast_exp2(x - lse2);
+    pr = fast_exp2(x - lse2);
   }
-  const float dt = prob * (dp - delta);
+  const float dt = pr * (dp * keep - delta);
+  prob = pr * keep;
   ds = dt;
   if constexpr (V::kHasScore) {
-    if (prob != 0.0f) ds *= V::score_grad(p, sx, b, h, q, kv, n.q_len, n.kv_len);
+    if (pr != 0.0f) ds *= V::score_grad(p, sx, b, h, q, kv, n.q_len, n.kv_len);
     if constexpr (kParamGrads && V::kHasParamGrads) {
-      if (prob != 0.0f) V::add_param_grads(p, g, dt, sx, b, h, q, kv, n.q_len, n.kv_len);
+      if (pr != 0.0f) V::add_param_grads(p, g, dt, sx, b, h, q, kv, n.q_len, n.kv_len);
     }
   }
 }
 
-// kDq = false (deterministic mode): dQ is left to dq_kernel below.
-template <class V, class T, int D, int Dv, int BM, int BN, int W, int Stages, bool kDq>
+// kDq = false (deterministic mode): dQ is left to dq_kernel below. kDropout: the spec
+// has dropout and the call's p > 0.
+template <class V, class T, int D, int Dv, int BM, int BN, int W, int Stages, bool kDq,
+          bool kDropout>
 __global__ void __launch_bounds__(32 * W, 1)
 backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typename V::Grads g) {
   using Tiles = BackwardTiles<D, Dv, BM, BN, W, Stages>;
@@ -104,17 +115,28 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   const int q_tiles = (n.q_len + BM - 1) / BM;
   const int items = group * q_tiles;  // (query head of the group, Q tile) pairs
 
+  // An item is (query head gi of the group, position in that head's row of Q tiles),
+  // numbered gi * q_tiles + position; rows are all Q tiles, or a block-sparse list.
   auto head_of = [&](int item) { return hk * group + item / q_tiles; };
+  auto row_of = [&](int item) {
+    return tile_row<V>(a.sparse.by_kv, head_of(item), n_block, q_tiles);
+  };
+  auto q0_of = [&](int item) { return row_of(item).tile(item % q_tiles) * BM; };
   auto classify = [&](int item) {
-    return classify_tile<V, BM, BN>(p, b, head_of(item), (item % q_tiles) * BM, k0, n.q_len, n.kv_len);
+    return classify_tile<V, BM, BN>(p, b, head_of(item), q0_of(item), k0, n.q_len, n.kv_len,
+                                    row_of(item).layout_partial(item % q_tiles));
   };
   auto next_item = [&](int item) {
-    for (++item; item < items; ++item)
-      if (classify(item) != TileClass::kSkip) return item;
+    ++item;
+    for (int gi = item / q_tiles, pos = item % q_tiles; gi < group; ++gi, pos = 0) {
+      const int size = row_of(gi * q_tiles).size();
+      for (; pos < size; ++pos)
+        if (!classify(gi * q_tiles + pos).skip()) return gi * q_tiles + pos;
+    }
     return items;
   };
   auto load_q_do = [&](int item, int stage) {
-    const int h = head_of(item), q0 = (item % q_tiles) * BM;
+    const int h = head_of(item), q0 = q0_of(item);
     load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, a.q.at(b, h, q0), a.q.row,
                                       n.q_len - q0, a.q.data);
     load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, a.dout.at(b, h, q0), a.dout.row,
@@ -132,8 +154,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   zero(dv);
   const int lane = threadIdx.x & 31;
   for (int stage = 0; item < items;) {
-    const int h = head_of(item), q0 = (item % q_tiles) * BM;
-    const TileClass tile = classify(item);
+    const int h = head_of(item), q0 = q0_of(item);
+    const TileMask tile = classify(item);
     cp_async_wait<0>();
     __syncthreads();
     const int item_next = next_item(item);
@@ -155,25 +177,35 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
     const float* delta_head = a.delta + (int64_t(b) * n.heads + h) * n.q_len;
 #pragma unroll
     for (int mt = 0; mt < SS::kMT; ++mt) {
+      const int r = sr + 16 * mt + (lane >> 2);  // this thread's rows: r and r + 8
+      float lse2[2], delta[2];
+      bool row_live[2];
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const int r = sr + 16 * mt + (lane >> 2) + 8 * half, q = q0 + r;
-        const int q_safe = min(q, n.q_len - 1);
-        const float lse2 = lse_head[q_safe] * kLog2e, delta = delta_head[q_safe];
-        const bool row_live = q < n.q_len && lse2 != -inf();
+        const int q = q0 + r + 8 * half, q_safe = min(q, n.q_len - 1);
+        lse2[half] = lse_head[q_safe] * kLog2e;
+        delta[half] = delta_head[q_safe];
+        row_live[half] = q < n.q_len && lse2[half] != -inf();
+      }
 #pragma unroll
-        for (int nt = 0; nt < SS::kNT; ++nt) {
-          float pv[2], dsv[2];
+      for (int nt = 0; nt < SS::kNT; ++nt) {
+        const int c = sc + 8 * nt + 2 * (lane & 3);
+        float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if constexpr (kDropout)
+          dropout_factors(a.dropout, b * n.heads + h, q0 + r, k0 + c, keep);
+        float pv[4], dsv[4];
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const int kv = k0 + sc + 8 * nt + 2 * (lane & 3) + e;
-            score_gradient<V, true>(p, g, n, tile, row_live, lse2, delta, b, h, q, kv,
-                                    s[mt][nt][2 * half + e], dp[mt][nt][2 * half + e], pv[e],
-                                    dsv[e]);
-          }
-          const int c = sc + 8 * nt + 2 * (lane & 3);
-          *reinterpret_cast<uint32_t*>(sP + r * Tiles::kLdP + c) = pack2<T>(pv[0], pv[1]);
-          *reinterpret_cast<uint32_t*>(sdS + r * Tiles::kLdP + c) = pack2<T>(dsv[0], dsv[1]);
+        for (int i = 0; i < 4; ++i) {  // rows r, r, r + 8, r + 8; columns c, c + 1, c, c + 1
+          const int half = i >> 1;
+          score_gradient<V, true>(p, g, a.sparse, n, tile, row_live[half], lse2[half],
+                                  delta[half], b, h, q0 + r + 8 * half, k0 + c + (i & 1),
+                                  s[mt][nt][i], dp[mt][nt][i], keep[i], pv[i], dsv[i]);
+        }
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int at = (r + 8 * half) * Tiles::kLdP + c;
+          *reinterpret_cast<uint32_t*>(sP + at) = pack2<T>(pv[2 * half], pv[2 * half + 1]);
+          *reinterpret_cast<uint32_t*>(sdS + at) = pack2<T>(dsv[2 * half], dsv[2 * half + 1]);
         }
       }
     }
@@ -239,7 +271,7 @@ struct DqTiles {
   static_assert(BM == 16 * W, "each warp owns 16 query rows");
 };
 
-template <class V, class T, int D, int Dv, int BM, int BN, int W>
+template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout>
 __global__ void __launch_bounds__(32 * W, 1)
 dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   using Tiles = DqTiles<D, Dv, BM, BN, W>;
@@ -256,27 +288,12 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   const int q0 = m_block * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
-  const T* k_head = a.k.at(b, hk, 0);
-  const T* v_head = a.v.at(b, hk, 0);
-  auto classify = [&](int j) { return classify_tile<V, BM, BN>(p, b, h, q0, j * BN, n.q_len, n.kv_len); };
-  auto next_tile = [&](int j) {
-    for (++j; j < kv_tiles; ++j)
-      if (classify(j) != TileClass::kSkip) return j;
-    return kv_tiles;
-  };
-  auto load_kv = [&](int j, int stage) {
-    const int rows = n.kv_len - j * BN;
-    load_tile<BN, D, Tiles::kThreads>(sK + stage * Tiles::kK, k_head + j * BN * a.k.row, a.k.row,
-                                      rows, k_head);
-    load_tile<BN, Dv, Tiles::kThreads>(sV + stage * Tiles::kV, v_head + j * BN * a.v.row,
-                                       a.v.row, rows, v_head);
-  };
+  const KvStream<V, T, D, Dv, BM, BN, Tiles::kThreads> kv{
+      sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
+      tile_row<V>(a.sparse.by_q, h, m_block, kv_tiles)};
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
   load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, q0), a.dout.row, n.q_len - q0,
                                      a.dout.data);
-  int j = next_tile(-1);
-  if (j < kv_tiles) load_kv(j, 0);
-  cp_async_commit();
 
   // this thread's two rows
   const int row0 = q0 + 16 * warp;
@@ -293,36 +310,31 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   const typename V::Grads no_grads{};
   float dq[D / 8][4];
   zero(dq);
-  for (int stage = 0; j < kv_tiles; stage ^= 1) {
-    const TileClass tile = classify(j);
-    cp_async_wait<0>();
-    __syncthreads();
-    const int j_next = next_tile(j);
-    if (j_next < kv_tiles) load_kv(j_next, stage ^ 1);
-    cp_async_commit();
+  kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
     float s[1][BN / 8][4], dp[1][BN / 8][4];
     zero(s);
     zero(dp);
-    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK + stage * Tiles::kK,
-                                           Tiles::kLdQK, 0);
-    warp_gemm<1, BN / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV + stage * Tiles::kV,
-                                            Tiles::kLdV, 0);
+    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_tile, Tiles::kLdQK, 0);
+    warp_gemm<1, BN / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV_tile, Tiles::kLdV, 0);
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
+      const int c = k0 + 8 * nt + 2 * (lane & 3);
+      float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+      if constexpr (kDropout) dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), c, keep);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {  // compile-time indices keep everything in registers
         const int r = i >> 1;
-        const int q = row0 + (lane >> 2) + 8 * r, kv = j * BN + 8 * nt + 2 * (lane & 3) + (i & 1);
+        const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
         float prob;
-        score_gradient<V, false>(p, no_grads, n, tile, row_live[r], lse2[r], delta[r], b, h, q,
-                                 kv, s[0][nt][i], dp[0][nt][i], prob, s[0][nt][i]);
+        score_gradient<V, false>(p, no_grads, a.sparse, n, tile, row_live[r], lse2[r], delta[r],
+                                 b, h, q, kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
+                                 s[0][nt][i]);
       }
     }
     uint32_t ds[BN / 16][4];
     accumulator_to_a<T>(ds, s[0]);
-    warp_gemm_rA<BN / 16, D / 8, true>(dq, ds, sK + stage * Tiles::kK, Tiles::kLdQK, 0);
-    j = j_next;
-  }
+    warp_gemm_rA<BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
+  });
   float* dq_head = a.dq_accum + head * D;
   for_each_element(dq, row0, 0, [&](float& x, int q, int c) {
     if (q < n.q_len) dq_head[int64_t(q) * D + c] = x;

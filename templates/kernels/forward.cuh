@@ -8,7 +8,8 @@
 // 1 / rowsum once at the end and written with lse; nothing N x N touches memory.
 #pragma once
 #include "args.cuh"
-#include "copy.cuh"
+#include "dropout.cuh"
+#include "kv_stream.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
 #include "softmax.cuh"
@@ -20,21 +21,21 @@ struct ForwardTiles {
   static constexpr int kThreads = 32 * W;
   static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad;
   static constexpr int kQ = BM * kLdQK, kK = BN * kLdQK, kV = BN * kLdV;  // elements
-  static constexpr int kStages = 2;
+  template <class V, class T>
+  using Stream = KvStream<V, T, D, Dv, BM, BN, kThreads>;
   template <class T>
-  static constexpr int smem_bytes() { return (kQ + kStages * (kK + kV)) * int(sizeof(T)); }
+  static constexpr int smem_bytes() { return (kQ + 2 * (kK + kV)) * int(sizeof(T)); }
   static_assert(BM == 16 * W, "each warp owns 16 query rows");
   static_assert(BN % 16 == 0 && D % 16 == 0 && Dv % 16 == 0, "tiles are whole k16 slices");
 };
 
-template <class V, class T, int D, int Dv, int BM, int BN, int W>
+// kDropout: the spec has dropout and this call's p > 0 (p = 0 runs the kernel without).
+template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout>
 __global__ void __launch_bounds__(32 * W, 1)
 forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTiles<D, Dv, BM, BN, W>;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
-  T* sK = sQ + Tiles::kQ;                    // [2][BN][D + pad]
-  T* sV = sK + Tiles::kStages * Tiles::kK;   // [2][BN][Dv + pad]
 
   const Shape& n = a.shape;
   // the last query tiles first: under a causal mask they have the most work
@@ -44,55 +45,44 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   const int q0 = m_block * BM;
   const int warp = threadIdx.x >> 5;
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
-
-  const T* k_head = a.k.at(b, hk, 0);
-  const T* v_head = a.v.at(b, hk, 0);
-  auto classify = [&](int j) { return classify_tile<V, BM, BN>(p, b, h, q0, j * BN, n.q_len, n.kv_len); };
-  auto next_tile = [&](int j) {  // the next KV tile after j that is not skipped
-    for (++j; j < kv_tiles; ++j)
-      if (classify(j) != TileClass::kSkip) return j;
-    return kv_tiles;
-  };
-  auto load_kv = [&](int j, int stage) {
-    const int rows = n.kv_len - j * BN;
-    load_tile<BN, D, Tiles::kThreads>(sK + stage * Tiles::kK, k_head + j * BN * a.k.row, a.k.row,
-                                      rows, k_head);
-    load_tile<BN, Dv, Tiles::kThreads>(sV + stage * Tiles::kV, v_head + j * BN * a.v.row,
-                                       a.v.row, rows, v_head);
-  };
+  T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
+  T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
+  const typename Tiles::template Stream<V, T> kv{
+      sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
+      tile_row<V>(a.sparse.by_q, h, m_block, kv_tiles)};
 
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
-  int j = next_tile(-1);
-  if (j < kv_tiles) load_kv(j, 0);
-  cp_async_commit();
 
   float o[Dv / 8][4];
   zero(o);
   OnlineSoftmax<BN / 8> softmax;
   const int row0 = q0 + 16 * warp;
-  for (int stage = 0; j < kv_tiles; stage ^= 1) {
-    const TileClass tile = classify(j);
-    cp_async_wait<0>();
-    __syncthreads();  // this stage has landed, and every warp is done with the other one
-    const int j_next = next_tile(j);
-    if (j_next < kv_tiles) load_kv(j_next, stage ^ 1);
-    cp_async_commit();
-
+  kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
     float s[1][BN / 8][4];
     zero(s);
-    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp,
-                                           sK + stage * Tiles::kK, Tiles::kLdQK, 0);
+    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_tile, Tiles::kLdQK, 0);
     // scores in log2 units, after the spec's score expression and mask
-    for_each_element(s, row0, j * BN, [&](float& x, int q, int kv) {
+    for_each_element(s, row0, k0, [&](float& x, int q, int kv) {
       if constexpr (V::kHasScore) {
         x = V::score(p, x * n.scale, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
       } else {
         x *= n.scale_log2;
       }
-      if (tile == TileClass::kPartial && !visible<V>(p, b, h, q, kv, n.q_len, n.kv_len)) x = -inf();
+      if (!visible<V>(tile, p, a.sparse, b, h, q, kv, n.q_len, n.kv_len)) x = -inf();
     });
     float alpha[2];
-    softmax.step(s[0], alpha);
+    softmax.step(s[0], alpha);  // the row sums count every visible key, dropped or not
+    if constexpr (kDropout) {   // P -> P * keep; 1 / (1 - p) is applied with 1 / rowsum
+      const int lane = threadIdx.x & 31;
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        float keep[4];
+        dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), k0 + 8 * nt + 2 * (lane & 3),
+                        keep);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[0][nt][i] = keep[i] != 0.0f ? s[0][nt][i] : 0.0f;
+      }
+    }
 #pragma unroll
     for (int dt = 0; dt < Dv / 8; ++dt) {
       o[dt][0] *= alpha[0];
@@ -102,12 +92,15 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     }
     uint32_t pa[BN / 16][4];
     accumulator_to_a<T>(pa, s[0]);
-    warp_gemm_rA<BN / 16, Dv / 8, true>(o, pa, sV + stage * Tiles::kV, Tiles::kLdV, 0);
-    j = j_next;
-  }
+    warp_gemm_rA<BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
+  });
 
   float inv_sum[2], lse[2];
   softmax.finish(inv_sum, lse);
+  if constexpr (kDropout) {
+    inv_sum[0] *= a.dropout.keep_scale;
+    inv_sum[1] *= a.dropout.keep_scale;
+  }
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {

@@ -4,31 +4,49 @@
 // (rendered by flashgen/render/tile_class.py) bounds the mask over the tile's index
 // ranges by interval analysis: kSkip tiles are never loaded, kFull tiles run with no
 // per-element mask work, kPartial tiles evaluate the mask at every element. Keys past
-// the end of the sequence make a tile partial too (the bounds mask).
+// the end of the sequence make a tile partial too (the bounds mask), and so does a
+// block-sparse tile whose blocks differ (sparse.cuh).
 #pragma once
 #include "expr.cuh"
+#include "sparse.cuh"
 
 namespace fg {
 
 enum class TileClass : int { kSkip = 0, kFull = 1, kPartial = 2 };
 
+// How one tile pair is masked: its class, and whether a block-sparse layout must be
+// read per element (the tile covers blocks that differ, sparse.cuh).
+struct TileMask {
+  TileClass cls;
+  bool check_layout;
+  __device__ __forceinline__ bool skip() const { return cls == TileClass::kSkip; }
+  __device__ __forceinline__ bool partial() const { return cls == TileClass::kPartial; }
+};
+
 template <class V, int BM, int BN>
-__device__ __forceinline__ TileClass classify_tile(const typename V::Params& p, int b, int h,
-                                                   int q0, int k0, int q_len, int kv_len) {
+__device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, int b, int h,
+                                                  int q0, int k0, int q_len, int kv_len,
+                                                  bool layout_partial = false) {
   const int q_hi = min(q0 + BM, q_len) - 1, kv_hi = min(k0 + BN, kv_len) - 1;
   TileClass c = TileClass::kFull;
   if constexpr (V::kHasMask)
     c = static_cast<TileClass>(V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len));
-  if (c == TileClass::kFull && k0 + BN > kv_len) c = TileClass::kPartial;
-  return c;
+  if (c == TileClass::kFull && (k0 + BN > kv_len || layout_partial)) c = TileClass::kPartial;
+  return {c, layout_partial};
 }
 
-// Is (q, kv) visible? Only asked inside partial tiles.
+// Is (q, kv) visible? The mask, the sequence end and the block layout; only partial
+// tiles ask per element.
 template <class V>
-__device__ __forceinline__ bool visible(const typename V::Params& p, int b, int h, int q, int kv,
-                                        int q_len, int kv_len) {
+__device__ __forceinline__ bool visible(const TileMask& tile, const typename V::Params& p,
+                                        const BlockSparseArgs& sparse, int b, int h, int q,
+                                        int kv, int q_len, int kv_len) {
+  if (!tile.partial()) return true;
   if (kv >= kv_len) return false;
-  if constexpr (V::kHasMask) return V::mask(p, b, h, q, kv, q_len, kv_len);
+  if constexpr (V::kHasMask)
+    if (!V::mask(p, b, h, q, kv, q_len, kv_len)) return false;
+  if constexpr (V::kHasBlockSparse)
+    if (tile.check_layout && !layout_visible<V>(sparse, h, q, kv, q_len, kv_len)) return false;
   return true;
 }
 

@@ -30,6 +30,35 @@ def _kernel_specs():
             if not flashgen.load(n).dropout and flashgen.load(n).block_sparse is None]
 
 
+# specs of the dropout / block-sparse cases that nothing shipped combines (spec text)
+TEST_SPECS = {
+    "dropout_dense": "attention dropout_dense { head_dim = 64  dropout }",
+    "alibi_butterfly_dropout": """attention alibi_butterfly_dropout {
+        head_dim = 64, 128
+        param slopes: f32[H]
+        mask = causal
+        score = score + slopes[h] * (kv_idx - q_idx)
+        block_sparse = butterfly(block = 64)
+        dropout
+    }""",
+    "softcap_bigbird": """attention softcap_bigbird {
+        head_dim = 128
+        score = 30.0 * tanh(score / 30.0)
+        block_sparse = bigbird(block = 128, window = 1, global = 1, random = 2, seed = 7)
+    }""",
+    "small_blocks": """attention small_blocks {
+        head_dim = 64
+        mask = causal
+        block_sparse = layout(block_q = 16, block_k = 32)
+        dropout
+    }""",
+}
+
+
+def compile_case(name):
+    return flashgen.compile(TEST_SPECS.get(name, name))
+
+
 def _needs_square(name):
     return any(d.symbol == "N" for p in flashgen.load(name).params if p.is_tensor for d in p.shape)
 
@@ -58,7 +87,7 @@ REPORT = []
 def built_modules():
     """Every module the cases use, built in parallel (one nvcc per core)."""
     arch = launch._arch(torch.cuda.current_device())
-    todo = {(flashgen.compile(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES + DETERMINISTIC}
+    todo = {(compile_case(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES + DETERMINISTIC + EXTRA}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
         built = list(pool.map(lambda t: launch.module(*t, arch), sorted(todo, key=str)))
     print(f"\n{len(built)} modules, {sum(not m.cached for m in built)} built, "
@@ -79,16 +108,17 @@ def _leaf(t, dtype=None):
     return t.detach().to(dtype or t.dtype).requires_grad_()
 
 
-def _run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False):
-    """out, lse and the gradients of (q, k, v, float tensor params) for one call."""
+def _run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False, **call):
+    """out, lse and the gradients of (q, k, v, float tensor params) for one call; `call`
+    holds dropout_p, seed and layout."""
     q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
     p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
              if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
          for n, t in params.items()}
     if kernel:
-        out, lse = op(q, k, v, return_lse=True, deterministic=deterministic, **p)
+        out, lse = op(q, k, v, return_lse=True, deterministic=deterministic, **call, **p)
     else:
-        out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **p)
+        out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **call, **p)
     (out.double() * dout.double()).sum().backward()
     grads = {"out": out, "lse": lse, "dq": q.grad, "dk": k.grad, "dv": v.grad}
     grads.update({f"d{n}": t.grad for n, t in p.items() if isinstance(t, torch.Tensor)
@@ -106,24 +136,32 @@ def _error(a, ref):
     return (a[finite] - ref[finite]).abs().max().item()
 
 
-def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False):
-    op = flashgen.compile(name)
-    seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided)).encode())
+def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False, dropout_p=0.0,
+          shared_layout=False):
+    op = compile_case(name)
+    seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, dropout_p)).encode())
     gen = torch.Generator().manual_seed(seed)
-    q, k, v, params, _ = example_inputs(op.spec, B, Hq, Hkv, Nq, Nk, head_dim=d,
-                                        dtype=torch.float64, device="cuda", generator=gen)
+    q, k, v, params, layout = example_inputs(op.spec, B, Hq, Hkv, Nq, Nk, head_dim=d,
+                                             dtype=torch.float64, device="cuda", generator=gen)
+    call = {}
+    if dropout_p:
+        call.update(dropout_p=dropout_p, seed=(seed, seed % 1000))
+    if layout is not None:
+        call["layout"] = layout[:1].contiguous() if shared_layout else layout
     dt = DTYPES[dtype]
     if strided:   # [B, N, H, d] storage seen as [B, H, N, d]: strided in every dim but the last
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
     dout = torch.randn(B, Hq, Nq, v.shape[-1], generator=gen, dtype=torch.float64).cuda()
-    ref64 = _run(op, q, k, v, dout, params, torch.float64)
-    low = _run(op, q, k, v, dout, params, dt)
+    ref64 = _run(op, q, k, v, dout, params, torch.float64, **call)
+    low = _run(op, q, k, v, dout, params, dt, **call)
     qk, kk, vk = q.to(dt), k.to(dt), v.to(dt)
     if strided:
         assert not qk.is_contiguous() and qk.stride(-1) == 1
-    got = _run(op, qk, kk, vk, dout.to(dt), params, kernel=True, deterministic=deterministic)
+    got = _run(op, qk, kk, vk, dout.to(dt), params, kernel=True, deterministic=deterministic,
+               **call)
     row = {"case": f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"
-                   f"{' deterministic' if deterministic else ''}"}
+                   f"{' deterministic' if deterministic else ''}"
+                   f"{f' p={dropout_p}' if dropout_p else ''}{' shared layout' if shared_layout else ''}"}
     failures = []
     for what, ref in ref64.items():
         assert not torch.isnan(got[what]).any(), f"{what}: NaN in the kernel's result"
@@ -150,6 +188,37 @@ DETERMINISTIC = [("causal", "bf16", 64, 1, 4, 2, 1000, 1000, False),
 @pytest.mark.parametrize("case", DETERMINISTIC, ids=lambda c: "-".join(map(str, c)))
 def test_deterministic_backward_matches_reference(case):
     check(*case, deterministic=True)
+
+
+# dropout and block-sparse (issue 4): (case, keyword arguments of check)
+EXTRA = [
+    ("dropout_causal", "fp16", 64, 2, 4, 2, 97, 203, False, dict(dropout_p=0.1)),
+    ("dropout_causal", "bf16", 128, 1, 8, 1, 1000, 1000, False, dict(dropout_p=0.5)),
+    ("dropout_causal", "bf16", 64, 2, 2, 2, 333, 333, True, dict(dropout_p=0.5)),
+    ("dropout_dense", "fp16", 64, 1, 3, 3, 1, 4096, False, dict(dropout_p=0.1)),
+    ("dropout_causal", "fp16", 128, 1, 4, 2, 300, 300, False,
+     dict(dropout_p=0.1, deterministic=True)),
+    ("butterfly_causal", "bf16", 64, 2, 4, 2, 1000, 1000, False, {}),
+    ("butterfly_causal", "fp16", 128, 1, 2, 1, 700, 1300, False, {}),
+    ("bigbird", "fp16", 64, 2, 4, 2, 97, 203, False, {}),
+    ("bigbird", "bf16", 64, 1, 2, 2, 900, 1100, False, {}),
+    ("strided_causal", "bf16", 64, 1, 4, 4, 513, 513, False, {}),
+    ("block_layout", "fp16", 128, 2, 4, 2, 300, 700, False, {}),
+    ("block_layout", "bf16", 64, 1, 4, 1, 1000, 1000, False, dict(shared_layout=True)),
+    ("block_layout", "fp16", 64, 1, 2, 2, 600, 600, False, dict(deterministic=True)),
+    ("alibi_butterfly_dropout", "fp16", 64, 2, 4, 2, 500, 500, False, dict(dropout_p=0.1)),
+    ("alibi_butterfly_dropout", "bf16", 128, 1, 4, 4, 257, 1000, False, dict(dropout_p=0.5)),
+    ("softcap_bigbird", "bf16", 128, 1, 2, 1, 1000, 1000, False, {}),
+    ("small_blocks", "fp16", 64, 2, 2, 1, 200, 333, False, dict(dropout_p=0.1)),
+    ("small_blocks", "bf16", 64, 1, 2, 2, 500, 500, False,
+     dict(dropout_p=0.5, deterministic=True)),
+]
+
+
+@pytest.mark.parametrize("case", EXTRA, ids=lambda c: "-".join(map(str, c[:-1])) + "-"
+                         + "-".join(f"{k}={v}" for k, v in c[-1].items()))
+def test_dropout_and_block_sparse_match_reference(case):
+    check(*case[:-1], **case[-1])
 
 
 def test_deterministic_backward_is_bit_identical():

@@ -1,0 +1,79 @@
+// Block-sparse attention in the kernels: which tiles a CTA visits.
+//
+// A layout (a runtime tensor, or a built-in pattern) marks blocks of block_q x block_k
+// elements visible or not. The host turns it, once per layout, into tile lists at the
+// kernels' own tile sizes (flashgen/runtime/sparse.py): for each row of tiles, the
+// column tiles that hold any visible block, ascending, each stored as
+//   2 * tile + (1 if only some of the tile's blocks are visible, else 0).
+// A CTA walks its row's list instead of every tile, so zero blocks are never loaded.
+// Both sizes are powers of two, so a tile lies inside one block (the low bit is 0) or
+// covers whole blocks; only the latter can need the per-element layout check below.
+// Dense specs walk all tiles through the same TileRow, with no list.
+#pragma once
+#include <cstdint>
+
+namespace fg {
+
+// Tile lists of one layout in one direction: rows are Q tiles (forward, deterministic
+// dQ) or KV tiles (backward), columns the other.
+struct TileLists {
+  const int* count;   // [heads][rows]
+  const int* tiles;   // [heads][rows][cols], the first count[...] entries used
+  int heads, rows, cols;
+};
+
+struct BlockSparseArgs {
+  const bool* layout;        // [heads][q_blocks][kv_blocks]; null for a dense spec
+  int heads, q_blocks, kv_blocks;
+  TileLists by_q, by_kv;
+  template <class Reader>
+  static BlockSparseArgs read(Reader& in) {
+    BlockSparseArgs s;
+    s.layout = in.template ptr<const bool>();
+    s.heads = in.i32();
+    s.q_blocks = in.i32();
+    s.kv_blocks = in.i32();
+    for (TileLists* l : {&s.by_q, &s.by_kv}) {
+      l->count = in.template ptr<const int>();
+      l->tiles = in.template ptr<const int>();
+      l->heads = in.i32();
+      l->rows = in.i32();
+      l->cols = in.i32();
+    }
+    return s;
+  }
+};
+
+// The candidate tiles of one row: its list, or every tile 0..n-1 of a dense spec.
+struct TileRow {
+  const int* list;  // null: dense
+  int n;
+  __device__ __forceinline__ int size() const { return n; }
+  __device__ __forceinline__ int tile(int i) const { return list ? list[i] >> 1 : i; }
+  // Only some blocks of the tile are visible: check the layout per element.
+  __device__ __forceinline__ bool layout_partial(int i) const { return list && (list[i] & 1); }
+};
+
+template <class V>
+__device__ __forceinline__ TileRow tile_row(const TileLists& l, int h, int row, int all_tiles) {
+  if constexpr (V::kHasBlockSparse) {
+    const int64_t at = int64_t(l.heads == 1 ? 0 : h) * l.rows + row;
+    return {l.tiles + at * l.cols, l.count[at]};
+  } else {
+    return {nullptr, all_tiles};
+  }
+}
+
+// Is the block holding (q, kv) visible? Asked only in tiles whose blocks differ.
+template <class V>
+__device__ __forceinline__ bool layout_visible(const BlockSparseArgs& s, int h, int q, int kv,
+                                               int q_len, int kv_len) {
+  if constexpr (V::kHasBlockSparse) {
+    const int qb = min(q, q_len - 1) / V::kBlockQ, kb = min(kv, kv_len - 1) / V::kBlockK;
+    return s.layout[(int64_t(s.heads == 1 ? 0 : h) * s.q_blocks + qb) * s.kv_blocks + kb];
+  } else {
+    return true;
+  }
+}
+
+}  // namespace fg
