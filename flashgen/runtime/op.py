@@ -68,12 +68,13 @@ def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted, determini
 
 
 def _setup_context(ctx, inputs, output):
-    key, q, k, v, tensors, scalars, scale, dropout_p, _seed, layout, deterministic = inputs
+    key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic = inputs
     out, lse, rng = output
     ctx.mark_non_differentiable(rng)
     ctx.save_for_backward(q, k, v, out, lse, rng, layout, *tensors)
     ctx.key, ctx.scalars, ctx.scale, ctx.deterministic = key, scalars, scale, deterministic
     ctx.dropout_p = dropout_p
+    ctx.seed_given = bool(seed)
     ctx.grad_positions = _grad_tensors(key, tensors)
     ctx.wanted = [tensors[i].requires_grad for i in ctx.grad_positions]
     ctx.tensor_count = len(tensors)
@@ -100,7 +101,8 @@ def _backward(ctx, dout, dlse, _drng):
     # a float list has no gradient: None, except that an empty list must come back as []
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
-    return None, dq, dk, dv, grads, no_scalar_grads, None, None, None, None, None
+    no_seed_grad = None if ctx.seed_given else []
+    return None, dq, dk, dv, grads, no_scalar_grads, None, None, no_seed_grad, None, None
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,37 @@
+"""The torch.library ops' plumbing on the CPU, with the kernel launches replaced by
+stand-ins: argument order, the rng state handed from forward to backward, autograd's
+structure for every kind of call (with and without seed, scalars, layout)."""
+import torch
+
+import flashgen
+from flashgen.runtime import launch
+from flashgen.runtime.op import forward_op
+
+
+def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
+    seen = {}
+
+    def fake_forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout):
+        seen["forward"] = (dropout_p, rng.tolist(), layout)
+        B, H, Nq, _ = q.shape
+        return q * 1.0, torch.zeros(B, H, Nq)
+
+    def fake_backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
+                      deterministic, dropout_p, rng, layout):
+        seen["backward"] = (dropout_p, rng.tolist(), layout, deterministic)
+        return dout * 1.0, torch.zeros_like(k), torch.zeros_like(v), torch.zeros(0)
+
+    monkeypatch.setattr(launch, "forward", fake_forward)
+    monkeypatch.setattr(launch, "backward", fake_backward)
+    for spec, layout in (("dropout_causal", None), ("block_layout", torch.ones(1, 1, 1, dtype=torch.bool))):
+        key = flashgen.compile(spec).key
+        for seed in ([], [5, 6, 7]):
+            q, k, v = (torch.randn(1, 2, 8, 64, requires_grad=True) for _ in range(3))
+            p = 0.25 if spec == "dropout_causal" else 0.0
+            out, lse, rng = forward_op(key, q, k, v, [], [], 0.125, p, seed, layout, True)
+            out.sum().backward()
+            assert seen["forward"][:2] == seen["backward"][:2] == (p, rng.tolist())
+            assert seen["backward"][3] is True
+            if seed:
+                assert rng.tolist() == seed
+            assert torch.equal(q.grad, torch.ones_like(q))
