@@ -17,7 +17,7 @@
 #include "args.cuh"
 #include "copy.cuh"
 #include "dropout.cuh"
-#include "kv_stream.cuh"
+#include "schedule.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
 #include "softmax.cuh"
@@ -113,30 +113,17 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   const int k0 = n_block * BN;
   const int warp = threadIdx.x >> 5;
   const int q_tiles = (n.q_len + BM - 1) / BM;
-  const int items = group * q_tiles;  // (query head of the group, Q tile) pairs
 
-  // An item is (query head gi of the group, position in that head's row of Q tiles),
-  // numbered gi * q_tiles + position; rows are all Q tiles, or a block-sparse list.
-  auto head_of = [&](int item) { return hk * group + item / q_tiles; };
-  auto row_of = [&](int item) {
-    return tile_row<V>(a.sparse.by_kv, head_of(item), n_block, q_tiles);
-  };
-  auto q0_of = [&](int item) { return row_of(item).tile(item % q_tiles) * BM; };
-  auto classify = [&](int item) {
-    return classify_tile<V, BM, BN>(p, b, head_of(item), q0_of(item), k0, n.q_len, n.kv_len,
-                                    row_of(item).layout_partial(item % q_tiles));
-  };
-  auto next_item = [&](int item) {
-    ++item;
-    for (int gi = item / q_tiles, pos = item % q_tiles; gi < group; ++gi, pos = 0) {
-      const int size = row_of(gi * q_tiles).size();
-      for (; pos < size; ++pos)
-        if (!classify(gi * q_tiles + pos).skip()) return gi * q_tiles + pos;
-    }
-    return items;
-  };
-  auto load_q_do = [&](int item, int stage) {
-    const int h = head_of(item), q0 = q0_of(item);
+  // The walk's rows are the group's query heads; each row's candidates are all Q tiles,
+  // or this KV tile's block-sparse list for that head.
+  auto walk = tile_walk(
+      [&](int r) { return tile_row<V>(a.sparse.by_kv, hk * group + r, n_block, q_tiles); },
+      [&](int r, int entry) {
+        return classify_tile<V, BM, BN>(p, b, hk * group + r, TileRow::tile_of(entry) * BM, k0,
+                                        n.q_len, n.kv_len, TileRow::layout_partial(entry));
+      },
+      group);
+  auto load_q_do = [&](int h, int q0, int stage) {
     load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, a.q.at(b, h, q0), a.q.row,
                                       n.q_len - q0, a.q.data);
     load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, a.dout.at(b, h, q0), a.dout.row,
@@ -145,21 +132,21 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
 
   load_tile<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, k0), a.k.row, n.kv_len - k0, a.k.data);
   load_tile<BN, Dv, Tiles::kThreads>(sV, a.v.at(b, hk, k0), a.v.row, n.kv_len - k0, a.v.data);
-  int item = next_item(-1);
-  if (item < items) load_q_do(item, 0);
+  if (!walk.done()) load_q_do(hk * group + walk.r, TileRow::tile_of(walk.entry) * BM, 0);
   cp_async_commit();
 
   float dk[KK::kMT][KK::kNT][4], dv[KV::kMT][KV::kNT][4];
   zero(dk);
   zero(dv);
   const int lane = threadIdx.x & 31;
-  for (int stage = 0; item < items;) {
-    const int h = head_of(item), q0 = q0_of(item);
-    const TileMask tile = classify(item);
+  for (int stage = 0; !walk.done();) {
+    const int h = hk * group + walk.r, q0 = TileRow::tile_of(walk.entry) * BM;
+    const TileMask tile = walk.mask;
     cp_async_wait<0>();
     __syncthreads();
-    const int item_next = next_item(item);
-    if (Stages == 2 && item_next < items) load_q_do(item_next, stage ^ 1);
+    walk.advance();
+    const int h_next = hk * group + walk.r, q0_next = TileRow::tile_of(walk.entry) * BM;
+    if (Stages == 2 && !walk.done()) load_q_do(h_next, q0_next, stage ^ 1);
     cp_async_commit();
     const T* q_tile = sQ + stage * Tiles::kQ;
     const T* do_tile = sdO + stage * Tiles::kDO;
@@ -229,10 +216,9 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
       });
     }
     __syncthreads();  // P, dS and this Q/dO stage are free again
-    if (Stages == 1 && item_next < items) load_q_do(item_next, 0);
+    if (Stages == 1 && !walk.done()) load_q_do(h_next, q0_next, 0);
     cp_async_commit();
     if (Stages == 2) stage ^= 1;
-    item = item_next;
   }
 
   // dK (times the softmax scale) and dV, rows past the sequence dropped

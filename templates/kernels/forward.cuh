@@ -9,7 +9,7 @@
 #pragma once
 #include "args.cuh"
 #include "dropout.cuh"
-#include "kv_stream.cuh"
+#include "schedule.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
 #include "softmax.cuh"

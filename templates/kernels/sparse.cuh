@@ -44,14 +44,16 @@ struct BlockSparseArgs {
   }
 };
 
-// The candidate tiles of one row: its list, or every tile 0..n-1 of a dense spec.
+// The candidate tiles of one row: its list, or every tile 0..n-1 of a dense spec. An
+// entry is 2 * tile + (layout check needed); a dense row's entries are 2 * i.
 struct TileRow {
   const int* list;  // null: dense
   int n;
   __device__ __forceinline__ int size() const { return n; }
-  __device__ __forceinline__ int tile(int i) const { return list ? list[i] >> 1 : i; }
-  // Only some blocks of the tile are visible: check the layout per element.
-  __device__ __forceinline__ bool layout_partial(int i) const { return list && (list[i] & 1); }
+  __device__ __forceinline__ int entry(int i) const { return list ? list[i] : 2 * i; }
+  static __device__ __forceinline__ int tile_of(int entry) { return entry >> 1; }
+  // only some blocks of the tile are visible: check the layout per element
+  static __device__ __forceinline__ bool layout_partial(int entry) { return entry & 1; }
 };
 
 template <class V>
