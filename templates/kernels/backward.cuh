@@ -59,15 +59,15 @@ struct BackwardTiles {
 // kParamGrads, the score's float tables get dT * dscore/dtable.
 template <class V, bool kParamGrads>
 __device__ __forceinline__ void score_gradient(const typename V::Params& p,
-                                               const typename V::Grads& g,
-                                               const BlockSparseArgs& sparse, const Shape& n,
-                                               TileMask tile, bool row_live, float lse2,
+                                               const typename V::Grads& g, const Shape& n,
+                                               TileMask tile, bool block_visible,
+                                               bool row_live, float lse2,
                                                float delta, int b, int h, int q, int kv,
                                                float s, float dp, float keep, float& prob,
                                                float& ds) {
   const float sx = s * n.scale;
   float pr = 0.0f;
-  if (row_live && visible<V>(tile, p, sparse, b, h, q, kv, n.q_len, n.kv_len)) {
+  if (row_live && visible<V>(tile, p, block_visible, b, h, q, kv, n.q_len, n.kv_len)) {
     float x;
     if constexpr (V::kHasScore) {
       x = V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
@@ -177,6 +177,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
 #pragma unroll
       for (int nt = 0; nt < SS::kNT; ++nt) {
         const int c = sc + 8 * nt + 2 * (lane & 3);
+        const bool block =
+            fragment_block_visible<V>(tile, a.sparse, h, q0 + r, k0 + c, n.q_len, n.kv_len);
         float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
         if constexpr (kDropout)
           dropout_factors(a.dropout, b * n.heads + h, q0 + r, k0 + c, keep);
@@ -184,7 +186,7 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
 #pragma unroll
         for (int i = 0; i < 4; ++i) {  // rows r, r, r + 8, r + 8; columns c, c + 1, c, c + 1
           const int half = i >> 1;
-          score_gradient<V, true>(p, g, a.sparse, n, tile, row_live[half], lse2[half],
+          score_gradient<V, true>(p, g, n, tile, block, row_live[half], lse2[half],
                                   delta[half], b, h, q0 + r + 8 * half, k0 + c + (i & 1),
                                   s[mt][nt][i], dp[mt][nt][i], keep[i], pv[i], dsv[i]);
         }
@@ -305,6 +307,8 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
 #pragma unroll
     for (int nt = 0; nt < BN / 8; ++nt) {
       const int c = k0 + 8 * nt + 2 * (lane & 3);
+      const bool block = fragment_block_visible<V>(tile, a.sparse, h, row0 + (lane >> 2), c,
+                                                   n.q_len, n.kv_len);
       float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
       if constexpr (kDropout) dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), c, keep);
 #pragma unroll
@@ -312,7 +316,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
         const int r = i >> 1;
         const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
         float prob;
-        score_gradient<V, false>(p, no_grads, a.sparse, n, tile, row_live[r], lse2[r], delta[r],
+        score_gradient<V, false>(p, no_grads, n, tile, block, row_live[r], lse2[r], delta[r],
                                  b, h, q, kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
                                  s[0][nt][i]);
       }

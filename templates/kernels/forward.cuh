@@ -62,18 +62,26 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     zero(s);
     warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_tile, Tiles::kLdQK, 0);
     // scores in log2 units, after the spec's score expression and mask
-    for_each_element(s, row0, k0, [&](float& x, int q, int kv) {
-      if constexpr (V::kHasScore) {
-        x = V::score(p, x * n.scale, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
-      } else {
-        x *= n.scale_log2;
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int nt = 0; nt < BN / 8; ++nt) {
+      const int q = row0 + (lane >> 2), kv = k0 + 8 * nt + 2 * (lane & 3);
+      const bool block = fragment_block_visible<V>(tile, a.sparse, h, q, kv, n.q_len, n.kv_len);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // rows q, q, q + 8, q + 8; columns kv, kv + 1, kv, kv + 1
+        float& x = s[0][nt][i];
+        const int qi = q + 8 * (i >> 1), kvi = kv + (i & 1);
+        if constexpr (V::kHasScore) {
+          x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len) * kLog2e;
+        } else {
+          x *= n.scale_log2;
+        }
+        if (!visible<V>(tile, p, block, b, h, qi, kvi, n.q_len, n.kv_len)) x = -inf();
       }
-      if (!visible<V>(tile, p, a.sparse, b, h, q, kv, n.q_len, n.kv_len)) x = -inf();
-    });
+    }
     float alpha[2];
     softmax.step(s[0], alpha);  // the row sums count every visible key, dropped or not
     if constexpr (kDropout) {   // P -> P * keep; 1 / (1 - p) is applied with 1 / rowsum
-      const int lane = threadIdx.x & 31;
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
         float keep[4];

@@ -35,19 +35,31 @@ __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, i
   return {c, layout_partial};
 }
 
-// Is (q, kv) visible? The mask, the sequence end and the block layout; only partial
-// tiles ask per element.
+// Is the layout block of an accumulator fragment visible? The fragment's four elements
+// (rows q, q + 8 with q % 16 < 8; columns kv, kv + 1 with kv even) lie in one block, as
+// blocks are 16 x 16 or larger, so one read serves them all. True unless the tile needs
+// the layout per element.
+template <class V>
+__device__ __forceinline__ bool fragment_block_visible(const TileMask& tile,
+                                                       const BlockSparseArgs& sparse, int h,
+                                                       int q, int kv, int q_len, int kv_len) {
+  if constexpr (V::kHasBlockSparse) {
+    if (tile.check_layout) return layout_visible<V>(sparse, h, q, kv, q_len, kv_len);
+  }
+  return true;
+}
+
+// Is (q, kv) visible? The mask, the sequence end and the fragment's layout block; only
+// partial tiles ask per element.
 template <class V>
 __device__ __forceinline__ bool visible(const TileMask& tile, const typename V::Params& p,
-                                        const BlockSparseArgs& sparse, int b, int h, int q,
-                                        int kv, int q_len, int kv_len) {
+                                        bool block_visible, int b, int h, int q, int kv,
+                                        int q_len, int kv_len) {
   if (!tile.partial()) return true;
   if (kv >= kv_len) return false;
   if constexpr (V::kHasMask)
     if (!V::mask(p, b, h, q, kv, q_len, kv_len)) return false;
-  if constexpr (V::kHasBlockSparse)
-    if (tile.check_layout && !layout_visible<V>(sparse, h, q, kv, q_len, kv_len)) return false;
-  return true;
+  return block_visible;
 }
 
 // Calls f(value, row, col) for every element of a warp's accumulator block
