@@ -2,7 +2,7 @@
 
 The dropout mask of a spec is a pure function of (seed, offset, b, h, q_idx, kv_idx),
 so the kernels (forward and backward, any tile size) and the reference draw the
-same bits. The layout, which templates/common/dropout.cuh implements too:
+same bits. The layout, which templates/kernels/dropout.cuh implements too:
 
     key     = (seed & 0xffffffff, seed >> 32)                    # 64-bit seed
     counter = (kv_idx >> 1,                                       # c0: a pair of columns

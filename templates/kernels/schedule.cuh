@@ -16,8 +16,8 @@ namespace fg {
 // Walks, in order, the tiles of `rows` rows of candidate tiles (the forward pass: one
 // row; the backward: one per query head of the GQA group) that `classify` does not
 // skip. The entry after the current one is read when the walk moves, a whole tile of
-// math before it is needed, so the list's memory latency does not stall the warps
-// (measured: reading it on demand cost 48 % of the forward's time).
+// math before it is needed, so the list's memory latency stays off the path from one
+// tile's barrier to the next tile's cp.async.
 template <class RowOf, class Classify>
 struct TileWalk {
   RowOf row_of;        // r -> TileRow

@@ -1,0 +1,76 @@
+"""Block-sparse tile lists (flashgen/runtime/sparse.py) against a brute-force expansion of
+the layout to elements: every tile with a visible element is listed, once, in order, and
+flagged partial exactly when some of its in-bounds elements are hidden."""
+import pytest
+import torch
+
+import flashgen
+from flashgen.plan.tiles import plan_for
+from flashgen.runtime.sparse import SparseTiles, sparse_tiles, tile_lists
+
+
+def _brute(layout, bq, bk, tq, tk, nq, nk):
+    elements = layout.repeat_interleave(bq, 1).repeat_interleave(bk, 2)[:, :nq, :nk]
+    out = {}
+    for h in range(layout.shape[0]):
+        for i in range(-(-nq // tq)):
+            for j in range(-(-nk // tk)):
+                tile = elements[h, i * tq:(i + 1) * tq, j * tk:(j + 1) * tk]
+                out[h, i, j] = (bool(tile.any()), bool(tile.all()))
+    return out
+
+
+def _listed(count, tiles, h, row):
+    return tiles[h, row, :count[h, row]].tolist()
+
+
+@pytest.mark.parametrize("bq,bk,tq,tk,nq,nk", [
+    (64, 64, 128, 128, 300, 500),     # tiles cover several blocks
+    (128, 128, 64, 64, 300, 257),     # blocks cover several tiles
+    (16, 32, 64, 64, 100, 130),
+    (128, 64, 128, 64, 1, 4096),
+    (32, 128, 128, 32, 333, 333),
+])
+def test_tile_lists_match_the_element_layout(bq, bk, tq, tk, nq, nk):
+    gen = torch.Generator().manual_seed(bq * 7 + nk)
+    qb, kb = -(-nq // bq), -(-nk // bk)
+    layout = torch.rand(2, qb, kb, generator=gen) < 0.4
+    count_q, tiles_q, count_k, tiles_k = tile_lists(layout, bq, bk, tq, tk, nq, nk)
+    for (h, i, j), (any_, all_) in _brute(layout, bq, bk, tq, tk, nq, nk).items():
+        for entries, tile in ((_listed(count_q, tiles_q, h, i), j), (_listed(count_k, tiles_k, h, j), i)):
+            hits = [e for e in entries if e >> 1 == tile]
+            assert len(hits) == (1 if any_ else 0), (h, i, j)
+            if any_:
+                assert (hits[0] & 1) == (not all_), (h, i, j)
+    for count, tiles in ((count_q, tiles_q), (count_k, tiles_k)):
+        for h in range(2):
+            for row in range(count.shape[1]):
+                listed = [e >> 1 for e in _listed(count, tiles, h, row)]
+                assert listed == sorted(listed)
+
+
+def test_pattern_lists_pack_in_kernel_order():
+    spec = flashgen.load("butterfly_causal")
+    plan = plan_for(spec, 64)
+    tiles = sparse_tiles(spec, None, plan, 1000, 1000, torch.device("cpu"))
+    assert isinstance(tiles, SparseTiles) and len(tiles.ints()) == 14
+    assert tiles.ints()[1:4] == [1, 8, 8]            # heads, q blocks, kv blocks of 128
+    assert sparse_tiles(spec, None, plan, 1000, 1000, torch.device("cpu")) is tiles
+
+
+def test_runtime_layout_lists_follow_in_place_edits():
+    spec = flashgen.load("block_layout")
+    plan = plan_for(spec, 64)
+    layout = torch.ones(1, 2, 2, dtype=torch.bool)
+    first = sparse_tiles(spec, layout, plan, 256, 256, torch.device("cpu"))
+    assert sparse_tiles(spec, layout, plan, 256, 256, torch.device("cpu")) is first
+    layout[0, 0, 1] = False
+    second = sparse_tiles(spec, layout, plan, 256, 256, torch.device("cpu"))
+    assert second is not first and second.by_q[0][0, 0].item() == 1
+
+
+def test_plan_shrinks_the_forward_tile_to_the_blocks():
+    bigbird = plan_for(flashgen.load("bigbird"), 64)          # 64 x 64 blocks
+    assert (bigbird.forward.block_m, bigbird.forward.block_n, bigbird.forward.warps) == (64, 64, 4)
+    dense = plan_for(flashgen.load("dense"), 64)
+    assert (dense.forward.block_m, dense.forward.block_n) == (128, 128)
