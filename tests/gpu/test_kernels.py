@@ -46,6 +46,12 @@ TEST_SPECS = {
         score = 30.0 * tanh(score / 30.0)
         block_sparse = bigbird(block = 128, window = 1, global = 1, random = 2, seed = 7)
     }""",
+    "alibi_bigbird": """attention alibi_bigbird {
+        head_dim = 64
+        param slopes: f32[H]
+        score = score + slopes[h] * (kv_idx - q_idx)
+        block_sparse = bigbird(block = 64, window = 1, global = 1, random = 3, seed = 1)
+    }""",
     "small_blocks": """attention small_blocks {
         head_dim = 64
         mask = causal
@@ -209,6 +215,7 @@ EXTRA = [
     ("alibi_butterfly_dropout", "fp16", 64, 2, 4, 2, 500, 500, False, dict(dropout_p=0.1)),
     ("alibi_butterfly_dropout", "bf16", 128, 1, 4, 4, 257, 1000, False, dict(dropout_p=0.5)),
     ("softcap_bigbird", "bf16", 128, 1, 2, 1, 1000, 1000, False, {}),
+    ("alibi_bigbird", "fp16", 64, 2, 4, 2, 777, 1500, False, {}),
     ("small_blocks", "fp16", 64, 2, 2, 1, 200, 333, False, dict(dropout_p=0.1)),
     ("small_blocks", "bf16", 64, 1, 2, 2, 500, 500, False,
      dict(dropout_p=0.5, deterministic=True)),
