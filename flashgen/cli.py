@@ -146,6 +146,8 @@ def _kernel_label(kernel: str) -> str:
         dq, dropout = flags[-2:]
         return ("backward" + (" (dQ atomics)" if dq == "true" else " (dK, dV)")
                 + (" +dropout" if dropout == "true" else ""))
+    if "delta_kernel" in kernel:
+        return "backward delta = rowsum(dO O)"
     if "dq_kernel" in kernel:
         return "deterministic dQ" + (" +dropout" if flags[-1:] == ["true"] else "")
     return kernel

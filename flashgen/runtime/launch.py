@@ -7,8 +7,8 @@ is written here once and read back in templates/kernels/args.cuh and by each
 variant's Params::read / Grads::read:
 
   ints:   B, H, Hkv, Nq, Nk; then per tensor of the pass (q, k, v, out | q, k, v, dO,
-          then dK, dV) its pointer and batch, head, row strides; plain pointers (lse |
-          lse, delta, dQ accumulator) where args.cuh reads them; backward's
+          out, then dK, dV) its pointer and batch, head, row strides; plain pointers
+          (lse | lse, dlse or 0, delta, dQ accumulator) where args.cuh reads them; backward's
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
           threshold; all 0 without dropout); the block-sparse lists (14 ints,
           flashgen/runtime/sparse.py; all 0 for a dense spec); then the spec's
@@ -185,22 +185,24 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     return out, lse
 
 
-def backward(key: str, dout, q, k, v, lse, delta, tensors, scalars, scale: float,
+def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: float,
              param_grads_wanted: list[bool], deterministic: bool = False, dropout_p: float = 0.0,
              rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
-    gradients, in the order of Variant.grad_params. dropout_p, rng and layout are the
-    forward call's."""
+    gradients, in the order of Variant.grad_params. out, lse, dropout_p, rng and layout
+    are the forward call's; dlse (or None) the gradient flowing into lse."""
     var = variant(key)
-    q, k, v, dout = aligned(q), aligned(k), aligned(v), aligned(dout)
+    q, k, v, dout, out = aligned(q), aligned(k), aligned(v), aligned(dout), aligned(out)
     B, H, Nq, D = q.shape
+    delta = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     dq_accum = torch.zeros(B, H, Nq, D, dtype=torch.float32, device=q.device)
     dk = _output(*k.shape, like=k)
     dv = _output(*v.shape, like=v)
     ints, floats = _shape(q, k, scale)
-    for t in (q, k, v, dout):
+    for t in (q, k, v, dout, out):
         ints += _strided(t)
-    ints += [lse.data_ptr(), delta.data_ptr(), dq_accum.data_ptr()]
+    dlse_ptr = 0 if dlse is None else dlse.data_ptr()
+    ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(), dq_accum.data_ptr()]
     ints += _strided(dk) + _strided(dv) + [int(deterministic)]
     d_ints, d_floats = _dropout(dropout_p, rng)
     ints += d_ints + _sparse(var, q, k, layout)

@@ -3,7 +3,7 @@ autograd registrations, so torch.compile(fullgraph=True) traces a call as one no
 
     flashgen::forward(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
                       deterministic) -> (out, lse, rng)
-    flashgen::backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
+    flashgen::backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
                        deterministic, dropout_p, rng, layout)
                        -> (dq, dk, dv, flat parameter gradients)
 
@@ -43,12 +43,13 @@ def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, determinis
 
 @torch.library.custom_op("flashgen::backward", mutates_args=())
 def backward_op(key: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
-                v: torch.Tensor, lse: torch.Tensor, delta: torch.Tensor,
+                v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                dlse: torch.Tensor | None,
                 tensors: list[torch.Tensor], scalars: list[float], scale: float,
                 wanted: list[bool], deterministic: bool, dropout_p: float, rng: torch.Tensor,
                 layout: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return launch.backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
+    return launch.backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
                            deterministic, dropout_p, rng, layout)
 
 
@@ -60,7 +61,7 @@ def _grad_tensors(key: str, tensors):
 
 
 @backward_op.register_fake
-def _(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted, deterministic, dropout_p,
+def _(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted, deterministic, dropout_p,
       rng, layout):
     size = sum(tensors[i].numel() for i, w in zip(_grad_tensors(key, tensors), wanted) if w)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
@@ -82,13 +83,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dlse, _drng):
     q, k, v, out, lse, rng, layout, *tensors = ctx.saved_tensors
-    # delta = rowsum(dO * O); a gradient flowing into lse enters as P * dlse, the same
-    # as lowering delta by dlse (dS = P * (dP - delta + dlse)).
-    delta = (dout.float() * out.float()).sum(-1)
+    # the kernels compute delta = rowsum(dO * O) - dlse themselves (delta_kernel)
     if dlse is not None:
-        delta = delta - dlse
+        dlse = dlse.float().contiguous()
     wanted = ctx.wanted
-    dq, dk, dv, flat = backward_op(ctx.key, dout.contiguous(), q, k, v, lse, delta.contiguous(),
+    dq, dk, dv, flat = backward_op(ctx.key, dout.contiguous(), q, k, v, out, lse, dlse,
                                    tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic,
                                    ctx.dropout_p, rng, layout)
     grads: list[torch.Tensor | None] = [None] * ctx.tensor_count

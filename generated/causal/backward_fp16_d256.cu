@@ -32,10 +32,13 @@ template <bool kDropout>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
         void* stream) {
   const fg::Shape& n = args.shape;
+  const int64_t rows = int64_t(n.batch) * n.heads * n.q_len;
+  cudaError_t status = launch(fg::delta_kernel<T, 256>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
+  if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
   constexpr int smem = Tiles::smem_bytes<T>();
   if (!args.deterministic) return launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
-  cudaError_t status = launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  status = launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
   return launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);

@@ -85,8 +85,10 @@ template <class T>
 struct BackwardArgs {
   Shape shape;
   Strided4<const T> q, k, v, dout;
+  Strided4<const T> out;  // the forward pass's output
   const float* lse;    // [B, H, Nq]
-  const float* delta;  // [B, H, Nq]: rowsum(dO * O)
+  const float* dlse;   // [B, H, Nq]: the gradient flowing into lse, or null
+  float* delta;        // [B, H, Nq]: rowsum(dO * O) - dlse, written by delta_kernel
   float* dq_accum;     // [B, H, Nq, D], fp32, zeroed by the host
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
   int deterministic;   // 1: dQ without atomics (dq_kernel), bit-identical run to run
@@ -99,8 +101,10 @@ struct BackwardArgs {
     a.k = Strided4<const T>::read(in);
     a.v = Strided4<const T>::read(in);
     a.dout = Strided4<const T>::read(in);
+    a.out = Strided4<const T>::read(in);
     a.lse = in.ptr<const float>();
-    a.delta = in.ptr<const float>();
+    a.dlse = in.ptr<const float>();
+    a.delta = in.ptr<float>();
     a.dq_accum = in.ptr<float>();
     a.dk = Strided4<T>::read(in);
     a.dv = Strided4<T>::read(in);

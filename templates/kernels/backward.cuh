@@ -1,5 +1,5 @@
 // The backward pass (FlashAttention-2), by recomputation from Q, K, V, dO, lse and
-// delta = rowsum(dO * O): one CTA per (BN keys, batch * KV head).
+// delta = rowsum(dO * O) (delta_kernel, first): one CTA per (BN keys, batch * KV head).
 //
 // The CTA keeps its K and V tiles in shared memory and its dK, dV accumulators in
 // registers, and walks every (query head of its GQA group, Q tile) that the mask does
@@ -23,6 +23,25 @@
 #include "softmax.cuh"
 
 namespace fg {
+
+// delta = rowsum(dO * O) - dlse, one warp per query row, in fp32. A gradient flowing
+// into lse enters dS as P * dlse, the same as lowering delta by it.
+template <class T, int Dv>
+__global__ void __launch_bounds__(256)
+delta_kernel(const BackwardArgs<T> a) {
+  const Shape& n = a.shape;
+  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over B * H * Nq
+  if (row >= int64_t(n.batch) * n.heads * n.q_len) return;
+  const int q = int(row % n.q_len), bh = int(row / n.q_len);
+  const int b = bh / n.heads, h = bh % n.heads;
+  const T* dout = a.dout.at(b, h, q);
+  const T* out = a.out.at(b, h, q);
+  float sum = 0.0f;
+  for (int c = threadIdx.x & 31; c < Dv; c += 32) sum += float(dout[c]) * float(out[c]);
+#pragma unroll
+  for (int lanes = 16; lanes > 0; lanes >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, lanes);
+  if ((threadIdx.x & 31) == 0) a.delta[row] = sum - (a.dlse ? a.dlse[row] : 0.0f);
+}
 
 // How W warps split an R x C block: as many 16-row slabs as fit, the rest along columns.
 template <int R, int C, int W>

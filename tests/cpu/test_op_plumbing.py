@@ -16,7 +16,7 @@ def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
         B, H, Nq, _ = q.shape
         return q * 1.0, torch.zeros(B, H, Nq)
 
-    def fake_backward(key, dout, q, k, v, lse, delta, tensors, scalars, scale, wanted,
+    def fake_backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
                       deterministic, dropout_p, rng, layout):
         seen["backward"] = (dropout_p, rng.tolist(), layout, deterministic)
         return dout * 1.0, torch.zeros_like(k), torch.zeros_like(v), torch.zeros(0)
