@@ -220,5 +220,5 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
         at += size
     _call(_library(key, q), "flashgen_backward", ints + p_ints + g_ints, floats + p_floats,
           q.device)
-    dq = (dq_accum * scale).to(q.dtype)
+    dq = dq_accum.mul_(scale).to(q.dtype)      # in place: no second fp32 [B, H, Nq, d]
     return dq, dk, dv, flat
