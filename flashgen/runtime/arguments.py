@@ -142,6 +142,10 @@ def _bind_param(p: ParamDecl, value, sizes, device):
     return float(value)
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, layout=None,
          params: dict | None = None, for_kernel: bool = False) -> BoundCall:
     """Check every argument of a call against the spec and bind the shape symbols."""
@@ -171,6 +175,10 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
         _fail(f"dropout_p must be in [0, 1), got {dropout_p!r}")
     if dropout_p > 0 and not spec.dropout:
         _fail(f"'{spec.name}' has no dropout; add a `dropout` line to the spec to use dropout_p")
+    if seed is not None and not (_is_int(seed) or (isinstance(seed, (tuple, list))
+                                                   and len(seed) == 2 and all(map(_is_int, seed)))):
+        _fail(f"seed must be None (drawn from torch's generator), an int, or a (seed, offset) "
+              f"pair of ints, got {seed!r}")
     layout = _bind_layout(spec, layout, sizes, q.device, for_kernel)
     return BoundCall(spec, q, k, v, float(scale), float(dropout_p), seed, layout, bound, sizes)
 

@@ -29,6 +29,8 @@ CASES = [
     ("causal", dict(), None, {"dropout_p": 0.1}, "has no dropout"),
     ("dropout_causal", dict(), None, {"dropout_p": 1.0}, "dropout_p must be in [0, 1)"),
     ("dropout_causal", dict(), None, {"dropout_p": -0.1}, "dropout_p must be in [0, 1)"),
+    ("dropout_causal", dict(), None, {"dropout_p": 0.1, "seed": 1.5}, "seed must be None"),
+    ("dropout_causal", dict(), None, {"dropout_p": 0.1, "seed": (1, 2, 3)}, "(seed, offset) pair"),
     ("block_layout", dict(), None, {}, "needs a block layout"),
     ("block_layout", dict(), None, {"layout": torch.ones(1, 2, 2, dtype=torch.bool)}, "layout must have shape [2 or 1, 1, 1]"),
     ("block_layout", dict(), None, {"layout": torch.ones(1, 1, 1)}, "bool tensor"),
