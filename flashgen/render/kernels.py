@@ -45,8 +45,8 @@ def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: in
     units = {}
     for pass_name in PASSES:
         view = KernelView(spec.name, f"fg_{spec.name}", source_path, pass_name, dtype,
-                          C_DTYPES[dtype], head_dim, dv, spec.dropout, plan.forward, plan.backward,
-                          tuple(plan.describe()))
+                          C_DTYPES[dtype], head_dim, dv, spec.dropout, plan.forward,
+                          plan.backward, tuple(plan.describe()))
         text = environment().get_template(f"kernels/{pass_name}.cu.j2").render(k=view)
         units[unit_name(pass_name, dtype, head_dim)] = text.rstrip() + "\n"
     return units

@@ -155,8 +155,9 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         name=spec.name, namespace=f"fg_{spec.name}", source_path=source_path,
         line=spec.span.line, summary=tuple(summary),
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
-        dropout=spec.dropout, block_sparse=spec.block_sparse is not None, mask=mask, score=score, score_grad=grad, tile_class=tile_class,
-        grads=grads, param_grads=param_grads)
+        dropout=spec.dropout, block_sparse=spec.block_sparse is not None, mask=mask,
+        score=score, score_grad=grad, tile_class=tile_class, grads=grads,
+        param_grads=param_grads)
 
 
 def _param_grads(spec: AttentionSpec, path: str):

@@ -164,6 +164,13 @@ def _sparse(var: Variant, q, k, layout) -> list[int]:
     return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
 
 
+def _dropout_and_sparse(var: Variant, q, k, dropout_p, rng, layout, ints, floats) -> None:
+    """Append what both passes pass after their fixed part: dropout, then block-sparse."""
+    d_ints, d_floats = _dropout(dropout_p, rng)
+    ints += d_ints + _sparse(var, q, k, layout)
+    floats += d_floats
+
+
 def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
     """out [B, H, Nq, Dv] (q's dtype) and lse [B, H, Nq] (fp32). rng: see rng_state;
@@ -177,9 +184,7 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     for t in (q, k, v, out):
         ints += _strided(t)
     ints.append(lse.data_ptr())
-    d_ints, d_floats = _dropout(dropout_p, rng)
-    ints += d_ints + _sparse(var, q, k, layout)
-    floats += d_floats
+    _dropout_and_sparse(var, q, k, dropout_p, rng, layout, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
     return out, lse
@@ -204,9 +209,7 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     dlse_ptr = 0 if dlse is None else dlse.data_ptr()
     ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(), dq_accum.data_ptr()]
     ints += _strided(dk) + _strided(dv) + [int(deterministic)]
-    d_ints, d_floats = _dropout(dropout_p, rng)
-    ints += d_ints + _sparse(var, q, k, layout)
-    floats += d_floats
+    _dropout_and_sparse(var, q, k, dropout_p, rng, layout, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0

@@ -8,6 +8,7 @@
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"
+#include "kernels/launch.cuh"
 
 namespace {
 using T = __half;
@@ -15,15 +16,6 @@ using Variant = fg_causal_bottom_right::Variant;
 using Tiles = fg::ForwardTiles<64, 64, 128, 128, 8>;
 template <bool kDropout>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 8, kDropout>;
-
-template <class Kernel>
-cudaError_t launch(Kernel kernel, dim3 grid, int smem, void* stream, const fg::ForwardArgs<T>& args,
-                   const Variant::Params& params) {
-  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (status != cudaSuccess) return status;
-  kernel<<<grid, Tiles::kThreads, smem, static_cast<cudaStream_t>(stream)>>>(args, params);
-  return cudaGetLastError();
-}
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.
@@ -33,7 +25,7 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
   const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads);
-  return launch(kKernel<false>, grid, smem, stream, args, params);
+  return fg::launch(kKernel<false>, grid, Tiles::kThreads, smem, stream, args, params);
 }
 
 extern "C" const char* flashgen_error_string(int status) {

@@ -8,6 +8,7 @@
 
 #include "variant.cuh"
 #include "kernels/backward.cuh"
+#include "kernels/launch.cuh"
 
 namespace {
 using T = __half;
@@ -20,28 +21,20 @@ using DqTiles = fg::DqTiles<256, 256, 64, 32, 4>;
 template <bool kDropout>
 constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 64, 32, 4, kDropout>;
 
-template <class Kernel, class... Args>
-cudaError_t launch(Kernel kernel, dim3 grid, int threads, int smem, void* stream, Args... args) {
-  cudaError_t status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (status != cudaSuccess) return status;
-  kernel<<<grid, threads, smem, static_cast<cudaStream_t>(stream)>>>(args...);
-  return cudaGetLastError();
-}
-
 template <bool kDropout>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
         void* stream) {
   const fg::Shape& n = args.shape;
   const int64_t rows = int64_t(n.batch) * n.heads * n.q_len;
-  cudaError_t status = launch(fg::delta_kernel<T, 256>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
+  cudaError_t status = fg::launch(fg::delta_kernel<T, 256>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
   constexpr int smem = Tiles::smem_bytes<T>();
-  if (!args.deterministic) return launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
-  status = launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  if (!args.deterministic) return fg::launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  status = fg::launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
-  return launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
+  return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
 }
 }  // namespace
 
