@@ -1,0 +1,307 @@
+"""The tile map: what the kernels do with each (Q tile, KV tile) pair at given lengths.
+
+A kernel classifies every tile pair before loading it (templates/kernels/mask.cuh,
+classify_tile): skipped, run with no per-element mask (full), or run with the mask
+(partial). The class comes from the variant's tile_class() -- the mask's static interval
+analysis (flashgen/render/tile_class.py) -- and from two rules of the kernel: a tile that
+crosses the end of the keys is partial (the bounds mask), and so is a tile whose
+block-sparse blocks differ; a tile no block-sparse list names is never visited.
+
+To report what the kernels do rather than a re-derivation, tile_class() itself runs
+here: the variant's header is compiled for the host with nvcc into a small shared
+library (cached like the kernels, flashgen/build/cache.py, by the hash of its sources),
+whose one function fills the class grid; Params are read from the launcher's argument
+arrays by the variant's own Params::read. Block-sparse lists come from
+flashgen/runtime/sparse.py, which builds the kernels' lists."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..api import KERNEL_ELEMENT
+from ..build.cache import build
+from ..ir.nodes import AttentionSpec, uses
+from ..reference.attention import grid_variables
+from ..reference.evaluate import Evaluator
+from ..reference.patterns import fixed_layout
+from ..render.kernels import support_headers
+from ..render.variant import inline_lets, render_variant
+from ..runtime.examples import example_layout, example_params
+from ..runtime.sparse import tile_lists
+
+SKIP, FULL, PARTIAL = 0, 1, 2          # fg::TileClass (templates/kernels/mask.cuh)
+EXAMPLE_DENSITY = 0.25                 # of the example layout of a `layout(...)` spec
+# Above this many mask elements the visible fraction is taken from evenly spaced
+# query rows (about 1 s of the reference evaluator on one core).
+ELEMENT_BUDGET = 1 << 28
+
+HOST_SOURCE = r"""// The kernels' tile classification on the host (flashgen/plan/tile_map.py).
+#include <cstdint>
+
+#include "variant.cuh"
+
+namespace {
+// Params::read over the launcher's argument arrays, in the order of
+// flashgen/runtime/launch.py (as templates/kernels/args.cuh ArgReader reads them).
+struct HostReader {
+  const int64_t* ints;
+  const float* floats;
+  int next_int = 0, next_float = 0;
+  int64_t i64() { return ints[next_int++]; }
+  int i32() { return static_cast<int>(ints[next_int++]); }
+  float f32() { return floats[next_float++]; }
+  template <class T>
+  T* ptr() { return reinterpret_cast<T*>(static_cast<intptr_t>(ints[next_int++])); }
+};
+}  // namespace
+
+// tile_class() of every pair of block_m x block_n tiles, bounded as classify_tile bounds
+// them (the last tiles end at the sequence ends), for b < batches and h < heads:
+// out[batches][heads][q_tiles][kv_tiles].
+extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, int batches,
+                                      int heads, int q_len, int kv_len, int block_m,
+                                      int block_n, int8_t* out) {
+  using V = NAMESPACE::Variant;
+  HostReader in{ints, floats};
+  const V::Params p = V::Params::read(in);
+  const int q_tiles = (q_len + block_m - 1) / block_m, kv_tiles = (kv_len + block_n - 1) / block_n;
+  for (int b = 0; b < batches; ++b)
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < q_tiles; ++i)
+        for (int j = 0; j < kv_tiles; ++j) {
+          const int q0 = i * block_m, k0 = j * block_n;
+          const int q_hi = (q0 + block_m < q_len ? q0 + block_m : q_len) - 1;
+          const int kv_hi = (k0 + block_n < kv_len ? k0 + block_n : kv_len) - 1;
+          *out++ = static_cast<int8_t>(V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len));
+        }
+}
+"""
+
+
+def host_sources(spec: AttentionSpec) -> dict[str, str]:
+    """The host library's sources: the variant header, the common headers it includes
+    (not the kernels': their edits need no rebuild here), and the grid function."""
+    headers = {name: text for name, text in support_headers().items() if "/" not in name}
+    return {**headers, "variant.cuh": render_variant(spec, f"<{spec.name}>"),
+            "tile_classes.cu": HOST_SOURCE.replace("NAMESPACE", f"fg_{spec.name}")}
+
+
+def host_library(spec: AttentionSpec) -> ctypes.CDLL:
+    """The spec's host library, built into the cache on first use (needs nvcc)."""
+    # host code only; the build wants an arch, and the device pass has nothing to compile
+    library = build(host_sources(spec), name=f"tile_class_{spec.name}", arch="sm_80").library()
+    function = library.flashgen_tile_classes
+    function.restype = None
+    function.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                         *[ctypes.c_int] * 6, ctypes.c_void_p]
+    return library
+
+
+def _pack_params(spec: AttentionSpec, params: dict) -> tuple[list[int], list[float], list]:
+    """The spec's parameters as the launchers pass them (flashgen/runtime/launch.py): a
+    tensor as pointer, sizes, strides; an i32/bool scalar in the ints, an f32 one in the
+    floats. Also the converted tensors, which must outlive the call."""
+    ints, floats, tensors = [], [], []
+    for p in spec.params:
+        value = params[p.name]
+        if p.is_tensor:
+            t = torch.as_tensor(value).to("cpu", KERNEL_ELEMENT[p.element]).contiguous()
+            tensors.append(t)
+            ints += [t.data_ptr(), *t.shape, *t.stride()]
+        elif p.element == "f32":
+            floats.append(float(value))
+        else:
+            ints.append(int(value))
+    return ints, floats, tensors
+
+
+def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
+                 kv_len: int, block_m: int, block_n: int) -> torch.Tensor:
+    """What tile_class() says of every (Q tile, KV tile) pair: int8 [batches, heads,
+    q_tiles, kv_tiles] of SKIP / FULL / PARTIAL, from the mask alone (no bounds or
+    block-sparse rules). Compiles the spec's host library on first use (needs nvcc)."""
+    q_tiles, kv_tiles = -(-q_len // block_m), -(-kv_len // block_n)
+    if spec.mask is None:
+        return torch.full((batches, heads, q_tiles, kv_tiles), FULL, dtype=torch.int8)
+    library = host_library(spec)
+    ints, floats, _kept_alive = _pack_params(spec, params)
+    out = torch.empty(batches, heads, q_tiles, kv_tiles, dtype=torch.int8)
+    library.flashgen_tile_classes((ctypes.c_int64 * max(1, len(ints)))(*ints),
+                                  (ctypes.c_float * max(1, len(floats)))(*floats),
+                                  batches, heads, q_len, kv_len, block_m, block_n,
+                                  out.data_ptr())
+    return out
+
+
+def mask_reads(spec: AttentionSpec, name: str) -> bool:
+    """Does the mask depend on the built-in variable `name` ("b", "h"), through lets too?"""
+    return spec.mask is not None and name in uses(inline_lets(spec, spec.mask))
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tile pairs of one tile size, as the kernels treat them."""
+    block_m: int
+    block_n: int
+    classes: torch.Tensor      # int8 [batches, heads, q_tiles, kv_tiles]: SKIP, FULL, PARTIAL
+
+    @property
+    def q_tiles(self) -> int:
+        return self.classes.shape[2]
+
+    @property
+    def kv_tiles(self) -> int:
+        return self.classes.shape[3]
+
+    def counts(self) -> dict[str, int]:
+        """Tile pairs per class, over every (batch, head) of the grid."""
+        return {name: int((self.classes == c).sum())
+                for name, c in (("skip", SKIP), ("full", FULL), ("partial", PARTIAL))}
+
+    def visited(self) -> torch.Tensor:
+        return self.classes != SKIP
+
+    def picture(self, max_columns: int = 64, max_rows: int = 32) -> tuple[list[str], tuple[int, int]]:
+        """The first (batch, head)'s grid as text -- `.` skipped, `#` full, `+` partial (or a
+        character whose tiles differ) -- and the (rows, columns) of tiles per character.
+        Characters are about twice as tall as wide, so a character spans about twice as
+        many elements down as across and the picture keeps the matrix's shape."""
+        grid = self.classes[0, 0]
+        per_column = -(-self.kv_tiles // max_columns)
+        per_row = max(1, round(2 * per_column * self.block_n / self.block_m))
+        per_row = max(per_row, -(-self.q_tiles // max_rows))
+        lines = []
+        for i in range(0, self.q_tiles, per_row):
+            line = []
+            for j in range(0, self.kv_tiles, per_column):
+                cell = grid[i:i + per_row, j:j + per_column]
+                if bool((cell == SKIP).all()):
+                    line.append(".")
+                elif bool((cell == FULL).all()):
+                    line.append("#")
+                else:
+                    line.append("+")
+            lines.append("".join(line))
+        return lines, (per_row, per_column)
+
+
+@dataclass
+class TileMap:
+    """One call's tile pairs: a spec at (q_len, kv_len), with example parameters drawn for
+    (batch, heads). Grids cover the (batch, head) pairs the mask can tell apart: all of
+    them where it reads b or h, else one (`batches`, `heads`)."""
+    spec: AttentionSpec
+    q_len: int
+    kv_len: int
+    batch: int
+    heads: int
+    params: dict               # parameter values (example values unless given)
+    layout: torch.Tensor | None   # bool [heads or 1, q_blocks, kv_blocks] of block-sparse specs
+    _grids: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def batches(self) -> int:
+        return self.batch if mask_reads(self.spec, "b") else 1
+
+    @property
+    def grid_heads(self) -> int:
+        per_head_layout = self.layout is not None and self.layout.shape[0] > 1
+        return self.heads if mask_reads(self.spec, "h") or per_head_layout else 1
+
+    def grid(self, block_m: int, block_n: int) -> TileGrid:
+        """The tile pairs at block_m x block_n, classified as classify_tile does."""
+        key = (block_m, block_n)
+        if key not in self._grids:
+            self._grids[key] = TileGrid(block_m, block_n, self._classify(block_m, block_n))
+        return self._grids[key]
+
+    def _classify(self, block_m: int, block_n: int) -> torch.Tensor:
+        classes = tile_classes(self.spec, self.params, self.batches, self.grid_heads,
+                               self.q_len, self.kv_len, block_m, block_n)
+        # a tile reaching past the last key masks the keys beyond it: partial
+        ragged = torch.arange(classes.shape[3]) * block_n + block_n > self.kv_len
+        layout_partial = torch.zeros_like(ragged)
+        listed = None
+        if self.layout is not None:
+            listed, layout_partial = _listed_tiles(self.layout, self.spec.block_sparse, block_m,
+                                                   block_n, self.q_len, self.kv_len)
+        classes = torch.where((classes == FULL) & (ragged | layout_partial), PARTIAL, classes)
+        if listed is not None:
+            classes = torch.where(listed, classes, SKIP)
+        return classes.to(torch.int8)
+
+    @functools.cached_property
+    def visible(self) -> tuple[float, int]:
+        """(fraction of the elements that are visible, query-row step it was evaluated at:
+        1 = every row), from the exact mask and layout, evaluated with the reference
+        evaluator a chunk of query rows at a time."""
+        spec, nq, nk = self.spec, self.q_len, self.kv_len
+        b, h = self.batches, self.grid_heads
+        if spec.mask is None and self.layout is None:
+            return 1.0, 1
+        step = max(1, math.ceil(b * h * nq * nk / ELEMENT_BUDGET))
+        rows = torch.arange(0, nq, step, dtype=torch.int32)
+        chunk = max(1, (1 << 24) // (b * h * nk))
+        variables = grid_variables(b, h, nq, nk, "cpu")
+        seen = total = 0
+        for start in range(0, len(rows), chunk):
+            q_idx = rows[start:start + chunk]
+            shape = (b, h, len(q_idx), nk)
+            visible = torch.ones((), dtype=torch.bool)
+            if spec.mask is not None:
+                evaluator = Evaluator(spec, {**variables, "q_idx": q_idx.view(1, 1, -1, 1)},
+                                      self.params, torch.float32, "cpu")
+                visible = evaluator(spec.mask)
+            if self.layout is not None:
+                bs = spec.block_sparse
+                blocks = self.layout[:, q_idx.long() // bs.block_q][:, :, torch.arange(nk) // bs.block_k]
+                visible = visible & blocks.unsqueeze(0)
+            seen += int(visible.expand(shape).sum())
+            total += math.prod(shape)
+        return seen / total, step
+
+
+def _listed_tiles(layout: torch.Tensor, bs, block_m: int, block_n: int, q_len: int, kv_len: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(listed, layout partial), bool [heads, q_tiles, kv_tiles]: the tiles the kernels'
+    block-sparse lists name, and those flagged to read the layout per element. The lists
+    by Q tile (forward) and by KV tile (backward) name the same tiles; these are the
+    forward's, decoded (entry = 2 * tile + partial)."""
+    count, entries, _, _ = tile_lists(layout, bs.block_q, bs.block_k, block_m, block_n,
+                                      q_len, kv_len)
+    in_list = torch.arange(entries.shape[-1]) < count.unsqueeze(-1)
+    tile = (entries >> 1).long()
+    listed = torch.zeros_like(in_list).scatter_(-1, tile, in_list)
+    partial = torch.zeros_like(in_list).scatter_(-1, tile, in_list & (entries & 1).bool())
+    return listed, partial
+
+
+def example_values(spec: AttentionSpec, batch: int, heads: int, q_len: int, kv_len: int,
+                   seed: int = 0) -> tuple[dict, torch.Tensor | None]:
+    """(parameters, layout) explain uses: flashgen.runtime.examples.example_params drawn
+    with `seed` (a parameter with a default takes its default, as in a call that leaves
+    it out), and the block layout: a built-in pattern's, or an example at 25 % density
+    for a `layout(...)` spec."""
+    generator = torch.Generator().manual_seed(seed)
+    params = {p.name: p.default for p in spec.params if p.default is not None}
+    params.update(example_params(spec, batch, heads, q_len, kv_len, generator))
+    layout = None
+    bs = spec.block_sparse
+    if bs is not None:
+        layout = (example_layout(spec, 1, q_len, kv_len, generator, density=EXAMPLE_DENSITY)
+                  if bs.pattern == "layout" else fixed_layout(bs, q_len, kv_len))
+    return params, layout
+
+
+def tile_map(spec: AttentionSpec, q_len: int, kv_len: int, batch: int = 1, heads: int = 1,
+             params: dict | None = None, layout: torch.Tensor | None = None) -> TileMap:
+    """The tile map of a call; parameters and layout default to example_values()."""
+    if params is None or (layout is None and spec.block_sparse is not None):
+        example_params_, example_layout_ = example_values(spec, batch, heads, q_len, kv_len)
+        params = example_params_ if params is None else params
+        layout = example_layout_ if layout is None else layout
+    return TileMap(spec, q_len, kv_len, batch, heads, params, layout)
