@@ -165,6 +165,18 @@ class TileGrid:
     def visited(self) -> torch.Tensor:
         return self.classes != SKIP
 
+    def describe(self) -> list[str]:
+        """The picture and the counts (with percentages of all pairs)."""
+        picture, (per_row, per_column) = self.picture()
+        counts = self.counts()
+        total = sum(counts.values())
+        scale = ("one character per tile pair" if per_row == per_column == 1 else
+                 f"one character per {per_row} x {per_column} tile pairs")
+        return [f"{self.q_tiles} Q tiles x {self.kv_tiles} KV tiles, {scale}:",
+                *(f"  {line}" for line in picture),
+                "  " + ", ".join(f"{name} {n} ({100 * n / total:.1f} %)"
+                                 for name, n in counts.items())]
+
     def picture(self, max_columns: int = 64, max_rows: int = 32) -> tuple[list[str], tuple[int, int]]:
         """The first (batch, head)'s grid as text -- `.` skipped, `#` full, `+` partial (or a
         character whose tiles differ) -- and the (rows, columns) of tiles per character.
@@ -233,6 +245,31 @@ class TileMap:
         if listed is not None:
             classes = torch.where(listed, classes, SKIP)
         return classes.to(torch.int8)
+
+    def describe_inputs(self) -> list[str]:
+        """Where the parameters and the block layout come from, and their values in short."""
+        lines = []
+        for p in self.spec.params:
+            value = self.params[p.name]
+            if isinstance(value, torch.Tensor):
+                shown = (str(value.tolist()) if value.numel() <= 8 else
+                         f"values {value.min().item():g}..{value.max().item():g}")
+                text = f"{p.name}: {p.element}[{', '.join(map(str, value.shape))}] {shown}"
+            else:
+                text = f"{p.name} = {value}" + (" (its default)" if value == p.default else "")
+            lines.append(text)
+        if lines:
+            lines.insert(0, "parameters from flashgen.runtime.examples.example_params "
+                            "(the defaults where the spec has them):")
+        bs = self.spec.block_sparse
+        if bs is not None:
+            _, q_blocks, kv_blocks = self.layout.shape
+            what = (f"an example layout at {100 * EXAMPLE_DENSITY:.0f} % density"
+                    if bs.pattern == "layout" else f"the {bs.pattern} pattern")
+            lines.append(f"block layout: {what}, {q_blocks} x {kv_blocks} blocks of "
+                         f"{bs.block_q} x {bs.block_k}, {100 * self.layout.float().mean():.1f} % "
+                         "of them visible")
+        return lines
 
     @functools.cached_property
     def visible(self) -> tuple[float, int]:
