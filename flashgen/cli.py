@@ -116,16 +116,37 @@ def cmd_build(args) -> int:
     return 0
 
 
+# The call `explain` models and times: B x Nq = 16k tokens, H = 2048 / d heads.
+EXPLAIN_TOKENS = 16384
+EXPLAIN_WIDTH = 2048
+
+
+def _sizes(text: str) -> tuple[int, int]:
+    """--sizes: NQ (and Nk = Nq) or NQxNK."""
+    try:
+        sizes = [int(x) for x in text.lower().split("x")]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"give NQ or NQxNK, e.g. 8192 or 4096x8192, not {text!r}")
+    return sizes[0], sizes[-1]
+
+
 def cmd_explain(args) -> int:
-    """Tile plans, tile classification and ptxas's resource report, with no GPU."""
+    """Tile plans and ptxas's resource report (no GPU needed); the tile map and the IO
+    model at --sizes; with --measure on a GPU, the op timed beside the model."""
+    import torch
+
+    from .plan import io_model
+    from .plan.tile_map import tile_map
+    from .runtime.arguments import TORCH_DTYPES
     spec = api.load(args.spec, args.name)
+    q_len, kv_len = args.sizes
+    batch = args.batch or max(1, EXPLAIN_TOKENS // q_len)
+    explained = api.explain(args.spec, args.name, dtypes=args.dtype and args.dtype.split(","),
+                            head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch)
     print(f"attention {spec.name}")
-    if spec.mask is not None:
-        print("tile classes: the mask is classified per (Q tile, KV tile) by interval analysis "
-              "(skip / full / partial)")
-    for dtype, d, plan, report in api.explain(
-            args.spec, args.name, dtypes=args.dtype and args.dtype.split(","),
-            head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch):
+    for dtype, d, plan, report in explained:
         print(f"\n{dtype} head_dim {d} value_dim {plan.value_dim} ({args.arch})")
         for line in plan.describe():
             print(f"  {line}")
@@ -133,6 +154,71 @@ def cmd_explain(args) -> int:
             print(f"  {_kernel_label(kernel):30s}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
                   f"{r['spill_loads']} B spill loads, {r['stack']} B stack, "
                   f"{r['smem_static']} B static smem")
+
+    plans = {d: plan for _, d, plan, _ in explained}
+    dtypes = {d: [t for t, d_, _, _ in explained if d_ == d] for d in plans}
+    maps = {}           # heads -> the TileMap of the call with that many heads
+
+    def tiles_at(d: int):
+        heads = args.heads or max(1, EXPLAIN_WIDTH // d)
+        if heads not in maps:
+            maps[heads] = tile_map(spec, q_len, kv_len, batch, heads)
+        return maps[heads]
+
+    lengths = f"Nq = Nk = {q_len}" if q_len == kv_len else f"Nq = {q_len}, Nk = {kv_len}"
+    print(f"\n== tile map at {lengths}: what the kernels do with each (Q tile, KV tile) pair")
+    print("   . skipped (never loaded)   # full (no per-element mask)   + partial (mask per element)")
+    if spec.mask is not None:
+        print("   by the kernels' own tile_class() (the mask's static interval analysis), "
+              "compiled for the host")
+    for line in tiles_at(next(iter(plans))).describe_inputs():
+        print(f"   {line}")
+    # one grid per tile size (and per (batch, head) the mask tells apart), with its users
+    grids: dict[tuple, tuple] = {}
+    for d, plan in plans.items():
+        tiles = tiles_at(d)
+        for pass_name, tile in (("forward", plan.forward), ("backward", plan.backward)):
+            key = (tile.block_m, tile.block_n, tiles.batches, tiles.grid_heads)
+            grids.setdefault(key, (tiles, {}))[1].setdefault(pass_name, []).append(d)
+    for (block_m, block_n, batches, heads), (tiles, users) in grids.items():
+        used = "; ".join(f"{name} at head_dim {', '.join(map(str, ds))}" for name, ds in users.items())
+        where = "" if batches * heads == 1 else f", over B {batches} x H {heads} (picture: the first)"
+        first, *rest = tiles.grid(block_m, block_n).describe()
+        print(f"\n{block_m} x {block_n} tiles ({used}){where}: {first}")
+        for line in rest:
+            print(f"  {line}")
+    for tiles in {(t.batches, t.grid_heads): t for t in maps.values()}.values():
+        fraction, step = tiles.visible
+        how = "every query row" if step == 1 else f"every {step}th query row"
+        print(f"\nvisible fraction of elements: {100 * fraction:.2f} % "
+              f"(the exact mask, by the reference evaluator, {how})")
+
+    gpu = torch.cuda.is_available()
+    ceilings = io_model.measure_ceilings() if args.measure and gpu else io_model.H100_SXM
+    if args.bandwidth or args.tflops:
+        ceilings = io_model.Ceilings((args.bandwidth or ceilings.bandwidth / 1e12) * 1e12,
+                                     (args.tflops or ceilings.matmul / 1e12) * 1e12,
+                                     "--bandwidth / --tflops, else " + ceilings.source)
+    print("\n== IO model (FlashAttention paper, Sec. 3.2): HBM bytes per call, no L2 reuse")
+    print("   predicted time = max(bytes / bandwidth, FLOPs / matmul rate)")
+    print(f"   ceilings: {ceilings.describe()}")
+    op = api.compile(args.spec, args.name) if args.measure and gpu else None
+    for d, plan in plans.items():
+        tiles = tiles_at(d)
+        model = io_model.io_model(plan, tiles)
+        print(f"\nhead_dim {d}: B {tiles.batch} x H {tiles.heads}, {lengths}")
+        for line in model.describe(ceilings):
+            print(f"  {line}")
+        for dtype in dtypes[d] if op is not None else ():
+            forward, both = io_model.measure_call(op, tiles, TORCH_DTYPES[dtype], d)
+            predicted_forward, predicted_both = model.forward.predicted(ceilings), model.predicted(ceilings)
+            print(f"  {dtype:9s} measured: forward {forward:.3g} ms "
+                  f"({forward / 1e3 / predicted_forward:.2f}x predicted), forward+backward "
+                  f"{both:.3g} ms ({both / 1e3 / predicted_both:.2f}x predicted)")
+    if not gpu:
+        print("\nno GPU: --measure needs one")
+    elif op is None:
+        print(f"\n--measure times the op on {torch.cuda.get_device_name()}")
     return 0
 
 
@@ -175,7 +261,7 @@ def main(argv=None) -> int:
     p.set_defaults(run=cmd_demo)
     for command, run, help_text in (
             ("build", cmd_build, "compile a spec's kernels into the cache; print build times"),
-            ("explain", cmd_explain, "tile plans and ptxas registers/spills/smem (no GPU)")):
+            ("explain", cmd_explain, "tile plans, ptxas registers/spills/smem, tile map, IO model")):
         p = sub.add_parser(command, help=help_text)
         p.add_argument("spec")
         p.add_argument("--name")
@@ -185,6 +271,17 @@ def main(argv=None) -> int:
                        help="sm_80, sm_90a, ... (build: default the GPU's)")
         if command == "build":
             p.add_argument("--load", action="store_true", help="also time loading each module")
+        if command == "explain":
+            p.add_argument("--sizes", type=_sizes, default=(4096, 4096),
+                           help="NQ or NQxNK for the tile map and IO model (default 4096)")
+            p.add_argument("--batch", type=int,
+                           help=f"batch of the modelled call (default {EXPLAIN_TOKENS} // Nq)")
+            p.add_argument("--heads", type=int,
+                           help=f"heads of the modelled call (default {EXPLAIN_WIDTH} // head_dim)")
+            p.add_argument("--measure", action="store_true",
+                           help="on a GPU: measure the ceilings and time the op beside the model")
+            p.add_argument("--bandwidth", type=float, help="copy bandwidth ceiling, TB/s")
+            p.add_argument("--tflops", type=float, help="matmul ceiling, TFLOP/s")
         p.set_defaults(run=run)
     args = parser.parse_args(argv)
     try:

@@ -56,15 +56,16 @@ class Traffic:
     def total(self) -> float:
         return sum(size for _, size in self.parts)
 
-    def describe(self, width: int) -> list[str]:
-        """The parts, "what bytes; ...", in lines of at most `width` characters (a part is
-        never split)."""
-        lines = [""]
-        for what, size in self.parts:
+    def describe(self, head: str, indent: int) -> list[str]:
+        """`head`, then the parts ("what bytes; ..."), in lines of at most WIDTH characters,
+        the later ones indented by `indent`; a part is never split."""
+        lines = [head]
+        for n, (what, size) in enumerate(self.parts):
             part = f"{what} {_bytes(size)}"
-            if lines[-1] and len(lines[-1]) + 2 + len(part) > width:
-                lines.append("")
-            lines[-1] += ("; " if lines[-1] else "") + part
+            if n and len(lines[-1]) + 2 + len(part) > WIDTH:
+                lines.append(" " * indent + part)
+            else:
+                lines[-1] += ("; " if n else "") + part
         return lines
 
 
@@ -108,17 +109,16 @@ class IOModel:
             memory, compute = p.seconds(ceilings)
             limit = (f"memory-bound (compute {_ms(compute)})" if memory >= compute
                      else f"compute-bound (memory {_ms(memory)})")
-            saving = p.standard.total / p.tiled.total
-            for label, traffic, total in (
-                    ("standard", p.standard, _bytes(p.standard.total)),
-                    ("tiled", p.tiled, f"{_bytes(p.tiled.total)} ({saving:.3g}x less)")):
-                lines.append(f"{p.name if label == 'standard' else '':9s} {label:8s} {total}:")
-                lines += [f"{'':21s}{line}" for line in traffic.describe(WIDTH - 21)]
+            ratio = p.standard.total / p.tiled.total
+            than_standard = f"{ratio:.3g}x less" if ratio >= 1 else f"{1 / ratio:.3g}x more"
+            lines += p.standard.describe(f"{p.name:9s} standard {_bytes(p.standard.total)} = ", 21)
+            lines += p.tiled.describe(f"{'':9s} tiled    {_bytes(p.tiled.total)} "
+                                      f"({than_standard}) = ", 21)
             lines += [
                 (f"{'':9s} Θ(N²d²/M)·s {_bytes(p.bound)} (M = {p.sram // 1024} KiB shared memory "
                  f"per CTA, s = {100 * p.visited:.1f} % of pairs visited)"),
-                (f"{'':9s} {p.flops / 1e12:.3g} TFLOP in visited tiles ({100 * p.useful:.0f} % "
-                 f"visible) -> {_ms(max(memory, compute))} predicted, {limit}"),
+                (f"{'':9s} {p.flops / 1e12:.3g} TFLOP (visited tiles, {100 * p.useful:.0f} % "
+                 f"visible) -> {_ms(max(memory, compute))}, {limit}"),
             ]
         lines.append(f"{'fwd+bwd':9s} predicted {_ms(self.predicted(ceilings))}")
         return lines
@@ -170,10 +170,9 @@ def io_model(plan: TilePlan, tiles: TileMap, element_bytes: int = 2) -> IOModel:
     sram = f.smem_bytes(d, dv)
     forward = PassModel(
         "forward",
-        Traffic((("Q, K read", bh * (nq + nk) * d * E),
+        Traffic((("Q, K, V read, O written", bh * ((nq + nk) * d + (nk + nq) * dv) * E),
                  ("S written, read", bh * 2 * nq * nk * E),
-                 ("P written, read", bh * 2 * nq * nk * E),
-                 ("V read, O written", bh * (nk + nq) * dv * E))),
+                 ("P written, read", bh * 2 * nq * nk * E))),
         Traffic((("Q once per Q tile", bh * nq * d * E),
                  ("K, V per visited pair", v.kv_rows * (d + dv) * E),
                  ("O, lse written", bh * nq * (dv * E + FP32_BYTES)))),

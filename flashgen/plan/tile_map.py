@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..api import KERNEL_ELEMENT
-from ..build.cache import build
+from ..build.cache import BuiltModule, build
 from ..ir.nodes import AttentionSpec, uses
 from ..reference.attention import grid_variables
 from ..reference.evaluate import Evaluator
@@ -90,10 +90,14 @@ def host_sources(spec: AttentionSpec) -> dict[str, str]:
             "tile_classes.cu": HOST_SOURCE.replace("NAMESPACE", f"fg_{spec.name}")}
 
 
-def host_library(spec: AttentionSpec) -> ctypes.CDLL:
-    """The spec's host library, built into the cache on first use (needs nvcc)."""
+def host_module(spec: AttentionSpec) -> BuiltModule:
+    """The spec's host library, from the build cache or built now (needs nvcc)."""
     # host code only; the build wants an arch, and the device pass has nothing to compile
-    library = build(host_sources(spec), name=f"tile_class_{spec.name}", arch="sm_80").library()
+    return build(host_sources(spec), name=f"tile_class_{spec.name}", arch="sm_80")
+
+
+def _host_library(spec: AttentionSpec) -> ctypes.CDLL:
+    library = host_module(spec).library()
     function = library.flashgen_tile_classes
     function.restype = None
     function.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
@@ -127,7 +131,7 @@ def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
     q_tiles, kv_tiles = -(-q_len // block_m), -(-kv_len // block_n)
     if spec.mask is None:
         return torch.full((batches, heads, q_tiles, kv_tiles), FULL, dtype=torch.int8)
-    library = host_library(spec)
+    library = _host_library(spec)
     ints, floats, _kept_alive = _pack_params(spec, params)
     out = torch.empty(batches, heads, q_tiles, kv_tiles, dtype=torch.int8)
     library.flashgen_tile_classes((ctypes.c_int64 * max(1, len(ints)))(*ints),
@@ -177,7 +181,7 @@ class TileGrid:
                 "  " + ", ".join(f"{name} {n} ({100 * n / total:.1f} %)"
                                  for name, n in counts.items())]
 
-    def picture(self, max_columns: int = 64, max_rows: int = 32) -> tuple[list[str], tuple[int, int]]:
+    def picture(self, max_columns: int = 64, max_rows: int = 24) -> tuple[list[str], tuple[int, int]]:
         """The first (batch, head)'s grid as text -- `.` skipped, `#` full, `+` partial (or a
         character whose tiles differ) -- and the (rows, columns) of tiles per character.
         Characters are about twice as tall as wide, so a character spans about twice as
