@@ -111,10 +111,12 @@ class AttentionOp:
     same function with PyTorch ops. Kernels build on first use of a (dtype, head dim)
     and are cached on disk (`flashgen build` builds them ahead of time)."""
 
-    def __init__(self, spec: AttentionSpec, source_path: str = "<string>"):
+    def __init__(self, spec: AttentionSpec, source_path: str = "<string>",
+                 forward_tile: tuple[int, int] | None = None):
         self.spec = spec
         self.source_path = source_path
-        self.key = launch.register(spec, source_path)
+        self.forward_tile = forward_tile
+        self.key = launch.register(spec, source_path, forward_tile)
 
     def __repr__(self) -> str:
         return f"<flashgen op {self.spec.name}>"
@@ -152,9 +154,18 @@ class AttentionOp:
         return run_reference(call, dtype=dtype, return_lse=return_lse)
 
 
-def compile(spec: str | os.PathLike, name: str | None = None) -> AttentionOp:  # noqa: A001
-    """Check a spec (a path, spec text, or a shipped spec's name) and return its op."""
-    return AttentionOp(load(spec, name), _source_of(spec)[1])
+def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001
+            forward_tile: tuple[int, int] | None = None) -> AttentionOp:
+    """Check a spec (a path, spec text, or a shipped spec's name) and return its op.
+
+    forward_tile=(BM, BN) replaces the planner's forward tile (the benchmark's block-size
+    sweep); BM is 64 or 128, BN a power of two from 16 to 256."""
+    spec_ = load(spec, name)
+    if forward_tile is not None:
+        from .plan.tiles import check_forward_tile
+        forward_tile = (int(forward_tile[0]), int(forward_tile[1]))
+        check_forward_tile(forward_tile)   # its shared memory is checked per head dim, at build
+    return AttentionOp(spec_, _source_of(spec)[1], forward_tile)
 
 
 def generate(spec: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None
@@ -191,13 +202,14 @@ def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
 
 
 def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
-          arch: str | None = None) -> list[tuple[str, int, BuiltModule]]:
+          arch: str | None = None, forward_tile: tuple[int, int] | None = None
+          ) -> list[tuple[str, int, BuiltModule]]:
     """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
     current GPU's arch or `arch` (e.g. "sm_90a"). Returns (dtype, head dim, module)s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .build.cache import device_arch
-    op = compile(spec, name)
+    op = compile(spec, name, forward_tile=forward_tile)
     arch = arch or (device_arch() if torch.cuda.is_available() else "sm_90a")
     configs = _configs(op.spec, dtypes, head_dims)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

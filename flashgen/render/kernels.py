@@ -37,11 +37,11 @@ def unit_name(pass_name: str, dtype: str, head_dim: int) -> str:
     return f"{pass_name}_{dtype}_d{head_dim}.cu"
 
 
-def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int
-                 ) -> dict[str, str]:
+def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int,
+                 forward_tile: tuple[int, int] | None = None) -> dict[str, str]:
     """{file name: text} of the forward and backward units of one (dtype, head dim)."""
     dv = spec.value_dim_for(head_dim)
-    plan = plan_for(spec, head_dim)
+    plan = plan_for(spec, head_dim, forward_tile)
     units = {}
     for pass_name in PASSES:
         view = KernelView(spec.name, f"fg_{spec.name}", source_path, pass_name, dtype,
@@ -62,8 +62,8 @@ def support_headers() -> dict[str, str]:
     return headers
 
 
-def render_module(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int
-                  ) -> dict[str, str]:
+def render_module(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int,
+                  forward_tile: tuple[int, int] | None = None) -> dict[str, str]:
     """Every source of one build module, headers included (they are part of its hash)."""
     return {**support_headers(), "variant.cuh": render_variant(spec, source_path),
-            **render_units(spec, source_path, dtype, head_dim)}
+            **render_units(spec, source_path, dtype, head_dim, forward_tile)}

@@ -45,6 +45,10 @@ class Variant:
     """What a launch needs to know about a spec, by registry key."""
     spec: AttentionSpec
     source_path: str
+    forward_tile: tuple[int, int] | None = None  # a hand-picked forward (BM, BN), or the plan's
+
+    def plan(self, head_dim: int):
+        return plan_for(self.spec, head_dim, self.forward_tile)
 
     @functools.cached_property
     def grad_params(self) -> tuple[str, ...]:
@@ -55,11 +59,14 @@ class Variant:
 _VARIANTS: dict[str, Variant] = {}
 
 
-def register(spec: AttentionSpec, source_path: str) -> str:
-    """A key naming this spec in the ops' string argument (stable for a spec's content)."""
-    digest = hashlib.sha256(f"{source_path}\n{spec.source.text}\n{spec.name}".encode())
+def register(spec: AttentionSpec, source_path: str,
+             forward_tile: tuple[int, int] | None = None) -> str:
+    """A key naming this spec (and tile override) in the ops' string argument, stable for
+    their content."""
+    digest = hashlib.sha256(f"{source_path}\n{spec.source.text}\n{spec.name}\n"
+                            f"{forward_tile}".encode())
     key = f"{spec.name}:{digest.hexdigest()[:16]}"
-    _VARIANTS.setdefault(key, Variant(spec, source_path))
+    _VARIANTS.setdefault(key, Variant(spec, source_path, forward_tile))
     return key
 
 
@@ -74,8 +81,9 @@ TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 @functools.cache
 def module(key: str, dtype: torch.dtype, head_dim: int, arch: str) -> BuiltModule:
     v = variant(key)
-    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim)
-    return build(sources, name=f"{v.spec.name}_{DTYPE_NAMES[dtype]}_d{head_dim}", arch=arch)
+    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim, v.forward_tile)
+    tile = "" if v.forward_tile is None else "_{}x{}".format(*v.forward_tile)
+    return build(sources, name=f"{v.spec.name}_{DTYPE_NAMES[dtype]}_d{head_dim}{tile}", arch=arch)
 
 
 @functools.cache
@@ -160,7 +168,7 @@ def _dropout(dropout_p: float, rng: torch.Tensor) -> tuple[list[int], list[float
 def _sparse(var: Variant, q, k, layout) -> list[int]:
     if var.spec.block_sparse is None:
         return DENSE
-    plan = plan_for(var.spec, q.shape[-1])
+    plan = var.plan(q.shape[-1])
     return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
 
 

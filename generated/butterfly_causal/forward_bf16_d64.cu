@@ -3,7 +3,7 @@
 //
 // attention butterfly_causal: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py), for sm_80 and sm_90:
-//   forward:  128 query rows x 128 keys per tile, 8 warps (16 rows each), 2 K/V stages, 90 KiB shared memory
+//   forward:  128 query rows x 128 keys per tile, 4 warps (32 rows each), 2 K/V stages, 90 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 4 warps, 2 Q/dO stages, 72 KiB shared memory
 
 #include "variant.cuh"
@@ -13,9 +13,9 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_butterfly_causal::Variant;
-using Tiles = fg::ForwardTiles<64, 64, 128, 128, 8>;
+using Tiles = fg::ForwardTiles<64, 64, 128, 128, 4>;
 template <bool kDropout>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 8, kDropout>;
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 4, kDropout>;
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.

@@ -16,7 +16,7 @@ using Variant = fg_causal::Variant;
 using Tiles = fg::BackwardTiles<192, 192, 64, 64, 8, 1>;
 template <bool kDq, bool kDropout>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 192, 192, 64, 64, 8, 1, kDq, kDropout>;
-// deterministic dQ runs on the forward pass's tiles
+// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<192, 192, 64, 64, 4>;
 template <bool kDropout>
 constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 192, 192, 64, 64, 4, kDropout>;

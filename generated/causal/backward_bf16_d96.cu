@@ -3,7 +3,7 @@
 //
 // attention causal: backward pass, bf16, head_dim 96, value_dim 96
 // Tile plan (flashgen/plan/tiles.py), for sm_80 and sm_90:
-//   forward:  128 query rows x 64 keys per tile, 8 warps (16 rows each), 2 K/V stages, 78 KiB shared memory
+//   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 78 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 96 KiB shared memory
 
 #include "variant.cuh"
@@ -16,7 +16,7 @@ using Variant = fg_causal::Variant;
 using Tiles = fg::BackwardTiles<96, 96, 64, 64, 8, 2>;
 template <bool kDq, bool kDropout>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 96, 96, 64, 64, 8, 2, kDq, kDropout>;
-// deterministic dQ runs on the forward pass's tiles
+// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<96, 96, 128, 64, 8>;
 template <bool kDropout>
 constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 96, 96, 128, 64, 8, kDropout>;

@@ -3,7 +3,7 @@
 //
 // attention causal_bottom_right: forward pass, fp16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py), for sm_80 and sm_90:
-//   forward:  128 query rows x 64 keys per tile, 8 warps (16 rows each), 2 K/V stages, 102 KiB shared memory
+//   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 102 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 120 KiB shared memory
 
 #include "variant.cuh"
@@ -13,9 +13,9 @@
 namespace {
 using T = __half;
 using Variant = fg_causal_bottom_right::Variant;
-using Tiles = fg::ForwardTiles<128, 128, 128, 64, 8>;
+using Tiles = fg::ForwardTiles<128, 128, 128, 64, 4>;
 template <bool kDropout>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 8, kDropout>;
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 4, kDropout>;
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.

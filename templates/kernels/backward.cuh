@@ -315,7 +315,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     row_live[r] = q < n.q_len && lse2[r] != -inf();
   }
   const typename V::Grads no_grads{};
-  float dq[D / 8][4];
+  float dq[1][D / 8][4];
   zero(dq);
   kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
     float s[1][BN / 8][4], dp[1][BN / 8][4];
@@ -340,9 +340,9 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
                                  s[0][nt][i]);
       }
     }
-    uint32_t ds[BN / 16][4];
-    accumulator_to_a<T>(ds, s[0]);
-    warp_gemm_rA<BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
+    uint32_t ds[1][BN / 16][4];
+    accumulator_to_a<T>(ds[0], s[0]);
+    warp_gemm_rA<1, BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
   });
   float* dq_head = a.dq_accum + head * D;
   for_each_element(dq, row0, 0, [&](float& x, int q, int c) {

@@ -29,7 +29,7 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
                                           const T* fallback) {
   static_assert(COLS % 8 == 0, "rows are copied in 16-byte chunks");
   constexpr int kChunks = COLS / 8, kLd = COLS + kSmemPad;
-#pragma unroll
+#pragma unroll 1
   for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
     const int r = i / kChunks, c = i % kChunks;
     const bool valid = r < rows_valid;

@@ -2,10 +2,12 @@
 //
 // The Q tile stays in shared memory; K/V tiles stream through two shared-memory stages
 // with cp.async, the next tile landing while this one computes. Each of the W warps
-// owns 16 query rows: S = Q K^T (16 x BN) lives in registers, goes through the spec's
-// score and mask, the online softmax turns it into P, and P (re-packed as A fragments,
-// never written out) multiplies the V tile into the output accumulator. O is scaled by
-// 1 / rowsum once at the end and written with lse; nothing N x N touches memory.
+// owns MT m16 tiles (16 * MT query rows): S = Q K^T (16 MT x BN) lives in registers,
+// goes through the spec's score and mask, the online softmax turns it into P, and P
+// (re-packed as A fragments, never written out) multiplies the V tile into the output
+// accumulator. With MT = 2 every K/V fragment read from shared memory feeds two MMAs,
+// which halves the shared-memory traffic per MMA (PERF.md). O is scaled by 1 / rowsum
+// once at the end and written with lse; nothing N x N touches memory.
 #pragma once
 #include "args.cuh"
 #include "dropout.cuh"
@@ -19,21 +21,68 @@ namespace fg {
 template <int D, int Dv, int BM, int BN, int W>
 struct ForwardTiles {
   static constexpr int kThreads = 32 * W;
+  static constexpr int kMTiles = BM / (16 * W);  // m16 tiles per warp
+  // Up to 4 warps the register budget (255) allows two CTAs per SM: two CTAs of 4 warps
+  // hide each other's barriers and softmax better than one CTA of 8.
+  static constexpr int kMinBlocksPerSM = W <= 4 ? 2 : 1;
   static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad;
   static constexpr int kQ = BM * kLdQK, kK = BN * kLdQK, kV = BN * kLdV;  // elements
   template <class V, class T>
   using Stream = KvStream<V, T, D, Dv, BM, BN, kThreads>;
   template <class T>
   static constexpr int smem_bytes() { return (kQ + 2 * (kK + kV)) * int(sizeof(T)); }
-  static_assert(BM == 16 * W, "each warp owns 16 query rows");
+  static_assert(BM % (16 * W) == 0, "each warp owns whole m16 tiles of query rows");
   static_assert(BN % 16 == 0 && D % 16 == 0 && Dv % 16 == 0, "tiles are whole k16 slices");
 };
 
+// What turns score_and_mask's output into log2 units: the scale and log2(e), or log2(e)
+// alone after a score expression (it applied the scale). A zero scale runs as 1e-30 so
+// that a masked score stays -inf (0 * inf would be NaN); every score is then ~0.
+template <class V>
+__device__ __forceinline__ float score_mult(const Shape& n) {
+  if constexpr (V::kHasScore) return kLog2e;
+  return n.scale_log2 != 0.0f ? n.scale_log2 : 1e-30f;
+}
+
+// A warp's S tile -> scores after the spec's score expression and mask, not yet in log2
+// units: the softmax multiplies by score_mult<V>() in its exponent (softmax.cuh).
+// kPartial: the tile needs the per-element mask. The caller branches once per tile, so
+// full tiles run code with no mask in it (a per-element test of the tile class made
+// nvcc emit a branch per element).
+template <bool kPartial, class V, int MT, int NT>
+__device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
+                                               const typename V::Params& p, const Shape& n,
+                                               const BlockSparseArgs& sparse, TileMask tile,
+                                               int b, int h, int row0, int k0) {
+  const int lane = threadIdx.x & 31;
+  const float masked = masked_score(score_mult<V>(n));
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const int q = row0 + 16 * mt + (lane >> 2), kv = k0 + 8 * nt + 2 * (lane & 3);
+      bool block = true;
+      if constexpr (kPartial)
+        block = fragment_block_visible<V>(tile, sparse, h, q, kv, n.q_len, n.kv_len);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // rows q, q, q + 8, q + 8; columns kv, kv + 1, kv, kv + 1
+        float& x = s[mt][nt][i];
+        const int qi = q + 8 * (i >> 1), kvi = kv + (i & 1);
+        if constexpr (V::kHasScore) x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len);
+        if constexpr (kPartial) {
+          if (!visible_in_partial<V>(p, block, b, h, qi, kvi, n.q_len, n.kv_len)) x = masked;
+        }
+      }
+    }
+  }
+}
+
 // kDropout: the spec has dropout and this call's p > 0 (p = 0 runs the kernel without).
 template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout>
-__global__ void __launch_bounds__(32 * W, 1)
+__global__ void __launch_bounds__(32 * W, (ForwardTiles<D, Dv, BM, BN, W>::kMinBlocksPerSM))
 forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTiles<D, Dv, BM, BN, W>;
+  constexpr int MT = Tiles::kMTiles;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
 
@@ -43,7 +92,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   const int b = blockIdx.y / n.heads, h = blockIdx.y % n.heads;
   const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
   const int q0 = m_block * BM;
-  const int warp = threadIdx.x >> 5;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
@@ -53,74 +102,69 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
 
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 
-  float o[Dv / 8][4];
+  float o[MT][Dv / 8][4];
   zero(o);
-  OnlineSoftmax<BN / 8> softmax;
-  const int row0 = q0 + 16 * warp;
+  OnlineSoftmax<BN / 8> softmax[MT];
+  const int row0 = q0 + 16 * MT * warp;  // this warp's first query row
   kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
-    float s[1][BN / 8][4];
+    float s[MT][BN / 8][4];
     zero(s);
-    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_tile, Tiles::kLdQK, 0);
-    // scores in log2 units, after the spec's score expression and mask
-    const int lane = threadIdx.x & 31;
+    warp_gemm<MT, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * MT * warp, sK_tile,
+                                           Tiles::kLdQK, 0);
+    if (tile.partial()) {
+      score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+    } else {
+      score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+    }
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      const int q = row0 + (lane >> 2), kv = k0 + 8 * nt + 2 * (lane & 3);
-      const bool block = fragment_block_visible<V>(tile, a.sparse, h, q, kv, n.q_len, n.kv_len);
+    for (int mt = 0; mt < MT; ++mt) {
+      float alpha[2];
+      softmax[mt].step(s[mt], score_mult<V>(n), alpha);  // the row sums count every visible key, dropped or not
+      if constexpr (kDropout) {        // P -> P * keep; 1 / (1 - p) is applied with 1 / rowsum
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {  // rows q, q, q + 8, q + 8; columns kv, kv + 1, kv, kv + 1
-        float& x = s[0][nt][i];
-        const int qi = q + 8 * (i >> 1), kvi = kv + (i & 1);
-        if constexpr (V::kHasScore) {
-          x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len) * kLog2e;
-        } else {
-          x *= n.scale_log2;
+        for (int nt = 0; nt < BN / 8; ++nt) {
+          float keep[4];
+          dropout_factors(a.dropout, blockIdx.y, row0 + 16 * mt + (lane >> 2),
+                          k0 + 8 * nt + 2 * (lane & 3), keep);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = keep[i] != 0.0f ? s[mt][nt][i] : 0.0f;
         }
-        if (!visible<V>(tile, p, block, b, h, qi, kvi, n.q_len, n.kv_len)) x = -inf();
+      }
+#pragma unroll
+      for (int dt = 0; dt < Dv / 8; ++dt) {
+        o[mt][dt][0] *= alpha[0];
+        o[mt][dt][1] *= alpha[0];
+        o[mt][dt][2] *= alpha[1];
+        o[mt][dt][3] *= alpha[1];
       }
     }
-    float alpha[2];
-    softmax.step(s[0], alpha);  // the row sums count every visible key, dropped or not
-    if constexpr (kDropout) {   // P -> P * keep; 1 / (1 - p) is applied with 1 / rowsum
+    uint32_t pa[MT][BN / 16][4];
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        float keep[4];
-        dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), k0 + 8 * nt + 2 * (lane & 3),
-                        keep);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) s[0][nt][i] = keep[i] != 0.0f ? s[0][nt][i] : 0.0f;
-      }
-    }
-#pragma unroll
-    for (int dt = 0; dt < Dv / 8; ++dt) {
-      o[dt][0] *= alpha[0];
-      o[dt][1] *= alpha[0];
-      o[dt][2] *= alpha[1];
-      o[dt][3] *= alpha[1];
-    }
-    uint32_t pa[BN / 16][4];
-    accumulator_to_a<T>(pa, s[0]);
-    warp_gemm_rA<BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
+    for (int mt = 0; mt < MT; ++mt) accumulator_to_a<T>(pa[mt], s[mt]);
+    warp_gemm_rA<MT, BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
   });
 
-  float inv_sum[2], lse[2];
-  softmax.finish(inv_sum, lse);
-  if constexpr (kDropout) {
-    inv_sum[0] *= a.dropout.keep_scale;
-    inv_sum[1] *= a.dropout.keep_scale;
-  }
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int g = lane >> 2, t = lane & 3;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int q = row0 + g + 8 * r;
-    if (q >= n.q_len) continue;
-    T* out = a.out.at(b, h, q);
-#pragma unroll
-    for (int dt = 0; dt < Dv / 8; ++dt) {
-      *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) =
-          pack2<T>(o[dt][2 * r] * inv_sum[r], o[dt][2 * r + 1] * inv_sum[r]);
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv_sum[2], lse[2];
+    softmax[mt].finish(inv_sum, lse);
+    if constexpr (kDropout) {
+      inv_sum[0] *= a.dropout.keep_scale;
+      inv_sum[1] *= a.dropout.keep_scale;
     }
-    if (t == 0) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = row0 + 16 * mt + g + 8 * r;
+      if (q >= n.q_len) continue;
+      T* out = a.out.at(b, h, q);
+#pragma unroll
+      for (int dt = 0; dt < Dv / 8; ++dt) {
+        *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) =
+            pack2<T>(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
+      }
+      if (t == 0) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
+    }
   }
 }
 

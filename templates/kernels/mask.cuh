@@ -49,17 +49,24 @@ __device__ __forceinline__ bool fragment_block_visible(const TileMask& tile,
   return true;
 }
 
-// Is (q, kv) visible? The mask, the sequence end and the fragment's layout block; only
-// partial tiles ask per element.
+// Is (q, kv) of a partial tile visible? The mask, the sequence end and the fragment's
+// layout block.
 template <class V>
-__device__ __forceinline__ bool visible(const TileMask& tile, const typename V::Params& p,
-                                        bool block_visible, int b, int h, int q, int kv,
-                                        int q_len, int kv_len) {
-  if (!tile.partial()) return true;
+__device__ __forceinline__ bool visible_in_partial(const typename V::Params& p, bool block_visible,
+                                                   int b, int h, int q, int kv, int q_len,
+                                                   int kv_len) {
   if (kv >= kv_len) return false;
   if constexpr (V::kHasMask)
     if (!V::mask(p, b, h, q, kv, q_len, kv_len)) return false;
   return block_visible;
+}
+
+// Is (q, kv) visible? Only partial tiles ask per element.
+template <class V>
+__device__ __forceinline__ bool visible(const TileMask& tile, const typename V::Params& p,
+                                        bool block_visible, int b, int h, int q, int kv,
+                                        int q_len, int kv_len) {
+  return !tile.partial() || visible_in_partial<V>(p, block_visible, b, h, q, kv, q_len, kv_len);
 }
 
 // Calls f(value, row, col) for every element of a warp's accumulator block

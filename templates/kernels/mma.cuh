@@ -138,10 +138,11 @@ __device__ __forceinline__ void warp_gemm(float (&c)[MT][NT][4], const T* sa, in
   }
 }
 
-// c[NT] += A * B[0..16KT, n0 .. n0+8NT) for one m16 tile whose A fragments are in
-// registers (a[kt] covers k = 16kt .. 16kt+15), B in shared memory.
-template <int KT, int NT, bool kTransB, class T>
-__device__ __forceinline__ void warp_gemm_rA(float (&c)[NT][4], const uint32_t (&a)[KT][4],
+// c[MT][NT] += A * B[0..16KT, n0 .. n0+8NT) for MT m16 tiles whose A fragments are in
+// registers (a[mt][kt] covers k = 16kt .. 16kt+15), B in shared memory. Each B fragment
+// loaded serves all MT tiles: the shared-memory reads per MMA fall as 1 / MT.
+template <int MT, int KT, int NT, bool kTransB, class T>
+__device__ __forceinline__ void warp_gemm_rA(float (&c)[MT][NT][4], const uint32_t (&a)[MT][KT][4],
                                              const T* sb, int ldb, int n0) {
 #pragma unroll
   for (int kt = 0; kt < KT; ++kt) {
@@ -149,13 +150,17 @@ __device__ __forceinline__ void warp_gemm_rA(float (&c)[NT][4], const uint32_t (
     for (int nt = 0; nt + 1 < NT; nt += 2) {
       uint32_t b[4];
       load_b2<kTransB>(b, sb, ldb, n0 + 8 * nt, 16 * kt);
-      mma_16816<T>(c[nt], a[kt], b[0], b[1]);
-      mma_16816<T>(c[nt + 1], a[kt], b[2], b[3]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_16816<T>(c[mt][nt], a[mt][kt], b[0], b[1]);
+        mma_16816<T>(c[mt][nt + 1], a[mt][kt], b[2], b[3]);
+      }
     }
     if constexpr (NT % 2 == 1) {
       uint32_t b[2];
       load_b1<kTransB>(b, sb, ldb, n0 + 8 * (NT - 1), 16 * kt);
-      mma_16816<T>(c[NT - 1], a[kt], b[0], b[1]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) mma_16816<T>(c[mt][NT - 1], a[mt][kt], b[0], b[1]);
     }
   }
 }

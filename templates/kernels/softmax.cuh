@@ -1,6 +1,6 @@
 // Online softmax in base 2 (FlashAttention-2).
 //
-// Scores arrive in log2 units (x = score * log2(e)), so every exponential is one ex2.
+// Scores become log2 units (x * scale * log2(e)) inside the exponent, one FFMA and one ex2.
 // Each thread holds two rows of an m16 tile (rows g and g+8) and a quarter of their
 // columns; the four threads of a quad share a row, so row reductions are two shuffles.
 // The running sum stays per thread (a partial row sum) until the end: the rescale
@@ -33,28 +33,49 @@ __device__ __forceinline__ float quad_sum(float x) {
 // The exponent base of a row: its max, or 0 while the row has no visible key.
 __device__ __forceinline__ float finite_or_zero(float m) { return m == -inf() ? 0.0f : m; }
 
+__device__ __forceinline__ float quad_min(float x) {
+  x = fminf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fminf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+
+// Scores arrive unscaled: x * mult is the score in log2 units (mult = scale * log2(e)
+// for a spec without a score expression, log2(e) after one), so the scale rides in
+// the exponent's FFMA instead of costing a multiply per element. A masked element is
+// `masked_score(mult)`: -inf, or +inf under a negative mult, so x * mult is -inf.
+__device__ __forceinline__ float masked_score(float mult) { return mult < 0.0f ? inf() : -inf(); }
+
 template <int NT>
 struct OnlineSoftmax {
   float row_max[2] = {-inf(), -inf()};  // log2 units
   float row_sum[2] = {0.0f, 0.0f};      // this thread's partial sum
 
-  // x: one S tile (log2 units, -inf where masked) -> probabilities, unnormalised.
+  // x: one S tile, unscaled (see above) -> probabilities, unnormalised.
   // alpha: per row, the factor the output accumulated so far must be scaled by.
-  __device__ __forceinline__ void step(float (&x)[NT][4], float (&alpha)[2]) {
+  __device__ __forceinline__ void step(float (&x)[NT][4], float mult, float (&alpha)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float m = row_max[r];
+      // the largest x * mult: the largest x, or under a negative mult the smallest
+      float m;
+      if (mult >= 0.0f) {
+        m = -inf();
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
-      m = quad_max(m);
+        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
+        m = quad_max(m);
+      } else {
+        m = inf();
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) m = fminf(m, fminf(x[nt][2 * r], x[nt][2 * r + 1]));
+        m = quad_min(m);
+      }
+      m = fmaxf(row_max[r], m * mult);  // -inf while the row has no visible key
       const float base = finite_or_zero(m);
       alpha[r] = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first visible tile
       row_max[r] = m;
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        x[nt][2 * r] = fast_exp2(x[nt][2 * r] - base);
-        x[nt][2 * r + 1] = fast_exp2(x[nt][2 * r + 1] - base);
+        x[nt][2 * r] = fast_exp2(fmaf(x[nt][2 * r], mult, -base));
+        x[nt][2 * r + 1] = fast_exp2(fmaf(x[nt][2 * r + 1], mult, -base));
         sum += x[nt][2 * r] + x[nt][2 * r + 1];
       }
       row_sum[r] = row_sum[r] * alpha[r] + sum;

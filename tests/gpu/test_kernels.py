@@ -61,8 +61,8 @@ TEST_SPECS = {
 }
 
 
-def compile_case(name):
-    return flashgen.compile(TEST_SPECS.get(name, name))
+def compile_case(name, forward_tile=None):
+    return flashgen.compile(TEST_SPECS.get(name, name), forward_tile=forward_tile)
 
 
 def _needs_square(name):
@@ -94,6 +94,8 @@ def built_modules():
     """Every module the cases use, built in parallel (one nvcc per core)."""
     arch = launch._arch(torch.cuda.current_device())
     todo = {(compile_case(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES + DETERMINISTIC + EXTRA}
+    todo |= {(compile_case(c[0], c[-1]["forward_tile"]).key, DTYPES[c[1]], c[2])
+             for c in EXTRA if "forward_tile" in c[-1]}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
         built = list(pool.map(lambda t: launch.module(*t, arch), sorted(todo, key=str)))
     print(f"\n{len(built)} modules, {sum(not m.cached for m in built)} built, "
@@ -143,13 +145,13 @@ def _error(a, ref):
 
 
 def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False, dropout_p=0.0,
-          shared_layout=False):
-    op = compile_case(name)
+          shared_layout=False, scale=None, forward_tile=None):
+    op = compile_case(name, forward_tile)
     seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, dropout_p)).encode())
     gen = torch.Generator().manual_seed(seed)
     q, k, v, params, layout = example_inputs(op.spec, B, Hq, Hkv, Nq, Nk, head_dim=d,
                                              dtype=torch.float64, device="cuda", generator=gen)
-    call = {}
+    call = {} if scale is None else {"scale": scale}
     if dropout_p:
         call.update(dropout_p=dropout_p, seed=(seed, seed % 1000))
     if layout is not None:
@@ -167,7 +169,9 @@ def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False, drop
                **call)
     row = {"case": f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"
                    f"{' deterministic' if deterministic else ''}"
-                   f"{f' p={dropout_p}' if dropout_p else ''}{' shared layout' if shared_layout else ''}"}
+                   f"{f' p={dropout_p}' if dropout_p else ''}{' shared layout' if shared_layout else ''}"
+                   f"{f' scale={scale}' if scale is not None else ''}"
+                   f"{' tile {}x{}'.format(*forward_tile) if forward_tile else ''}"}
     failures = []
     for what, ref in ref64.items():
         assert not torch.isnan(got[what]).any(), f"{what}: NaN in the kernel's result"
@@ -219,6 +223,16 @@ EXTRA = [
     ("small_blocks", "fp16", 64, 2, 2, 1, 200, 333, False, dict(dropout_p=0.1)),
     ("small_blocks", "bf16", 64, 1, 2, 2, 500, 500, False,
      dict(dropout_p=0.5, deterministic=True)),
+    # the softmax takes the scale in its exponent: negative and zero scales, with and
+    # without a score expression
+    ("causal", "bf16", 64, 2, 4, 2, 300, 500, False, dict(scale=-0.125)),
+    ("sliding_window", "fp16", 128, 1, 2, 2, 97, 1000, False, dict(scale=0.0)),
+    ("alibi", "fp16", 64, 1, 4, 4, 333, 333, False, dict(scale=-0.1)),
+    # hand-picked forward tiles (the benchmark's block-size sweep)
+    ("causal", "bf16", 64, 1, 4, 2, 1000, 1000, False, dict(forward_tile=(64, 32))),
+    ("softcap", "fp16", 128, 2, 2, 2, 777, 500, False, dict(forward_tile=(128, 128))),
+    ("alibi", "fp16", 128, 2, 2, 2, 777, 500, False, {}),
+    ("block_layout", "bf16", 64, 1, 4, 1, 1000, 1000, False, dict(forward_tile=(64, 256))),
 ]
 
 
