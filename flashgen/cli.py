@@ -212,7 +212,8 @@ def cmd_explain(args) -> int:
         for dtype in dtypes[d] if op is not None else ():
             forward, both = io_model.measure_call(op, tiles, TORCH_DTYPES[dtype], d)
             predicted_forward, predicted_both = model.forward.predicted(ceilings), model.predicted(ceilings)
-            print(f"  {dtype:9s} measured: forward {forward:.3g} ms "
+            dropout = f" (dropout_p {io_model.MEASURE_DROPOUT_P})" if spec.dropout else ""
+            print(f"  {dtype:9s} measured{dropout}: forward {forward:.3g} ms "
                   f"({forward / 1e3 / predicted_forward:.2f}x predicted), forward+backward "
                   f"{both:.3g} ms ({both / 1e3 / predicted_both:.2f}x predicted)")
     if not gpu:

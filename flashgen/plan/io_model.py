@@ -20,7 +20,6 @@ rate), FLOPs counted over the visited tiles (2 (d + dv) per score element forwar
 the ceilings can be measured (measure_ceilings) and the call timed (measure_call)."""
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 
 import torch
@@ -212,22 +211,6 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
-def time_ms(fn, warmup: int = 3, repeat: int = 20) -> float:
-    """Median milliseconds of fn() on the current CUDA stream, timed with CUDA events
-    after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 COPY_BYTES = 1 << 30       # the copy that measures bandwidth: far beyond any L2
 MATMUL_SIZE = 8192         # the matmul that measures the tensor-core rate: 8192^3, bf16
 
@@ -235,13 +218,14 @@ MATMUL_SIZE = 8192         # the matmul that measures the tensor-core rate: 8192
 def measure_ceilings() -> Ceilings:
     """Both ceilings, measured on the current GPU: a device-to-device copy_ of 1 GiB
     (bytes read plus bytes written) and an 8192^3 bf16 matmul."""
+    from ..bench.timing import time_ms
     source = torch.empty(COPY_BYTES, dtype=torch.uint8, device="cuda")
     target = torch.empty_like(source)
-    copy_ms = time_ms(lambda: target.copy_(source))
+    copy_ms = time_ms(lambda: target.copy_(source)).median_ms
     a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE, device="cuda", dtype=torch.bfloat16)
             for _ in range(2))
     out = torch.empty_like(a)
-    matmul_ms = time_ms(lambda: torch.matmul(a, b, out=out))
+    matmul_ms = time_ms(lambda: torch.matmul(a, b, out=out)).median_ms
     return Ceilings(2 * COPY_BYTES / (copy_ms * 1e-3), 2 * MATMUL_SIZE ** 3 / (matmul_ms * 1e-3),
                     f"measured on {torch.cuda.get_device_name()}")
 
@@ -251,7 +235,9 @@ MEASURE_DROPOUT_P = 0.1    # a dropout spec is timed with dropout (the model lea
 
 def measure_call(op, tiles: TileMap, dtype: torch.dtype, head_dim: int) -> tuple[float, float]:
     """(forward ms, forward + backward ms) of `op` on the GPU at the tile map's call:
-    random q, k, v, its parameters and layout."""
+    random q, k, v, its parameters and layout; medians of CUDA-event timings after
+    warm-up, each run starting with a cold L2 (flashgen/bench/timing.py)."""
+    from ..bench.timing import time_ms
     spec = op.spec
     B, H, nq, nk = tiles.batch, tiles.heads, tiles.q_len, tiles.kv_len
 
@@ -265,9 +251,9 @@ def measure_call(op, tiles: TileMap, dtype: torch.dtype, head_dim: int) -> tuple
     if spec.dropout:
         kwargs.update(dropout_p=MEASURE_DROPOUT_P, seed=0)
     with torch.no_grad():
-        forward_ms = time_ms(lambda: op(q, k, v, **kwargs))
+        forward_ms = time_ms(lambda: op(q, k, v, **kwargs)).median_ms
     grad_out = torch.randn_like(op(q, k, v, **kwargs))
 
     def forward_backward():
         torch.autograd.grad(op(q, k, v, **kwargs), (q, k, v), grad_out)
-    return forward_ms, time_ms(forward_backward)
+    return forward_ms, time_ms(forward_backward).median_ms
