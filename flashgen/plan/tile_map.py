@@ -44,7 +44,6 @@ HOST_SOURCE = r"""// The kernels' tile classification on the host (flashgen/plan
 
 #include "variant.cuh"
 
-namespace {
 // Params::read over the launcher's argument arrays, in the order of
 // flashgen/runtime/launch.py (as templates/kernels/args.cuh ArgReader reads them).
 struct HostReader {
@@ -57,7 +56,6 @@ struct HostReader {
   template <class T>
   T* ptr() { return reinterpret_cast<T*>(static_cast<intptr_t>(ints[next_int++])); }
 };
-}  // namespace
 
 // tile_class() of every pair of block_m x block_n tiles, bounded as classify_tile bounds
 // them (the last tiles end at the sequence ends), for b < batches and h < heads:
@@ -208,8 +206,9 @@ class TileGrid:
 @dataclass
 class TileMap:
     """One call's tile pairs: a spec at (q_len, kv_len), with example parameters drawn for
-    (batch, heads). Grids cover the (batch, head) pairs the mask can tell apart: all of
-    them where it reads b or h, else one (`batches`, `heads`)."""
+    (batch, heads). Grids cover the (batch, head) pairs the mask can tell apart: every
+    batch where it reads b, else one (`batches`); every head where it reads h or the
+    layout differs per head, else one (`grid_heads`)."""
     spec: AttentionSpec
     q_len: int
     kv_len: int
