@@ -190,7 +190,9 @@ def cmd_explain(args) -> int:
     for tiles in {(t.batches, t.grid_heads): t for t in maps.values()}.values():
         fraction, step = tiles.visible
         how = "every query row" if step == 1 else f"every {step}th query row"
-        print(f"\nvisible fraction of elements: {100 * fraction:.2f} % "
+        over = "" if tiles.batches * tiles.grid_heads == 1 else \
+            f" over B {tiles.batches} x H {tiles.grid_heads}"
+        print(f"\nvisible fraction of elements{over}: {100 * fraction:.2f} % "
               f"(the exact mask, by the reference evaluator, {how})")
 
     gpu = torch.cuda.is_available()
