@@ -183,9 +183,11 @@ class TileGrid:
         """The first (batch, head)'s grid as text -- `.` skipped, `#` full, `+` partial (or a
         character whose tiles differ) -- and the (rows, columns) of tiles per character.
         Characters are about twice as tall as wide, so a character spans about twice as
-        many elements down as across and the picture keeps the matrix's shape."""
+        many elements down as across and the picture keeps the matrix's shape. Tiles per
+        character are powers of two, so that characters line up with block-sparse blocks."""
         grid = self.classes[0, 0]
-        per_column = -(-self.kv_tiles // max_columns)
+        rows_limit = -(-self.q_tiles * self.block_m // (2 * self.block_n * max_rows))
+        per_column = 1 << (max(-(-self.kv_tiles // max_columns), rows_limit) - 1).bit_length()
         per_row = max(1, round(2 * per_column * self.block_n / self.block_m))
         per_row = max(per_row, -(-self.q_tiles // max_rows))
         lines = []
