@@ -20,26 +20,40 @@ def host_cache(tmp_path_factory):
         yield
 
 
-def _counts(spec_name, n, head_dim, **params):
-    spec = flashgen.load(spec_name)
-    plan = plan_for(spec, head_dim)
-    tiles = tile_map(spec, n, n, params=params or None)
-    return (tiles.grid(plan.forward.block_m, plan.forward.block_n).counts(),
-            tiles.grid(plan.backward.block_m, plan.backward.block_n).counts())
+def _causal_by_hand(n: int, block_m: int, block_n: int) -> dict[str, int]:
+    """Causal tile pairs of an n x n call: skipped when the first key comes after the last
+    query, full when the last key is at or before the first query (and the tile ends
+    inside the keys), else partial."""
+    counts = {"skip": 0, "full": 0, "partial": 0}
+    for q_lo in range(0, n, block_m):
+        q_hi = min(n, q_lo + block_m) - 1
+        for kv_lo in range(0, n, block_n):
+            kv_hi = kv_lo + block_n - 1
+            counts["skip" if kv_lo > q_hi else
+                   "full" if kv_hi <= q_lo and kv_hi < n else "partial"] += 1
+    return counts
 
 
 @pytest.mark.nvcc
 def test_causal_tiles_at_1024():
-    # d = 128: forward tiles of 128 x 64 -> 8 Q tiles x 16 KV tiles. Q tile i meets KV
-    # tiles 2i and 2i + 1 on the diagonal (partial), sees 2i before them in full and
-    # skips the 14 - 2i after them.
-    forward, backward = _counts("causal", 1024, 128)
-    assert forward == {"skip": 56, "full": 56, "partial": 16}
-    # backward tiles of 64 x 64: 16 x 16, the diagonal partial, below it full
-    assert backward == {"skip": 120, "full": 120, "partial": 16}
-    # d = 64: 128 x 128 tiles, 8 x 8
-    forward, _ = _counts("causal", 1024, 64)
-    assert forward == {"skip": 28, "full": 28, "partial": 8}
+    tiles = tile_map(flashgen.load("causal"), 1024, 1024)
+    # 128 x 64 tiles: 8 Q tiles x 16 KV tiles. Q tile i meets KV tiles 2i and 2i + 1 on
+    # the diagonal (partial), sees the 2i before them in full and skips the 14 - 2i after.
+    assert tiles.grid(128, 64).counts() == {"skip": 56, "full": 56, "partial": 16}
+    # 64 x 64: 16 x 16, the diagonal partial, below it full; 128 x 128: 8 x 8
+    assert tiles.grid(64, 64).counts() == {"skip": 120, "full": 120, "partial": 16}
+    assert tiles.grid(128, 128).counts() == {"skip": 28, "full": 28, "partial": 8}
+    # 64 query rows x 128 keys: 16 x 8; Q tile i meets KV tile i // 2 on the diagonal
+    assert tiles.grid(64, 128).counts() == {"skip": 56, "full": 56, "partial": 16}
+    # and at the plans' tiles, forward and backward, of every head dim
+    for d in flashgen.load("causal").head_dims:
+        plan = plan_for(flashgen.load("causal"), d)
+        for tile in (plan.forward, plan.backward):
+            assert tiles.grid(tile.block_m, tile.block_n).counts() == \
+                _causal_by_hand(1024, tile.block_m, tile.block_n), (d, tile)
+    # keys past the end make the last KV tile partial
+    ragged = tile_map(flashgen.load("causal"), 1000, 1000)
+    assert ragged.grid(128, 64).counts() == _causal_by_hand(1000, 128, 64)
 
 
 @pytest.mark.nvcc
@@ -58,25 +72,29 @@ def test_causal_picture_and_visible_fraction():
 
 @pytest.mark.nvcc
 def test_sliding_window_tiles():
-    # window 256 at d = 128 (tiles 128 x 64): Q tile i sees KV tiles 2i - 4 .. 2i + 1;
-    # 2i - 2 and 2i - 1 are full, the others partial (fewer in the first three rows)
-    forward, _ = _counts("sliding_window", 1024, 128, window=256)
-    assert forward == {"skip": 86, "full": 14, "partial": 28}
+    # window 256, 128 x 64 tiles: Q tile i sees KV tiles 2i - 4 .. 2i + 1; 2i - 2 and
+    # 2i - 1 are full, the others partial (fewer in the first three rows)
+    tiles = tile_map(flashgen.load("sliding_window"), 1024, 1024, params={"window": 256})
+    assert tiles.grid(128, 64).counts() == {"skip": 86, "full": 14, "partial": 28}
 
 
 def test_block_layout_tiles():
     # blocks of 128: the diagonal and the first column of 8 x 8 blocks (15 blocks)
     spec = flashgen.load("block_layout")
-    plan = plan_for(spec, 128)
     blocks = torch.arange(8)
     layout = ((blocks.view(-1, 1) == blocks.view(1, -1)) | (blocks.view(1, -1) == 0)).unsqueeze(0)
     tiles = tile_map(spec, 1024, 1024, layout=layout)
-    # forward tiles of 128 x 64: two per block, all full (no mask, blocks whole)
-    assert tiles.grid(plan.forward.block_m, plan.forward.block_n).counts() == \
-        {"skip": 128 - 30, "full": 30, "partial": 0}
-    # backward tiles of 64 x 64: four per block
-    assert tiles.grid(plan.backward.block_m, plan.backward.block_n).counts() == \
-        {"skip": 256 - 60, "full": 60, "partial": 0}
+    # 128 x 64 tiles: two per block, all full (no mask, blocks whole)
+    assert tiles.grid(128, 64).counts() == {"skip": 128 - 30, "full": 30, "partial": 0}
+    # 64 x 64 tiles: four per block
+    assert tiles.grid(64, 64).counts() == {"skip": 256 - 60, "full": 60, "partial": 0}
+    # the plans' tiles lie inside blocks: whole blocks' worth of full tiles
+    plan = plan_for(spec, 128)
+    for tile in (plan.forward, plan.backward):
+        per_block = (128 // tile.block_m) * (128 // tile.block_n)
+        counts = tiles.grid(tile.block_m, tile.block_n).counts()
+        assert counts == {"skip": 64 * per_block - 15 * per_block, "full": 15 * per_block,
+                          "partial": 0}
     assert tiles.visible == (15 / 64, 1)
 
 
@@ -101,31 +119,33 @@ def test_io_model_of_a_small_causal_call():
     plan = plan_for(spec, 64)
     model = io_model(plan, tile_map(spec, 256, 256))
     n, d, e = 256, 64, 2
+    f, b = plan.forward, plan.backward
     # standard: Q, K, V read and O written; S and P each written and read
     assert model.forward.standard.total == 4 * n * d * e + 4 * n * n * e
-    # tiled, forward tiles of 128 x 128: 2 x 2, the upper right one skipped -> 3 visited
-    assert model.forward.tiled.total == (n * d * e                 # Q once
-                                         + 3 * 128 * 2 * d * e     # K, V per visited pair
-                                         + n * d * e + n * 4)      # O, lse (fp32)
-    assert model.forward.flops == 3 * 128 * 128 * 2 * (d + d)
-    assert model.forward.visited == 3 / 4
-    sram = plan.forward.smem_bytes(d, d)
-    assert model.forward.bound == pytest.approx(n * n * d * d / (sram / e) * e * 3 / 4)
-    # backward: 7 N x N matrices moved, Q, K, V, dO, dO again, dQ, dK, dV
+    # tiled: Q once; K, V once per visited pair; O and lse (fp32) once
+    counts = _causal_by_hand(n, f.block_m, f.block_n)
+    pairs = counts["full"] + counts["partial"]
+    assert model.forward.tiled.total == (n * d * e + pairs * f.block_n * 2 * d * e
+                                         + n * d * e + n * 4)
+    assert model.forward.flops == pairs * f.block_m * f.block_n * 2 * (d + d)
+    assert model.forward.visited == pairs / sum(counts.values())
+    sram = f.smem_bytes(d, d)
+    assert model.forward.bound == pytest.approx(n * n * d * d / (sram / e) * e * model.forward.visited)
+    # useful: visible elements over the visited tiles' elements
+    assert model.forward.useful == pytest.approx(n * (n + 1) / 2 / (pairs * f.block_m * f.block_n))
+    # backward: 7 N x N matrices moved; Q, K, V, dO twice, dQ, dK, dV
     assert model.backward.standard.total == 8 * n * d * e + 7 * n * n * e
-    # tiled, backward tiles of 64 x 64: 4 x 4, 10 visited (diagonal and below)
-    pairs = 10
+    counts = _causal_by_hand(n, b.block_m, b.block_n)
+    pairs = counts["full"] + counts["partial"]
     assert model.backward.tiled.total == (
         n * (2 * d * e + 4)                      # delta from O, dO
         + n * d * 4                              # dQ fp32 zeroed
         + n * 2 * d * e                          # K, V once
-        + pairs * 64 * (2 * d * e + 8)           # Q, dO, lse, delta per visited pair
-        + pairs * 64 * d * 4 * 2                 # dQ fp32 read + write per visited pair
+        + pairs * b.block_m * (2 * d * e + 8)    # Q, dO, lse, delta per visited pair
+        + pairs * b.block_m * d * 4 * 2          # dQ fp32 read + write per visited pair
         + n * 2 * d * e                          # dK, dV
         + n * d * (4 * 3 + e))                   # dQ scaled in place, converted
-    assert model.backward.flops == pairs * 64 * 64 * 2 * (3 * d + 2 * d)
-    # useful: visible elements over the visited tiles' elements
-    assert model.forward.useful == pytest.approx(n * (n + 1) / 2 / (3 * 128 * 128))
+    assert model.backward.flops == pairs * b.block_m * b.block_n * 2 * (3 * d + 2 * d)
     # the roofline: memory-bound at 1 TB/s and 1 PFLOP/s
     ceilings = Ceilings(1e12, 1e15, "test")
     assert model.forward.predicted(ceilings) == model.forward.tiled.total / 1e12
@@ -148,13 +168,16 @@ def test_explain_command_without_a_gpu(monkeypatch, capsys):
     assert cli.main(["explain", "causal", "--dtype", "bf16", "--head-dim", "64",
                      "--sizes", "1024", "--measure"]) == 0
     out = capsys.readouterr().out
-    for expected in ("forward:  128 query rows x 128 keys", "== tile map at Nq = Nk = 1024",
-                     "128 x 128 tiles (forward at head_dim 64)",
-                     "skip 28 (43.8 %), full 28 (43.8 %), partial 8 (12.5 %)",
-                     "64 x 64 tiles (backward at head_dim 64)",
-                     "visible fraction of elements: 50.05 %", "== IO model",
-                     "head_dim 64: B 16 x H 32, Nq = Nk = 1024", "standard", "tiled",
-                     "Θ(N²d²/M)·s", "fwd+bwd   predicted", "no GPU: --measure needs one"):
+    f = plan_for(flashgen.load("causal"), 64).forward
+    counts = _causal_by_hand(1024, f.block_m, f.block_n)
+    total = sum(counts.values())
+    for expected in (f"forward:  {f.block_m} query rows x {f.block_n} keys",
+                     "== tile map at Nq = Nk = 1024",
+                     f"{f.block_m} x {f.block_n} tiles (forward at head_dim 64",
+                     ", ".join(f"{name} {n} ({100 * n / total:.1f} %)" for name, n in counts.items()),
+                     "backward at head_dim 64", "visible fraction of elements: 50.05 %",
+                     "== IO model", "head_dim 64: B 16 x H 32, Nq = Nk = 1024", "standard",
+                     "tiled", "Θ(N²d²/M)·s", "fwd+bwd   predicted", "no GPU: --measure needs one"):
         assert expected in out, f"{expected!r} not in:\n{out}"
 
 
