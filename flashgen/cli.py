@@ -182,10 +182,9 @@ def cmd_explain(args) -> int:
             grids.setdefault(key, (tiles, {}))[1].setdefault(pass_name, []).append(d)
     for (block_m, block_n, batches, heads), (tiles, users) in grids.items():
         used = "; ".join(f"{name} at head_dim {', '.join(map(str, ds))}" for name, ds in users.items())
-        where = "" if batches * heads == 1 else f", over B {batches} x H {heads} (picture: the first)"
-        first, *rest = tiles.grid(block_m, block_n).describe()
-        print(f"\n{block_m} x {block_n} tiles ({used}){where}: {first}")
-        for line in rest:
+        where = "" if batches * heads == 1 else f"; over B {batches} x H {heads} (picture: the first)"
+        print(f"\n{block_m} x {block_n} tiles: {used}{where}")
+        for line in tiles.grid(block_m, block_n).describe():
             print(f"  {line}")
     for tiles in {(t.batches, t.grid_heads): t for t in maps.values()}.values():
         fraction, step = tiles.visible

@@ -173,7 +173,7 @@ def test_explain_command_without_a_gpu(monkeypatch, capsys):
     total = sum(counts.values())
     for expected in (f"forward:  {f.block_m} query rows x {f.block_n} keys",
                      "== tile map at Nq = Nk = 1024",
-                     f"{f.block_m} x {f.block_n} tiles (forward at head_dim 64",
+                     f"{f.block_m} x {f.block_n} tiles: forward at head_dim 64",
                      ", ".join(f"{name} {n} ({100 * n / total:.1f} %)" for name, n in counts.items()),
                      "backward at head_dim 64", "visible fraction of elements: 50.05 %",
                      "== IO model", "head_dim 64: B 16 x H 32, Nq = Nk = 1024", "standard",
@@ -189,4 +189,4 @@ def test_explain_names_the_example_parameters(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "parameters from flashgen.runtime.examples.example_params" in out
     assert "kv_lengths: i32[2]" in out
-    assert "over B 2 x H 1" in out        # the mask reads b: every batch has its own tiles
+    assert "; over B 2 x H 1" in out      # the mask reads b: every batch has its own tiles
