@@ -14,7 +14,7 @@ from .reference.attention import run as run_reference
 from .render.kernels import render_units
 from .render.variant import render_variant
 from .build.cache import BuiltModule
-from .plan.tiles import TilePlan
+from .plan.tiles import TileOverride, TilePlan, check_override
 from .runtime import launch
 from .reference.philox import MASK32, resolve_seed
 from .runtime.arguments import bind
@@ -112,11 +112,11 @@ class AttentionOp:
     and are cached on disk (`flashgen build` builds them ahead of time)."""
 
     def __init__(self, spec: AttentionSpec, source_path: str = "<string>",
-                 forward_tile: tuple[int, int] | None = None):
+                 tiles: TileOverride | None = None):
         self.spec = spec
         self.source_path = source_path
-        self.forward_tile = forward_tile
-        self.key = launch.register(spec, source_path, forward_tile)
+        self.tiles = tiles
+        self.key = launch.register(spec, source_path, tiles)
 
     def __repr__(self) -> str:
         return f"<flashgen op {self.spec.name}>"
@@ -155,17 +155,20 @@ class AttentionOp:
 
 
 def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001
-            forward_tile: tuple[int, int] | None = None) -> AttentionOp:
+            forward_tile: tuple[int, int] | None = None,
+            backward_tile: tuple[int, int, int] | None = None) -> AttentionOp:
     """Check a spec (a path, spec text, or a shipped spec's name) and return its op.
 
-    forward_tile=(BM, BN) replaces the planner's forward tile (the benchmark's block-size
-    sweep); BM is 64 or 128, BN a power of two from 16 to 256."""
+    forward_tile=(BM, BN) and backward_tile=(BM, BN, warps) replace the planner's tiles
+    (the benchmark's block-size sweep); shared memory and warp layouts are checked per
+    head dim when a module builds."""
     spec_ = load(spec, name)
-    if forward_tile is not None:
-        from .plan.tiles import check_forward_tile
-        forward_tile = (int(forward_tile[0]), int(forward_tile[1]))
-        check_forward_tile(forward_tile)   # its shared memory is checked per head dim, at build
-    return AttentionOp(spec_, _source_of(spec)[1], forward_tile)
+    tiles = None
+    if forward_tile is not None or backward_tile is not None:
+        tiles = check_override(TileOverride(
+            forward=None if forward_tile is None else tuple(map(int, forward_tile)),
+            backward=None if backward_tile is None else tuple(map(int, backward_tile))))
+    return AttentionOp(spec_, _source_of(spec)[1], tiles)
 
 
 def generate(spec: str | os.PathLike, out_dir: str | os.PathLike, name: str | None = None
@@ -202,14 +205,14 @@ def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
 
 
 def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
-          arch: str | None = None, forward_tile: tuple[int, int] | None = None
-          ) -> list[tuple[str, int, BuiltModule]]:
+          arch: str | None = None, forward_tile: tuple[int, int] | None = None,
+          backward_tile: tuple[int, int, int] | None = None) -> list[tuple[str, int, BuiltModule]]:
     """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
     current GPU's arch or `arch` (e.g. "sm_90a"). Returns (dtype, head dim, module)s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .build.cache import device_arch
-    op = compile(spec, name, forward_tile=forward_tile)
+    op = compile(spec, name, forward_tile=forward_tile, backward_tile=backward_tile)
     arch = arch or (device_arch() if torch.cuda.is_available() else "sm_90a")
     configs = _configs(op.spec, dtypes, head_dims)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
@@ -232,8 +235,8 @@ def explain(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, he
 
     def one(config):
         t, d = config
-        report = ptxas_report(render_module(spec_, path, t, d), arch)
-        return t, d, plan_for(spec_, d), report
+        report = ptxas_report(render_module(spec_, path, t, d, arch=arch), arch)
+        return t, d, plan_for(spec_, d, arch=arch), report
     with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
         return list(pool.map(one, configs))
 

@@ -1,4 +1,4 @@
-"""Tile planning: block sizes and warps per (head dim, value dim), for sm_80 and sm_90.
+"""Tile planning: block sizes and warps per (head dim, value dim) and arch.
 
 The plan is written into the header comment of every generated kernel source and
 printed by `flashgen explain`. Rules, from the register and shared-memory budgets:
@@ -10,20 +10,23 @@ forward -- 4 warps; each owns BM / 4 query rows (two m16 tiles at BM = 128, so e
   per warp) with BN = 64, and 32 at 256. Under 255 registers per thread two CTAs of 128
   threads share an SM; shared memory (Q and two K/V stages, padded rows) is at most
   102 KiB per CTA, so two fit sm_90's 227 KiB (one fits sm_80's 163 KiB).
-backward -- BM = BN = 64. dK and dV stay in registers for the whole CTA:
-  (D + Dv) / 2 / (column splits) floats per thread. 4 warps up to d = 64, else 8, split
-  2 ways over columns. Q/dO are double-buffered unless two stages would not fit
-  sm_80's shared memory (d >= 192: one stage).
-block-sparse -- the forward tile shrinks to the layout's blocks (not below 64 x 32), so
-  a tile lies inside one block and is all visible or all skipped; smaller blocks, and
-  the backward's 64 x 64 tiles over 16- or 32-element blocks, read the layout per
-  element in the tiles whose blocks differ (templates/kernels/sparse.cuh)."""
+backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at d <= 64,
+  64 at d = 128), 64 x 64 above. dK and dV stay in registers for the whole CTA:
+  BN * (D + Dv) / 256 floats per thread (128 at d = 128). 128 keys per CTA halve the
+  dQ atomics and the Q/dO traffic of 64 (measured: f+b 0.47 -> 0.65x FA2 at d = 128,
+  PERF.md). Q/dO are double-buffered unless two stages would not fit the arch's shared
+  memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
+block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
+  backward not below 64 x 64), so a tile lies inside one block and is all visible or
+  all skipped; smaller blocks read the layout per element in the tiles whose blocks
+  differ (templates/kernels/sparse.cuh)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
 SM90_SMEM_LIMIT = 227 * 1024   # and on H100 / H200
+DEFAULT_ARCH = "sm_90a"        # the plan `flashgen generate` writes and explain shows
 PAD = 8                        # elements of padding per shared row (templates/kernels/mma.cuh)
 ELEMENT_BYTES = 2              # fp16 / bf16
 FORWARD_WARPS = 4
@@ -81,29 +84,86 @@ class TileError(ValueError):
     """A requested tile size the kernels cannot run."""
 
 
-def check_forward_tile(tile: tuple[int, int], head_dim: int | None = None,
-                       value_dim: int | None = None) -> ForwardPlan:
-    """A forward tile asked for by hand (the block-size sweep: `flashgen.compile(...,
-    forward_tile=(BM, BN))`), checked against what the kernel can instantiate; its shared
-    memory too when the head dims are given."""
-    block_m, block_n = tile
-    if block_m not in (64, 128):
-        raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 or "
-                        f"32 query rows), not {block_m}")
-    if block_n not in (16, 32, 64, 128, 256):
-        raise TileError(f"forward_tile: BN must be a power of two from 16 to 256, not {block_n}")
-    plan = ForwardPlan(block_m, block_n, FORWARD_WARPS)
-    smem = 0 if head_dim is None else plan.smem_bytes(head_dim, value_dim)
-    if smem > SM90_SMEM_LIMIT:
-        raise TileError(f"forward_tile {block_m}x{block_n} needs {smem // 1024} KiB of shared "
-                        f"memory at head dim {head_dim}; the limit is {SM90_SMEM_LIMIT // 1024} KiB")
+@dataclass(frozen=True)
+class TileOverride:
+    """Tiles picked by hand instead of by the planner (the benchmark's block-size sweep):
+    forward (BM, BN); backward (BM, BN, warps). None keeps the planner's."""
+    forward: tuple[int, int] | None = None
+    backward: tuple[int, int, int] | None = None
+
+    def label(self) -> str:
+        parts = []
+        if self.forward:
+            parts.append("f{}x{}".format(*self.forward))
+        if self.backward:
+            parts.append("b{}x{}w{}".format(*self.backward))
+        return "_".join(parts)
+
+
+def _warp_split_fits(rows: int, cols: int, warps: int) -> bool:
+    """Can `warps` warps tile a rows x cols block (templates/kernels/backward.cuh WarpSplit)?"""
+    row_warps = min(rows // 16, warps)
+    col_warps = warps // row_warps
+    return (row_warps * col_warps == warps and (rows // 16) % row_warps == 0
+            and (cols // 8) % col_warps == 0)
+
+
+def check_override(tiles: TileOverride, head_dim: int | None = None,
+                   value_dim: int | None = None) -> TileOverride:
+    """Check hand-picked tiles against what the kernels can instantiate; their shared
+    memory and warp layouts too when the head dims are given."""
+    if tiles.forward is not None:
+        block_m, block_n = tiles.forward
+        if block_m not in (64, 128):
+            raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 "
+                            f"or 32 query rows), not {block_m}")
+        if block_n not in (16, 32, 64, 128, 256):
+            raise TileError(f"forward_tile: BN must be a power of two from 16 to 256, not {block_n}")
+    if tiles.backward is not None:
+        block_m, block_n, warps = tiles.backward
+        if block_m not in (64, 128) or block_n not in (64, 128) or warps not in (4, 8):
+            raise TileError(f"backward_tile: (BM, BN, warps) takes BM and BN in (64, 128) and "
+                            f"4 or 8 warps, not {tiles.backward}")
+    if head_dim is None:
+        return tiles
+    plans = []
+    if tiles.forward is not None:
+        plans.append(("forward_tile", ForwardPlan(*tiles.forward, FORWARD_WARPS)))
+    if tiles.backward is not None:
+        block_m, block_n, warps = tiles.backward
+        for rows, cols in ((block_m, block_n), (block_n, head_dim), (block_n, value_dim),
+                           (block_m, head_dim)):
+            if not _warp_split_fits(rows, cols, warps):
+                raise TileError(f"backward_tile {tiles.backward}: {warps} warps cannot tile a "
+                                f"{rows} x {cols} block at head dim {head_dim}")
+        plans.append(("backward_tile", _backward_plan(block_m, block_n, warps, head_dim,
+                                                      value_dim, SM90_SMEM_LIMIT)))
+    for what, plan in plans:
+        smem = plan.smem_bytes(head_dim, value_dim)
+        if smem > SM90_SMEM_LIMIT:
+            raise TileError(f"{what} needs {smem // 1024} KiB of shared memory at head dim "
+                            f"{head_dim}; the limit is {SM90_SMEM_LIMIT // 1024} KiB")
+    return tiles
+
+
+def _backward_plan(block_m: int, block_n: int, warps: int, head_dim: int, value_dim: int,
+                   smem_limit: int) -> BackwardPlan:
+    """Q/dO double-buffered unless two stages would not fit."""
+    plan = BackwardPlan(block_m, block_n, warps, 2)
+    if plan.smem_bytes(head_dim, value_dim) > smem_limit:
+        plan = BackwardPlan(block_m, block_n, warps, 1)
     return plan
 
 
+def smem_limit(arch: str) -> int:
+    """Dynamic shared memory per CTA on an arch ("sm_80", "sm_90a", ...)."""
+    return SM80_SMEM_LIMIT if arch.startswith("sm_8") else SM90_SMEM_LIMIT
+
+
 def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = None,
-               forward_tile: tuple[int, int] | None = None) -> TilePlan:
-    """The tiles for a head dim, and for a block-sparse spec's (block_q, block_k).
-    forward_tile overrides the forward pass's (BM, BN) (see check_forward_tile)."""
+               override: TileOverride | None = None, arch: str = DEFAULT_ARCH) -> TilePlan:
+    """The tiles for a head dim on an arch, and for a block-sparse spec's (block_q,
+    block_k); `override` replaces them by hand-picked ones (see check_override)."""
     widest = max(head_dim, value_dim)
     if widest <= 64:
         block_m, block_n = 128, 128
@@ -113,24 +173,33 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
         block_m, block_n = 64, 64
     else:
         block_m, block_n = 64, 32
+    if widest <= 64:
+        backward_tile = (128, 128, 8)
+    elif widest <= 128:
+        backward_tile = (64, 128, 8)
+    else:
+        backward_tile = (64, 64, 8)
     if blocks is not None:
         block_m = min(block_m, max(64, blocks[0]))
         block_n = min(block_n, max(32, blocks[1]))
+        backward_tile = (min(backward_tile[0], max(64, blocks[0])),
+                         min(backward_tile[1], max(64, blocks[1])), 8)
     forward = ForwardPlan(block_m, block_n, FORWARD_WARPS)
-    if forward_tile is not None:
-        forward = check_forward_tile(forward_tile, head_dim, value_dim)
-    warps = 4 if widest <= 64 else 8
-    backward = BackwardPlan(64, 64, warps, 2)
-    if backward.smem_bytes(head_dim, value_dim) > SM80_SMEM_LIMIT:
-        backward = BackwardPlan(64, 64, warps, 1)
-    plan = TilePlan(head_dim, value_dim, forward, backward)
-    assert forward_tile or forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
-    assert backward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
-    return plan
+    backward = _backward_plan(*backward_tile, head_dim, value_dim, smem_limit(arch))
+    assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
+    assert backward.smem_bytes(head_dim, value_dim) <= smem_limit(arch)
+    if override is not None:
+        check_override(override, head_dim, value_dim)
+        if override.forward is not None:
+            forward = ForwardPlan(*override.forward, FORWARD_WARPS)
+        if override.backward is not None:
+            backward = _backward_plan(*override.backward, head_dim, value_dim, SM90_SMEM_LIMIT)
+    return TilePlan(head_dim, value_dim, forward, backward)
 
 
-def plan_for(spec, head_dim: int, forward_tile: tuple[int, int] | None = None) -> TilePlan:
-    """The tile plan of a checked spec's kernels at one head dim."""
+def plan_for(spec, head_dim: int, override: TileOverride | None = None,
+             arch: str = DEFAULT_ARCH) -> TilePlan:
+    """The tile plan of a checked spec's kernels at one head dim, on an arch."""
     bs = spec.block_sparse
     return plan_tiles(head_dim, spec.value_dim_for(head_dim),
-                      None if bs is None else (bs.block_q, bs.block_k), forward_tile)
+                      None if bs is None else (bs.block_q, bs.block_k), override, arch)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from .. import resources
 from ..ir.nodes import AttentionSpec
-from ..plan.tiles import BackwardPlan, ForwardPlan, plan_for
+from ..plan.tiles import DEFAULT_ARCH, BackwardPlan, ForwardPlan, TileOverride, plan_for
 from .variant import environment, render_variant
 
 C_DTYPES = {"fp16": "__half", "bf16": "__nv_bfloat16"}
@@ -28,6 +28,7 @@ class KernelView:
     d: int
     dv: int
     dropout: bool
+    arch: str
     fwd: ForwardPlan
     bwd: BackwardPlan
     plan: tuple[str, ...]
@@ -38,14 +39,15 @@ def unit_name(pass_name: str, dtype: str, head_dim: int) -> str:
 
 
 def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int,
-                 forward_tile: tuple[int, int] | None = None) -> dict[str, str]:
-    """{file name: text} of the forward and backward units of one (dtype, head dim)."""
+                 tiles: TileOverride | None = None, arch: str = DEFAULT_ARCH) -> dict[str, str]:
+    """{file name: text} of the forward and backward units of one (dtype, head dim),
+    planned for `arch` (its shared memory decides the backward's Q/dO stages)."""
     dv = spec.value_dim_for(head_dim)
-    plan = plan_for(spec, head_dim, forward_tile)
+    plan = plan_for(spec, head_dim, tiles, arch)
     units = {}
     for pass_name in PASSES:
         view = KernelView(spec.name, f"fg_{spec.name}", source_path, pass_name, dtype,
-                          C_DTYPES[dtype], head_dim, dv, spec.dropout, plan.forward,
+                          C_DTYPES[dtype], head_dim, dv, spec.dropout, arch, plan.forward,
                           plan.backward, tuple(plan.describe()))
         text = environment().get_template(f"kernels/{pass_name}.cu.j2").render(k=view)
         units[unit_name(pass_name, dtype, head_dim)] = text.rstrip() + "\n"
@@ -63,7 +65,7 @@ def support_headers() -> dict[str, str]:
 
 
 def render_module(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int,
-                  forward_tile: tuple[int, int] | None = None) -> dict[str, str]:
+                  tiles: TileOverride | None = None, arch: str = DEFAULT_ARCH) -> dict[str, str]:
     """Every source of one build module, headers included (they are part of its hash)."""
     return {**support_headers(), "variant.cuh": render_variant(spec, source_path),
-            **render_units(spec, source_path, dtype, head_dim, forward_tile)}
+            **render_units(spec, source_path, dtype, head_dim, tiles, arch)}

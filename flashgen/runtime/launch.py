@@ -29,7 +29,7 @@ import torch
 
 from ..build.cache import BuiltModule, build, device_arch
 from ..ir.nodes import AttentionSpec
-from ..plan.tiles import plan_for
+from ..plan.tiles import TileOverride, plan_for
 from ..reference.philox import MASK32, resolve_seed, threshold
 from ..render.kernels import render_module
 from ..render.variant import differentiable_loads
@@ -45,10 +45,10 @@ class Variant:
     """What a launch needs to know about a spec, by registry key."""
     spec: AttentionSpec
     source_path: str
-    forward_tile: tuple[int, int] | None = None  # a hand-picked forward (BM, BN), or the plan's
+    tiles: TileOverride | None = None  # hand-picked tiles, or the planner's
 
-    def plan(self, head_dim: int):
-        return plan_for(self.spec, head_dim, self.forward_tile)
+    def plan(self, head_dim: int, arch: str):
+        return plan_for(self.spec, head_dim, self.tiles, arch)
 
     @functools.cached_property
     def grad_params(self) -> tuple[str, ...]:
@@ -59,14 +59,13 @@ class Variant:
 _VARIANTS: dict[str, Variant] = {}
 
 
-def register(spec: AttentionSpec, source_path: str,
-             forward_tile: tuple[int, int] | None = None) -> str:
+def register(spec: AttentionSpec, source_path: str, tiles: TileOverride | None = None) -> str:
     """A key naming this spec (and tile override) in the ops' string argument, stable for
     their content."""
     digest = hashlib.sha256(f"{source_path}\n{spec.source.text}\n{spec.name}\n"
-                            f"{forward_tile}".encode())
+                            f"{tiles}".encode())
     key = f"{spec.name}:{digest.hexdigest()[:16]}"
-    _VARIANTS.setdefault(key, Variant(spec, source_path, forward_tile))
+    _VARIANTS.setdefault(key, Variant(spec, source_path, tiles))
     return key
 
 
@@ -81,9 +80,9 @@ TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 @functools.cache
 def module(key: str, dtype: torch.dtype, head_dim: int, arch: str) -> BuiltModule:
     v = variant(key)
-    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim, v.forward_tile)
-    tile = "" if v.forward_tile is None else "_{}x{}".format(*v.forward_tile)
-    return build(sources, name=f"{v.spec.name}_{DTYPE_NAMES[dtype]}_d{head_dim}{tile}", arch=arch)
+    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim, v.tiles, arch)
+    tiles = "" if v.tiles is None else f"_{v.tiles.label()}"
+    return build(sources, name=f"{v.spec.name}_{DTYPE_NAMES[dtype]}_d{head_dim}{tiles}", arch=arch)
 
 
 @functools.cache
@@ -168,7 +167,7 @@ def _dropout(dropout_p: float, rng: torch.Tensor) -> tuple[list[int], list[float
 def _sparse(var: Variant, q, k, layout) -> list[int]:
     if var.spec.block_sparse is None:
         return DENSE
-    plan = var.plan(q.shape[-1])
+    plan = var.plan(q.shape[-1], _arch(q.device.index))
     return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
 
 

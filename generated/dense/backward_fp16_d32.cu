@@ -2,9 +2,9 @@
 // `flashgen generate`.
 //
 // attention dense: backward pass, fp16, head_dim 32, value_dim 32
-// Tile plan (flashgen/plan/tiles.py), for sm_80 and sm_90:
+// Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 128 keys per tile, 4 warps (32 rows each), 2 K/V stages, 50 KiB shared memory
-//   backward: 64 keys x 64 query rows per tile, 4 warps, 2 Q/dO stages, 48 KiB shared memory
+//   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 128 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/backward.cuh"
@@ -13,9 +13,9 @@
 namespace {
 using T = __half;
 using Variant = fg_dense::Variant;
-using Tiles = fg::BackwardTiles<32, 32, 64, 64, 4, 2>;
+using Tiles = fg::BackwardTiles<32, 32, 128, 128, 8, 2>;
 template <bool kDq, bool kDropout>
-constexpr auto kKernel = fg::backward_kernel<Variant, T, 32, 32, 64, 64, 4, 2, kDq, kDropout>;
+constexpr auto kKernel = fg::backward_kernel<Variant, T, 32, 32, 128, 128, 8, 2, kDq, kDropout>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<32, 32, 128, 128, 8>;
 template <bool kDropout>
@@ -28,7 +28,7 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   const int64_t rows = int64_t(n.batch) * n.heads * n.q_len;
   cudaError_t status = fg::launch(fg::delta_kernel<T, 32>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
   if (status != cudaSuccess) return status;
-  const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
+  const dim3 grid((n.kv_len + 128 - 1) / 128, n.batch * n.kv_heads);
   constexpr int smem = Tiles::smem_bytes<T>();
   if (!args.deterministic) return fg::launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
   status = fg::launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);

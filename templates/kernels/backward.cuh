@@ -71,29 +71,33 @@ struct BackwardTiles {
   static_assert(KeysK::kRowWarps == KeysV::kRowWarps, "dK and dV split keys alike");
 };
 
+// A row's lse in log2 units as score_gradient takes it: +inf for a row past the
+// sequence or with no visible key (lse = -inf), so that its P = exp2(x - lse2) is 0.
+__device__ __forceinline__ float row_lse2(float lse, bool in_sequence) {
+  return in_sequence && lse != -inf() ? lse * kLog2e : inf();
+}
+
 // Step 2 for one element (q, kv): P from the saved lse, then dT = P (dP * keep - delta)
 // and dS = dT * dscore/dS, both w.r.t. the scaled score sx; `keep` is the element's
-// dropout factor (1 without dropout). Fully masked rows (lse = -inf) and rows past the
-// sequence give P = 0. prob returns P * keep, the probability that multiplied V. With
-// kParamGrads, the score's float tables get dT * dscore/dtable.
-template <class V, bool kParamGrads>
+// dropout factor (1 without dropout). prob returns P * keep, the probability that
+// multiplied V. With kParamGrads, the score's float tables get dT * dscore/dtable.
+// kPartial: the tile needs the per-element mask (callers branch once per tile, so
+// full tiles carry no mask code); the scale rides in the exponent's FFMA.
+template <class V, bool kPartial, bool kParamGrads>
 __device__ __forceinline__ void score_gradient(const typename V::Params& p,
                                                const typename V::Grads& g, const Shape& n,
-                                               TileMask tile, bool block_visible,
-                                               bool row_live, float lse2,
-                                               float delta, int b, int h, int q, int kv,
-                                               float s, float dp, float keep, float& prob,
-                                               float& ds) {
+                                               bool block_visible, float lse2, float delta,
+                                               int b, int h, int q, int kv, float s, float dp,
+                                               float keep, float& prob, float& ds) {
   const float sx = s * n.scale;
-  float pr = 0.0f;
-  if (row_live && visible<V>(tile, p, block_visible, b, h, q, kv, n.q_len, n.kv_len)) {
-    float x;
-    if constexpr (V::kHasScore) {
-      x = V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
-    } else {
-      x = sx * kLog2e;
-    }
-    pr = fast_exp2(x - lse2);
+  float pr;
+  if constexpr (V::kHasScore) {
+    pr = fast_exp2(fmaf(V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len), kLog2e, -lse2));
+  } else {
+    pr = fast_exp2(fmaf(s, n.scale_log2, -lse2));
+  }
+  if constexpr (kPartial) {
+    if (!visible_in_partial<V>(p, block_visible, b, h, q, kv, n.q_len, n.kv_len)) pr = 0.0f;
   }
   const float dt = pr * (dp * keep - delta);
   prob = pr * keep;
@@ -181,41 +185,49 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
     // 2. P and dS, element by element; to shared memory as T pairs
     const float* lse_head = a.lse + (int64_t(b) * n.heads + h) * n.q_len;
     const float* delta_head = a.delta + (int64_t(b) * n.heads + h) * n.q_len;
+    auto p_and_ds = [&](auto partial) {
+      constexpr bool kPartial = decltype(partial)::value;
 #pragma unroll
-    for (int mt = 0; mt < SS::kMT; ++mt) {
-      const int r = sr + 16 * mt + (lane >> 2);  // this thread's rows: r and r + 8
-      float lse2[2], delta[2];
-      bool row_live[2];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int q = q0 + r + 8 * half, q_safe = min(q, n.q_len - 1);
-        lse2[half] = lse_head[q_safe] * kLog2e;
-        delta[half] = delta_head[q_safe];
-        row_live[half] = q < n.q_len && lse2[half] != -inf();
-      }
-#pragma unroll
-      for (int nt = 0; nt < SS::kNT; ++nt) {
-        const int c = sc + 8 * nt + 2 * (lane & 3);
-        const bool block =
-            fragment_block_visible<V>(tile, a.sparse, h, q0 + r, k0 + c, n.q_len, n.kv_len);
-        float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-        if constexpr (kDropout)
-          dropout_factors(a.dropout, b * n.heads + h, q0 + r, k0 + c, keep);
-        float pv[4], dsv[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {  // rows r, r, r + 8, r + 8; columns c, c + 1, c, c + 1
-          const int half = i >> 1;
-          score_gradient<V, true>(p, g, n, tile, block, row_live[half], lse2[half],
-                                  delta[half], b, h, q0 + r + 8 * half, k0 + c + (i & 1),
-                                  s[mt][nt][i], dp[mt][nt][i], keep[i], pv[i], dsv[i]);
-        }
+      for (int mt = 0; mt < SS::kMT; ++mt) {
+        const int r = sr + 16 * mt + (lane >> 2);  // this thread's rows: r and r + 8
+        float lse2[2], delta[2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int at = (r + 8 * half) * Tiles::kLdP + c;
-          *reinterpret_cast<uint32_t*>(sP + at) = pack2<T>(pv[2 * half], pv[2 * half + 1]);
-          *reinterpret_cast<uint32_t*>(sdS + at) = pack2<T>(dsv[2 * half], dsv[2 * half + 1]);
+          const int q = q0 + r + 8 * half, q_safe = min(q, n.q_len - 1);
+          lse2[half] = row_lse2(lse_head[q_safe], q < n.q_len);
+          delta[half] = delta_head[q_safe];
+        }
+#pragma unroll
+        for (int nt = 0; nt < SS::kNT; ++nt) {
+          const int c = sc + 8 * nt + 2 * (lane & 3);
+          bool block = true;
+          if constexpr (kPartial)
+            block = fragment_block_visible<V>(tile, a.sparse, h, q0 + r, k0 + c, n.q_len,
+                                              n.kv_len);
+          float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+          if constexpr (kDropout)
+            dropout_factors(a.dropout, b * n.heads + h, q0 + r, k0 + c, keep);
+          float pv[4], dsv[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {  // rows r, r, r + 8, r + 8; columns c, c + 1, c, c + 1
+            const int half = i >> 1;
+            score_gradient<V, kPartial, true>(p, g, n, block, lse2[half], delta[half], b, h,
+                                              q0 + r + 8 * half, k0 + c + (i & 1), s[mt][nt][i],
+                                              dp[mt][nt][i], keep[i], pv[i], dsv[i]);
+          }
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int at = (r + 8 * half) * Tiles::kLdP + c;
+            *reinterpret_cast<uint32_t*>(sP + at) = pack2<T>(pv[2 * half], pv[2 * half + 1]);
+            *reinterpret_cast<uint32_t*>(sdS + at) = pack2<T>(dsv[2 * half], dsv[2 * half + 1]);
+          }
         }
       }
+    };
+    if (tile.partial()) {
+      p_and_ds(std::true_type{});
+    } else {
+      p_and_ds(std::false_type{});
     }
     __syncthreads();
 
@@ -305,14 +317,12 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   // this thread's two rows
   const int row0 = q0 + 16 * warp;
   float lse2[2], delta[2];
-  bool row_live[2];
   const int64_t head = (int64_t(b) * n.heads + h) * n.q_len;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int q = row0 + (lane >> 2) + 8 * r, q_safe = min(q, n.q_len - 1);
-    lse2[r] = a.lse[head + q_safe] * kLog2e;
+    lse2[r] = row_lse2(a.lse[head + q_safe], q < n.q_len);
     delta[r] = a.delta[head + q_safe];
-    row_live[r] = q < n.q_len && lse2[r] != -inf();
   }
   const typename V::Grads no_grads{};
   float dq[1][D / 8][4];
@@ -323,22 +333,32 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     zero(dp);
     warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_tile, Tiles::kLdQK, 0);
     warp_gemm<1, BN / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV_tile, Tiles::kLdV, 0);
+    auto ds_of = [&](auto partial) {
+      constexpr bool kPartial = decltype(partial)::value;
 #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-      const int c = k0 + 8 * nt + 2 * (lane & 3);
-      const bool block = fragment_block_visible<V>(tile, a.sparse, h, row0 + (lane >> 2), c,
-                                                   n.q_len, n.kv_len);
-      float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-      if constexpr (kDropout) dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), c, keep);
+      for (int nt = 0; nt < BN / 8; ++nt) {
+        const int c = k0 + 8 * nt + 2 * (lane & 3);
+        bool block = true;
+        if constexpr (kPartial)
+          block = fragment_block_visible<V>(tile, a.sparse, h, row0 + (lane >> 2), c, n.q_len,
+                                            n.kv_len);
+        float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if constexpr (kDropout) dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), c, keep);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {  // compile-time indices keep everything in registers
-        const int r = i >> 1;
-        const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
-        float prob;
-        score_gradient<V, false>(p, no_grads, n, tile, block, row_live[r], lse2[r], delta[r],
-                                 b, h, q, kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
-                                 s[0][nt][i]);
+        for (int i = 0; i < 4; ++i) {  // compile-time indices keep everything in registers
+          const int r = i >> 1;
+          const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
+          float prob;
+          score_gradient<V, kPartial, false>(p, no_grads, n, block, lse2[r], delta[r], b, h, q,
+                                             kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
+                                             s[0][nt][i]);
+        }
       }
+    };
+    if (tile.partial()) {
+      ds_of(std::true_type{});
+    } else {
+      ds_of(std::false_type{});
     }
     uint32_t ds[1][BN / 16][4];
     accumulator_to_a<T>(ds[0], s[0]);

@@ -61,13 +61,6 @@ __device__ __forceinline__ bool visible_in_partial(const typename V::Params& p, 
   return block_visible;
 }
 
-// Is (q, kv) visible? Only partial tiles ask per element.
-template <class V>
-__device__ __forceinline__ bool visible(const TileMask& tile, const typename V::Params& p,
-                                        bool block_visible, int b, int h, int q, int kv,
-                                        int q_len, int kv_len) {
-  return !tile.partial() || visible_in_partial<V>(p, block_visible, b, h, q, kv, q_len, kv_len);
-}
 
 // Calls f(value, row, col) for every element of a warp's accumulator block
 // c[MT][NT][4] whose first element is at (row0, col0) (see mma.cuh for the layout).
