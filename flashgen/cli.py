@@ -167,7 +167,8 @@ def cmd_explain(args) -> int:
 
     lengths = f"Nq = Nk = {q_len}" if q_len == kv_len else f"Nq = {q_len}, Nk = {kv_len}"
     print(f"\n== tile map at {lengths}: what the kernels do with each (Q tile, KV tile) pair")
-    print("   . skipped (never loaded)   # full (no per-element mask)   + partial (mask per element)")
+    print("   . skipped (never loaded)   # full (no per-element mask)   + partial (mask per element)"
+          " or a mix")
     if spec.mask is not None:
         print("   by the kernels' own tile_class() (the mask's static interval analysis), "
               "compiled for the host")
@@ -187,6 +188,9 @@ def cmd_explain(args) -> int:
         for line in tiles.grid(block_m, block_n).describe():
             print(f"  {line}")
     for tiles in {(t.batches, t.grid_heads): t for t in maps.values()}.values():
+        if spec.mask is None and tiles.layout is None:
+            print("\nvisible fraction of elements: 100 % (no mask)")
+            continue
         fraction, step = tiles.visible
         how = "every query row" if step == 1 else f"every {step}th query row"
         over = "" if tiles.batches * tiles.grid_heads == 1 else \
