@@ -1,4 +1,5 @@
-"""The command line: flashgen check | generate | list | demo | build | explain."""
+"""The command line: flashgen check | generate | list | demo | build | explain | bench |
+bench-plot."""
 from __future__ import annotations
 
 import argparse
@@ -245,6 +246,38 @@ def _kernel_label(kernel: str) -> str:
     return kernel
 
 
+def cmd_bench(args) -> int:
+    """Time specs against SDPA's backends, FlexAttention and standard attention
+    (flashgen/bench/)."""
+    from .bench import BenchError, command
+    try:
+        return command.bench(args)
+    except BenchError as err:
+        print(f"flashgen: error: {err}", file=sys.stderr)
+        return 1
+
+
+def cmd_bench_plot(args) -> int:
+    """The table and plots of a results folder, on any machine."""
+    from .bench import BenchError, command
+    try:
+        return command.bench_plot(args)
+    except BenchError as err:
+        print(f"flashgen: error: {err}", file=sys.stderr)
+        return 1
+
+
+def _add_bench_parsers(sub) -> None:
+    from .bench.command import add_bench_arguments
+    p = sub.add_parser("bench", help="time specs against SDPA (flash, cuDNN, mem-efficient), "
+                                     "FlexAttention and standard attention; table, CSV, plots")
+    add_bench_arguments(p)
+    p.set_defaults(run=cmd_bench)
+    p = sub.add_parser("bench-plot", help="table and PNG plots of a bench results folder (no GPU)")
+    p.add_argument("folder", help="a results folder of `flashgen bench`")
+    p.set_defaults(run=cmd_bench_plot)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="flashgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -289,6 +322,7 @@ def main(argv=None) -> int:
             p.add_argument("--bandwidth", type=float, help="copy bandwidth ceiling, TB/s")
             p.add_argument("--tflops", type=float, help="matmul ceiling, TFLOP/s")
         p.set_defaults(run=run)
+    _add_bench_parsers(sub)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -7,6 +7,7 @@ partial derivatives. Adding a function to the language means adding one entry he
 and, if CUDA lacks it, one helper in expr.cuh."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -43,7 +44,10 @@ def _torch_max(a, b):
 
 
 def _promote(*xs):
-    dtype = torch.result_type(*xs) if len(xs) > 1 else xs[0].dtype
+    # promote_types, not result_type: torch.compile traces it (FlexAttention runs the
+    # evaluator inside compiled mods, flashgen/bench/flex.py), and the two agree here, as
+    # operands share a category (the checker makes int -> float explicit)
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in xs))
     return [x.to(dtype) for x in xs]
 
 

@@ -157,9 +157,10 @@ def test_sdpa_cannot_express_nonlinear_scores_or_masks_on_flash():
 
 
 def test_standard_attention_needs_room_and_no_dropout():
-    call = _call("causal", B=1, H=16, N=8192)
-    subject = peers.Subject(None, call, {}, grid.visibility(call), free_bytes=8 << 30)
-    with pytest.raises(NotExpressible, match="N x N scores"):
+    call = _call("causal", B=1, H=16, N=2048)       # 4 float32 score copies: 1 GiB
+    causal = grid.Visibility(0.5, False, True)
+    subject = peers.Subject(None, call, {}, causal, free_bytes=1 << 30)
+    with pytest.raises(NotExpressible, match="N x N scores need ~1.0 GiB, 1.0 GiB free"):
         peers.standard_runner(subject)
     call = _call("dropout_causal", N=64, dropout_p=0.1)
     subject = peers.Subject(None, call, {}, grid.visibility(call), free_bytes=8 << 30)
@@ -341,7 +342,7 @@ def test_plan_of_long_quick_and_suite():
     (["bench", "causal", "--directions", "bwd"], "unknown direction 'bwd'"),
     (["bench", "causal", "--dtype", "fp32"], "unknown dtype 'fp32'"),
     (["bench", "causal", "--sizes", "1k"], "--sizes must be integers"),
-    (["bench", "causal", "--reps", "1"], "--reps must be"),
+    (["bench", "causal", "--reps", "1"], "--reps >= 3"),
     (["bench"], "name the specs to bench"),
     (["bench", "causal", "--suite"], "not both"),
     (["bench", "nonesuch"], "not a spec file"),

@@ -1,0 +1,170 @@
+"""`flashgen bench` and `flashgen bench-plot`: from arguments to cases and settings, the
+run, and its report. Argument mistakes are found before anything touches a GPU."""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from . import BenchError
+from . import report
+from .flops import DIRECTIONS
+from .peers import PEERS
+from .suite import (GRID_SIZES, LONG_SIZES, LONG_SPECS, QUICK_SIZES, Case, Settings, grid_cases,
+                    long_cases)
+from .. import api
+
+DTYPES = ("bf16", "fp16")
+HEAD_DIMS = (64, 128)
+QUICK_HEAD_DIMS = (128,)
+QUICK_WARMUP, QUICK_REPS = 1, 5
+
+
+def add_bench_arguments(p) -> None:
+    p.add_argument("specs", nargs="*", metavar="SPEC",
+                   help="shipped spec names or spec files (or --suite)")
+    p.add_argument("--suite", action="store_true",
+                   help=f"every shipped spec (with --long: {', '.join(LONG_SPECS)})")
+    p.add_argument("--long", action="store_true",
+                   help="the long-N sweep (B=1, H=16, N up to 131072) instead of the size grid")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a smoke run: N={','.join(map(str, QUICK_SIZES))}, bf16, d=128, "
+                        f"{QUICK_REPS} reps")
+    p.add_argument("--sizes", help="sequence lengths N, e.g. 512,1024 (default: grid "
+                                   f"{GRID_SIZES[0]}..{GRID_SIZES[-1]}, long "
+                                   f"{LONG_SIZES[0]}..{LONG_SIZES[-1]})")
+    p.add_argument("--dtype", help="bf16,fp16 (default: both; --long and --quick: bf16)")
+    p.add_argument("--head-dim", help="64,128 (default; --quick: 128)")
+    p.add_argument("--directions", default=",".join(DIRECTIONS),
+                   help=f"{','.join(DIRECTIONS)} (default: both)")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"{','.join(PEERS)} (default: all; flashgen always runs)")
+    p.add_argument("--out", help="results folder (default: flashgen/bench/results/DATE-GPU); "
+                                 "a folder with results resumes: measured rows are kept")
+    p.add_argument("--warmup", type=int, help="untimed runs per measurement (default 3)")
+    p.add_argument("--reps", type=int, help="timed runs per measurement, at most (default 20)")
+
+
+def _names(text: str, valid, what: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    for name in names:
+        if name not in valid:
+            raise BenchError(f"unknown {what} '{name}'; valid: {', '.join(valid)}")
+    if not names:
+        raise BenchError(f"no {what} given; valid: {', '.join(valid)}")
+    return names
+
+
+def _ints(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise BenchError(f"{what} must be integers separated by commas, got '{text}'") from None
+    if any(x <= 0 for x in values):
+        raise BenchError(f"{what} must be positive, got '{text}'")
+    return values
+
+
+@dataclass
+class Plan:
+    cases: list[Case]
+    settings: Settings
+    notes: list[str]
+
+
+def make_plan(args) -> Plan:
+    """The cases and settings that the arguments ask for (BenchError if they cannot)."""
+    peers = _names(args.peers, PEERS, "peer")
+    directions = _names(args.directions, DIRECTIONS, "direction")
+    if args.specs and args.suite:
+        raise BenchError("give SPECs or --suite, not both")
+    if args.suite:
+        sources = list(LONG_SPECS if args.long else api.shipped())
+    elif args.specs:
+        sources = list(args.specs)
+    else:
+        raise BenchError("name the specs to bench (`flashgen list` shows the shipped ones), "
+                         "or pass --suite")
+    one_dtype = args.long or args.quick
+    dtypes = _names(args.dtype, DTYPES, "dtype") if args.dtype else DTYPES[:1] if one_dtype else DTYPES
+    head_dims = (_ints(args.head_dim, "--head-dim") if args.head_dim
+                 else QUICK_HEAD_DIMS if args.quick else HEAD_DIMS)
+    sizes = (_ints(args.sizes, "--sizes") if args.sizes
+             else QUICK_SIZES if args.quick else LONG_SIZES if args.long else GRID_SIZES)
+    warmup = args.warmup if args.warmup is not None else QUICK_WARMUP if args.quick else 3
+    reps = args.reps if args.reps is not None else QUICK_REPS if args.quick else 20
+    if warmup < 0 or reps < 3:
+        raise BenchError("--warmup must be >= 0 and --reps >= 3 (the median of fewer says little)")
+    notes: list[str] = []
+    make = long_cases if args.long else grid_cases
+    cases = make(sources, sizes, dtypes, head_dims, notes, strict=bool(args.dtype or args.head_dim))
+    if not cases:
+        raise BenchError("no case to run: " + "; ".join(notes))
+    return Plan(cases, Settings(peers, directions, warmup, reps), notes)
+
+
+def _require_gpu():
+    import torch
+    if not torch.cuda.is_available():
+        raise BenchError(f"flashgen bench needs a CUDA GPU and torch {torch.__version__} sees "
+                         "none (`flashgen bench-plot DIR` makes plots from results without one)")
+    return torch.cuda.get_device_name()
+
+
+def bench(args) -> int:
+    from .progress import Progress
+    from .suite import run
+    plan = make_plan(args)
+    gpu = _require_gpu()
+    folder = Path(args.out) if args.out else report.default_folder(gpu)
+    meta_path = folder / "meta.json"
+    if meta_path.exists():
+        import json
+        earlier = json.loads(meta_path.read_text()).get("gpu")
+        if earlier and earlier != gpu:
+            raise BenchError(f"{folder} holds results measured on {earlier}, this is {gpu}; "
+                             "choose another --out")
+    progress = Progress()
+    for note in plan.notes:
+        progress.finish(f"note: {note}")
+    meta = report.collect_meta("flashgen " + shlex.join(sys.argv[1:]))
+    meta["settings"] = {**asdict(plan.settings), "cases": len(plan.cases)}
+    report.write_meta(folder, meta)
+    results = report.Results(folder)
+    progress.finish(f"results in {folder}")
+    try:
+        run(plan.cases, plan.settings, results, progress)
+    except KeyboardInterrupt:
+        progress.finish(f"interrupted: the rows measured so far are in {results.csv_path}; "
+                        "the same command with --out continues")
+        return 130
+    rows = list(results.rows.values())
+    print(report.table(rows))
+    _plot(rows, folder)
+    print(f"\n{results.csv_path}")
+    return 0
+
+
+def _plot(rows, folder: Path) -> None:
+    try:
+        written = report.plot(rows, folder)
+    except ImportError:
+        print(report.plot_hint(folder), file=sys.stderr)
+        return
+    print(f"\n{len(written)} plot(s) in {folder / 'plots'}")
+
+
+def bench_plot(args) -> int:
+    folder = Path(args.folder)
+    csv_path = folder / "results.csv"
+    if not csv_path.is_file():
+        raise BenchError(f"no results.csv in {folder}")
+    rows = report.read_rows(csv_path)
+    print(report.table(rows))
+    try:
+        written = report.plot(rows, folder)
+    except ImportError:
+        raise BenchError("bench-plot needs matplotlib: pip install 'flashgen[bench]'") from None
+    print(f"\n{len(written)} plot(s) in {folder / 'plots'}")
+    return 0
