@@ -7,13 +7,20 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import BenchError
-from . import report
+from .. import api
+from . import BenchError, report
 from .flops import DIRECTIONS
 from .peers import PEERS
-from .suite import (GRID_SIZES, LONG_SIZES, LONG_SPECS, QUICK_SIZES, Case, Settings, grid_cases,
-                    long_cases)
-from .. import api
+from .suite import (
+    GRID_SIZES,
+    LONG_SIZES,
+    LONG_SPECS,
+    QUICK_SIZES,
+    Case,
+    Settings,
+    grid_cases,
+    long_cases,
+)
 
 DTYPES = ("bf16", "fp16")
 HEAD_DIMS = (64, 128)

@@ -8,15 +8,15 @@ pattern's or the call's) becomes a mask_mod term reading the layout at the pair'
 Dropout has no FlexAttention form."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from . import NotExpressible
-from .grid import mask_varies
 from ..reference.evaluate import Evaluator
 from ..runtime.arguments import BoundCall
+from . import NotExpressible
+from .grid import mask_varies
 
 
 @dataclass(frozen=True)

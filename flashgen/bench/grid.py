@@ -6,8 +6,8 @@ FLOP count scales by), whether the visible set is everything or exactly the caus
 (what SDPA expresses without a mask), and the explicit masks SDPA needs otherwise."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 

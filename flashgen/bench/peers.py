@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from . import NotExpressible, flex
-from .grid import Visibility, explicit_mask, mask_shape, reads
 from ..api import AttentionOp
 from ..ir.nodes import SCORE_VAR, AttentionSpec, Binary, Expr, Var
 from ..runtime.arguments import BoundCall
+from . import NotExpressible, flex
+from .grid import Visibility, explicit_mask, mask_shape, reads
 
 FLASHGEN = "flashgen"
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",

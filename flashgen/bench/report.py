@@ -99,7 +99,8 @@ class Results:
 
 def _run(command: list[str], cwd=None) -> str | None:
     try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=10, cwd=cwd)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=10, cwd=cwd,
+                                check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None

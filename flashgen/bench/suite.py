@@ -9,11 +9,15 @@ from __future__ import annotations
 import gc
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 
 import torch
 
+from .. import api
+from ..runtime.arguments import TORCH_DTYPES, bind
+from ..runtime.examples import example_layout, example_params
 from . import NotExpressible
 from .flops import attention_flops, tflops
 from .grid import visibility
@@ -21,9 +25,6 @@ from .peers import FLASHGEN, Subject, runner
 from .progress import Progress
 from .report import Results
 from .timing import peak_extra_bytes, time_ms
-from .. import api
-from ..runtime.arguments import TORCH_DTYPES, bind
-from ..runtime.examples import example_layout, example_params
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -224,19 +225,22 @@ class _Run:
             return
         outcome = None
         try:
-            run = runner(peer, subject)
+            with warnings.catch_warnings():     # compile chatter, off the progress line
+                warnings.simplefilter("ignore")
+                run = runner(peer, subject)
         except NotExpressible as why:
             outcome = {"status": "n/a", "note": str(why)}
         except torch.OutOfMemoryError:
             outcome = {"status": "OOM", "note": "in setup"}
-        except Exception as error:  # a peer failing to set up is a result, not a crash
+        except Exception as error:  # noqa: BLE001 (a peer failing to set up is a result)
             outcome = {"status": "error", "note": _short(error)}
         if outcome is not None:
             _free_memory()
             for direction in directions:
                 self.record(case, subject, peer, direction, **outcome)
             return
-        setup = {"setup_ms": run.setup_ms, "setup_mib": run.setup_bytes / 2**20}
+        setup = {"setup_ms": run.setup_ms,
+                 "setup_mib": run.setup_bytes / 2**20 if run.setup_ms is not None else None}
         for direction in directions:
             self.status(f"{where}: {peer} {direction}")
             self.record(case, subject, peer, direction, **setup,
@@ -246,17 +250,23 @@ class _Run:
     def measure(self, run, direction, subject, dout) -> dict:
         fn = _direction_fn(run.forward, direction, subject, dout)
         s = self.settings
-        try:
-            start = time.perf_counter()
-            fn()                        # compiles (FlexAttention), loads (flashgen)
-            torch.cuda.synchronize()
-            first_call_s = time.perf_counter() - start
-            extra = peak_extra_bytes(fn)
-            timing = time_ms(fn, s.warmup, s.reps, s.max_seconds)
-        except torch.OutOfMemoryError:
-            return {"status": "OOM"}
-        except Exception as error:  # an unsupported backend raises; record why
-            return {"status": "error", "note": _short(error)}
+        # SDPA says why a backend declines only in warnings (the error says "No available
+        # kernel"): keep them for the note, and off the progress line
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                start = time.perf_counter()
+                fn()                        # compiles (FlexAttention), loads (flashgen)
+                torch.cuda.synchronize()
+                first_call_s = time.perf_counter() - start
+                extra = peak_extra_bytes(fn)
+                timing = time_ms(fn, s.warmup, s.reps, s.max_seconds)
+            except torch.OutOfMemoryError:
+                return {"status": "OOM"}
+            except Exception as error:  # noqa: BLE001 (an unsupported backend raises: a result)
+                reasons = dict.fromkeys(str(w.message).strip().splitlines()[0] for w in caught
+                                        if str(w.message).strip())
+                return {"status": "error", "note": "; ".join([_short(error), *reasons])[:300]}
         return {"status": "ok", "ms": timing.median_ms, "ms_q1": timing.q1_ms,
                 "ms_q3": timing.q3_ms, "reps": timing.reps, "extra_mib": extra / 2**20,
                 "first_call_s": first_call_s}
@@ -276,16 +286,15 @@ class _Run:
 
 def run(cases: list[Case], settings: Settings, results: Results, progress: Progress) -> None:
     """Build the kernels, then measure every case not already in `results`."""
-    failures = build_kernels(cases, progress)
+    peers = (FLASHGEN, *settings.peers)
+    todo = [c for c in cases if not all(results.has(c.fields(), peer, direction)
+                                        for peer in peers for direction in settings.directions)]
+    failures = build_kernels(todo, progress) if todo else {}
     loop = _Run(settings, results, progress, failures,
                 torch.device("cuda", torch.cuda.current_device()))
-    skipped = 0
-    for index, case in enumerate(cases, 1):
-        if all(results.has(case.fields(), peer, direction)
-               for peer in (FLASHGEN, *settings.peers) for direction in settings.directions):
-            skipped += 1
-            continue
-        loop.case(index, len(cases), case)
+    for index, case in enumerate(todo, 1):
+        loop.case(index, len(todo), case)
     elapsed = time.perf_counter() - loop.start
-    progress.finish(f"{len(cases) - skipped} case(s) measured in {elapsed / 60:.1f} min"
+    skipped = len(cases) - len(todo)
+    progress.finish(f"{len(todo)} case(s) measured in {elapsed / 60:.1f} min"
                     + (f"; {skipped} already in {results.csv_path}" if skipped else ""))

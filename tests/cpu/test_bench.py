@@ -195,7 +195,8 @@ def test_flex_translation_is_exact(name):
 
 
 def _rows():
-    case = dict(sweep="grid", spec="causal", dtype="bf16", d=128, B=2, H=16, Hkv=16, N=8192)
+    case = {"sweep": "grid", "spec": "causal", "dtype": "bf16", "d": 128, "B": 2, "H": 16,
+            "Hkv": 16, "N": 8192}
     rows = [
         {**case, "peer": "flashgen", "direction": "fwd", "status": "ok", "ms": 1.0, "tflops": 400.0,
          "visible": 0.5, "extra_mib": 1.0, "reps": 20},
@@ -208,7 +209,7 @@ def _rows():
         {**case, "N": 4096, "B": 4, "peer": "standard", "direction": "fwd+bwd", "status": "OOM",
          "visible": 0.5},
     ]
-    long = dict(case, sweep="long", B=1, N=65536)
+    long = {**case, "sweep": "long", "B": 1}
     for N in (32768, 65536):
         for peer, ms in (("flashgen", 10.0), ("cudnn", 12.0)):
             rows.append({**long, "N": N, "peer": peer, "direction": "fwd", "status": "ok", "ms": ms,
@@ -337,8 +338,8 @@ def test_plan_of_long_quick_and_suite():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "causal", "--peers", "flash,fa3"], "unknown peer 'fa3'; valid: flash, cudnn, "
-                                                 "efficient, flex, standard"),
+    (["bench", "causal", "--peers", "flash,fa3"],
+     "unknown peer 'fa3'; valid: flash, cudnn, efficient, flex, standard"),
     (["bench", "causal", "--directions", "bwd"], "unknown direction 'bwd'"),
     (["bench", "causal", "--dtype", "fp32"], "unknown dtype 'fp32'"),
     (["bench", "causal", "--sizes", "1k"], "--sizes must be integers"),
