@@ -82,13 +82,18 @@ def test_resources_are_found():
     assert (resources.templates_dir() / "common" / "variant.cuh.j2").is_file()
 
 
+SPILL_BYTES = 512
+
+
 @pytest.mark.nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
 @pytest.mark.parametrize("name", list(flashgen.shipped()))
 def test_every_shipped_kernel_compiles(name, arch):
     """Every (dtype, head dim) of every shipped spec, forward and backward, compiles with
-    the local nvcc (no GPU, no torch headers); ptxas may spill a few words at most (the
-    d = 256 backward kernels sit at the 255-register limit and spill 4-24 bytes)."""
+    the local nvcc (no GPU, no torch headers). Spills stay under SPILL_BYTES: the
+    FA2-sized tiles sit at the 255-register limit and ptxas spills up to ~400 bytes in
+    some (the dropout forward, score specs' 128-key backward), measured faster than the
+    spill-free smaller tiles (templates/kernels/PERF.md); the bound catches a blow-up."""
     from flashgen.build.cache import ptxas_report
     from flashgen.render.kernels import render_module
     spec = flashgen.load(name)
@@ -101,7 +106,8 @@ def test_every_shipped_kernel_compiles(name, arch):
     kernels = {"forward_kernel": 0, "backward_kernel": 0, "dq_kernel": 0, "delta_kernel": 0}
     for kernel, r in report.items():
         kernels[next(k for k in kernels if k in kernel)] += 1
-        assert r["spill_stores"] <= 64 and r["spill_loads"] <= 64, f"{kernel} spills: {r}"
+        assert r["spill_stores"] <= SPILL_BYTES and r["spill_loads"] <= SPILL_BYTES, \
+            f"{kernel} spills: {r}"
     units = len(spec.dtypes) * len(spec.head_dims)
     configs = units * (2 if spec.dropout else 1)       # with and without dropout
     assert kernels == {"forward_kernel": configs, "backward_kernel": 2 * configs,
