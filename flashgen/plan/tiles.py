@@ -6,7 +6,8 @@ printed by `flashgen explain`. Rules, from the register and shared-memory budget
 forward -- 4 warps; each owns BM / 4 query rows (two m16 tiles at BM = 128, so each
   K/V fragment read from shared memory feeds two MMAs). Per thread the output
   accumulator takes (BM / 4) * Dv / 32 registers and a score tile (BM / 4) * BN / 32,
-  which sets BN: 128 keys up to d = 64, 64 up to 128; above that BM = 64 (one m16 tile
+  which sets BN: 128 keys up to d = 64 (64 when the score reads parameter tables), 64
+  up to 128; above that BM = 64 (one m16 tile
   per warp) with BN = 64, and 32 at 256. Under 255 registers per thread two CTAs of 128
   threads share an SM; shared memory (Q and two K/V stages, padded rows) is at most
   102 KiB per CTA, so two fit sm_90's 227 KiB (one fits sm_80's 163 KiB).
@@ -23,6 +24,8 @@ block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..ir.nodes import Load
 
 SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
 SM90_SMEM_LIMIT = 227 * 1024   # and on H100 / H200
@@ -161,12 +164,15 @@ def smem_limit(arch: str) -> int:
 
 
 def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = None,
-               override: TileOverride | None = None, arch: str = DEFAULT_ARCH) -> TilePlan:
+               override: TileOverride | None = None, arch: str = DEFAULT_ARCH,
+               score_reads_tables: bool = False) -> TilePlan:
     """The tiles for a head dim on an arch, and for a block-sparse spec's (block_q,
     block_k); `override` replaces them by hand-picked ones (see check_override)."""
     widest = max(head_dim, value_dim)
     if widest <= 64:
-        block_m, block_n = 128, 128
+        # a score reading parameter tables holds more per element: at 128 keys ptxas
+        # spilled 500+ bytes (temperature), at 64 none
+        block_m, block_n = 128, 64 if score_reads_tables else 128
     elif widest <= 128:
         block_m, block_n = 128, 64
     elif widest <= 192:
@@ -201,5 +207,9 @@ def plan_for(spec, head_dim: int, override: TileOverride | None = None,
              arch: str = DEFAULT_ARCH) -> TilePlan:
     """The tile plan of a checked spec's kernels at one head dim, on an arch."""
     bs = spec.block_sparse
+    score_reads_tables = spec.score is not None and any(
+        isinstance(node, Load) for e in (spec.score, *(let.expr for let in spec.lets))
+        for node in e.walk())
     return plan_tiles(head_dim, spec.value_dim_for(head_dim),
-                      None if bs is None else (bs.block_q, bs.block_k), override, arch)
+                      None if bs is None else (bs.block_q, bs.block_k), override, arch,
+                      score_reads_tables)

@@ -3,7 +3,7 @@
 //
 // attention t5_bias: backward pass, fp16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, 4 warps (32 rows each), 2 K/V stages, 90 KiB shared memory
+//   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 54 KiB shared memory
 //   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 176 KiB shared memory
 
 #include "variant.cuh"
@@ -17,9 +17,9 @@ using Tiles = fg::BackwardTiles<64, 64, 128, 128, 8, 2>;
 template <bool kDq, bool kDropout>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 128, 128, 8, 2, kDq, kDropout>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
-using DqTiles = fg::DqTiles<64, 64, 128, 128, 8>;
+using DqTiles = fg::DqTiles<64, 64, 128, 64, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 128, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 64, 8, kDropout>;
 
 template <bool kDropout>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,

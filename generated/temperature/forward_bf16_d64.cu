@@ -3,7 +3,7 @@
 //
 // attention temperature: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, 4 warps (32 rows each), 2 K/V stages, 90 KiB shared memory
+//   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 54 KiB shared memory
 //   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 176 KiB shared memory
 
 #include "variant.cuh"
@@ -13,9 +13,9 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_temperature::Variant;
-using Tiles = fg::ForwardTiles<64, 64, 128, 128, 4>;
+using Tiles = fg::ForwardTiles<64, 64, 128, 64, 4>;
 template <bool kDropout>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 4, kDropout>;
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 64, 4, kDropout>;
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.
