@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ir.nodes import AttentionSpec, Expr, Load, Local, ScalarParam, Var
-from ..reference.attention import grid_variables
+from ..ir.nodes import AttentionSpec, Expr, uses
+from ..reference.attention import rows_evaluator, visible_rows
 from ..reference.evaluate import Evaluator
+from ..render.variant import inline_lets
 from ..runtime.arguments import BoundCall
 
 # Elements of one row block's [B, H, rows, Nk] tensors: 2^26 keeps the evaluator's int32 and
@@ -23,13 +24,7 @@ CHUNK_ELEMENTS = 1 << 26
 
 def reads(spec: AttentionSpec, e: Expr) -> set[str]:
     """Names of variables and parameters that `e` reads, through its `let`s."""
-    names = set()
-    for node in e.walk():
-        if isinstance(node, Local):
-            names |= reads(spec, spec.let(node.name).expr)
-        elif isinstance(node, (Var, ScalarParam, Load)):
-            names.add(node.name)
-    return names
+    return uses(inline_lets(spec, e))
 
 
 def mask_varies(call: BoundCall) -> tuple[bool, bool]:
@@ -55,26 +50,14 @@ def _row_blocks(rows_total: int, row_elements: int) -> Iterator[tuple[int, int]]
 
 def _evaluator(call: BoundCall, q0: int, q1: int, float_dtype=torch.float32) -> Evaluator:
     B, H, _, Nq, Nk = call.shape
-    device = call.q.device
-    variables = grid_variables(B, H, q1 - q0, Nk, device)
-    variables["q_idx"] = torch.arange(q0, q1, dtype=torch.int32, device=device).view(1, 1, -1, 1)
-    variables["q_len"] = torch.tensor(Nq, dtype=torch.int32, device=device)
-    return Evaluator(call.spec, variables, call.params, float_dtype, device)
+    return rows_evaluator(call.spec, call.params, B, H, torch.arange(q0, q1), Nq, Nk,
+                          call.q.device, float_dtype)
 
 
 def _visible_rows(call: BoundCall, evaluator: Evaluator, q0: int, q1: int) -> torch.Tensor | None:
     """bool, broadcastable to [B, H, q1 - q0, Nk]: the mask and the block layout of rows
-    q0..q1 (None: all visible), as flashgen.reference.attention.visible computes it."""
-    spec = call.spec
-    keep = evaluator(spec.mask) if spec.mask is not None else None
-    if call.layout is not None:
-        bs = spec.block_sparse
-        device = call.layout.device
-        rows = torch.arange(q0, q1, device=device) // bs.block_q
-        cols = torch.arange(call.shape[4], device=device) // bs.block_k
-        blocks = call.layout[:, rows][:, :, cols].unsqueeze(0)
-        keep = blocks if keep is None else keep & blocks
-    return keep
+    q0..q1 (None: all visible)."""
+    return visible_rows(call.spec, call.layout, evaluator, torch.arange(q0, q1), call.shape[4])
 
 
 @dataclass(frozen=True)

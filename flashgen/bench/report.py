@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import os
 import platform
 import re
 import subprocess
@@ -137,8 +138,12 @@ def collect_meta(command: str) -> dict:
     except ImportError:
         pass
     package = Path(__file__).resolve().parent
-    commit = _run(["git", "rev-parse", "HEAD"], cwd=package)
-    if commit:
+    # FLASHGEN_COMMIT names the commit where the checkout's git metadata is not the
+    # source's (a copied working tree, as on a remote GPU machine)
+    commit = os.environ.get("FLASHGEN_COMMIT") or _run(["git", "rev-parse", "HEAD"], cwd=package)
+    if os.environ.get("FLASHGEN_COMMIT"):
+        meta["flashgen_commit"] = commit
+    elif commit:
         dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=package)
         meta["flashgen_commit"] = commit + ("-dirty" if dirty else "")
     meta["commands"] = [command]

@@ -25,8 +25,7 @@ import torch
 from ..api import KERNEL_ELEMENT
 from ..build.cache import BuiltModule, build
 from ..ir.nodes import AttentionSpec, uses
-from ..reference.attention import grid_variables
-from ..reference.evaluate import Evaluator
+from ..reference.attention import rows_evaluator, visible_rows
 from ..reference.patterns import fixed_layout
 from ..render.kernels import support_headers
 from ..render.variant import inline_lets, render_variant
@@ -288,20 +287,12 @@ class TileMap:
         step = max(1, math.ceil(b * h * nq * nk / ELEMENT_BUDGET))
         rows = torch.arange(0, nq, step, dtype=torch.int32)
         chunk = max(1, (1 << 24) // (b * h * nk))
-        variables = grid_variables(b, h, nq, nk, "cpu")
         seen = total = 0
         for start in range(0, len(rows), chunk):
             q_idx = rows[start:start + chunk]
             shape = (b, h, len(q_idx), nk)
-            visible = torch.ones((), dtype=torch.bool)
-            if spec.mask is not None:
-                evaluator = Evaluator(spec, {**variables, "q_idx": q_idx.view(1, 1, -1, 1)},
-                                      self.params, torch.float32, "cpu")
-                visible = evaluator(spec.mask)
-            if self.layout is not None:
-                bs = spec.block_sparse
-                blocks = self.layout[:, q_idx.long() // bs.block_q][:, :, torch.arange(nk) // bs.block_k]
-                visible = visible & blocks.unsqueeze(0)
+            evaluator = rows_evaluator(spec, self.params, b, h, q_idx, nq, nk, "cpu")
+            visible = visible_rows(spec, self.layout, evaluator, q_idx, nk)
             seen += int(visible.expand(shape).sum())
             total += math.prod(shape)
         return seen / total, step

@@ -29,18 +29,33 @@ def grid_variables(B: int, H: int, Nq: int, Nk: int, device) -> dict[str, torch.
             "kv_len": torch.tensor(Nk, dtype=torch.int32, device=device)}
 
 
+def rows_evaluator(spec: AttentionSpec, params: dict, B: int, H: int, q_rows: torch.Tensor,
+                   Nq: int, Nk: int, device, dtype: torch.dtype = torch.float32) -> Evaluator:
+    """An evaluator over the given query rows only (q_rows: int [R]) of a call with Nq
+    rows, so that a long call can be evaluated a block of rows at a time."""
+    variables = grid_variables(B, H, Nq, Nk, device)
+    variables["q_idx"] = q_rows.to(device=device, dtype=torch.int32).view(1, 1, -1, 1)
+    return Evaluator(spec, variables, params, dtype, device)
+
+
+def visible_rows(spec: AttentionSpec, layout: torch.Tensor | None, evaluator: Evaluator,
+                 q_rows: torch.Tensor, Nk: int) -> torch.Tensor | None:
+    """bool, broadcastable to [B, H, R, Nk]: the mask and block layout together at the
+    evaluator's query rows q_rows (None: all visible)."""
+    keep = evaluator(spec.mask) if spec.mask is not None else None
+    if layout is not None:
+        bs = spec.block_sparse
+        rows = q_rows.to(layout.device).long() // bs.block_q
+        cols = torch.arange(Nk, device=layout.device) // bs.block_k
+        blocks = layout[:, rows][:, :, cols].unsqueeze(0)           # [1, H or 1, R, Nk]
+        keep = blocks if keep is None else keep & blocks
+    return keep
+
+
 def visible(spec: AttentionSpec, call: BoundCall, evaluator: Evaluator) -> torch.Tensor | None:
     """bool [B or 1, H or 1, Nq, Nk]: the mask and block layout together (None: all visible)."""
     _, _, _, Nq, Nk = call.shape
-    device = call.q.device
-    keep = evaluator(spec.mask) if spec.mask is not None else None
-    if call.layout is not None:
-        bs = spec.block_sparse
-        rows = torch.arange(Nq, device=device) // bs.block_q
-        cols = torch.arange(Nk, device=device) // bs.block_k
-        blocks = call.layout[:, rows][:, :, cols].unsqueeze(0)      # [1, H or 1, Nq, Nk]
-        keep = blocks if keep is None else keep & blocks
-    return keep
+    return visible_rows(spec, call.layout, evaluator, torch.arange(Nq, device=call.q.device), Nk)
 
 
 def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = False):
