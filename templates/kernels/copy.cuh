@@ -24,16 +24,40 @@ __device__ __forceinline__ void cp_async_wait() {
 // rows x COLS elements from global (row pitch `stride` elements) into a padded shared
 // tile; rows >= rows_valid become zero. `fallback` is any valid global address, used as
 // the (unread) source of zero-filled rows.
+//
+// When the threads cover whole rows per pass (THREADS a multiple of the row's 16-byte
+// chunks: every head dim but 96 and 192), each thread walks one column of chunks down
+// the tile with one pointer, strength-reduced: about 5 instructions per cp.async. The
+// general loop below re-derives row, column and a 64-bit address per chunk, ~30
+// instructions; in the forward pass it was a third of the kernel's instructions
+// (ncu, PERF.md).
 template <int ROWS, int COLS, int THREADS, class T>
 __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride, int rows_valid,
                                           const T* fallback) {
   static_assert(COLS % 8 == 0, "rows are copied in 16-byte chunks");
   constexpr int kChunks = COLS / 8, kLd = COLS + kSmemPad;
+  if constexpr (THREADS % kChunks == 0) {
+    constexpr int kRowsPerPass = THREADS / kChunks;
+    constexpr int kPasses = (ROWS + kRowsPerPass - 1) / kRowsPerPass;
+    const int r0 = threadIdx.x / kChunks, c = 8 * (threadIdx.x % kChunks);
+    const T* src = gmem + r0 * stride + c;
+    T* dst = smem + r0 * kLd + c;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int r = r0 + i * kRowsPerPass;
+      if (ROWS % kRowsPerPass == 0 || r < ROWS) {
+        const bool valid = r < rows_valid;
+        cp_async_16(dst + i * kRowsPerPass * kLd, valid ? src : fallback, valid);
+      }
+      src += kRowsPerPass * stride;
+    }
+  } else {
 #pragma unroll 1
-  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
-    const int r = i / kChunks, c = i % kChunks;
-    const bool valid = r < rows_valid;
-    cp_async_16(smem + r * kLd + c * 8, valid ? gmem + r * stride + c * 8 : fallback, valid);
+    for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+      const int r = i / kChunks, c = i % kChunks;
+      const bool valid = r < rows_valid;
+      cp_async_16(smem + r * kLd + c * 8, valid ? gmem + r * stride + c * 8 : fallback, valid);
+    }
   }
 }
 
