@@ -62,7 +62,8 @@ class BackwardPlan:
         kv = self.block_n * (d + PAD + dv + PAD)
         q_do = self.stages * self.block_m * (d + PAD + dv + PAD)
         p_ds = 2 * self.block_m * (self.block_n + PAD)
-        return (kv + q_do + p_ds) * ELEMENT_BYTES
+        lse_delta = self.stages * 2 * self.block_m * 4  # fp32 rows staged beside Q/dO
+        return (kv + q_do + p_ds) * ELEMENT_BYTES + lse_delta
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,28 @@ delta_kernel(const BackwardArgs<T> a) {
   if ((threadIdx.x & 31) == 0) a.delta[row] = sum - (a.dlse ? a.dlse[row] : 0.0f);
 }
 
-// How W warps split an R x C block: as many 16-row slabs as fit, the rest along columns.
+// How W warps split an R x C block of a GEMM's output. A warp with an r x c block reads
+// (r + c) x k operand elements from shared memory for r x c x k MACs, so the split
+// makes each warp's block as square as the m16 / n8 granularity allows (on a tie,
+// fewer columns per warp: fewer B fragments in flight). The backward's GEMMs are bound
+// by shared memory, not the tensor cores (PERF.md): 64 x 128 tiles on 8 warps as
+// 2 x 4 blocks of 32 x 32 read 20 % less than 4 x 2 blocks of 16 x 64.
 template <int R, int C, int W>
 struct WarpSplit {
-  static constexpr int kRowWarps = (R / 16 < W) ? R / 16 : W;
+  static constexpr int row_warps() {
+    int best = 0, best_reads = 1 << 30;
+    for (int rows = 1; rows <= W; ++rows) {
+      if (W % rows != 0 || (R / 16) % rows != 0 || (C / 8) % (W / rows) != 0) continue;
+      const int reads = R / rows + C / (W / rows);
+      if (reads <= best_reads) best = rows, best_reads = reads;
+    }
+    return best;
+  }
+  static constexpr int kRowWarps = row_warps();
+  static_assert(kRowWarps > 0, "the warps must tile the block exactly");
   static constexpr int kColWarps = W / kRowWarps;
   static constexpr int kMT = R / 16 / kRowWarps;  // m16 tiles per warp
   static constexpr int kNT = C / 8 / kColWarps;   // n8 tiles per warp
-  static_assert(kRowWarps * kColWarps == W && kMT * 16 * kRowWarps == R &&
-                kNT * 8 * kColWarps == C, "the warps must tile the block exactly");
   static __device__ __forceinline__ int row0(int warp) { return (warp % kRowWarps) * 16 * kMT; }
   static __device__ __forceinline__ int col0(int warp) { return (warp / kRowWarps) * 8 * kNT; }
 };
@@ -62,13 +75,16 @@ struct BackwardTiles {
   static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad, kLdP = BN + kSmemPad;
   static constexpr int kK = BN * kLdQK, kV = BN * kLdV, kQ = BM * kLdQK, kDO = BM * kLdV;
   static constexpr int kP = BM * kLdP;
+  // after the T tiles: lse and delta of each stage's BM rows, fp32
+  static constexpr int kRowStats = Stages * 2 * BM * int(sizeof(float));
   template <class T>
-  static constexpr int smem_bytes() { return (kK + kV + Stages * (kQ + kDO) + 2 * kP) * int(sizeof(T)); }
+  static constexpr int smem_bytes() {
+    return (kK + kV + Stages * (kQ + kDO) + 2 * kP) * int(sizeof(T)) + kRowStats;
+  }
   using Scores = WarpSplit<BM, BN, W>;   // S, dP
   using KeysK = WarpSplit<BN, D, W>;     // dK
   using KeysV = WarpSplit<BN, Dv, W>;    // dV
   using Rows = WarpSplit<BM, D, W>;      // dQ
-  static_assert(KeysK::kRowWarps == KeysV::kRowWarps, "dK and dV split keys alike");
 };
 
 // A row's lse in log2 units as score_gradient takes it: +inf for a row past the
@@ -128,6 +144,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   T* sdO = sQ + Stages * Tiles::kQ;    // [Stages][BM][Dv + pad]
   T* sP = sdO + Stages * Tiles::kDO;   // [BM][BN + pad]
   T* sdS = sP + Tiles::kP;             // [BM][BN + pad]
+  float* sLse = reinterpret_cast<float*>(sdS + Tiles::kP);  // [Stages][BM]
+  float* sDelta = sLse + Stages * BM;                       // [Stages][BM]
 
   const Shape& n = a.shape;
   const int n_block = blockIdx.x;
@@ -146,11 +164,17 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
                                         n.q_len, n.kv_len, TileRow::layout_partial(entry));
       },
       group);
+  // A Q tile's operands: Q, dO, and its rows' lse and delta, which land with them
+  // (read from global memory after the GEMMs, their latency sat on every tile's path).
   auto load_q_do = [&](int h, int q0, int stage) {
     load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, a.q.at(b, h, q0), a.q.row,
                                       n.q_len - q0, a.q.data);
     load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, a.dout.at(b, h, q0), a.dout.row,
                                        n.q_len - q0, a.dout.data);
+    const int64_t rows = (int64_t(b) * n.heads + h) * n.q_len + q0;
+    load_rows_f32<BM, Tiles::kThreads>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
+    load_rows_f32<BM, Tiles::kThreads>(sDelta + stage * BM, a.delta + rows, n.q_len - q0,
+                                       a.delta);
   };
 
   load_tile<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, k0), a.k.row, n.kv_len - k0, a.k.data);
@@ -183,8 +207,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
     warp_gemm<SS::kMT, SS::kNT, Dv, false, false>(dp, do_tile, Tiles::kLdV, sr, sV, Tiles::kLdV, sc);
 
     // 2. P and dS, element by element; to shared memory as T pairs
-    const float* lse_head = a.lse + (int64_t(b) * n.heads + h) * n.q_len;
-    const float* delta_head = a.delta + (int64_t(b) * n.heads + h) * n.q_len;
+    const float* lse_tile = sLse + stage * BM;
+    const float* delta_tile = sDelta + stage * BM;
     auto p_and_ds = [&](auto partial) {
       constexpr bool kPartial = decltype(partial)::value;
 #pragma unroll
@@ -193,9 +217,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
         float lse2[2], delta[2];
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-          const int q = q0 + r + 8 * half, q_safe = min(q, n.q_len - 1);
-          lse2[half] = row_lse2(lse_head[q_safe], q < n.q_len);
-          delta[half] = delta_head[q_safe];
+          lse2[half] = row_lse2(lse_tile[r + 8 * half], q0 + r + 8 * half < n.q_len);
+          delta[half] = delta_tile[r + 8 * half];
         }
 #pragma unroll
         for (int nt = 0; nt < SS::kNT; ++nt) {
@@ -243,10 +266,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
       zero(dq);
       const int rr = RR::row0(warp), rc = RR::col0(warp);
       warp_gemm<RR::kMT, RR::kNT, BN, false, true>(dq, sdS, Tiles::kLdP, rr, sK, Tiles::kLdQK, rc);
-      float* dq_head = a.dq_accum + (int64_t(b) * n.heads + h) * n.q_len * D;
-      for_each_element(dq, q0 + rr, rc, [&](float& x, int q, int c) {
-        if (q < n.q_len) atomicAdd(dq_head + int64_t(q) * D + c, x);
-      });
+      float* dq_tile = a.dq_accum + ((int64_t(b) * n.heads + h) * n.q_len + q0) * D;
+      add_or_store_rows<true>(dq_tile, D, dq, rr, rc, n.q_len - q0);
     }
     __syncthreads();  // P, dS and this Q/dO stage are free again
     if (Stages == 1 && !walk.done()) load_q_do(h_next, q0_next, 0);
@@ -364,10 +385,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     accumulator_to_a<T>(ds[0], s[0]);
     warp_gemm_rA<1, BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
   });
-  float* dq_head = a.dq_accum + head * D;
-  for_each_element(dq, row0, 0, [&](float& x, int q, int c) {
-    if (q < n.q_len) dq_head[int64_t(q) * D + c] = x;
-  });
+  add_or_store_rows<false>(a.dq_accum + head * D, D, dq, row0, 0, n.q_len);
 }
 
 }  // namespace fg

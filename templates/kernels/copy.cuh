@@ -16,6 +16,10 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool v
                :: "r"(smem_address(smem)), "l"(gmem), "r"(valid ? 16 : 0));
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+               :: "r"(smem_address(smem)), "l"(gmem), "r"(valid ? 4 : 0));
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
@@ -59,6 +63,46 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
       cp_async_16(smem + r * kLd + c * 8, valid ? gmem + r * stride + c * 8 : fallback, valid);
     }
   }
+}
+
+// ROWS floats (one per row: lse, delta) into shared memory, 4 bytes per cp.async (a
+// row block of a [B, H, N] tensor is only 4-byte aligned); rows >= rows_valid become 0.
+template <int ROWS, int THREADS>
+__device__ __forceinline__ void load_rows_f32(float* smem, const float* gmem, int rows_valid,
+                                              const float* fallback) {
+#pragma unroll
+  for (int r = threadIdx.x; r < ROWS; r += THREADS) {
+    const bool valid = r < rows_valid;
+    cp_async_4(smem + r, valid ? gmem + r : fallback, valid);
+  }
+}
+
+// A warp's fp32 accumulator block c[MT][NT][4] (first element at row0, col0; mma.cuh
+// has the layout) into a row-major fp32 matrix of row pitch `ld`, added with atomics
+// (kAtomic) or stored; rows >= rows_valid are left out. Each thread forms one 64-bit
+// address per row and reaches its columns by constant offsets: deriving the address per
+// element cost ~10 instructions per pair of atomics, as many as the backward's MMAs.
+template <bool kAtomic, int MT, int NT>
+__device__ __forceinline__ void add_or_store_rows(float* dst, int64_t ld, const float (&c)[MT][NT][4],
+                                                  int row0, int col0, int rows_valid) {
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + 16 * mt + g + 8 * half;
+      if (row >= rows_valid) continue;
+      float* out = dst + row * ld + col0 + 2 * t;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        if constexpr (kAtomic) {
+          atomicAdd(out + 8 * nt, c[mt][nt][2 * half]);
+          atomicAdd(out + 8 * nt + 1, c[mt][nt][2 * half + 1]);
+        } else {
+          *reinterpret_cast<float2*>(out + 8 * nt) = make_float2(c[mt][nt][2 * half], c[mt][nt][2 * half + 1]);
+        }
+      }
+    }
 }
 
 }  // namespace fg

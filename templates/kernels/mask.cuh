@@ -62,24 +62,4 @@ __device__ __forceinline__ bool visible_in_partial(const typename V::Params& p, 
 }
 
 
-// Calls f(value, row, col) for every element of a warp's accumulator block
-// c[MT][NT][4] whose first element is at (row0, col0) (see mma.cuh for the layout).
-template <int MT, int NT, class F>
-__device__ __forceinline__ void for_each_element(float (&c)[MT][NT][4], int row0, int col0, F&& f) {
-  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        f(c[mt][nt][i], row0 + 16 * mt + g + 8 * (i >> 1), col0 + 8 * nt + 2 * t + (i & 1));
-}
-
-// The same for one m16 tile's block c[NT][4].
-template <int NT, class F>
-__device__ __forceinline__ void for_each_element(float (&c)[NT][4], int row0, int col0, F&& f) {
-  for_each_element(*reinterpret_cast<float(*)[1][NT][4]>(&c), row0, col0, f);
-}
-
 }  // namespace fg
