@@ -207,15 +207,20 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     q, k, v, dout, out = aligned(q), aligned(k), aligned(v), aligned(dout), aligned(out)
     B, H, Nq, D = q.shape
     delta = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
-    dq_accum = torch.zeros(B, H, Nq, D, dtype=torch.float32, device=q.device)
+    dq = _output(B, H, Nq, D, like=q)
+    dq_accum = None  # the atomic path's fp32 dQ, row blocks of whole tiles in fragment order
+    if not deterministic:
+        bm = var.plan(D, _arch(q.device.index)).backward.block_m
+        dq_accum = torch.zeros(B, H, -(-Nq // bm) * bm, D, dtype=torch.float32, device=q.device)
     dk = _output(*k.shape, like=k)
     dv = _output(*v.shape, like=v)
     ints, floats = _shape(q, k, scale)
     for t in (q, k, v, dout, out):
         ints += _strided(t)
     dlse_ptr = 0 if dlse is None else dlse.data_ptr()
-    ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(), dq_accum.data_ptr()]
-    ints += _strided(dk) + _strided(dv) + [int(deterministic)]
+    ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(),
+             0 if dq_accum is None else dq_accum.data_ptr()]
+    ints += _strided(dq) + _strided(dk) + _strided(dv) + [int(deterministic)]
     _dropout_and_sparse(var, q, k, dropout_p, rng, layout, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
@@ -230,5 +235,4 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
         at += size
     _call(_library(key, q), "flashgen_backward", ints + p_ints + g_ints, floats + p_floats,
           q.device)
-    dq = dq_accum.mul_(scale).to(q.dtype)      # in place: no second fp32 [B, H, Nq, d]
     return dq, dk, dv, flat

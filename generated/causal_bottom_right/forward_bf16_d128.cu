@@ -4,7 +4,7 @@
 // attention causal_bottom_right: forward pass, bf16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 102 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 170 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 171 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"

@@ -4,7 +4,7 @@
 // attention dense: backward pass, bf16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 102 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 170 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 171 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/backward.cuh"
@@ -16,6 +16,7 @@ using Variant = fg_dense::Variant;
 using Tiles = fg::BackwardTiles<128, 128, 64, 128, 8, 2>;
 template <bool kDq, bool kDropout>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 128, 128, 64, 128, 8, 2, kDq, kDropout>;
+constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 128, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<128, 128, 128, 64, 8>;
 template <bool kDropout>
@@ -30,7 +31,12 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 128 - 1) / 128, n.batch * n.kv_heads);
   constexpr int smem = Tiles::smem_bytes<T>();
-  if (!args.deterministic) return fg::launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  if (!args.deterministic) {
+    status = fg::launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+    if (status != cudaSuccess) return status;
+    const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
+    return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
+  }
   status = fg::launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);

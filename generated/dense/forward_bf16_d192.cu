@@ -4,7 +4,7 @@
 // attention dense: forward pass, bf16, head_dim 192, value_dim 192
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  64 query rows x 64 keys per tile, 4 warps (16 rows each), 2 K/V stages, 125 KiB shared memory
-//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 168 KiB shared memory
+//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 169 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"

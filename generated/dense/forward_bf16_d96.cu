@@ -4,7 +4,7 @@
 // attention dense: forward pass, bf16, head_dim 96, value_dim 96
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 78 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 138 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 139 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"

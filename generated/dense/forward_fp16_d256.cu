@@ -4,7 +4,7 @@
 // attention dense: forward pass, fp16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  64 query rows x 32 keys per tile, 4 warps (16 rows each), 2 K/V stages, 99 KiB shared memory
-//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 216 KiB shared memory
+//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 217 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"

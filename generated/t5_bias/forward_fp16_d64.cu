@@ -4,7 +4,7 @@
 // attention t5_bias: forward pass, fp16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 54 KiB shared memory
-//   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 176 KiB shared memory
+//   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 178 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"

@@ -89,7 +89,9 @@ struct BackwardArgs {
   const float* lse;    // [B, H, Nq]
   const float* dlse;   // [B, H, Nq]: the gradient flowing into lse, or null
   float* delta;        // [B, H, Nq]: rowsum(dO * O) - dlse, written by delta_kernel
-  float* dq_accum;     // [B, H, Nq, D], fp32, zeroed by the host
+  float* dq_accum;     // fp32, zeroed by the host: [B, H, Nq rounded up to BM, D] in
+                       // fragment order (backward.cuh DqFragments); null when deterministic
+  Strided4<T> dq;      // [B, H, Nq, D]
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
   int deterministic;   // 1: dQ without atomics (dq_kernel), bit-identical run to run
   Dropout dropout;
@@ -106,6 +108,7 @@ struct BackwardArgs {
     a.dlse = in.ptr<const float>();
     a.delta = in.ptr<float>();
     a.dq_accum = in.ptr<float>();
+    a.dq = Strided4<T>::read(in);
     a.dk = Strided4<T>::read(in);
     a.dv = Strided4<T>::read(in);
     a.deterministic = in.i32();

@@ -126,6 +126,78 @@ __device__ __forceinline__ void score_gradient(const typename V::Params& p,
   }
 }
 
+// dQ of the atomic path: every KV tile's CTA adds its dS K to an fp32 buffer, which
+// holds each (head, Q tile) as a BM x D block (the host pads the rows to whole tiles)
+// in the order of the warps' MMA fragments, not row-major. A warp's atomic instruction
+// then covers 32 consecutive floats (sm_90: 32 float4, one red.v4 per lane). Row-major,
+// it touched 8 rows x 16 bytes: twice the L2 sectors, half of each unused (ncu: the
+// backward's L2 was 74 % busy, FA2's, which does the same, 31 %). dq_convert_kernel
+// puts the rows back in order, scaled, in T.
+template <class Rows, int BM, int D>
+struct DqFragments {
+  static constexpr int kPerWarp = Rows::kMT * Rows::kNT * 4 * 32;  // floats
+#if __CUDA_ARCH__ >= 900
+  static constexpr bool kVector = true;   // lane l's 4 values side by side: one float4 atomic
+#else
+  static constexpr bool kVector = false;  // value i of all 32 lanes side by side
+#endif
+  template <class T>
+  static __device__ __forceinline__ float* tile(const BackwardArgs<T>& a, int b, int h, int q0) {
+    const int q_tiles = (a.shape.q_len + BM - 1) / BM;
+    return a.dq_accum + ((int64_t(b) * a.shape.heads + h) * q_tiles * BM + q0) * D;
+  }
+  // value i of fragment (mt, nt) of `lane` in warp `warp`'s part
+  static __device__ __forceinline__ int offset(int warp, int mt, int nt, int i, int lane) {
+    const int f = mt * Rows::kNT + nt;
+    return warp * kPerWarp + (kVector ? (f * 32 + lane) * 4 + i : (f * 4 + i) * 32 + lane);
+  }
+  template <class T>
+  static __device__ __forceinline__ void add(const BackwardArgs<T>& a, int b, int h, int q0,
+                                             int warp, const float (&dq)[Rows::kMT][Rows::kNT][4]) {
+    float* base = tile(a, b, h, q0);
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int mt = 0; mt < Rows::kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Rows::kNT; ++nt) {
+        if constexpr (kVector) {
+#if __CUDA_ARCH__ >= 900
+          atomicAdd(reinterpret_cast<float4*>(base + offset(warp, mt, nt, 0, lane)),
+                    make_float4(dq[mt][nt][0], dq[mt][nt][1], dq[mt][nt][2], dq[mt][nt][3]));
+#endif
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) atomicAdd(base + offset(warp, mt, nt, i, lane), dq[mt][nt][i]);
+        }
+      }
+  }
+  template <class T>
+  static __device__ __forceinline__ void read(const BackwardArgs<T>& a, int b, int h, int q0,
+                                              int warp, float (&dq)[Rows::kMT][Rows::kNT][4]) {
+    const float* base = tile(a, b, h, q0);
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int mt = 0; mt < Rows::kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Rows::kNT; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) dq[mt][nt][i] = base[offset(warp, mt, nt, i, lane)];
+  }
+};
+
+// dQ = scale * the fragment-ordered buffer, in T: one CTA per (Q tile, batch * head),
+// its warps laid out like the backward kernel's dQ warps.
+template <class T, class Rows, int BM, int D, int W>
+__global__ void __launch_bounds__(32 * W)
+dq_convert_kernel(const BackwardArgs<T> a) {
+  const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
+  const int q0 = blockIdx.x * BM, warp = threadIdx.x >> 5;
+  float dq[Rows::kMT][Rows::kNT][4];
+  DqFragments<Rows, BM, D>::read(a, b, h, q0, warp, dq);
+  store_accumulator(a.dq, b, h, q0, Rows::row0(warp), Rows::col0(warp), a.shape.q_len, dq,
+                    a.shape.scale);
+}
+
 // kDq = false (deterministic mode): dQ is left to dq_kernel below. kDropout: the spec
 // has dropout and the call's p > 0.
 template <class V, class T, int D, int Dv, int BM, int BN, int W, int Stages, bool kDq,
@@ -266,8 +338,7 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
       zero(dq);
       const int rr = RR::row0(warp), rc = RR::col0(warp);
       warp_gemm<RR::kMT, RR::kNT, BN, false, true>(dq, sdS, Tiles::kLdP, rr, sK, Tiles::kLdQK, rc);
-      float* dq_tile = a.dq_accum + ((int64_t(b) * n.heads + h) * n.q_len + q0) * D;
-      add_or_store_rows<true>(dq_tile, D, dq, rr, rc, n.q_len - q0);
+      DqFragments<RR, BM, D>::add(a, b, h, q0, warp, dq);
     }
     __syncthreads();  // P, dS and this Q/dO stage are free again
     if (Stages == 1 && !walk.done()) load_q_do(h_next, q0_next, 0);
@@ -276,25 +347,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   }
 
   // dK (times the softmax scale) and dV, rows past the sequence dropped
-  auto store = [&](auto& acc, const Strided4<T>& out, int r0, int c0, float factor) {
-    const int g = lane >> 2, t = lane & 3;
-    constexpr int MT = sizeof(acc) / sizeof(acc[0]);
-    constexpr int NT = sizeof(acc[0]) / sizeof(acc[0][0]);
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int kv = k0 + r0 + 16 * mt + g + 8 * half;
-        if (kv >= n.kv_len) continue;
-        T* row = out.at(b, hk, kv);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt)
-          *reinterpret_cast<uint32_t*>(row + c0 + 8 * nt + 2 * t) =
-              pack2<T>(acc[mt][nt][2 * half] * factor, acc[mt][nt][2 * half + 1] * factor);
-      }
-  };
-  store(dk, a.dk, KK::row0(warp), KK::col0(warp), n.scale);
-  store(dv, a.dv, KV::row0(warp), KV::col0(warp), 1.0f);
+  store_accumulator(a.dk, b, hk, k0, KK::row0(warp), KK::col0(warp), n.kv_len, dk, n.scale);
+  store_accumulator(a.dv, b, hk, k0, KV::row0(warp), KV::col0(warp), n.kv_len, dv, 1.0f);
 }
 
 // Deterministic dQ: one CTA per (BM query rows, batch * head), shaped like the
@@ -385,7 +439,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     accumulator_to_a<T>(ds[0], s[0]);
     warp_gemm_rA<1, BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
   });
-  add_or_store_rows<false>(a.dq_accum + head * D, D, dq, row0, 0, n.q_len);
+  store_accumulator(a.dq, b, h, q0, 16 * warp, 0, n.q_len, dq, n.scale);
 }
 
 }  // namespace fg

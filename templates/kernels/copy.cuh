@@ -1,5 +1,6 @@
-// Global -> shared memory copies with cp.async (16 bytes per instruction, no registers
-// in between), so the next K/V (or Q/dO) tile lands while the current one computes.
+// Moving tiles between global memory and the SM. In: cp.async into shared memory (16
+// bytes per instruction, no registers in between), so the next K/V (or Q/dO) tile lands
+// while the current one computes. Out: accumulators from registers to rows of T.
 //
 // Rows past the end of a sequence are zero-filled (src-size 0): a zero key row gives a
 // finite score that the bounds mask then hides, and a zero value row keeps P V free of
@@ -7,6 +8,7 @@
 #pragma once
 #include <cstdint>
 
+#include "args.cuh"
 #include "mma.cuh"
 
 namespace fg {
@@ -71,37 +73,34 @@ template <int ROWS, int THREADS>
 __device__ __forceinline__ void load_rows_f32(float* smem, const float* gmem, int rows_valid,
                                               const float* fallback) {
 #pragma unroll
-  for (int r = threadIdx.x; r < ROWS; r += THREADS) {
+  for (int pass = 0; pass < (ROWS + THREADS - 1) / THREADS; ++pass) {
+    const int r = threadIdx.x + pass * THREADS;
+    if (ROWS % THREADS != 0 && r >= ROWS) break;
     const bool valid = r < rows_valid;
     cp_async_4(smem + r, valid ? gmem + r : fallback, valid);
   }
 }
 
-// A warp's fp32 accumulator block c[MT][NT][4] (first element at row0, col0; mma.cuh
-// has the layout) into a row-major fp32 matrix of row pitch `ld`, added with atomics
-// (kAtomic) or stored; rows >= rows_valid are left out. Each thread forms one 64-bit
-// address per row and reaches its columns by constant offsets: deriving the address per
-// element cost ~10 instructions per pair of atomics, as many as the backward's MMAs.
-template <bool kAtomic, int MT, int NT>
-__device__ __forceinline__ void add_or_store_rows(float* dst, int64_t ld, const float (&c)[MT][NT][4],
-                                                  int row0, int col0, int rows_valid) {
+// A warp's fp32 accumulator block acc[MT][NT][4] (first element at row r0, column c0 of
+// a tile whose first row is `row_base`; mma.cuh has the layout) to rows of a [B, H, N, C]
+// tensor of T, times `factor`; rows >= rows_valid are left out. Each thread forms one
+// row address per row and reaches its columns by constant offsets.
+template <class T, int MT, int NT>
+__device__ __forceinline__ void store_accumulator(const Strided4<T>& out, int b, int h, int row_base,
+                                                  int r0, int c0, int rows_valid,
+                                                  const float (&acc)[MT][NT][4], float factor) {
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int row = row0 + 16 * mt + g + 8 * half;
+      const int row = row_base + r0 + 16 * mt + g + 8 * half;
       if (row >= rows_valid) continue;
-      float* out = dst + row * ld + col0 + 2 * t;
+      T* dst = out.at(b, h, row) + c0 + 2 * t;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) {
-        if constexpr (kAtomic) {
-          atomicAdd(out + 8 * nt, c[mt][nt][2 * half]);
-          atomicAdd(out + 8 * nt + 1, c[mt][nt][2 * half + 1]);
-        } else {
-          *reinterpret_cast<float2*>(out + 8 * nt) = make_float2(c[mt][nt][2 * half], c[mt][nt][2 * half + 1]);
-        }
-      }
+      for (int nt = 0; nt < NT; ++nt)
+        *reinterpret_cast<uint32_t*>(dst + 8 * nt) =
+            pack2<T>(acc[mt][nt][2 * half] * factor, acc[mt][nt][2 * half + 1] * factor);
     }
 }
 
