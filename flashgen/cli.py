@@ -241,6 +241,8 @@ def _kernel_label(kernel: str) -> str:
                 + (" +dropout" if dropout == "true" else ""))
     if "delta_kernel" in kernel:
         return "backward delta = rowsum(dO O)"
+    if "dq_convert_kernel" in kernel:
+        return "backward dQ, fp32 fragments -> rows"
     if "dq_kernel" in kernel:
         return "deterministic dQ" + (" +dropout" if flags[-1:] == ["true"] else "")
     return kernel

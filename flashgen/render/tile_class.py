@@ -10,8 +10,11 @@ templates/common/interval.cuh. The analysis is static -- derived from the spec, 
 runtime block mask -- and cheap at run time: a few integer operations per tile.
 
 A tensor read at indices that are constant over the tile (lengths[b]) is read once
-and is exact, so key padding skips whole tiles; reads at varying indices (doc[b,
-q_idx]) and float arithmetic are not tracked, and leave the tile mixed."""
+and is exact, so key padding skips whole tiles. A read whose last index varies over
+the tile (doc[b, q_idx]) scans the range for its [min, max] (interval.cuh range_of), so
+a document mask skips other documents' tiles and runs those inside one document as
+full. Other varying reads and float arithmetic are not tracked, and leave the tile
+mixed."""
 from __future__ import annotations
 
 from ..ir.nodes import (Binary, Call, Const, Expr, Load, Local, ScalarParam, Select, ToFloat,
@@ -70,8 +73,9 @@ class IntervalRenderer(Renderer):
                 return f"{_INT_CALLS[e.function]}({', '.join(r(a) for a in e.args)})"
             return self._any(e)          # floor/ceil of a float: untracked
         if isinstance(e, Binary):
-            if e.op in ("and", "or"):
-                return f"fg::tri_{e.op}({r(e.left)}, {r(e.right)})"
+            if e.op in ("and", "or"):   # the right side only when the left leaves it open
+                fn = "fg::tri_and_then" if e.op == "and" else "fg::tri_or_else"
+                return f"{fn}({r(e.left)}, [&] {{ return {r(e.right)}; }})"
             if e.op in _COMPARE:
                 if e.left.type is Type.FLOAT:
                     return "fg::tri_any()"

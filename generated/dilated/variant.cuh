@@ -59,7 +59,7 @@ struct Variant {
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
     const fg::Iv r0 = fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
-    const fg::Tri visible = fg::tri_and(fg::tri_and(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv_lt(r0, fg::iv_mul(fg::iv(p.width), fg::iv(p.step)))), fg::iv_eq(fg::iv_mod(r0, fg::iv(p.step)), fg::iv(0)));
+    const fg::Tri visible = fg::tri_and_then(fg::tri_and_then(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), [&] { return fg::iv_lt(r0, fg::iv_mul(fg::iv(p.width), fg::iv(p.step))); }), [&] { return fg::iv_eq(fg::iv_mod(r0, fg::iv(p.step)), fg::iv(0)); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };

@@ -55,7 +55,7 @@ struct Variant {
   // flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
-    const fg::Tri visible = fg::tri_or(fg::iv_lt(fg::Iv{kv_lo, kv_hi}, fg::iv(p.prefix)), fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}));
+    const fg::Tri visible = fg::tri_or_else(fg::iv_lt(fg::Iv{kv_lo, kv_hi}, fg::iv(p.prefix)), [&] { return fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };

@@ -108,7 +108,11 @@ struct TensorRef {
   template <typename... I>
   FG_HD T at(I... index) const {
     static_assert(sizeof...(I) == Rank, "index count must match the tensor's rank");
-    const int64_t offset = clamped_offset<Rank>({int(index)...}, size, stride);
+    return at_index({int(index)...});
+  }
+
+  FG_HD T at_index(const int (&index)[Rank]) const {
+    const int64_t offset = clamped_offset<Rank>(index, size, stride);
 #ifdef __CUDA_ARCH__
     return __ldg(data + offset);
 #else

@@ -92,6 +92,12 @@ FG_HD Tri tri_any() { return {true, true}; }
 FG_HD Tri tri_not(Tri a) { return {a.may_false, a.may_true}; }
 FG_HD Tri tri_and(Tri a, Tri b) { return {a.may_true && b.may_true, a.may_false || b.may_false}; }
 FG_HD Tri tri_or(Tri a, Tri b) { return {a.may_true || b.may_true, a.may_false && b.may_false}; }
+// && and || that evaluate their right side only when the left leaves the answer open:
+// a causal tile past the diagonal never scans a table (range_of below).
+template <class F>
+FG_HD Tri tri_and_then(Tri a, F&& b) { return a.may_true ? tri_and(a, b()) : a; }
+template <class F>
+FG_HD Tri tri_or_else(Tri a, F&& b) { return a.may_false ? tri_or(a, b()) : a; }
 FG_HD Tri tri_select(Tri c, Tri a, Tri b) {
   if (!c.may_false) return a;
   if (!c.may_true) return b;
@@ -111,18 +117,62 @@ FG_HD Tri tri_eq(Tri a, Tri b) {  // bool == bool
 }
 FG_HD Tri tri_ne(Tri a, Tri b) { return tri_not(tri_eq(a, b)); }
 
-// A tensor read over a tile: exact when every index is, else anything.
+// A tensor read over a tile. Exact when every index is (lengths[b]: one element). When
+// only the last index varies (doc[b, q_lo..q_hi]) the read takes the [min, max] of the
+// values in range, found by scanning them: a document mask then skips the tiles of
+// other documents and runs those inside one document as full. On the GPU the warp scans
+// together, each lane every 32nd value, and shuffles combine the lanes -- tile_class is
+// only called by converged warps with identical arguments (mask.cuh classify_tile).
+// A range longer than kMaxScan, or another varying index: anything.
+constexpr int64_t kMaxScan = 1024;
 template <class... I>
 FG_HD bool all_exact(I... index) {
   return (exact(index) && ...);
 }
+template <class T, int R>
+FG_HD Iv range_of(const TensorRef<T, R>& t, const Iv (&index)[R]) {
+  int at[R];
+  for (int d = 0; d + 1 < R; ++d) {
+    if (!exact(index[d])) return iv_any();
+    at[d] = int(index[d].lo);
+  }
+  // reads clamp indices to [0, size - 1]: a range reads exactly its clamped span
+  const int64_t last = t.size[R - 1] - 1;
+  const int64_t lo = index[R - 1].lo < 0 ? 0 : (index[R - 1].lo > last ? last : index[R - 1].lo);
+  const int64_t hi = index[R - 1].hi < 0 ? 0 : (index[R - 1].hi > last ? last : index[R - 1].hi);
+  if (hi - lo + 1 > kMaxScan) return iv_any();
+  int lo_value = INT32_MAX, hi_value = INT32_MIN;
+#ifdef __CUDA_ARCH__
+  for (int64_t i = lo + (threadIdx.x & 31); i <= hi; i += 32) {
+    at[R - 1] = int(i);
+    const int x = int(t.at_index(at));
+    lo_value = x < lo_value ? x : lo_value;
+    hi_value = x > hi_value ? x : hi_value;
+  }
+  for (int lanes = 16; lanes > 0; lanes >>= 1) {
+    lo_value = min(lo_value, __shfl_xor_sync(0xffffffffu, lo_value, lanes));
+    hi_value = max(hi_value, __shfl_xor_sync(0xffffffffu, hi_value, lanes));
+  }
+#else
+  for (int64_t i = lo; i <= hi; ++i) {
+    at[R - 1] = int(i);
+    const int x = int(t.at_index(at));
+    lo_value = x < lo_value ? x : lo_value;
+    hi_value = x > hi_value ? x : hi_value;
+  }
+#endif
+  return {lo_value, hi_value};
+}
 template <int R, class... I>
 FG_HD Iv iv_load(const TensorRef<int, R>& t, I... index) {
-  return all_exact(index...) ? iv(t.at(int(index.lo)...)) : iv_any();
+  if (all_exact(index...)) return iv(t.at(int(index.lo)...));
+  return range_of(t, {index...});
 }
 template <int R, class... I>
 FG_HD Tri tri_load(const TensorRef<bool, R>& t, I... index) {
-  return all_exact(index...) ? tri(t.at(int(index.lo)...)) : tri_any();
+  if (all_exact(index...)) return tri(t.at(int(index.lo)...));
+  const Iv values = range_of(t, {index...});
+  return {values.hi != 0, values.lo == 0};
 }
 
 }  // namespace fg
