@@ -24,11 +24,12 @@ import torch
 
 from ..api import KERNEL_ELEMENT
 from ..build.cache import BuiltModule, build
-from ..ir.nodes import AttentionSpec, uses
+from ..ir.nodes import AttentionSpec
 from ..reference.attention import rows_evaluator, visible_rows
 from ..reference.patterns import fixed_layout
 from ..render.kernels import support_headers
-from ..render.variant import inline_lets, render_variant
+from ..render.tile_class import mask_reads
+from ..render.variant import render_variant
 from ..runtime.examples import example_layout, example_params
 from ..runtime.sparse import tile_lists
 
@@ -136,11 +137,6 @@ def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
                                   batches, heads, q_len, kv_len, block_m, block_n,
                                   out.data_ptr())
     return out
-
-
-def mask_reads(spec: AttentionSpec, name: str) -> bool:
-    """Does the mask depend on the built-in variable `name` ("b", "h"), through lets too?"""
-    return spec.mask is not None and name in uses(inline_lets(spec, spec.mask))
 
 
 @dataclass(frozen=True)

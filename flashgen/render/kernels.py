@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from .. import resources
 from ..ir.nodes import AttentionSpec
 from ..plan.tiles import DEFAULT_ARCH, BackwardPlan, ForwardPlan, TileOverride, plan_for
+from .tile_class import scans_tables
 from .variant import environment, render_variant
 
 C_DTYPES = {"fp16": "__half", "bf16": "__nv_bfloat16"}
@@ -28,6 +29,7 @@ class KernelView:
     d: int
     dv: int
     dropout: bool
+    runtime_tiles: bool   # export flashgen_tile_classes (tile_class.scans_tables)
     arch: str
     fwd: ForwardPlan
     bwd: BackwardPlan
@@ -47,7 +49,8 @@ def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: in
     units = {}
     for pass_name in PASSES:
         view = KernelView(spec.name, f"fg_{spec.name}", source_path, pass_name, dtype,
-                          C_DTYPES[dtype], head_dim, dv, spec.dropout, arch, plan.forward,
+                          C_DTYPES[dtype], head_dim, dv, spec.dropout, scans_tables(spec), arch,
+                          plan.forward,
                           plan.backward, tuple(plan.describe()))
         text = environment().get_template(f"kernels/{pass_name}.cu.j2").render(k=view)
         units[unit_name(pass_name, dtype, head_dim)] = text.rstrip() + "\n"

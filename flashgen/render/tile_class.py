@@ -17,8 +17,8 @@ full. Other varying reads and float arithmetic are not tracked, and leave the ti
 mixed."""
 from __future__ import annotations
 
-from ..ir.nodes import (Binary, Call, Const, Expr, Load, Local, ScalarParam, Select, ToFloat,
-                        Unary, Var)
+from ..ir.nodes import (AttentionSpec, Binary, Call, Const, Expr, Load, Local, ScalarParam,
+                        Select, ToFloat, Unary, Var, uses)
 from ..ir.types import Type
 from .cuda_expr import Renderer, c_literal
 
@@ -85,3 +85,24 @@ class IntervalRenderer(Renderer):
         if isinstance(e, ToFloat):
             raise AssertionError("float nodes are never rendered as intervals")
         raise TypeError(e)
+
+
+def mask_reads(spec: AttentionSpec, name: str) -> bool:
+    """Does the mask depend on the built-in variable `name` ("b", "h"), through lets too?"""
+    from .variant import inline_lets  # variant.py imports this module
+    return spec.mask is not None and name in uses(inline_lets(spec, spec.mask))
+
+
+def scans_tables(spec: AttentionSpec) -> bool:
+    """Does the spec's tile_class() scan tables over tile ranges (a mask read such as
+    doc[b, q_idx])? Then its tile classes depend on the call's data, and the kernels take
+    them from tile lists built at run time (flashgen/runtime/mask_tiles.py) rather than
+    scanning per tile. A block-sparse spec keeps scanning the tiles its layout lists."""
+    if spec.mask is None or spec.block_sparse is not None:
+        return False
+    from .variant import inline_lets  # variant.py imports this module
+    for node in inline_lets(spec, spec.mask).walk():
+        if (isinstance(node, Load) and node.type is not Type.FLOAT
+                and any({"q_idx", "kv_idx"} & uses(i) for i in node.indices)):
+            return True
+    return False

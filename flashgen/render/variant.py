@@ -12,7 +12,7 @@ from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, transform
 from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES, Type
 from .cuda_expr import C_TYPE, render_body, render_many
-from .tile_class import IntervalRenderer
+from .tile_class import IntervalRenderer, scans_tables
 
 C_ELEMENT = {"f32": "float", "i32": "int", "bool": "bool"}
 
@@ -53,6 +53,7 @@ class VariantView:
     constants: tuple[tuple[str, tuple[str, str]], ...]
     dropout: bool
     block_sparse: bool
+    runtime_tiles: bool         # tile classes from lists built per call (tile_class.scans_tables)
     mask: FunctionView | None
     score: FunctionView | None
     score_grad: FunctionView | None
@@ -155,7 +156,8 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         name=spec.name, namespace=f"fg_{spec.name}", source_path=source_path,
         line=spec.span.line, summary=tuple(summary),
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
-        dropout=spec.dropout, block_sparse=spec.block_sparse is not None, mask=mask,
+        dropout=spec.dropout, block_sparse=spec.block_sparse is not None,
+        runtime_tiles=scans_tables(spec), mask=mask,
         score=score, score_grad=grad, tile_class=tile_class, grads=grads,
         param_grads=param_grads)
 

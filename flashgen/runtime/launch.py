@@ -26,14 +26,16 @@ import os
 from dataclasses import dataclass
 
 import torch
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..build.cache import BuiltModule, build, device_arch
 from ..ir.nodes import AttentionSpec
 from ..plan.tiles import TileOverride, plan_for
 from ..reference.philox import MASK32, resolve_seed, threshold
 from ..render.kernels import render_module
+from ..render.tile_class import mask_reads, scans_tables
 from ..render.variant import differentiable_loads
-from .sparse import DENSE, sparse_tiles
+from .sparse import DENSE, MaskTiles, sparse_tiles
 
 
 class KernelError(RuntimeError):
@@ -164,17 +166,58 @@ def _dropout(dropout_p: float, rng: torch.Tensor) -> tuple[list[int], list[float
     return [*rng.tolist(), threshold(dropout_p)], [1.0 / (1.0 - dropout_p)]
 
 
-def _sparse(var: Variant, q, k, layout) -> list[int]:
+_MASK_TILES = WeakTensorKeyDictionary()
+
+
+def _mask_tiles(key: str, q, k, tensors, scalars) -> MaskTiles:
+    """The tile lists of a data-dependent mask (tile_class.scans_tables) for this call:
+    every tile pair classified on the GPU at the forward's and the backward's tile sizes,
+    then compacted. Kept on the tensor when the spec has one (as runtime layouts are),
+    and rebuilt when it is modified in place."""
+    var = variant(key)
+    B, H, Nq, D = q.shape
+    Nk = k.shape[2]
+    plan = var.plan(D, _arch(q.device.index))
+    batches = B if mask_reads(var.spec, "b") else 1
+    heads = H if mask_reads(var.spec, "h") else 1
+    p_ints, p_floats = _params(var, tensors, scalars)
+    library = _library(key, q)
+
+    def classes(block_m: int, block_n: int) -> torch.Tensor:
+        out = torch.empty(batches, heads, -(-Nq // block_m), -(-Nk // block_n), dtype=torch.int8,
+                          device=q.device)
+        ints = [batches, heads, Nq, Nk, block_m, block_n, out.data_ptr()]
+        _call(library, "flashgen_tile_classes", ints + p_ints, p_floats, q.device)
+        return out
+
+    def build() -> MaskTiles:
+        f, b = plan.forward, plan.backward
+        return MaskTiles.of(classes(f.block_m, f.block_n), classes(b.block_m, b.block_n))
+
+    if len(tensors) != 1:
+        return build()
+    entries = _MASK_TILES.setdefault(tensors[0], {})
+    entry = (key, tensors[0]._version, plan, B, H, Nq, Nk, tuple(scalars))
+    if entry not in entries:
+        entries.clear()             # an older version of the tensor is never asked again
+        entries[entry] = build()
+    return entries[entry]
+
+
+def _sparse(key: str, q, k, layout, tensors, scalars) -> list[int]:
+    var = variant(key)
     if var.spec.block_sparse is None:
-        return DENSE
+        return _mask_tiles(key, q, k, tensors, scalars).ints() if scans_tables(var.spec) else DENSE
     plan = var.plan(q.shape[-1], _arch(q.device.index))
     return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
 
 
-def _dropout_and_sparse(var: Variant, q, k, dropout_p, rng, layout, ints, floats) -> None:
-    """Append what both passes pass after their fixed part: dropout, then block-sparse."""
+def _dropout_and_sparse(key: str, q, k, dropout_p, rng, layout, tensors, scalars, ints,
+                        floats) -> None:
+    """Append what both passes pass after their fixed part: dropout, then the tile lists
+    (block-sparse, or a data-dependent mask's)."""
     d_ints, d_floats = _dropout(dropout_p, rng)
-    ints += d_ints + _sparse(var, q, k, layout)
+    ints += d_ints + _sparse(key, q, k, layout, tensors, scalars)
     floats += d_floats
 
 
@@ -191,7 +234,7 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     for t in (q, k, v, out):
         ints += _strided(t)
     ints.append(lse.data_ptr())
-    _dropout_and_sparse(var, q, k, dropout_p, rng, layout, ints, floats)
+    _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
     return out, lse
@@ -221,7 +264,7 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(),
              0 if dq_accum is None else dq_accum.data_ptr()]
     ints += _strided(dq) + _strided(dk) + _strided(dv) + [int(deterministic)]
-    _dropout_and_sparse(var, q, k, dropout_p, rng, layout, ints, floats)
+    _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0

@@ -53,15 +53,18 @@ def tile_lists(layout: torch.Tensor, block_q: int, block_k: int, tile_q: int, ti
     all_ = _tiles_along(layout, 1, block_q, tile_q, q_tiles, torch.all)
     all_ = _tiles_along(all_, 2, block_k, tile_k, kv_tiles, torch.all)
     partial = any_ & ~all_
-
-    def compact(visible, partial):
-        # a stable sort of "not visible" puts each row's visible tiles first, in order
-        order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices
-        entries = (2 * order + partial.gather(-1, order).to(order.dtype)).to(torch.int32)
-        return visible.sum(-1, dtype=torch.int32).contiguous(), entries.contiguous()
     by_q = compact(any_, partial)
     by_kv = compact(any_.transpose(1, 2), partial.transpose(1, 2))
     return (*by_q, *by_kv)
+
+
+def compact(visible: torch.Tensor, partial: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(count, entries) of the tiles along the last dim that are visible, in order:
+    entries 2 * tile + partial, padded rows. Sorts on the GPU, no host sync."""
+    # a stable sort of "not visible" puts each row's visible tiles first, in order
+    order = torch.sort((~visible).to(torch.int8), dim=-1, stable=True).indices
+    entries = (2 * order + partial.gather(-1, order).to(order.dtype)).to(torch.int32)
+    return visible.sum(-1, dtype=torch.int32).contiguous(), entries.contiguous()
 
 
 @dataclass
@@ -76,11 +79,33 @@ class SparseTiles:
         heads, qb, kb = self.layout.shape
         out = [self.layout.data_ptr(), heads, qb, kb]
         for count, tiles in (self.by_q, self.by_kv):
+            out += [count.data_ptr(), tiles.data_ptr(), 1, *tiles.shape]   # one batch
+        return out + [0]
+
+
+@dataclass
+class MaskTiles:
+    """A data-dependent mask's tile lists for one call (sparse.cuh): the tiles that
+    tile_class() does not skip, entries 2 * tile + partial; rows [batches, heads, ...]."""
+    by_q: tuple[torch.Tensor, torch.Tensor]
+    by_kv: tuple[torch.Tensor, torch.Tensor]
+
+    @classmethod
+    def of(cls, forward_classes: torch.Tensor, backward_classes: torch.Tensor) -> MaskTiles:
+        """From int8 classes [batches, heads, q_tiles, kv_tiles] (0 skip, 1 full, 2 partial)
+        at the forward's and the backward's tile sizes."""
+        by_kv = backward_classes.transpose(-1, -2)
+        return cls(compact(forward_classes != 0, forward_classes == 2),
+                   compact(by_kv != 0, by_kv == 2))
+
+    def ints(self) -> list[int]:
+        out = [0, 0, 0, 0]                 # no layout
+        for count, tiles in (self.by_q, self.by_kv):
             out += [count.data_ptr(), tiles.data_ptr(), *tiles.shape]
-        return out
+        return out + [1]
 
 
-DENSE = [0] * 14    # BlockSparseArgs of a spec without a block-sparse pattern
+DENSE = [0] * 17    # BlockSparseArgs of a spec without lists
 
 _BY_TENSOR = WeakTensorKeyDictionary()
 

@@ -45,6 +45,8 @@ struct Variant {
   static constexpr bool kHasParamGrads = false;
   static constexpr bool kHasDropout = false;
   static constexpr bool kHasBlockSparse = true;
+  // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
+  static constexpr bool kRuntimeTiles = false;
   static constexpr int kBlockQ = 128;
   static constexpr int kBlockK = 128;
 };

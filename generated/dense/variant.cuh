@@ -44,6 +44,8 @@ struct Variant {
   static constexpr bool kHasParamGrads = false;
   static constexpr bool kHasDropout = false;
   static constexpr bool kHasBlockSparse = false;
+  // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
+  static constexpr bool kRuntimeTiles = false;
 };
 
 }  // namespace fg_dense

@@ -28,6 +28,18 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   return fg::launch(kKernel<false>, grid, Tiles::kThreads, smem, stream, args, params);
 }
 
+// The mask's tile classes for this call's tables, at any tile size (the host builds the
+// kernels' tile lists from them: flashgen/runtime/mask_tiles.py).
+extern "C" int flashgen_tile_classes(const int64_t* ints, const float* floats, void* stream) {
+  fg::ArgReader in{ints, floats};
+  const auto args = fg::TileClassArgs::read(in);
+  const auto params = Variant::Params::read(in);
+  const int64_t pairs = int64_t(args.batches) * args.heads *
+                        ((args.q_len + args.block_m - 1) / args.block_m) *
+                        ((args.kv_len + args.block_n - 1) / args.block_n);
+  return fg::launch(fg::tile_class_kernel<Variant>, dim3(unsigned((pairs + 7) / 8)), 256, 0, stream, args, params);
+}
+
 extern "C" const char* flashgen_error_string(int status) {
   return cudaGetErrorString(static_cast<cudaError_t>(status));
 }

@@ -46,6 +46,8 @@ struct Variant {
   static constexpr bool kHasParamGrads = false;
   static constexpr bool kHasDropout = false;
   static constexpr bool kHasBlockSparse = true;
+  // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
+  static constexpr bool kRuntimeTiles = false;
   static constexpr int kBlockQ = 64;
   static constexpr int kBlockK = 64;
 

@@ -230,10 +230,11 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   // The walk's rows are the group's query heads; each row's candidates are all Q tiles,
   // or this KV tile's block-sparse list for that head.
   auto walk = tile_walk(
-      [&](int r) { return tile_row<V>(a.sparse.by_kv, hk * group + r, n_block, q_tiles); },
+      [&](int r) { return tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles); },
       [&](int r, int entry) {
-        return classify_tile<V, BM, BN>(p, b, hk * group + r, TileRow::tile_of(entry) * BM, k0,
-                                        n.q_len, n.kv_len, TileRow::layout_partial(entry));
+        return classify_entry<V, BM, BN>(p, a.sparse, b, hk * group + r,
+                                         TileRow::tile_of(entry) * BM, k0, n.q_len, n.kv_len,
+                                         entry);
       },
       group);
   // A Q tile's operands: Q, dO, and its rows' lse and delta, which land with them
@@ -384,7 +385,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   const KvStream<V, T, D, Dv, BM, BN, Tiles::kThreads> kv{
       sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
-      tile_row<V>(a.sparse.by_q, h, m_block, kv_tiles)};
+      tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles)};
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
   load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, q0), a.dout.row, n.q_len - q0,
                                      a.dout.data);

@@ -98,7 +98,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
   const typename Tiles::template Stream<V, T> kv{
       sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
-      tile_row<V>(a.sparse.by_q, h, m_block, kv_tiles)};
+      tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles)};
 
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 

@@ -35,6 +35,59 @@ __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, i
   return {c, layout_partial};
 }
 
+// The class of a listed tile (entry: sparse.cuh TileRow). A data-dependent mask's
+// class comes from its list; launched without lists (never by flashgen's launcher),
+// every tile runs as partial, which is always exact.
+template <class V, int BM, int BN>
+__device__ __forceinline__ TileMask classify_entry(const typename V::Params& p,
+                                                   const BlockSparseArgs& sparse, int b, int h,
+                                                   int q0, int k0, int q_len, int kv_len,
+                                                   int entry) {
+  if constexpr (V::kRuntimeTiles) {
+    const bool partial = !sparse.mask_classes || TileRow::low_bit(entry);
+    return {partial ? TileClass::kPartial : TileClass::kFull, false};
+  } else {
+    return classify_tile<V, BM, BN>(p, b, h, q0, k0, q_len, kv_len, TileRow::low_bit(entry));
+  }
+}
+
+struct TileClassArgs {
+  int batches, heads, q_len, kv_len, block_m, block_n;
+  int8_t* out;  // [batches][heads][q_tiles][kv_tiles]
+  template <class Reader>
+  static TileClassArgs read(Reader& in) {
+    TileClassArgs a;
+    a.batches = in.i32();
+    a.heads = in.i32();
+    a.q_len = in.i32();
+    a.kv_len = in.i32();
+    a.block_m = in.i32();
+    a.block_n = in.i32();
+    a.out = in.template ptr<int8_t>();
+    return a;
+  }
+};
+
+// Every tile pair's class, as classify_tile gives it, for a mask whose classes depend on
+// the call's tables (V::kRuntimeTiles, sparse.cuh): one warp per pair, as tile_class's
+// table scans are warp-cooperative (interval.cuh range_of).
+template <class V>
+__global__ void __launch_bounds__(256) tile_class_kernel(const TileClassArgs a,
+                                                         const typename V::Params p) {
+  const int q_tiles = (a.q_len + a.block_m - 1) / a.block_m;
+  const int kv_tiles = (a.kv_len + a.block_n - 1) / a.block_n;
+  const int64_t pair = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  if (pair >= int64_t(a.batches) * a.heads * q_tiles * kv_tiles) return;  // whole warps
+  const int j = int(pair % kv_tiles), i = int(pair / kv_tiles % q_tiles);
+  const int h = int(pair / kv_tiles / q_tiles % a.heads), b = int(pair / kv_tiles / q_tiles / a.heads);
+  const int q0 = i * a.block_m, k0 = j * a.block_n;
+  const int q_hi = min(q0 + a.block_m, a.q_len) - 1, kv_hi = min(k0 + a.block_n, a.kv_len) - 1;
+  int c = 1;
+  if constexpr (V::kHasMask) c = V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, a.q_len, a.kv_len);
+  if (c == 1 && k0 + a.block_n > a.kv_len) c = 2;  // the bounds mask, as classify_tile
+  if ((threadIdx.x & 31) == 0) a.out[pair] = static_cast<int8_t>(c);
+}
+
 // Is the layout block of an accumulator fragment visible? The fragment's four elements
 // (rows q, q + 8 with q % 16 < 8; columns kv, kv + 1 with kv even) lie in one block, as
 // blocks are 16 x 16 or larger, so one read serves them all. True unless the tile needs

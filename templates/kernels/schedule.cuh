@@ -80,8 +80,8 @@ struct KvStream {
   TileRow row;
 
   __device__ __forceinline__ TileMask classify(int entry) const {
-    return classify_tile<V, BM, BN>(p, b, h, q0, TileRow::tile_of(entry) * BN, n.q_len,
-                                    n.kv_len, TileRow::layout_partial(entry));
+    return classify_entry<V, BM, BN>(p, sparse, b, h, q0, TileRow::tile_of(entry) * BN, n.q_len,
+                                     n.kv_len, entry);
   }
   __device__ __forceinline__ void load(int entry, int stage) const {
     const int k0 = TileRow::tile_of(entry) * BN, rows = n.kv_len - k0;

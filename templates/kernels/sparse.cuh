@@ -9,6 +9,13 @@
 // Both sizes are powers of two, so a tile lies inside one block (the low bit is 0) or
 // covers whole blocks; only the latter can need the per-element layout check below.
 // Dense specs walk all tiles through the same TileRow, with no list.
+//
+// The same lists carry a data-dependent mask's tile classes (V::kRuntimeTiles: its
+// tile_class() scans tables such as doc[b, q_idx]): the host classifies every tile
+// pair on the GPU (mask.cuh tile_class_kernel) and lists the tiles that are not skipped,
+// per batch entry where the mask reads b; the low bit then marks a partial tile
+// (flashgen/runtime/mask_tiles.py). This is FlexAttention's BlockMask, derived from the
+// spec instead of written by the user.
 #pragma once
 #include <cstdint>
 
@@ -17,15 +24,16 @@ namespace fg {
 // Tile lists of one layout in one direction: rows are Q tiles (forward, deterministic
 // dQ) or KV tiles (backward), columns the other.
 struct TileLists {
-  const int* count;   // [heads][rows]
-  const int* tiles;   // [heads][rows][cols], the first count[...] entries used
-  int heads, rows, cols;
+  const int* count;   // [batches][heads][rows]; null: no list, every tile
+  const int* tiles;   // [batches][heads][rows][cols], the first count[...] entries used
+  int batches, heads, rows, cols;
 };
 
 struct BlockSparseArgs {
   const bool* layout;        // [heads][q_blocks][kv_blocks]; null for a dense spec
   int heads, q_blocks, kv_blocks;
   TileLists by_q, by_kv;
+  int mask_classes;          // 1: the lists hold the mask's tile classes (see above)
   template <class Reader>
   static BlockSparseArgs read(Reader& in) {
     BlockSparseArgs s;
@@ -36,10 +44,12 @@ struct BlockSparseArgs {
     for (TileLists* l : {&s.by_q, &s.by_kv}) {
       l->count = in.template ptr<const int>();
       l->tiles = in.template ptr<const int>();
+      l->batches = in.i32();
       l->heads = in.i32();
       l->rows = in.i32();
       l->cols = in.i32();
     }
+    s.mask_classes = in.i32();
     return s;
   }
 };
@@ -52,18 +62,22 @@ struct TileRow {
   __device__ __forceinline__ int size() const { return n; }
   __device__ __forceinline__ int entry(int i) const { return list ? list[i] : 2 * i; }
   static __device__ __forceinline__ int tile_of(int entry) { return entry >> 1; }
-  // only some blocks of the tile are visible: check the layout per element
-  static __device__ __forceinline__ bool layout_partial(int entry) { return entry & 1; }
+  // block-sparse lists: only some blocks of the tile are visible, check the layout per
+  // element; mask-class lists: the tile is partial
+  static __device__ __forceinline__ bool low_bit(int entry) { return entry & 1; }
 };
 
 template <class V>
-__device__ __forceinline__ TileRow tile_row(const TileLists& l, int h, int row, int all_tiles) {
-  if constexpr (V::kHasBlockSparse) {
-    const int64_t at = int64_t(l.heads == 1 ? 0 : h) * l.rows + row;
-    return {l.tiles + at * l.cols, l.count[at]};
-  } else {
-    return {nullptr, all_tiles};
+__device__ __forceinline__ TileRow tile_row(const TileLists& l, int b, int h, int row,
+                                            int all_tiles) {
+  if constexpr (V::kHasBlockSparse || V::kRuntimeTiles) {
+    if (l.count != nullptr) {
+      const int64_t at =
+          (int64_t(l.batches == 1 ? 0 : b) * l.heads + (l.heads == 1 ? 0 : h)) * l.rows + row;
+      return {l.tiles + at * l.cols, l.count[at]};
+    }
   }
+  return {nullptr, all_tiles};
 }
 
 // Is the block holding (q, kv) visible? Asked only in tiles whose blocks differ.

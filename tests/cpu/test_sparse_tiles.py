@@ -6,7 +6,8 @@ import torch
 
 import flashgen
 from flashgen.plan.tiles import plan_for
-from flashgen.runtime.sparse import SparseTiles, sparse_tiles, tile_lists
+from flashgen.render.tile_class import scans_tables
+from flashgen.runtime.sparse import DENSE, MaskTiles, SparseTiles, sparse_tiles, tile_lists
 
 
 def _brute(layout, bq, bk, tq, tk, nq, nk):
@@ -53,8 +54,9 @@ def test_pattern_lists_pack_in_kernel_order():
     spec = flashgen.load("butterfly_causal")
     plan = plan_for(spec, 64)
     tiles = sparse_tiles(spec, None, plan, 1000, 1000, torch.device("cpu"))
-    assert isinstance(tiles, SparseTiles) and len(tiles.ints()) == 14
+    assert isinstance(tiles, SparseTiles) and len(tiles.ints()) == len(DENSE) == 17
     assert tiles.ints()[1:4] == [1, 8, 8]            # heads, q blocks, kv blocks of 128
+    assert tiles.ints()[6] == 1 and tiles.ints()[-1] == 0   # one batch; layout lists
     assert sparse_tiles(spec, None, plan, 1000, 1000, torch.device("cpu")) is tiles
 
 
@@ -74,3 +76,26 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
     assert (bigbird.forward.block_m, bigbird.forward.block_n, bigbird.forward.warps) == (64, 64, 4)
     dense = plan_for(flashgen.load("dense"), 64)
     assert (dense.forward.block_m, dense.forward.block_n) == (128, 128)
+
+
+def test_mask_class_lists_keep_unskipped_tiles_in_order_with_partial_bits():
+    # int8 classes [batches 2, heads 1, q tiles 2, kv tiles 3]: 0 skip, 1 full, 2 partial
+    fwd = torch.tensor([[[[1, 0, 2], [0, 0, 1]]], [[[0, 0, 0], [2, 1, 0]]]], dtype=torch.int8)
+    lists = MaskTiles.of(fwd, fwd)
+    count, tiles = lists.by_q
+    assert count.tolist() == [[[2, 1]], [[0, 2]]]
+    assert tiles[0, 0, 0, :2].tolist() == [2 * 0, 2 * 2 + 1]      # tile 0 full, tile 2 partial
+    assert tiles[1, 0, 1, :2].tolist() == [2 * 0 + 1, 2 * 1]
+    count, tiles = lists.by_kv                                     # per KV tile, its Q tiles
+    assert count.tolist() == [[[1, 0, 2]], [[1, 1, 0]]]
+    assert tiles[0, 0, 2, :2].tolist() == [2 * 0 + 1, 2 * 1]
+    ints = lists.ints()
+    assert len(ints) == len(DENSE) and ints[:4] == [0, 0, 0, 0] and ints[-1] == 1
+    assert ints[6:10] == [2, 1, 2, 3]                              # batches, heads, rows, cols
+
+
+def test_masks_that_read_tables_over_tiles_take_runtime_lists():
+    assert scans_tables(flashgen.load("document"))            # doc[b, q_idx]
+    for name in ("key_padding", "causal", "alibi", "dense"):       # lens[b]: exact, per tile
+        assert not scans_tables(flashgen.load(name)), name
+    assert not scans_tables(flashgen.load("bigbird"))         # block-sparse: its layout

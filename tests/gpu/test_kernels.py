@@ -241,6 +241,10 @@ EXTRA = [
      dict(backward_tile=(64, 128, 8), deterministic=True)),
     ("dropout_causal", "bf16", 64, 1, 4, 2, 600, 600, False,
      dict(backward_tile=(64, 128, 8), dropout_p=0.1)),
+    # a data-dependent mask's tile lists, built per call (runtime/launch.py _mask_tiles)
+    ("document", "bf16", 64, 2, 4, 2, 1000, 1000, False, {}),
+    ("document", "fp16", 128, 1, 4, 1, 2048, 2048, True, {}),
+    ("document", "bf16", 128, 2, 2, 2, 1000, 1000, False, dict(deterministic=True)),
 ]
 
 
@@ -305,3 +309,18 @@ def test_bad_tensor_message_before_launch():
     q = torch.randn(1, 2, 16, 64, device="cuda", dtype=torch.float32)
     with pytest.raises(ValueError, match="built for fp16, bf16"):
         op(q, q, q)
+
+
+def test_mask_tile_lists_follow_in_place_edits():
+    """The document mask's tile lists are kept on its `doc` tensor: editing it in place
+    must rebuild them (one document, then two)."""
+    op = flashgen.compile("document")
+    q, k, v = (torch.randn(1, 2, 1024, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    doc = torch.zeros(1, 1024, dtype=torch.int32, device="cuda")
+    one_document = op(q, k, v, doc=doc)
+    doc[:, 512:] = 1
+    two_documents = op(q, k, v, doc=doc)
+    fresh = op(q, k, v, doc=doc.clone())          # a new tensor: lists built anew
+    assert torch.equal(two_documents, fresh)
+    assert not torch.equal(one_document[:, :, 512:], two_documents[:, :, 512:])
+    assert torch.equal(one_document[:, :, :512], two_documents[:, :, :512])
