@@ -106,6 +106,8 @@ class Renderer:
                 return f"fg::floordiv({r(e.left)}, {r(e.right)})"
             if e.op == "mod":
                 return f"fg::mod({r(e.left)}, {r(e.right)})"
+            if e.op == "div":   # float division (fast on the GPU: expr.cuh fdiv)
+                return f"fg::fdiv({r(e.left)}, {r(e.right)})"
             if e.type is Type.INT and e.op in ("add", "sub", "mul"):
                 # two's-complement wrap, defined behaviour (signed overflow is UB in C++)
                 return f"fg::wrap_{e.op}({r(e.left)}, {r(e.right)})"

@@ -69,15 +69,15 @@ struct Variant {
   // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    return (p.cap * fg::tanh(((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))) / p.cap)));
+    return (p.cap * fg::tanh(fg::fdiv((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))), p.cap)));
   }
 
   // d score / d score, derived by flashgen from:
   // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    const float t0 = fg::tanh(((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))) / p.cap));
-    return (p.cap * ((1.0f - (t0 * t0)) * (1.0f / p.cap)));
+    const float t0 = fg::tanh(fg::fdiv((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))), p.cap));
+    return (p.cap * ((1.0f - (t0 * t0)) * fg::fdiv(1.0f, p.cap)));
   }
 
   // dt * d score / d param, for each read of a float tensor parameter in:
@@ -85,8 +85,8 @@ struct Variant {
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     const float t0 = float(fg::wrap_sub(kv_idx, q_idx));
-    const float t1 = fg::tanh(((score + (p.slopes.at(h) * t0)) / p.cap));
-    if (g.slopes.data) g.slopes.add(dt * (p.cap * ((1.0f - (t1 * t1)) * (t0 / p.cap))), h);
+    const float t1 = fg::tanh(fg::fdiv((score + (p.slopes.at(h) * t0)), p.cap));
+    if (g.slopes.data) g.slopes.add(dt * (p.cap * ((1.0f - (t1 * t1)) * fg::fdiv(t0, p.cap))), h);
   }
 };
 

@@ -64,14 +64,14 @@ struct Variant {
 
   // flashgen/specs/softcap.attn:6: score = cap * tanh(score / cap)
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    return (p.cap * fg::tanh((score / p.cap)));
+    return (p.cap * fg::tanh(fg::fdiv(score, p.cap)));
   }
 
   // d score / d score, derived by flashgen from:
   // flashgen/specs/softcap.attn:6: score = cap * tanh(score / cap)
   static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    const float t0 = fg::tanh((score / p.cap));
-    return (p.cap * ((1.0f - (t0 * t0)) * (1.0f / p.cap)));
+    const float t0 = fg::tanh(fg::fdiv(score, p.cap));
+    return (p.cap * ((1.0f - (t0 * t0)) * fg::fdiv(1.0f, p.cap)));
   }
 };
 

@@ -51,7 +51,7 @@ struct Variant {
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
-    return (score + p.bias.at(h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int(((fg::log((float(t0) / 8.0f)) / 2.772588722239781f) * 8.0f))), 15)))));
+    return (score + p.bias.at(h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int((fg::fdiv(fg::log(fg::fdiv(float(t0), 8.0f)), 2.772588722239781f) * 8.0f))), 15)))));
   }
 
   // d score / d score, derived by flashgen from:
@@ -64,7 +64,7 @@ struct Variant {
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
-    if (g.bias.data) g.bias.add(dt, h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int(((fg::log((float(t0) / 8.0f)) / 2.772588722239781f) * 8.0f))), 15))));
+    if (g.bias.data) g.bias.add(dt, h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int((fg::fdiv(fg::log(fg::fdiv(float(t0), 8.0f)), 2.772588722239781f) * 8.0f))), 15))));
   }
 };
 

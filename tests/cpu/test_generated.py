@@ -103,7 +103,8 @@ def test_every_shipped_kernel_compiles(name, arch):
         for d in spec.head_dims:
             sources.update(render_module(spec, path, dtype, d))
     report = ptxas_report(sources, arch)
-    kernels = {"forward_kernel": 0, "backward_kernel": 0, "dq_kernel": 0, "delta_kernel": 0}
+    kernels = {"forward_kernel": 0, "backward_kernel": 0, "dq_convert_kernel": 0, "dq_kernel": 0,
+               "delta_kernel": 0, "tile_class_kernel": 0}
     for kernel, r in report.items():
         kernels[next(k for k in kernels if k in kernel)] += 1
         assert r["spill_stores"] <= SPILL_BYTES and r["spill_loads"] <= SPILL_BYTES, \
@@ -111,4 +112,5 @@ def test_every_shipped_kernel_compiles(name, arch):
     units = len(spec.dtypes) * len(spec.head_dims)
     configs = units * (2 if spec.dropout else 1)       # with and without dropout
     assert kernels == {"forward_kernel": configs, "backward_kernel": 2 * configs,
-                       "dq_kernel": configs, "delta_kernel": units}
+                       "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
+                       "tile_class_kernel": units if scans_tables(spec) else 0}
