@@ -144,12 +144,6 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     warp_gemm_rA<MT, BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
   });
 
-  // O / rowsum in T. With Dv <= D each warp stages its rows in its own rows of the Q tile
-  // (only this warp reads them) and writes them out in 16-byte stores, whole rows per
-  // instruction; the accumulator layout would write 4 bytes per thread (ncu: half of
-  // each 32-byte sector unused).
-  constexpr bool kStaged = Dv <= D;
-  T* sO = sQ + 16 * MT * warp * Tiles::kLdQK;
   const int g = lane >> 2, t = lane & 3;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -161,27 +155,15 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      const int row = 16 * mt + g + 8 * r, q = row0 + row;
-      T* dst = kStaged ? sO + row * Tiles::kLdQK : (q < n.q_len ? a.out.at(b, h, q) : nullptr);
-      if (dst != nullptr) {
+      const int q = row0 + 16 * mt + g + 8 * r;
+      if (q >= n.q_len) continue;
+      T* out = a.out.at(b, h, q);
 #pragma unroll
-        for (int dt = 0; dt < Dv / 8; ++dt) {
-          *reinterpret_cast<uint32_t*>(dst + 8 * dt + 2 * t) =
-              pack2<T>(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
-        }
+      for (int dt = 0; dt < Dv / 8; ++dt) {
+        *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) =
+            pack2<T>(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
       }
-      if (t == 0 && q < n.q_len) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
-    }
-  }
-  if constexpr (kStaged) {
-    __syncwarp();
-    constexpr int kChunks = Dv / 8;  // 16-byte chunks per row
-#pragma unroll 4
-    for (int c = lane; c < 16 * MT * kChunks; c += 32) {
-      const int row = c / kChunks, col = 8 * (c % kChunks), q = row0 + row;
-      if (q < n.q_len)
-        *reinterpret_cast<uint4*>(a.out.at(b, h, q) + col) =
-            *reinterpret_cast<const uint4*>(sO + row * Tiles::kLdQK + col);
+      if (t == 0) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
     }
   }
 }
