@@ -232,7 +232,9 @@ def cmd_explain(args) -> int:
 def _kernel_label(kernel: str) -> str:
     """A ptxas kernel name as `explain` shows it: the pass and its compile-time flags
     (the trailing bool template arguments of templates/kernels/*.cuh)."""
-    flags = re.findall(r"\b(true|false)\b", kernel)
+    # nvcc writes bool template arguments as true/false or (bool)1/(bool)0, by version
+    flags = [word or ("true" if digit == "1" else "false")
+             for word, digit in re.findall(r"\b(true|false)\b|\(bool\)([01])", kernel)]
     if "forward_kernel" in kernel:
         return "forward" + (" +dropout" if flags[-1:] == ["true"] else "")
     if "backward_kernel" in kernel:

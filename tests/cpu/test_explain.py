@@ -190,3 +190,14 @@ def test_explain_names_the_example_parameters(monkeypatch, capsys):
     assert "parameters from flashgen.runtime.examples.example_params" in out
     assert "kv_lengths: i32[2]" in out
     assert "; over B 2 x H 1" in out      # the mask reads b: every batch has its own tiles
+
+
+def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
+    """ptxas names kernels with true/false or (bool)1/(bool)0, by nvcc version (the GPU
+    machine's nvcc wrote the latter and explain crashed there)."""
+    from flashgen.cli import _kernel_label
+    for on, off in (("true", "false"), ("(bool)1", "(bool)0")):
+        assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {on}, {off}>(A)") == \
+            "backward (dQ atomics)"
+        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {on}>(A)") == "forward +dropout"
+        assert _kernel_label(f"void fg::dq_kernel<V, T, {off}>(A)") == "deterministic dQ"
