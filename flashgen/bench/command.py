@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import api
 from . import BenchError, report
 from .flops import DIRECTIONS
-from .peers import PEERS
+from .peers import PEERS, sweep_peer
 from .suite import (
     GRID_SIZES,
     LONG_SIZES,
@@ -47,6 +47,8 @@ def add_bench_arguments(p) -> None:
                    help=f"{','.join(DIRECTIONS)} (default: both)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"{','.join(PEERS)} (default: all; flashgen always runs)")
+    p.add_argument("--kv-blocks", help="the block-size sweep: also run flashgen with these "
+                                       "forward KV tiles, e.g. 32,64,128 (peers flashgen@kvBN)")
     p.add_argument("--out", help="results folder (default: flashgen/bench/results/DATE-GPU); "
                                  "a folder with results resumes: measured rows are kept")
     p.add_argument("--warmup", type=int, help="untimed runs per measurement (default 3)")
@@ -83,6 +85,12 @@ class Plan:
 def make_plan(args) -> Plan:
     """The cases and settings that the arguments ask for (BenchError if they cannot)."""
     peers = _names(args.peers, PEERS, "peer")
+    if args.kv_blocks:
+        blocks = _ints(args.kv_blocks, "--kv-blocks")
+        bad = [b for b in blocks if b < 16 or b & (b - 1)]
+        if bad:
+            raise BenchError(f"--kv-blocks: {', '.join(map(str, bad))} is not a power of two >= 16")
+        peers += tuple(sweep_peer(b) for b in blocks)
     directions = _names(args.directions, DIRECTIONS, "direction")
     if args.specs and args.suite:
         raise BenchError("give SPECs or --suite, not both")

@@ -22,6 +22,10 @@ from . import NotExpressible, flex
 from .grid import Visibility, explicit_mask, mask_shape, reads
 
 FLASHGEN = "flashgen"
+# The block-size sweep (FlashAttention paper, Fig. 2 right): flashgen with the forward's KV
+# tile set to BN keys (the planner's query tile kept), as a peer named "flashgen@kvBN", so
+# that every row gets its ratio to the planner's choice.
+SWEEP_PREFIX = "flashgen@kv"
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION"}
 PEERS = (*SDPA_BACKENDS, "flex", "standard")
@@ -184,10 +188,31 @@ def flashgen_runner(subject: Subject) -> Runner:
     return Runner(lambda: op(call.q, call.k, call.v, **kwargs))
 
 
+def sweep_peer(kv_block: int) -> str:
+    return f"{SWEEP_PREFIX}{kv_block}"
+
+
+def sweep_runner(peer: str, subject: Subject) -> Runner:
+    """flashgen with the forward tile (the plan's BM, BN from the peer's name); a tile the
+    planner refuses (shared memory, warp layout) is NotExpressible."""
+    from ..plan.tiles import TileError, TileOverride, check_override, plan_for
+    op, call, kwargs = subject.op, subject.call, subject.op_kwargs
+    d = call.q.shape[-1]
+    tile = (plan_for(op.spec, d).forward.block_m, int(peer[len(SWEEP_PREFIX):]))
+    try:   # shared memory and warp layout at this head dim too
+        tiles = check_override(TileOverride(forward=tile), d, op.spec.value_dim_for(d))
+    except TileError as why:
+        raise NotExpressible(f"forward tile {tile[0]}x{tile[1]}: {why}") from None
+    swept = AttentionOp(op.spec, op.source_path, tiles)
+    return Runner(lambda: swept(call.q, call.k, call.v, **kwargs))
+
+
 def runner(peer: str, subject: Subject) -> Runner:
-    """The runner of `peer` (flashgen or one of PEERS) for the subject's case."""
+    """The runner of `peer` (flashgen, one of PEERS, or a sweep peer) for the subject's case."""
     if peer == FLASHGEN:
         return flashgen_runner(subject)
+    if peer.startswith(SWEEP_PREFIX):
+        return sweep_runner(peer, subject)
     if peer in SDPA_BACKENDS:
         return sdpa_runner(peer, subject)
     if peer == "flex":

@@ -16,12 +16,13 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import api
+from ..plan.tiles import TileError, TileOverride, check_override, plan_for
 from ..runtime.arguments import TORCH_DTYPES, bind
 from ..runtime.examples import example_layout, example_params
 from . import NotExpressible
 from .flops import attention_flops, tflops
 from .grid import visibility
-from .peers import FLASHGEN, Subject, runner
+from .peers import FLASHGEN, SWEEP_PREFIX, Subject, runner
 from .progress import Progress
 from .report import Results
 from .timing import peak_extra_bytes, time_ms
@@ -107,23 +108,46 @@ class Settings:
     max_seconds: float = 1.0    # the timed runs of one measurement take at most about this
 
 
-def build_kernels(cases: list[Case], progress: Progress) -> dict[tuple[str, str, int], str]:
-    """Build (or find in the cache) every flashgen module the cases need, in parallel.
-    Returns the failures: (source, dtype, d) -> the build error's first line."""
+def _sweep_tile(source: str, d: int, kv_block: int) -> tuple[int, int] | None:
+    """The forward tile of a block-size sweep peer, or None where the planner refuses it
+    (the runner then records why)."""
+    spec = api.load(source)
+    tile = (plan_for(spec, d).forward.block_m, kv_block)
+    try:
+        check_override(TileOverride(forward=tile), d, spec.value_dim_for(d))
+    except TileError:
+        return None
+    return tile
+
+
+def build_kernels(cases: list[Case], progress: Progress, kv_blocks: tuple[int, ...] = ()
+                  ) -> dict[tuple[str, str, int], str]:
+    """Build (or find in the cache) every flashgen module the cases need, in parallel, and
+    those of the block-size sweep's tiles. Returns the failures of the planner's modules:
+    (source, dtype, d) -> the build error's first line (a sweep tile's failure shows in
+    its own rows)."""
     configs = sorted({(c.source, c.dtype, c.d) for c in cases})
+    jobs = {(source, dtype, d, None): None for source, dtype, d in configs}
+    for source, dtype, d in configs:
+        for kv_block in kv_blocks:
+            tile = _sweep_tile(source, d, kv_block)
+            if tile is not None:
+                jobs[(source, dtype, d, tile)] = None
     failed = {}
     start = time.perf_counter()
     # a module is two nvcc processes (forward, backward): half the cores' worth of modules
     with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
-        futures = {pool.submit(api.build, source, dtypes=[dtype], head_dims=[d]): (source, dtype, d)
-                   for source, dtype, d in configs}
+        futures = {pool.submit(api.build, source, dtypes=[dtype], head_dims=[d],
+                               forward_tile=tile): (source, dtype, d, tile)
+                   for source, dtype, d, tile in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             error = future.exception()
-            if error is not None:
-                failed[futures[future]] = str(error).splitlines()[0]
-            progress.update(f"building flashgen kernels {done}/{len(configs)} "
+            source, dtype, d, tile = futures[future]
+            if error is not None and tile is None:
+                failed[source, dtype, d] = str(error).splitlines()[0]
+            progress.update(f"building flashgen kernels {done}/{len(jobs)} "
                             f"({time.perf_counter() - start:.0f} s)")
-    progress.finish(f"{len(configs)} flashgen module(s) ready in {time.perf_counter() - start:.0f} s"
+    progress.finish(f"{len(jobs)} flashgen module(s) ready in {time.perf_counter() - start:.0f} s"
                     + (f", {len(failed)} failed" if failed else ""))
     return failed
 
@@ -289,7 +313,9 @@ def run(cases: list[Case], settings: Settings, results: Results, progress: Progr
     peers = (FLASHGEN, *settings.peers)
     todo = [c for c in cases if not all(results.has(c.fields(), peer, direction)
                                         for peer in peers for direction in settings.directions)]
-    failures = build_kernels(todo, progress) if todo else {}
+    kv_blocks = tuple(int(p[len(SWEEP_PREFIX):]) for p in settings.peers
+                      if p.startswith(SWEEP_PREFIX))
+    failures = build_kernels(todo, progress, kv_blocks) if todo else {}
     loop = _Run(settings, results, progress, failures,
                 torch.device("cuda", torch.cuda.current_device()))
     for index, case in enumerate(todo, 1):

@@ -11,7 +11,7 @@ import torch
 
 import flashgen
 from flashgen import cli
-from flashgen.bench import NotExpressible, flex, grid, peers, report
+from flashgen.bench import BenchError, NotExpressible, flex, grid, peers, report
 from flashgen.bench.command import make_plan
 from flashgen.bench.flops import attention_flops, tflops
 from flashgen.bench.progress import Progress
@@ -335,6 +335,18 @@ def test_plan_of_long_quick_and_suite():
     plan = make_plan(_args("bigbird", "--head-dim", "64,128", "--sizes", "512"))
     assert len(plan.cases) == 2 and "no kernel for 128" in plan.notes[0]
     assert len(make_plan(_args("--suite", "--sizes", "1024")).cases) > len(SHIPPED)
+
+
+def test_block_size_sweep_runs_flashgen_at_each_kv_tile_as_peers():
+    """--kv-blocks adds flashgen at other forward KV tiles as peers (ratios to the plan's
+    tile in every row); a tile the planner refuses is left to its rows (n/a), not built."""
+    from flashgen.bench.suite import _sweep_tile
+    plan = make_plan(_args("causal", "--kv-blocks", "32,64,128", "--peers", "flash"))
+    assert plan.settings.peers == ("flash", "flashgen@kv32", "flashgen@kv64", "flashgen@kv128")
+    assert _sweep_tile("causal", 128, 32) == (128, 32)          # the plan's 128 query rows
+    assert _sweep_tile("causal", 256, 256) is None              # shared memory: refused
+    with pytest.raises(BenchError, match="power of two"):
+        make_plan(_args("causal", "--kv-blocks", "48"))
 
 
 @pytest.mark.parametrize("argv, message", [
