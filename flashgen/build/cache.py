@@ -4,6 +4,8 @@ A module lives in cache_dir()/<name>_<key>/<name>_<key>.so, where the key hashes
 that changes the machine code: the sources, the flags, the target arch, nvcc, torch and
 BUILD_FORMAT. A lock per module keeps concurrent processes from building it twice, and a
 module appears by renaming its finished build directory, so no reader sees half a library.
+Beside the library lies the SHA-256 of its bytes: a library changed on disk afterwards
+(truncated, overwritten) fails the check on load and is rebuilt.
 
 Why not torch.utils.cpp_extension.load: it cannot build this on a machine without a GPU.
 On a CPU-only torch its CUDA_HOME is None whatever the environment says, so include_paths
@@ -42,7 +44,7 @@ from filelock import FileLock
 from torch.utils import cpp_extension
 
 # Bump when the build changes in a way the key does not see (default flags, link step, layout).
-BUILD_FORMAT = 1
+BUILD_FORMAT = 2   # 2: modules carry the SHA-256 of their library
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Relative paths in characters that need no quoting in a ninja file or a shell.
@@ -190,13 +192,18 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
     stem = f"{name}_{key}"
     root = cache_dir()
     final = root / stem / f"{stem}.so"
-    if final.exists():
+    if _intact(final):
         return BuiltModule(final, key, 0.0, True)
-
-    root.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(root / f"{stem}.lock")):
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f"{stem}.lock"))
+        lock.acquire()
+    except OSError as error:
+        raise BuildError(f"cannot write the kernel cache {root} ({error.strerror or error}): "
+                         "set FLASHGEN_CACHE_DIR to a writable directory") from None
+    try:
         # Another process may have built it while we waited for the lock.
-        if final.exists():
+        if _intact(final):
             return BuiltModule(final, key, 0.0, True)
         # We hold the lock, so temporary directories of this module are left by a build
         # that was killed; nobody else uses them.
@@ -208,7 +215,9 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
             _write_sources(sources, tmp)
             _write_ninja_file(tmp, stem, cu_files, _nvcc_flags(arch, flags))
             _run_ninja(tmp, stem, verbose)
-            # A module directory without its library (the .so deleted by hand) is stale;
+            library = tmp / f"{stem}.so"
+            library.with_suffix(".sha256").write_text(_digest(library))
+            # A module directory whose library is missing or fails its check is stale;
             # the rename below needs the name free.
             shutil.rmtree(final.parent, ignore_errors=True)
             os.rename(tmp, final.parent)
@@ -216,6 +225,29 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return BuiltModule(final, key, time.perf_counter() - start, False)
+    finally:
+        lock.release()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(library: Path) -> bool:
+    """Is the cached library there, with the bytes it was built with? Checked once per
+    path and process (a few ms for a module's library)."""
+    if library in _VERIFIED:
+        return True
+    try:
+        ok = library.with_suffix(".sha256").read_text().strip() == _digest(library)
+    except OSError:        # no library, or no digest (a build killed before writing it)
+        return False
+    if ok:
+        _VERIFIED.add(library)
+    return ok
+
+
+_VERIFIED: set[Path] = set()
 
 
 def _write_ninja_file(directory: Path, stem: str, cu_files: list[str], nvcc_flags: list[str]):

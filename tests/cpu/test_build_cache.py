@@ -130,6 +130,28 @@ def test_a_failed_build_raises_with_the_compiler_output_and_leaves_nothing(tmp_c
     assert [p.suffix for p in tmp_cache.iterdir()] == [".lock"]
 
 
+@pytest.mark.nvcc
+def test_a_corrupted_cached_library_fails_its_check_and_is_rebuilt(tmp_cache):
+    built = build(TINY, name="tiny", arch="sm_80")
+    digest = built.path.with_suffix(".sha256")
+    assert digest.read_text() == cache._digest(built.path)
+    built.path.write_bytes(built.path.read_bytes()[:4096])      # truncated on disk
+    cache._VERIFIED.discard(built.path)                          # as a new process sees it
+    again = build(TINY, name="tiny", arch="sm_80")
+    assert not again.cached and again.path == built.path
+    assert digest.read_text() == cache._digest(again.path)
+    digest.unlink()                                              # a build killed before it
+    cache._VERIFIED.discard(built.path)
+    assert not build(TINY, name="tiny", arch="sm_80").cached
+
+
+def test_an_unwritable_cache_directory_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("FLASHGEN_CACHE_DIR", str(tmp_path / "a_file" / "cache"))
+    with pytest.raises(BuildError, match="cannot write the kernel cache .*set FLASHGEN_CACHE_DIR"):
+        build(TINY, name="tiny", arch="sm_80")
+
+
 def _build_in_child(barrier, results):
     barrier.wait()                                  # both ask at the same moment
     built = build(TINY, name="race", arch="sm_80")
