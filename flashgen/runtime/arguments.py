@@ -42,6 +42,9 @@ class BoundCall:
         return s["B"], s["H"], s["Hkv"], s["Nq"], s["Nk"]
 
 
+MAX_GRID_Y = 65535   # CUDA's limit on gridDim.y, which the kernels give to batch x heads
+
+
 def _fail(message: str):
     raise ArgumentError(message)
 
@@ -62,6 +65,10 @@ def _check_qkv(spec: AttentionSpec, q, k, v, for_kernel: bool) -> dict[str, int]
             _fail(f"q has dtype {q.dtype}, but '{spec.name}' is built for "
                   f"{', '.join(spec.dtypes)}; convert with q.to({allowed[0]}) "
                   "or add the dtype to the spec's `dtype =` line")
+        if q.shape[0] * q.shape[1] > MAX_GRID_Y:
+            _fail(f"batch x heads is {q.shape[0]} x {q.shape[1]} = {q.shape[0] * q.shape[1]}; "
+                  f"the kernels take at most {MAX_GRID_Y} (one grid row each): split the "
+                  "batch into calls of fewer")
         if q.device.type != "cuda":
             _fail(f"q is on {q.device}; the kernel needs CUDA tensors (use op.reference(...) on "
                   "the CPU)")

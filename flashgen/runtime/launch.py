@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 from dataclasses import dataclass
 
@@ -225,9 +226,14 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
     """out [B, H, Nq, Dv] (q's dtype) and lse [B, H, Nq] (fp32). rng: see rng_state;
     layout: a runtime block layout (None for a built-in pattern or a dense spec)."""
+    B, H, Nq, _ = q.shape
+    if q.numel() == 0 or k.shape[2] == 0:
+        # nothing to launch: no rows, or rows with no key (O = 0, lse = -inf, as a fully
+        # masked row)
+        return (q.new_zeros(B, H, Nq, v.shape[-1]),
+                torch.full((B, H, Nq), -math.inf, dtype=torch.float32, device=q.device))
     var = variant(key)
     q, k, v = aligned(q), aligned(k), aligned(v)
-    B, H, Nq, _ = q.shape
     out = _output(B, H, Nq, v.shape[-1], like=q)
     lse = _output(B, H, Nq, like=q, dtype=torch.float32)
     ints, floats = _shape(q, k, scale)
@@ -247,6 +253,12 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     gradients, in the order of Variant.grad_params. out, lse, dropout_p, rng and layout
     are the forward call's; dlse (or None) the gradient flowing into lse."""
     var = variant(key)
+    by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
+    sizes = [by_name[n].numel() if want else 0
+             for n, want in zip(var.grad_params, param_grads_wanted)]
+    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
+    if q.numel() == 0 or k.numel() == 0:      # no query or no key: every gradient is 0
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), flat
     q, k, v, dout, out = aligned(q), aligned(k), aligned(v), aligned(dout), aligned(out)
     B, H, Nq, D = q.shape
     delta = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
@@ -266,10 +278,6 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     ints += _strided(dq) + _strided(dk) + _strided(dv) + [int(deterministic)]
     _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
-    by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
-    sizes = [by_name[n].numel() if want else 0
-             for n, want in zip(var.grad_params, param_grads_wanted)]
-    flat = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
     g_ints, at = [], 0
     for name, size in zip(var.grad_params, sizes):
         shape = by_name[name].shape

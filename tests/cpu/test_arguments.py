@@ -59,6 +59,31 @@ def test_kernel_call_checks_device_and_dtype_before_anything():
         op(*qkv(dtype=torch.bfloat16))
 
 
+def test_kernel_call_refuses_more_batch_x_heads_than_the_grid_holds():
+    from flashgen.runtime.arguments import bind
+    spec = flashgen.load("causal")
+    q = torch.empty(1024, 128, 1, 64, dtype=torch.bfloat16, device="meta")
+    with pytest.raises(ArgumentError, match="batch x heads is 1024 x 128 = 131072; .* at most 65535"):
+        bind(spec, q, q, q, for_kernel=True)
+
+
+def test_empty_calls_launch_nothing():
+    """No rows, or rows with no key: zeros (lse -inf, as a fully masked row) and zero
+    gradients, without a kernel launch (so on any device)."""
+    from flashgen.runtime import launch
+    op = flashgen.compile("causal")
+    q = torch.randn(2, 4, 5, 64, dtype=torch.bfloat16)
+    no_keys = torch.empty(2, 4, 0, 64, dtype=torch.bfloat16)
+    out, lse = launch.forward(op.key, q, no_keys, no_keys, [], [], 0.125)
+    assert torch.equal(out, torch.zeros_like(q)) and torch.isneginf(lse).all()
+    none = torch.empty(0, 4, 5, 64, dtype=torch.bfloat16)
+    out, lse = launch.forward(op.key, none, none, none, [], [], 0.125)
+    assert out.shape == (0, 4, 5, 64) and lse.shape == (0, 4, 5)
+    dq, dk, dv, flat = launch.backward(op.key, q, q, no_keys, no_keys, q, lse, None, [], [],
+                                       0.125, [])
+    assert torch.equal(dq, torch.zeros_like(q)) and dk.shape == (2, 4, 0, 64) and flat.numel() == 0
+
+
 def test_free_symbols_bind_consistently():
     op = flashgen.compile("attention a { head_dim = 64\n param t: f32[H, K]\n param u: f32[K]\n"
                           " score = score + t[h, 0] + u[0] }")
