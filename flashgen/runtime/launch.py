@@ -54,6 +54,15 @@ class Variant:
         return plan_for(self.spec, head_dim, self.tiles, arch)
 
     @functools.cached_property
+    def mask_tiles_per(self) -> tuple[bool, bool] | None:
+        """For a mask whose tile classes depend on the call's tables (tile_class.scans_tables):
+        whether they differ by (batch, head); None for every other spec. Derived once: a
+        walk of the IR on every call cost ~60 us."""
+        if not scans_tables(self.spec):
+            return None
+        return mask_reads(self.spec, "b"), mask_reads(self.spec, "h")
+
+    @functools.cached_property
     def grad_params(self) -> tuple[str, ...]:
         """Float tensor parameters that `score` reads: the ones with gradients."""
         return tuple(dict.fromkeys(load.name for load in differentiable_loads(self.spec)))
@@ -179,16 +188,15 @@ def _mask_tiles(key: str, q, k, tensors, scalars) -> MaskTiles:
     B, H, Nq, D = q.shape
     Nk = k.shape[2]
     plan = var.plan(D, _arch(q.device.index))
-    batches = B if mask_reads(var.spec, "b") else 1
-    heads = H if mask_reads(var.spec, "h") else 1
-    p_ints, p_floats = _params(var, tensors, scalars)
-    library = _library(key, q)
+    by_batch, by_head = var.mask_tiles_per
+    batches, heads = (B if by_batch else 1), (H if by_head else 1)
 
     def classes(block_m: int, block_n: int) -> torch.Tensor:
         out = torch.empty(batches, heads, -(-Nq // block_m), -(-Nk // block_n), dtype=torch.int8,
                           device=q.device)
         ints = [batches, heads, Nq, Nk, block_m, block_n, out.data_ptr()]
-        _call(library, "flashgen_tile_classes", ints + p_ints, p_floats, q.device)
+        p_ints, p_floats = _params(var, tensors, scalars)
+        _call(_library(key, q), "flashgen_tile_classes", ints + p_ints, p_floats, q.device)
         return out
 
     def build() -> MaskTiles:
@@ -208,7 +216,9 @@ def _mask_tiles(key: str, q, k, tensors, scalars) -> MaskTiles:
 def _sparse(key: str, q, k, layout, tensors, scalars) -> list[int]:
     var = variant(key)
     if var.spec.block_sparse is None:
-        return _mask_tiles(key, q, k, tensors, scalars).ints() if scans_tables(var.spec) else DENSE
+        if var.mask_tiles_per is None:
+            return DENSE
+        return _mask_tiles(key, q, k, tensors, scalars).ints()
     plan = var.plan(q.shape[-1], _arch(q.device.index))
     return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
 

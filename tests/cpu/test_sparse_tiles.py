@@ -99,3 +99,45 @@ def test_masks_that_read_tables_over_tiles_take_runtime_lists():
     for name in ("key_padding", "causal", "alibi", "dense"):       # lens[b]: exact, per tile
         assert not scans_tables(flashgen.load(name)), name
     assert not scans_tables(flashgen.load("bigbird"))         # block-sparse: its layout
+
+
+def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
+    """The launcher's per-call path for a data-dependent mask (runtime/launch.py
+    _mask_tiles), with the GPU classification faked: lists at both passes' tile sizes,
+    per batch entry (document reads b, not h), kept until `doc` is edited in place."""
+    from flashgen.runtime import launch
+    calls = []
+
+    def fake_call(library, function, ints, floats, device):
+        batches, heads, _, _, bm, bn, ptr = ints[:7]
+        calls.append((function, batches, heads, bm, bn))
+        for t in created:                            # the class grid the call would fill
+            if t.data_ptr() == ptr:
+                t.fill_(1)                           # every tile full
+
+    created = []
+    real_empty = torch.empty
+
+    def tracking_empty(*shape, **kw):
+        t = real_empty(*shape, **kw)
+        if kw.get("dtype") is torch.int8:
+            created.append(t)
+        return t
+
+    monkeypatch.setattr(launch, "_call", fake_call)
+    monkeypatch.setattr(launch, "_library", lambda key, q: None)
+    monkeypatch.setattr(launch, "_arch", lambda index: "sm_90a")
+    monkeypatch.setattr(launch.torch, "empty", tracking_empty)
+    op = flashgen.compile("document")
+    assert launch.variant(op.key).mask_tiles_per == (True, False)
+    q = torch.zeros(2, 3, 256, 64, dtype=torch.bfloat16)
+    doc = torch.zeros(2, 256, dtype=torch.int32)
+    first = launch._mask_tiles(op.key, q, q, [doc], [])
+    plan = plan_for(op.spec, 64)
+    assert calls == [("flashgen_tile_classes", 2, 1, plan.forward.block_m, plan.forward.block_n),
+                     ("flashgen_tile_classes", 2, 1, plan.backward.block_m, plan.backward.block_n)]
+    assert first.by_q[0].shape == (2, 1, 256 // plan.forward.block_m)
+    assert launch._mask_tiles(op.key, q, q, [doc], []) is first and len(calls) == 2
+    doc[:, 128:] = 1                                 # in place: rebuilt
+    assert launch._mask_tiles(op.key, q, q, [doc], []) is not first and len(calls) == 4
+    assert launch.variant(flashgen.compile("causal").key).mask_tiles_per is None
