@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .flops import DIRECTIONS
-from .peers import FLASHGEN, PEERS
+from .peers import FLASHGEN, PEERS, SWEEP_PREFIX
 
 CASE_FIELDS = ("sweep", "spec", "dtype", "d", "B", "H", "Hkv", "N")
 KEY_FIELDS = (*CASE_FIELDS, "peer", "direction")
@@ -227,11 +227,46 @@ def table(rows: list[dict]) -> str:
                           "" if visible is None else f"{visible:.3f}", direction,
                           *(cell(by_peer.get(p), ours) for p in peers)])
         sections.append(f"{sweep}: {what}\n{_format(header, lines)}")
+    sweep = _kv_sweep_table(rows)
+    if sweep:
+        sections.append(sweep)
     notes = sorted({f"{r['peer']} {r['status']}: {r['note']}" for r in rows
                     if r["status"] != "ok" and r.get("note")})
     if notes:
         sections.append("why not:\n" + "\n".join(f"  {n}" for n in notes))
     return "\n\n".join(sections)
+
+
+def _kv_block(peer: str) -> int | None:
+    """The forward KV tile of a block-size sweep peer (flashgen@kvBN), else None."""
+    return int(peer[len(SWEEP_PREFIX):]) if peer.startswith(SWEEP_PREFIX) else None
+
+
+def _kv_sweep_table(rows: list[dict]) -> str:
+    """The FlashAttention paper's block-size sweep: per case and direction, median time at
+    each forward KV tile, and its ratio to the planner's choice (flashgen's own row)."""
+    cases = {k: v for k, v in _cases(rows).items()
+             if any(_kv_block(p) is not None for p in v)}
+    if not cases:
+        return ""
+    blocks = sorted({_kv_block(p) for v in cases.values() for p in v} - {None})
+    header = ["spec", "dtype", "d", "N", "dir", "planner", *(f"kv{b}" for b in blocks)]
+    lines = []
+    for (_, spec, dtype, d, _, _, _, N, direction), by_peer in cases.items():
+        ours = by_peer.get(FLASHGEN)
+        planner = _status(ours) or f"{ours['ms']:.3g} ms"
+        cells = []
+        for b in blocks:
+            row = by_peer.get(SWEEP_PREFIX + str(b))
+            text = _status(row)
+            if text is None:
+                text = f"{row['ms']:.3g} ms"
+                if _status(ours) is None:
+                    text += f" {row['ms'] / ours['ms']:.2f}x"
+            cells.append(text)
+        lines.append([spec, dtype, str(d), str(N), direction, planner, *cells])
+    return ("kv-block sweep: median time at each forward KV tile (x: time / the planner's)\n"
+            + _format(header, lines))
 
 
 # ------------------------------------------------------------------ plots
@@ -264,6 +299,10 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
                 ax.set_title(f"{spec} {dtype} d={d} {direction}")
                 ax.set_ylabel("TFLOP/s")
         written.append(_save(fig, out / f"{spec}_{dtype}.png"))
+    for (spec, dtype), group in sorted(grid.items()):
+        swept = [r for r in group if _kv_block(r["peer"]) is not None]
+        if swept:
+            written.append(_plot_kv_sweep(spec, dtype, swept, out))
     for (spec, dtype, d), group in sorted(long.items()):
         fig = Figure(figsize=(11, 4), layout="constrained")
         memory, time = fig.subplots(1, 2)
@@ -277,6 +316,31 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
             ax.set_title(f"{spec} {dtype} d={d}, B=1 H={group[0]['H']}")
         written.append(_save(fig, out / f"long_{spec}_{dtype}_d{d}.png"))
     return written
+
+
+def _plot_kv_sweep(spec: str, dtype: str, rows: list[dict], out: Path) -> Path:
+    """Median time against the forward KV tile, a line per N (a panel per head dim and
+    direction): the paper's runtime-vs-block-size figure for this spec."""
+    from matplotlib.figure import Figure
+    dims = sorted({r["d"] for r in rows})
+    directions = [d for d in DIRECTIONS if any(r["direction"] == d for r in rows)]
+    fig = Figure(figsize=(5.5 * len(directions), 4 * len(dims)), layout="constrained")
+    axes = fig.subplots(len(dims), len(directions), squeeze=False)
+    for i, d in enumerate(dims):
+        for j, direction in enumerate(directions):
+            ax = axes[i][j]
+            chosen = [r for r in rows if r["d"] == d and r["direction"] == direction]
+            for N in sorted({r["N"] for r in chosen}):
+                xs, ys = zip(*sorted((_kv_block(r["peer"]), r["ms"]) for r in chosen if r["N"] == N))
+                ax.plot(xs, ys, marker="o", label=f"N={N}")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("forward KV tile (keys)")
+            ax.set_ylabel("median time (ms)")
+            ax.set_title(f"{spec} {dtype} d={d} {direction}: time vs KV block")
+            ax.grid(True, alpha=0.3)
+            if ax.get_lines():
+                ax.legend(fontsize="small")
+    return _save(fig, out / f"kvblocks_{spec}_{dtype}.png")
 
 
 def _lines(ax, rows: list[dict], metric: str, style: str = "-", suffix: str = "") -> None:

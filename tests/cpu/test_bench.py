@@ -2,6 +2,7 @@
 against brute force, the FlexAttention translation against the reference, SDPA's
 expressibility decisions, the results folder (CSV, meta.json, table, plots), the
 command line and its errors."""
+import importlib.util
 import io
 import json
 import math
@@ -247,6 +248,27 @@ def test_table_shows_throughput_ratio_and_reasons():
     assert "long: median time and peak extra memory" in text and "12 ms 655 MiB" in text
     lines = text.splitlines()
     assert lines[1].split()[:3] == ["spec", "dtype", "d"]
+
+
+def test_kv_block_sweep_has_its_own_table_and_plot(tmp_path):
+    case = {f: None for f in report.CSV_FIELDS} | {
+        "sweep": "grid", "spec": "dense", "dtype": "bf16", "d": 64, "B": 2, "H": 32, "Hkv": 32,
+        "N": 8192, "direction": "fwd", "status": "ok", "visible": 1.0}
+    rows = [{**case, "peer": "flashgen", "ms": 2.0, "tflops": 300.0}]
+    rows += [{**case, "peer": f"flashgen@kv{b}", "ms": ms, "tflops": 600 / ms}
+             for b, ms in ((32, 3.0), (64, 2.2), (128, 2.0))]
+    rows.append({**case, "peer": "flashgen@kv256", "status": "n/a", "note": "shared memory"})
+    text = report.table(rows)
+    grid, sweep = text.split("\n\n")[:2]
+    assert "flashgen@kv" not in grid.splitlines()[1]          # not peers of the grid table
+    assert sweep.startswith("kv-block sweep")
+    assert sweep.splitlines()[1].split() == ["spec", "dtype", "d", "N", "dir", "planner",
+                                             "kv32", "kv64", "kv128", "kv256"]
+    assert sweep.splitlines()[3].split()[4:] == ["fwd", "2", "ms", "3", "ms", "1.50x", "2.2", "ms",
+                                                 "1.10x", "2", "ms", "1.00x", "n/a"]
+    if importlib.util.find_spec("matplotlib"):
+        written = report.plot(rows, tmp_path)
+        assert sorted(p.name for p in written) == ["dense_bf16.png", "kvblocks_dense_bf16.png"]
 
 
 def test_meta_json_merges_commands(tmp_path):
