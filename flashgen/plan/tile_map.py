@@ -77,6 +77,22 @@ extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, 
           *out++ = static_cast<int8_t>(V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len));
         }
 }
+
+// mask() at every element, as the kernels' partial tiles compute it (from the row and
+// column parts where the mask is split, variant.cuh): out[batches][heads][q_len][kv_len].
+extern "C" void flashgen_mask_values(const int64_t* ints, const float* floats, int batches,
+                                     int heads, int q_len, int kv_len, int8_t* out) {
+  using V = NAMESPACE::Variant;
+  HostReader in{ints, floats};
+  const V::Params p = V::Params::read(in);
+  for (int b = 0; b < batches; ++b)
+    for (int h = 0; h < heads; ++h)
+      for (int q = 0; q < q_len; ++q)
+        for (int kv = 0; kv < kv_len; ++kv) {
+          if constexpr (V::kHasMask) *out++ = V::mask(p, b, h, q, kv, q_len, kv_len);
+          else *out++ = 1;
+        }
+}
 """
 
 
@@ -100,6 +116,10 @@ def _host_library(spec: AttentionSpec) -> ctypes.CDLL:
     function.restype = None
     function.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
                          *[ctypes.c_int] * 6, ctypes.c_void_p]
+    values = library.flashgen_mask_values
+    values.restype = None
+    values.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                       *[ctypes.c_int] * 4, ctypes.c_void_p]
     return library
 
 
@@ -137,6 +157,19 @@ def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
                                   batches, heads, q_len, kv_len, block_m, block_n,
                                   out.data_ptr())
     return out
+
+
+def mask_values(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
+                kv_len: int) -> torch.Tensor:
+    """The variant's compiled mask() at every element: bool [batches, heads, q_len, kv_len]
+    (a check of the rendered mask against the reference; needs nvcc)."""
+    library = _host_library(spec)
+    ints, floats, _kept_alive = _pack_params(spec, params)
+    out = torch.empty(batches, heads, q_len, kv_len, dtype=torch.int8)
+    library.flashgen_mask_values((ctypes.c_int64 * max(1, len(ints)))(*ints),
+                                 (ctypes.c_float * max(1, len(floats)))(*floats),
+                                 batches, heads, q_len, kv_len, out.data_ptr())
+    return out.bool()
 
 
 @dataclass(frozen=True)

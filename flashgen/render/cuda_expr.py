@@ -51,12 +51,13 @@ class Renderer:
     subexpressions once. Subclasses render into other domains (tile_class.py)."""
     temp_prefix = "t"
 
-    def __init__(self, roots: list[Expr]):
+    def __init__(self, roots: list[Expr], known: dict[Expr, str] | None = None):
         self.counts: Counter = Counter()
         for root in roots:
             self._count(root)
-        self.temps: dict[Expr, str] = {}
+        self.temps: dict[Expr, str] = dict(known or {})   # known: computed elsewhere
         self.statements: list[str] = []
+        self._named = 0
 
     def _count(self, e: Expr) -> None:
         self.counts[e] += 1
@@ -75,7 +76,8 @@ class Renderer:
             return self.temps[e]
         text = self._render(e)
         if self.counts[e] > 1 and not _is_leaf(e):
-            name = f"{self.temp_prefix}{len(self.temps)}"
+            name = f"{self.temp_prefix}{self._named}"
+            self._named += 1
             self.statements.append(f"const {self.c_type(e)} {name} = {text};")
             self.temps[e] = name
             return name
@@ -115,11 +117,12 @@ class Renderer:
         raise TypeError(e)
 
 
-def render_many(lets: list[tuple[str, Expr]], results: list[Expr], renderer=Renderer
-                ) -> tuple[list[str], list[str]]:
+def render_many(lets: list[tuple[str, Expr]], results: list[Expr], renderer=Renderer,
+                known: dict[Expr, str] | None = None) -> tuple[list[str], list[str]]:
     """The statements of a function body that computes `lets` (in order, as named locals)
-    and the C texts of `results`; a subexpression used more than once is computed once."""
-    r = renderer([e for _, e in lets] + list(results))
+    and the C texts of `results`; a subexpression used more than once is computed once,
+    and one in `known` is read from the given C text."""
+    r = renderer([e for _, e in lets] + list(results), known)
     for name, e in lets:
         value = r.render(e)
         r.statements.append(f"const {r.c_type(e)} {r.local_name(name)} = {value};")
@@ -127,7 +130,7 @@ def render_many(lets: list[tuple[str, Expr]], results: list[Expr], renderer=Rend
     return r.statements, texts
 
 
-def render_body(lets: list[tuple[str, Expr]], result: Expr, renderer=Renderer
-                ) -> tuple[list[str], str]:
-    statements, (text,) = render_many(lets, [result], renderer)
+def render_body(lets: list[tuple[str, Expr]], result: Expr, renderer=Renderer,
+                known: dict[Expr, str] | None = None) -> tuple[list[str], str]:
+    statements, (text,) = render_many(lets, [result], renderer, known)
     return statements, text

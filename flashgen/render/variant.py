@@ -12,6 +12,7 @@ from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, transform
 from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES, Type
 from .cuda_expr import C_TYPE, render_body, render_many
+from .mask_parts import split_mask
 from .tile_class import IntervalRenderer, scans_tables
 
 C_ELEMENT = {"f32": "float", "i32": "int", "bool": "bool"}
@@ -43,6 +44,17 @@ class FunctionView:
 
 
 @dataclass(frozen=True)
+class MaskPartView:
+    """MaskRow or MaskCol and the function that fills it (mask_parts.py)."""
+    struct: str
+    function: str
+    index: str                              # the built-in it varies with
+    fields: tuple[tuple[str, str, str], ...]  # (C type, name, the subtree as the spec reads)
+    statements: tuple[str, ...]
+    result: str
+
+
+@dataclass(frozen=True)
 class VariantView:
     name: str
     namespace: str
@@ -54,7 +66,8 @@ class VariantView:
     dropout: bool
     block_sparse: bool
     runtime_tiles: bool         # tile classes from lists built per call (tile_class.scans_tables)
-    mask: FunctionView | None
+    mask: FunctionView | None   # `mask_at` when the mask is split (mask_parts), else `mask`
+    mask_parts: tuple[MaskPartView, MaskPartView] | None
     score: FunctionView | None
     score_grad: FunctionView | None
     tile_class: FunctionView | None
@@ -139,9 +152,9 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         bs = spec.block_sparse
         summary.append(f"block_sparse = {bs.pattern} ({bs.block_q} x {bs.block_k})")
         constants += [("kBlockQ", ("int", str(bs.block_q))), ("kBlockK", ("int", str(bs.block_k)))]
-    mask = score = grad = None
+    mask = score = grad = parts = None
     if spec.mask is not None:
-        mask = _function(spec, source_path, "mask", spec.mask, False, spec.mask_spans)
+        mask, parts = _mask_functions(spec, source_path)
     if spec.score is not None:
         score = _function(spec, source_path, "score", spec.score, True, spec.score_spans)
         grad = _function(spec, source_path, "score_grad", spec.score_derivative, True,
@@ -157,9 +170,30 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         line=spec.span.line, summary=tuple(summary),
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
         dropout=spec.dropout, block_sparse=spec.block_sparse is not None,
-        runtime_tiles=scans_tables(spec), mask=mask,
+        runtime_tiles=scans_tables(spec), mask=mask, mask_parts=parts,
         score=score, score_grad=grad, tile_class=tile_class, grads=grads,
         param_grads=param_grads)
+
+
+def _mask_functions(spec: AttentionSpec, path: str):
+    """`mask`, or, when its table reads split by row and column (mask_parts.py), `mask_at`
+    (the per-element rest) and the two part views."""
+    split = split_mask(spec)
+    if split is None:
+        return _function(spec, path, "mask", spec.mask, False, spec.mask_spans), None
+    known, parts = {}, []
+    for struct, function, index, prefix, roots in (
+            ("MaskRow", "mask_row", "q_idx", "row", split.row),
+            ("MaskCol", "mask_col", "kv_idx", "col", split.column)):
+        statements, texts = render_many([], list(roots))
+        fields = tuple((C_TYPE[e.type], f"v{i}", pretty(e)) for i, e in enumerate(roots))
+        known.update({e: f"{prefix}.v{i}" for i, e in enumerate(roots)})
+        parts.append(MaskPartView(struct, function, index, fields, tuple(statements),
+                                  "{" + ", ".join(texts) + "}"))
+    statements, result = render_body([], split.expr, known=known)
+    mask_at = FunctionView("mask_at", "bool", False, _origin(spec, path, spec.mask_spans),
+                           tuple(statements), result)
+    return mask_at, tuple(parts)
 
 
 def _param_grads(spec: AttentionSpec, path: str):

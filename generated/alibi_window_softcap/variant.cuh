@@ -52,6 +52,8 @@ struct Variant {
   static constexpr bool kHasBlockSparse = false;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = false;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = false;
 
   // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {

@@ -47,6 +47,8 @@ struct Variant {
   static constexpr bool kHasBlockSparse = true;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = false;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = false;
   static constexpr int kBlockQ = 128;
   static constexpr int kBlockK = 128;
 };

@@ -47,6 +47,8 @@ struct Variant {
   static constexpr bool kHasBlockSparse = false;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = false;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = false;
 
   // flashgen/specs/causal_bottom_right.attn:5: mask = causal_bottom_right
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {

@@ -46,6 +46,8 @@ struct Variant {
   static constexpr bool kHasBlockSparse = false;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = false;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = false;
 };
 
 }  // namespace fg_dense

@@ -47,10 +47,34 @@ struct Variant {
   static constexpr bool kHasBlockSparse = false;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = true;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = true;
+
+  // The mask's table reads by the index they vary with (flashgen/render/mask_parts.py):
+  // kernels read a row's once per row and a column's once per column of a partial tile
+  // (kernels/mask.cuh FragmentMask), and mask_at the rest per element.
+  struct MaskRow {
+    int v0;  // doc[b, q_idx]
+  };
+  static FG_HD MaskRow mask_row(const Params& p, int b, int h, int q_idx, int q_len, int kv_len) {
+    return {p.doc.at(b, q_idx)};
+  }
+
+  struct MaskCol {
+    int v0;  // doc[b, kv_idx]
+  };
+  static FG_HD MaskCol mask_col(const Params& p, int b, int h, int kv_idx, int q_len, int kv_len) {
+    return {p.doc.at(b, kv_idx)};
+  }
 
   // flashgen/specs/document.attn:5: mask = causal && document(doc)
+  static FG_HD bool mask_at(const Params& p, const MaskRow& row, const MaskCol& col, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return ((q_idx >= kv_idx) && (row.v0 == col.v0));
+  }
+
+  // the mask at one element
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    return ((q_idx >= kv_idx) && (p.doc.at(b, q_idx) == p.doc.at(b, kv_idx)));
+    return mask_at(p, mask_row(p, b, h, q_idx, q_len, kv_len), mask_col(p, b, h, kv_idx, q_len, kv_len), b, h, q_idx, kv_idx, q_len, kv_len);
   }
 
   // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:

@@ -47,6 +47,8 @@ struct Variant {
   static constexpr bool kHasBlockSparse = false;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = false;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = false;
 
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {

@@ -50,10 +50,32 @@ struct Variant {
   static constexpr bool kHasBlockSparse = false;
   // the mask's tile classes come from lists built per call (kernels/sparse.cuh)
   static constexpr bool kRuntimeTiles = false;
+  // the mask's table reads split by row and column: mask_row, mask_col, mask_at
+  static constexpr bool kSplitMask = true;
+
+  // The mask's table reads by the index they vary with (flashgen/render/mask_parts.py):
+  // kernels read a row's once per row and a column's once per column of a partial tile
+  // (kernels/mask.cuh FragmentMask), and mask_at the rest per element.
+  struct MaskRow {};  // no table read varies with q_idx alone
+  static FG_HD MaskRow mask_row(const Params& p, int b, int h, int q_idx, int q_len, int kv_len) {
+    return {};
+  }
+
+  struct MaskCol {
+    bool v0;  // kv_idx < kv_lengths[b]
+  };
+  static FG_HD MaskCol mask_col(const Params& p, int b, int h, int kv_idx, int q_len, int kv_len) {
+    return {(kv_idx < p.kv_lengths.at(b))};
+  }
 
   // flashgen/specs/temperature.attn:6: mask  = key_padding(kv_lengths)
+  static FG_HD bool mask_at(const Params& p, const MaskRow& row, const MaskCol& col, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    return col.v0;
+  }
+
+  // the mask at one element
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    return (kv_idx < p.kv_lengths.at(b));
+    return mask_at(p, mask_row(p, b, h, q_idx, q_len, kv_len), mask_col(p, b, h, kv_idx, q_len, kv_len), b, h, q_idx, kv_idx, q_len, kv_len);
   }
 
   // the mask over a tile, by interval analysis (flashgen/render/tile_class.py), of:

@@ -97,12 +97,13 @@ __device__ __forceinline__ float row_lse2(float lse, bool in_sequence) {
 // and dS = dT * dscore/dS, both w.r.t. the scaled score sx; `keep` is the element's
 // dropout factor (1 without dropout). prob returns P * keep, the probability that
 // multiplied V. With kParamGrads, the score's float tables get dT * dscore/dtable.
-// kPartial: the tile needs the per-element mask (callers branch once per tile, so
-// full tiles carry no mask code); the scale rides in the exponent's FFMA.
+// kPartial: the tile needs the per-element mask, and `visible` is the element's
+// (FragmentMask); callers branch once per tile, so full tiles carry no mask code. The
+// scale rides in the exponent's FFMA.
 template <class V, bool kPartial, bool kParamGrads>
 __device__ __forceinline__ void score_gradient(const typename V::Params& p,
                                                const typename V::Grads& g, const Shape& n,
-                                               bool block_visible, float lse2, float delta,
+                                               bool visible, float lse2, float delta,
                                                int b, int h, int q, int kv, float s, float dp,
                                                float keep, float& prob, float& ds) {
   const float sx = s * n.scale;
@@ -113,7 +114,7 @@ __device__ __forceinline__ void score_gradient(const typename V::Params& p,
     pr = fast_exp2(fmaf(s, n.scale_log2, -lse2));
   }
   if constexpr (kPartial) {
-    if (!visible_in_partial<V>(p, block_visible, b, h, q, kv, n.q_len, n.kv_len)) pr = 0.0f;
+    if (!visible) pr = 0.0f;
   }
   const float dt = pr * (dp * keep - delta);
   prob = pr * keep;
@@ -284,6 +285,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
     const float* delta_tile = sDelta + stage * BM;
     auto p_and_ds = [&](auto partial) {
       constexpr bool kPartial = decltype(partial)::value;
+      const FragmentMask<V, SS::kMT, SS::kNT> mask(p, b, h, q0 + sr + (lane >> 2),
+                                                   k0 + sc + 2 * (lane & 3), n.q_len, n.kv_len);
 #pragma unroll
       for (int mt = 0; mt < SS::kMT; ++mt) {
         const int r = sr + 16 * mt + (lane >> 2);  // this thread's rows: r and r + 8
@@ -307,9 +310,12 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
 #pragma unroll
           for (int i = 0; i < 4; ++i) {  // rows r, r, r + 8, r + 8; columns c, c + 1, c, c + 1
             const int half = i >> 1;
-            score_gradient<V, kPartial, true>(p, g, n, block, lse2[half], delta[half], b, h,
-                                              q0 + r + 8 * half, k0 + c + (i & 1), s[mt][nt][i],
-                                              dp[mt][nt][i], keep[i], pv[i], dsv[i]);
+            const int q = q0 + r + 8 * half, kv_idx = k0 + c + (i & 1);
+            const bool visible =
+                !kPartial || mask.visible(p, block, b, h, mt, nt, i, q, kv_idx, n.q_len, n.kv_len);
+            score_gradient<V, kPartial, true>(p, g, n, visible, lse2[half], delta[half], b, h, q,
+                                              kv_idx, s[mt][nt][i], dp[mt][nt][i], keep[i], pv[i],
+                                              dsv[i]);
           }
 #pragma unroll
           for (int half = 0; half < 2; ++half) {
@@ -411,6 +417,8 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     warp_gemm<1, BN / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV_tile, Tiles::kLdV, 0);
     auto ds_of = [&](auto partial) {
       constexpr bool kPartial = decltype(partial)::value;
+      const FragmentMask<V, 1, BN / 8> mask(p, b, h, row0 + (lane >> 2), k0 + 2 * (lane & 3),
+                                            n.q_len, n.kv_len);
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
         const int c = k0 + 8 * nt + 2 * (lane & 3);
@@ -425,7 +433,9 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
           const int r = i >> 1;
           const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
           float prob;
-          score_gradient<V, kPartial, false>(p, no_grads, n, block, lse2[r], delta[r], b, h, q,
+          const bool visible =
+              !kPartial || mask.visible(p, block, b, h, 0, nt, i, q, kv_idx, n.q_len, n.kv_len);
+          score_gradient<V, kPartial, false>(p, no_grads, n, visible, lse2[r], delta[r], b, h, q,
                                              kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
                                              s[0][nt][i]);
         }

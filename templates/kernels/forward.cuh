@@ -56,6 +56,9 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
                                                int b, int h, int row0, int k0) {
   const int lane = threadIdx.x & 31;
   const float masked = masked_score(score_mult<V>(n));
+  // unused (and gone from the code) in full tiles
+  const FragmentMask<V, MT, NT> mask(p, b, h, row0 + (lane >> 2), k0 + 2 * (lane & 3), n.q_len,
+                                     n.kv_len);
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -70,7 +73,7 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
         const int qi = q + 8 * (i >> 1), kvi = kv + (i & 1);
         if constexpr (V::kHasScore) x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len);
         if constexpr (kPartial) {
-          if (!visible_in_partial<V>(p, block, b, h, qi, kvi, n.q_len, n.kv_len)) x = masked;
+          if (!mask.visible(p, block, b, h, mt, nt, i, qi, kvi, n.q_len, n.kv_len)) x = masked;
         }
       }
     }

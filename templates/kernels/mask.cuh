@@ -102,17 +102,74 @@ __device__ __forceinline__ bool fragment_block_visible(const TileMask& tile,
   return true;
 }
 
-// Is (q, kv) of a partial tile visible? The mask, the sequence end and the fragment's
-// layout block.
-template <class V>
-__device__ __forceinline__ bool visible_in_partial(const typename V::Params& p, bool block_visible,
-                                                   int b, int h, int q, int kv, int q_len,
-                                                   int kv_len) {
-  if (kv >= kv_len) return false;
-  if constexpr (V::kHasMask)
-    if (!V::mask(p, b, h, q, kv, q_len, kv_len)) return false;
-  return block_visible;
-}
+// The mask split into what varies with the row alone, the column alone, and the rest
+// (variant.cuh MaskRow / MaskCol / mask_at, where V::kSplitMask; mask_parts.py says
+// which parts). Without a split the row and column parts are empty and the mask runs as
+// written.
+template <class V, bool = V::kSplitMask>
+struct MaskSplit {
+  struct Row {};
+  struct Col {};
+  static FG_HD Row row(const typename V::Params&, int, int, int, int, int) { return {}; }
+  static FG_HD Col col(const typename V::Params&, int, int, int, int, int) { return {}; }
+  static FG_HD bool at(const typename V::Params& p, const Row&, const Col&, int b, int h, int q,
+                       int kv, int q_len, int kv_len) {
+    if constexpr (V::kHasMask) return V::mask(p, b, h, q, kv, q_len, kv_len);
+    return true;
+  }
+};
 
+template <class V>
+struct MaskSplit<V, true> {
+  using Row = typename V::MaskRow;
+  using Col = typename V::MaskCol;
+  static FG_HD Row row(const typename V::Params& p, int b, int h, int q, int q_len, int kv_len) {
+    return V::mask_row(p, b, h, q, q_len, kv_len);
+  }
+  static FG_HD Col col(const typename V::Params& p, int b, int h, int kv, int q_len, int kv_len) {
+    return V::mask_col(p, b, h, kv, q_len, kv_len);
+  }
+  static FG_HD bool at(const typename V::Params& p, const Row& row, const Col& col, int b, int h,
+                       int q, int kv, int q_len, int kv_len) {
+    return V::mask_at(p, row, col, b, h, q, kv, q_len, kv_len);
+  }
+};
+
+// The mask over a warp's MT x NT accumulator fragments of a partial tile. The row and
+// column parts are computed once per row and once per column the thread holds (rows
+// q0 + 16 mt + 8 half, columns kv0 + 8 nt + j, from the thread's first row q0 and column
+// kv0), not at each of its 4 MT NT elements: a document mask's two table reads per
+// element, each behind a short-circuit branch, made its partial tiles cost several full
+// ones (PERF.md, third session).
+template <class V, int MT, int NT>
+struct FragmentMask {
+  using Split = MaskSplit<V>;
+  typename Split::Row rows[MT][2];
+  typename Split::Col cols[NT][2];
+
+  __device__ __forceinline__ FragmentMask(const typename V::Params& p, int b, int h, int q0,
+                                          int kv0, int q_len, int kv_len) {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half)
+        rows[mt][half] = Split::row(p, b, h, q0 + 16 * mt + 8 * half, q_len, kv_len);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) cols[nt][j] = Split::col(p, b, h, kv0 + 8 * nt + j, q_len, kv_len);
+  }
+
+  // Is element i of fragment (mt, nt) visible (i: rows q, q, q + 8, q + 8 and columns
+  // kv, kv + 1, kv, kv + 1 of the fragment; q, kv: the element's own indices)? The
+  // sequence end, the mask and the fragment's layout block.
+  __device__ __forceinline__ bool visible(const typename V::Params& p, bool block_visible, int b,
+                                          int h, int mt, int nt, int i, int q, int kv, int q_len,
+                                          int kv_len) const {
+    if (kv >= kv_len) return false;
+    if (!Split::at(p, rows[mt][i >> 1], cols[nt][i & 1], b, h, q, kv, q_len, kv_len)) return false;
+    return block_visible;
+  }
+};
 
 }  // namespace fg

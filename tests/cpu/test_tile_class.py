@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import flashgen
-from flashgen.plan.tile_map import FULL, SKIP, host_module, tile_classes
+from flashgen.plan.tile_map import FULL, SKIP, host_module, mask_values, tile_classes
 from flashgen.reference.attention import grid_variables
 from flashgen.reference.evaluate import Evaluator
 from flashgen.runtime.examples import example_params
@@ -75,3 +75,13 @@ def test_tile_class_is_sound(name):
     if name in MUST_FULL:
         assert full > 0, f"{name}: no tile proved fully visible"
     assert host_module(spec).cached     # built once, then found in the cache
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
+def test_rendered_mask_is_exact(name):
+    """The variant's mask() compiled for the host -- from its row and column parts where
+    the mask is split (flashgen/render/mask_parts.py) -- equals the reference's mask."""
+    spec = flashgen.load(name)
+    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(1), with_defaults=True)
+    assert torch.equal(mask_values(spec, params, B, H, N, N), _exact_mask(spec, params))
