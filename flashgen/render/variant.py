@@ -8,7 +8,7 @@ import jinja2
 
 from .. import resources
 from ..analysis.derivative import NotDifferentiable, derivative
-from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, transform
+from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, Var, transform
 from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES, Type
 from .cuda_expr import C_TYPE, render_body, render_many
@@ -44,6 +44,13 @@ class FunctionView:
 
 
 @dataclass(frozen=True)
+class ParamGradsView:
+    add: FunctionView                        # add_param_grads, per element
+    flush: FunctionView                      # flush_param_grads, the register sums out
+    sums: tuple[tuple[str, str, str], ...]   # GradSums fields: (C type, name, the read)
+
+
+@dataclass(frozen=True)
 class MaskPartView:
     """MaskRow or MaskCol and the function that fills it (mask_parts.py)."""
     struct: str
@@ -72,7 +79,7 @@ class VariantView:
     score_grad: FunctionView | None
     tile_class: FunctionView | None
     grads: tuple[GradView, ...]
-    param_grads: FunctionView | None
+    param_grads: ParamGradsView | None
 
 
 def _param(p: ParamDecl, path: str) -> ParamView:
@@ -196,9 +203,18 @@ def _mask_functions(spec: AttentionSpec, path: str):
     return mask_at, tuple(parts)
 
 
+def _varies_per_element(load: Load) -> bool:
+    """Does the read's element change within a tile (its indices read q_idx or kv_idx)?"""
+    return any(isinstance(n, Var) and n.name in ("q_idx", "kv_idx")
+               for index in load.indices for n in index.walk())
+
+
 def _param_grads(spec: AttentionSpec, path: str):
-    """The Grads struct and add_param_grads(): for every read of a float tensor
-    parameter in `score`, dt * d score / d (that read) goes to the read's element."""
+    """The Grads struct, add_param_grads() and flush_param_grads(): for every read of a
+    float tensor parameter in `score`, dt * d score / d (that read) goes to the read's
+    element. A read whose element is the same over a tile (`slopes[h]`) is summed in a
+    register (GradSums) and flushed by one atomic per warp: an atomic per element, all to
+    one address, would serialize the whole backward."""
     loads = differentiable_loads(spec)
     if not loads:
         return (), None
@@ -206,25 +222,45 @@ def _param_grads(spec: AttentionSpec, path: str):
     grads = tuple(GradView(f"fg::GradRef<{len(spec.param(n).shape)}> {n}", n,
                            len(spec.param(n).shape)) for n in names)
     score = inline_lets(spec, spec.score)
-    results, shapes = [], []
+    results, reads = [], []
     for load in loads:
         try:
             results.append(derivative(score, lambda node, load=load: node == load))
         except NotDifferentiable:     # read under floor(), //, ...: gradient 0, as in torch
             continue
-        results += list(load.indices)
-        shapes.append((load.name, len(load.indices)))
+        per_element = _varies_per_element(load)
+        if per_element:
+            results += list(load.indices)
+        reads.append((load, per_element))
     statements, texts = render_many([], results)
     statements = list(statements)
-    at = 0
-    for name, rank in shapes:
-        d, indices = texts[at], texts[at + 1:at + 1 + rank]
-        at += 1 + rank
+    sums, at = [], 0
+    for load, per_element in reads:
+        d = texts[at]
         value = "dt" if d == "1.0f" else f"dt * {d}"
-        statements.append(f"if (g.{name}.data) g.{name}.add({value}, {', '.join(indices)});")
+        if per_element:
+            indices = texts[at + 1:at + 1 + len(load.indices)]
+            statements.append(f"if (g.{load.name}.data) g.{load.name}.add({value}, "
+                              f"{', '.join(indices)});")
+            at += 1 + len(load.indices)
+        else:
+            statements.append(f"sums.v{len(sums)} += {value};")
+            sums.append(load)
+            at += 1
     origin = ("dt * d score / d param, for each read of a float tensor parameter in:",
               *_origin(spec, path, spec.score_spans))
-    return grads, FunctionView("add_param_grads", "void", True, origin, tuple(statements), "")
+    add = FunctionView("add_param_grads", "void", True, origin, tuple(statements), "")
+    flush_statements, index_texts = render_many([], [i for load in sums for i in load.indices])
+    flush_statements = list(flush_statements)
+    at = 0
+    for i, load in enumerate(sums):
+        indices = index_texts[at:at + len(load.indices)]
+        at += len(load.indices)
+        flush_statements.append(f"if (g.{load.name}.data) g.{load.name}.add_warp(sums.v{i}, "
+                                f"{', '.join(indices)});")
+    flush = FunctionView("flush_param_grads", "void", False, (), tuple(flush_statements), "")
+    fields = tuple(("float", f"v{i}", pretty(load)) for i, load in enumerate(sums))
+    return grads, ParamGradsView(add, flush, fields)
 
 
 @functools.cache

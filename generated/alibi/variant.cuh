@@ -34,6 +34,12 @@ struct Grads {
     g.slopes = fg::GradRef<1>::read(in);
     return g;
   }
+
+  // Does the call want any of them? (The backward then runs its kernel with the
+  // parameter-gradient code; otherwise one without it.)
+  bool any() const {
+    return slopes.data != nullptr;
+  }
 };
 
 
@@ -75,10 +81,22 @@ struct Variant {
     return 1.0f;
   }
 
+  // Per-thread sums of the gradients of table reads whose element is the same over a
+  // tile (their indices read neither q_idx nor kv_idx): one atomic per warp at a flush.
+  struct GradSums {
+    float v0 = 0.0f;  // slopes[h]
+  };
+
   // dt * d score / d param, for each read of a float tensor parameter in:
   // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
-  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
-    if (g.slopes.data) g.slopes.add(dt * float(fg::wrap_sub(kv_idx, q_idx)), h);
+  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, GradSums& sums, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    sums.v0 += dt * float(fg::wrap_sub(kv_idx, q_idx));
+  }
+
+  // The sums of the warp's lanes into the gradients (every lane calls this), then zero.
+  static __device__ __forceinline__ void flush_param_grads(const Params& p, const Grads& g, GradSums& sums, int b, int h, int q_len, int kv_len) {
+    if (g.slopes.data) g.slopes.add_warp(sums.v0, h);
+    sums = GradSums{};
   }
 };
 

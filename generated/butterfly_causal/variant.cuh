@@ -34,6 +34,12 @@ struct Grads {
     g.unused = 0;
     return g;
   }
+
+  // Does the call want any of them? (The backward then runs its kernel with the
+  // parameter-gradient code; otherwise one without it.)
+  bool any() const {
+    return false;
+  }
 };
 
 

@@ -14,15 +14,15 @@ namespace {
 using T = __nv_bfloat16;
 using Variant = fg_dense::Variant;
 using Tiles = fg::BackwardTiles<192, 192, 64, 64, 8, 2>;
-template <bool kDq, bool kDropout>
-constexpr auto kKernel = fg::backward_kernel<Variant, T, 192, 192, 64, 64, 8, 2, kDq, kDropout>;
+template <bool kDq, bool kDropout, bool kParamGrads>
+constexpr auto kKernel = fg::backward_kernel<Variant, T, 192, 192, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 192, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<192, 192, 64, 64, 4>;
 template <bool kDropout>
 constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 192, 192, 64, 64, 4, kDropout>;
 
-template <bool kDropout>
+template <bool kDropout, bool kParamGrads>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
         void* stream) {
   const fg::Shape& n = args.shape;
@@ -32,15 +32,25 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
   constexpr int smem = Tiles::smem_bytes<T>();
   if (!args.deterministic) {
-    status = fg::launch(kKernel<true, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+    status = fg::launch(kKernel<true, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
     if (status != cudaSuccess) return status;
     const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
     return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
   }
-  status = fg::launch(kKernel<false, kDropout>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
   return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
+}
+
+// the kernels with parameter-gradient code only when the call wants those gradients
+template <bool kDropout>
+int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
+        void* stream) {
+  if constexpr (Variant::kHasParamGrads) {
+    if (grads.any()) return run<kDropout, true>(args, params, grads, stream);
+  }
+  return run<kDropout, false>(args, params, grads, stream);
 }
 }  // namespace
 

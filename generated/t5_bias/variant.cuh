@@ -33,6 +33,12 @@ struct Grads {
     g.bias = fg::GradRef<2>::read(in);
     return g;
   }
+
+  // Does the call want any of them? (The backward then runs its kernel with the
+  // parameter-gradient code; otherwise one without it.)
+  bool any() const {
+    return bias.data != nullptr;
+  }
 };
 
 
@@ -62,11 +68,22 @@ struct Variant {
     return 1.0f;
   }
 
+  // Per-thread sums of the gradients of table reads whose element is the same over a
+  // tile (their indices read neither q_idx nor kv_idx): one atomic per warp at a flush.
+  struct GradSums {
+    int unused = 0;  // every read's element varies within a tile
+  };
+
   // dt * d score / d param, for each read of a float tensor parameter in:
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
-  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+  static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, GradSums& sums, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
     if (g.bias.data) g.bias.add(dt, h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int((fg::fdiv(fg::log(fg::fdiv(float(t0), 8.0f)), 2.772588722239781f) * 8.0f))), 15))));
+  }
+
+  // The sums of the warp's lanes into the gradients (every lane calls this), then zero.
+  static __device__ __forceinline__ void flush_param_grads(const Params& p, const Grads& g, GradSums& sums, int b, int h, int q_len, int kv_len) {
+    sums = GradSums{};
   }
 };
 

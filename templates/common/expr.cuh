@@ -192,6 +192,16 @@ struct GradRef {
     atomicAdd(data + offset, value);
   }
 
+  // value summed over the warp's 32 lanes and added by lane 0: one atomic per warp for
+  // an element every lane adds to. All 32 lanes must call it.
+  template <typename... I>
+  __device__ __forceinline__ void add_warp(float value, I... index) const {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1)
+      value += __shfl_xor_sync(0xffffffffu, value, offset);
+    if ((threadIdx.x & 31) == 0) add(value, index...);
+  }
+
   template <class Reader>
   static GradRef read(Reader& in) {
     GradRef g;
