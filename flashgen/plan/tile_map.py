@@ -42,6 +42,7 @@ ELEMENT_BUDGET = 1 << 28
 HOST_SOURCE = r"""// The kernels' tile classification on the host (flashgen/plan/tile_map.py).
 #include <cstdint>
 
+#include "tile_class.cuh"
 #include "variant.cuh"
 
 // Params::read over the launcher's argument arrays, in the order of
@@ -57,8 +58,8 @@ struct HostReader {
   T* ptr() { return reinterpret_cast<T*>(static_cast<intptr_t>(ints[next_int++])); }
 };
 
-// tile_class() of every pair of block_m x block_n tiles, bounded as classify_tile bounds
-// them (the last tiles end at the sequence ends), for b < batches and h < heads:
+// The mask's class of every pair of block_m x block_n tiles (tile_class.cuh, the rule the
+// kernels use, without the bounds mask), for b < batches and h < heads:
 // out[batches][heads][q_tiles][kv_tiles].
 extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, int batches,
                                       int heads, int q_len, int kv_len, int block_m,
@@ -71,10 +72,8 @@ extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, 
     for (int h = 0; h < heads; ++h)
       for (int i = 0; i < q_tiles; ++i)
         for (int j = 0; j < kv_tiles; ++j) {
-          const int q0 = i * block_m, k0 = j * block_n;
-          const int q_hi = (q0 + block_m < q_len ? q0 + block_m : q_len) - 1;
-          const int kv_hi = (k0 + block_n < kv_len ? k0 + block_n : kv_len) - 1;
-          *out++ = static_cast<int8_t>(V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len));
+          *out++ = static_cast<int8_t>(fg::mask_tile_class<V>(p, b, h, i * block_m, j * block_n,
+                                                               block_m, block_n, q_len, kv_len));
         }
 }
 

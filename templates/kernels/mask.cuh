@@ -9,6 +9,7 @@
 #pragma once
 #include "expr.cuh"
 #include "sparse.cuh"
+#include "tile_class.cuh"
 
 namespace fg {
 
@@ -27,11 +28,8 @@ template <class V, int BM, int BN>
 __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, int b, int h,
                                                   int q0, int k0, int q_len, int kv_len,
                                                   bool layout_partial = false) {
-  const int q_hi = min(q0 + BM, q_len) - 1, kv_hi = min(k0 + BN, kv_len) - 1;
-  TileClass c = TileClass::kFull;
-  if constexpr (V::kHasMask)
-    c = static_cast<TileClass>(V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len));
-  if (c == TileClass::kFull && (k0 + BN > kv_len || layout_partial)) c = TileClass::kPartial;
+  TileClass c = static_cast<TileClass>(kernel_tile_class<V>(p, b, h, q0, k0, BM, BN, q_len, kv_len));
+  if (c == TileClass::kFull && layout_partial) c = TileClass::kPartial;
   return {c, layout_partial};
 }
 
@@ -80,11 +78,8 @@ __global__ void __launch_bounds__(256) tile_class_kernel(const TileClassArgs a,
   if (pair >= int64_t(a.batches) * a.heads * q_tiles * kv_tiles) return;  // whole warps
   const int j = int(pair % kv_tiles), i = int(pair / kv_tiles % q_tiles);
   const int h = int(pair / kv_tiles / q_tiles % a.heads), b = int(pair / kv_tiles / q_tiles / a.heads);
-  const int q0 = i * a.block_m, k0 = j * a.block_n;
-  const int q_hi = min(q0 + a.block_m, a.q_len) - 1, kv_hi = min(k0 + a.block_n, a.kv_len) - 1;
-  int c = 1;
-  if constexpr (V::kHasMask) c = V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, a.q_len, a.kv_len);
-  if (c == 1 && k0 + a.block_n > a.kv_len) c = 2;  // the bounds mask, as classify_tile
+  const int c = kernel_tile_class<V>(p, b, h, i * a.block_m, j * a.block_n, a.block_m, a.block_n,
+                                     a.q_len, a.kv_len);
   if ((threadIdx.x & 31) == 0) a.out[pair] = static_cast<int8_t>(c);
 }
 

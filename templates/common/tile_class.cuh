@@ -1,0 +1,34 @@
+// A tile pair's class, one rule for every place that asks: the kernels' classify_tile
+// (kernels/mask.cuh, at their compile-time tile sizes), tile_class_kernel (the runtime
+// tile lists of data-dependent masks, at any size) and the host's tile map
+// (flashgen/plan/tile_map.py, what `flashgen explain` shows).
+//
+// Classes: 0 skip (no element visible), 1 full (every element visible), 2 partial.
+#pragma once
+#include "expr.cuh"
+
+namespace fg {
+
+// The variant's mask over the tile [q0, q0 + block_m) x [k0, k0 + block_n), clipped to
+// the sequences (the last tiles end at q_len and kv_len), by its interval analysis.
+template <class V>
+FG_HD int mask_tile_class(const typename V::Params& p, int b, int h, int q0, int k0, int block_m,
+                          int block_n, int q_len, int kv_len) {
+  if constexpr (V::kHasMask) {
+    const int q_hi = (q0 + block_m < q_len ? q0 + block_m : q_len) - 1;
+    const int kv_hi = (k0 + block_n < kv_len ? k0 + block_n : kv_len) - 1;
+    return V::tile_class(p, b, h, q0, q_hi, k0, kv_hi, q_len, kv_len);
+  }
+  return 1;
+}
+
+// As a kernel runs it: also partial where the tile crosses the end of the keys (the
+// bounds mask: its columns past kv_len must not count).
+template <class V>
+FG_HD int kernel_tile_class(const typename V::Params& p, int b, int h, int q0, int k0,
+                            int block_m, int block_n, int q_len, int kv_len) {
+  const int c = mask_tile_class<V>(p, b, h, q0, k0, block_m, block_n, q_len, kv_len);
+  return c == 1 && k0 + block_n > kv_len ? 2 : c;
+}
+
+}  // namespace fg
