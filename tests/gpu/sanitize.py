@@ -1,0 +1,108 @@
+"""compute-sanitizer over representative kernels, forward and backward.
+
+    python tests/gpu/sanitize.py                 # memcheck, racecheck (and synccheck)
+    python tests/gpu/sanitize.py --tools memcheck
+
+Each tool runs this file's workload (`--workload`) in a child process under
+`compute-sanitizer --tool TOOL --error-exitcode 1`: odd sizes that end inside tiles, GQA,
+a block-sparse layout and a pattern, dropout, a data-dependent mask (its runtime tile
+lists), learned parameters (their warp-reduced gradients), and the deterministic
+backward. The modules are built first, outside the sanitizer, so that it sees only the
+kernels. Prints one line per tool and exits non-zero when any tool reports an error.
+Needs a CUDA GPU and compute-sanitizer (CUDA's bin directory or $CUDA_HOME/bin)."""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# (spec, dtype, head dim, B, Hq, Hkv, Nq, Nk, call options)
+CASES = [
+    ("causal", "fp16", 64, 2, 4, 2, 77, 133, {}),                   # odd sizes, GQA
+    ("dense", "bf16", 128, 1, 2, 2, 130, 70, {"deterministic": True}),
+    ("alibi", "bf16", 64, 1, 4, 2, 100, 100, {}),                  # learned slopes
+    ("document", "fp16", 64, 2, 2, 2, 150, 150, {}),                # runtime tile lists
+    ("block_layout", "bf16", 64, 1, 2, 2, 200, 200, {}),            # block-sparse layout
+    ("bigbird", "fp16", 64, 1, 2, 2, 200, 200, {}),                 # block-sparse pattern
+    ("dropout_causal", "bf16", 64, 1, 2, 2, 90, 90, {"dropout_p": 0.25}),
+    ("t5_bias", "fp16", 64, 1, 2, 1, 65, 97, {}),                   # per-element table grads
+]
+
+
+def _compute_sanitizer() -> str:
+    found = shutil.which("compute-sanitizer")
+    for home in (os.environ.get("CUDA_HOME"), "/usr/local/cuda"):
+        if not found and home and (Path(home) / "bin" / "compute-sanitizer").exists():
+            found = str(Path(home) / "bin" / "compute-sanitizer")
+    if not found:
+        sys.exit("compute-sanitizer not found: put CUDA's bin directory on PATH or set CUDA_HOME")
+    return found
+
+
+def workload(build_only: bool) -> None:
+    import torch
+
+    import flashgen
+    from flashgen.api import build
+    from flashgen.runtime.examples import example_layout, example_params
+    dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
+    gen = torch.Generator().manual_seed(0)
+    for name, dtype, d, B, Hq, Hkv, Nq, Nk, options in CASES:
+        if build_only:
+            build(name, dtypes=[dtype], head_dims=[d])
+            continue
+        op = flashgen.compile(name)
+        q = torch.randn(B, Hq, Nq, d, generator=gen).to("cuda", dtypes[dtype]).requires_grad_()
+        k, v = (torch.randn(B, Hkv, Nk, d, generator=gen).to("cuda", dtypes[dtype])
+                .requires_grad_() for _ in range(2))
+        params = {n: t.to("cuda") if isinstance(t, torch.Tensor) else t
+                  for n, t in example_params(op.spec, B, Hq, Nq, Nk, gen,
+                                             with_defaults=True).items()}
+        params = {n: t.float().requires_grad_()
+                  if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                  for n, t in params.items()}
+        layout = example_layout(op.spec, Hq, Nq, Nk, gen, device="cuda")
+        if layout is not None:
+            options = {**options, "layout": layout}
+        out = op(q, k, v, **options, **params)
+        out.float().square().sum().backward()
+        torch.cuda.synchronize()
+        print(f"  {name} {dtype} d{d} {B}x{Hq}:{Hkv} {Nq}x{Nk}: forward and backward ran",
+              flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tools", default="memcheck,racecheck,synccheck")
+    parser.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.workload:
+        workload(args.build_only)
+        return 0
+    sanitizer = _compute_sanitizer()
+    me = [sys.executable, str(Path(__file__).resolve()), "--workload"]
+    subprocess.run(me + ["--build-only"], check=True)
+    failed = 0
+    for tool in args.tools.split(","):
+        start = time.time()
+        run = subprocess.run([sanitizer, "--tool", tool, "--error-exitcode", "1",
+                              "--print-limit", "20", *me], capture_output=True, text=True,
+                             check=False)
+        summary = [line for line in run.stdout.splitlines() if "ERROR SUMMARY" in line
+                   or "RACECHECK SUMMARY" in line]
+        verdict = "clean" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
+        print(f"{tool}: {verdict}, {len(CASES)} cases, {time.time() - start:.0f} s; "
+              + ("; ".join(s.replace("=========", "").strip() for s in summary) or "no summary"))
+        if run.returncode != 0:
+            failed += 1
+            print(run.stdout[-6000:], run.stderr[-3000:], sep="\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
