@@ -97,6 +97,7 @@ def test_every_shipped_kernel_compiles(name, arch):
     from flashgen.build.cache import ptxas_report
     from flashgen.render.kernels import render_module
     from flashgen.render.tile_class import scans_tables
+    from flashgen.render.variant import differentiable_loads
     spec = flashgen.load(name)
     path = f"flashgen/specs/{name}.attn"
     sources = {}
@@ -112,6 +113,9 @@ def test_every_shipped_kernel_compiles(name, arch):
             f"{kernel} spills: {r}"
     units = len(spec.dtypes) * len(spec.head_dims)
     configs = units * (2 if spec.dropout else 1)       # with and without dropout
-    assert kernels == {"forward_kernel": configs, "backward_kernel": 2 * configs,
+    # the backward: with and without the dQ atomics, and with and without parameter
+    # gradients where the score reads float tables (one instance runs per call)
+    backward = 2 * configs * (2 if differentiable_loads(spec) else 1)
+    assert kernels == {"forward_kernel": configs, "backward_kernel": backward,
                        "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec
