@@ -11,10 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ir.nodes import AttentionSpec, Expr, uses
+from ..ir.nodes import AttentionSpec, Expr, inline_lets, uses
 from ..reference.attention import rows_evaluator, visible_rows
 from ..reference.evaluate import Evaluator
-from ..render.variant import inline_lets
 from ..runtime.arguments import BoundCall
 
 # Elements of one row block's [B, H, rows, Nk] tensors: 2^26 keeps the evaluator's int32 and

@@ -287,19 +287,12 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
         (grid[(r["spec"], r["dtype"])] if r["sweep"] == "grid"
          else long[(r["spec"], r["dtype"], r["d"])]).append(r)
     for (spec, dtype), group in sorted(grid.items()):
-        dims = sorted({r["d"] for r in group})
-        directions = [d for d in DIRECTIONS if any(r["direction"] == d for r in group)]
-        fig = Figure(figsize=(5.5 * len(directions), 4 * len(dims)), layout="constrained")
-        axes = fig.subplots(len(dims), len(directions), squeeze=False)
-        for i, d in enumerate(dims):
-            for j, direction in enumerate(directions):
-                ax = axes[i][j]
-                _lines(ax, [r for r in group if r["d"] == d and r["direction"] == direction],
-                       "tflops")
-                ax.set_title(f"{spec} {dtype} d={d} {direction}")
-                ax.set_ylabel("TFLOP/s")
+        fig, panels = _panels(group)
+        for ax, d, direction, chosen in panels:
+            _lines(ax, chosen, "tflops")
+            ax.set_title(f"{spec} {dtype} d={d} {direction}")
+            ax.set_ylabel("TFLOP/s")
         written.append(_save(fig, out / f"{spec}_{dtype}.png"))
-    for (spec, dtype), group in sorted(grid.items()):
         swept = [r for r in group if _kv_block(r["peer"]) is not None]
         if swept:
             written.append(_plot_kv_sweep(spec, dtype, swept, out))
@@ -318,28 +311,34 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
     return written
 
 
-def _plot_kv_sweep(spec: str, dtype: str, rows: list[dict], out: Path) -> Path:
-    """Median time against the forward KV tile, a line per N (a panel per head dim and
-    direction): the paper's runtime-vs-block-size figure for this spec."""
+def _panels(rows: list[dict]):
+    """A figure with a panel per head dim (down) and direction (across), and for each
+    panel (ax, d, direction, its rows)."""
     from matplotlib.figure import Figure
     dims = sorted({r["d"] for r in rows})
     directions = [d for d in DIRECTIONS if any(r["direction"] == d for r in rows)]
     fig = Figure(figsize=(5.5 * len(directions), 4 * len(dims)), layout="constrained")
     axes = fig.subplots(len(dims), len(directions), squeeze=False)
-    for i, d in enumerate(dims):
-        for j, direction in enumerate(directions):
-            ax = axes[i][j]
-            chosen = [r for r in rows if r["d"] == d and r["direction"] == direction]
-            for N in sorted({r["N"] for r in chosen}):
-                xs, ys = zip(*sorted((_kv_block(r["peer"]), r["ms"]) for r in chosen if r["N"] == N))
-                ax.plot(xs, ys, marker="o", label=f"N={N}")
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("forward KV tile (keys)")
-            ax.set_ylabel("median time (ms)")
-            ax.set_title(f"{spec} {dtype} d={d} {direction}: time vs KV block")
-            ax.grid(True, alpha=0.3)
-            if ax.get_lines():
-                ax.legend(fontsize="small")
+    return fig, [(axes[i][j], d, direction,
+                  [r for r in rows if r["d"] == d and r["direction"] == direction])
+                 for i, d in enumerate(dims) for j, direction in enumerate(directions)]
+
+
+def _plot_kv_sweep(spec: str, dtype: str, rows: list[dict], out: Path) -> Path:
+    """Median time against the forward KV tile, a line per N: the paper's
+    runtime-vs-block-size figure for this spec."""
+    fig, panels = _panels(rows)
+    for ax, d, direction, chosen in panels:
+        for N in sorted({r["N"] for r in chosen}):
+            xs, ys = zip(*sorted((_kv_block(r["peer"]), r["ms"]) for r in chosen if r["N"] == N))
+            ax.plot(xs, ys, marker="o", label=f"N={N}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("forward KV tile (keys)")
+        ax.set_ylabel("median time (ms)")
+        ax.set_title(f"{spec} {dtype} d={d} {direction}: time vs KV block")
+        ax.grid(True, alpha=0.3)
+        if ax.get_lines():
+            ax.legend(fontsize="small")
     return _save(fig, out / f"kvblocks_{spec}_{dtype}.png")
 
 

@@ -228,6 +228,16 @@ def transform(e: Expr, fn) -> Expr:
     return rebuilt if replacement is None else replacement
 
 
+def inline_lets(spec: AttentionSpec, e: Expr) -> Expr:
+    """e with every `let` replaced by its expression (to analyse or differentiate through
+    lets)."""
+    def replace(node):
+        if isinstance(node, Local):
+            return inline_lets(spec, spec.let(node.name).expr)
+        return None
+    return transform(e, replace)
+
+
 def uses(e: Expr) -> set[str]:
     """Names of parameters, lets and built-in variables that `e` reads."""
     return {n.name for n in e.walk() if isinstance(n, (Var, ScalarParam, Load, Local))}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir.nodes import AttentionSpec, Expr, Load, Local, Var, transform
+from ..ir.nodes import AttentionSpec, Expr, Load, Var, inline_lets
 
 ROW, COLUMN = "row", "column"
 
@@ -26,14 +26,6 @@ class MaskParts:
     expr: Expr                  # the mask, lets inlined
     row: tuple[Expr, ...]       # subtrees that depend on q_idx (or on neither), read once per row
     column: tuple[Expr, ...]    # subtrees that depend on kv_idx, read once per column
-
-
-def _inline(spec: AttentionSpec, e: Expr) -> Expr:
-    def replace(node):
-        if isinstance(node, Local):
-            return _inline(spec, spec.let(node.name).expr)
-        return None
-    return transform(e, replace)
 
 
 def _side(e: Expr) -> str | None:
@@ -54,7 +46,7 @@ def split_mask(spec: AttentionSpec) -> MaskParts | None:
     split out (the kernels then evaluate the mask as written)."""
     if spec.mask is None:
         return None
-    expr = _inline(spec, spec.mask)
+    expr = inline_lets(spec, spec.mask)
     row: dict[Expr, None] = {}
     column: dict[Expr, None] = {}
 

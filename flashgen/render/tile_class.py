@@ -18,7 +18,7 @@ mixed."""
 from __future__ import annotations
 
 from ..ir.nodes import (AttentionSpec, Binary, Call, Const, Expr, Load, Local, ScalarParam,
-                        Select, ToFloat, Unary, Var, uses)
+                        Select, ToFloat, Unary, Var, inline_lets, uses)
 from ..ir.types import Type
 from .cuda_expr import Renderer, c_literal
 
@@ -89,7 +89,6 @@ class IntervalRenderer(Renderer):
 
 def mask_reads(spec: AttentionSpec, name: str) -> bool:
     """Does the mask depend on the built-in variable `name` ("b", "h"), through lets too?"""
-    from .variant import inline_lets  # variant.py imports this module
     return spec.mask is not None and name in uses(inline_lets(spec, spec.mask))
 
 
@@ -100,7 +99,6 @@ def scans_tables(spec: AttentionSpec) -> bool:
     scanning per tile. A block-sparse spec keeps scanning the tiles its layout lists."""
     if spec.mask is None or spec.block_sparse is not None:
         return False
-    from .variant import inline_lets  # variant.py imports this module
     for node in inline_lets(spec, spec.mask).walk():
         if (isinstance(node, Load) and node.type is not Type.FLOAT
                 and any({"q_idx", "kv_idx"} & uses(i) for i in node.indices)):

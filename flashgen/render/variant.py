@@ -8,7 +8,7 @@ import jinja2
 
 from .. import resources
 from ..analysis.derivative import NotDifferentiable, derivative
-from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, Var, transform
+from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, Var, inline_lets
 from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES, Type
 from .cuda_expr import C_TYPE, render_body, render_many
@@ -90,15 +90,6 @@ def _param(p: ParamDecl, path: str) -> ParamView:
         return ParamView(f"{decl} {p.name}", comment, f"{decl}::read(in)")
     read = {"f32": "in.f32()", "i32": "in.i32()", "bool": "in.i32() != 0"}[p.element]
     return ParamView(f"{C_TYPE[PARAM_TYPES[p.element]]} {p.name}", comment, read)
-
-
-def inline_lets(spec: AttentionSpec, e: Expr) -> Expr:
-    """e with every `let` replaced by its expression (for differentiating through lets)."""
-    def replace(node):
-        if isinstance(node, Local):
-            return inline_lets(spec, spec.let(node.name).expr)
-        return None
-    return transform(e, replace)
 
 
 def differentiable_loads(spec: AttentionSpec) -> list[Load]:

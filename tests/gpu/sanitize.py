@@ -86,7 +86,8 @@ def main() -> int:
         return 0
     sanitizer = _compute_sanitizer()
     me = [sys.executable, str(Path(__file__).resolve()), "--workload"]
-    subprocess.run(me + ["--build-only"], check=True)
+    if subprocess.run(me + ["--build-only"], check=False).returncode != 0:
+        sys.exit("building the cases' modules failed (the error is above); no sanitizer ran")
     failed = 0
     for tool in args.tools.split(","):
         start = time.time()
