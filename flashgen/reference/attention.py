@@ -80,9 +80,10 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     keep = visible(spec, call, evaluator)
     if keep is not None:
         s = s.masked_fill(~keep, float("-inf"))
-    # softmax that gives 0 (not NaN) for a row with no visible key, in values and gradients
+    # softmax that gives 0 (not NaN) for a row with no visible key, in values and gradients;
+    # a row with a NaN or +inf score gives NaN (out and lse), as IEEE arithmetic does
     row_max = s.amax(dim=-1, keepdim=True).detach()
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+    row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
     e = torch.exp(s - row_max)
     total = e.sum(dim=-1, keepdim=True)
     empty = total == 0

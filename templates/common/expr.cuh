@@ -160,7 +160,11 @@ struct TensorRef {
   FG_HD T at_index(const int (&index)[Rank]) const {
     const int64_t offset = clamped_offset<Rank>(index, size, stride);
 #ifdef __CUDA_ARCH__
-    return __ldg(data + offset);
+    if constexpr (sizeof(T) == 1) {   // bool: __ldg has no overload; read the byte (torch.bool)
+      return T(__ldg(reinterpret_cast<const unsigned char*>(data) + offset));
+    } else {
+      return __ldg(data + offset);
+    }
 #else
     return data[offset];
 #endif

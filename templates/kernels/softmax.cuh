@@ -83,12 +83,14 @@ struct OnlineSoftmax {
   }
 
   // After the last tile: 1 / (row sum) per row (0 for an empty row), and lse (natural log).
+  // A NaN sum (a NaN or +inf score in the row) stays NaN in both, as in the reference:
+  // testing `sum > 0` instead would turn it into an empty row, a silent wrong answer.
   __device__ __forceinline__ void finish(float (&inv_sum)[2], float (&lse)[2]) const {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const float sum = quad_sum(row_sum[r]);
-      inv_sum[r] = sum > 0.0f ? 1.0f / sum : 0.0f;
-      lse[r] = sum > 0.0f ? (row_max[r] + __log2f(sum)) * kLn2 : -inf();
+      inv_sum[r] = sum == 0.0f ? 0.0f : 1.0f / sum;
+      lse[r] = sum == 0.0f ? -inf() : (row_max[r] + __log2f(sum)) * kLn2;
     }
   }
 };

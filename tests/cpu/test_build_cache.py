@@ -212,3 +212,44 @@ def test_missing_nvcc_is_a_readable_build_error(tmp_cache, monkeypatch):
         build(TINY, name="tiny", arch="sm_80")
     assert [p.suffix for p in tmp_cache.iterdir()] == [".lock"]
     assert not any(Path(tmp_cache).glob(".tiny_*"))
+
+
+_KILLED_CHILD = """
+import sys
+from flashgen.build import cache
+cache.nvcc_path = lambda: sys.argv[1]
+cache.build(cache_sources, name="tiny", arch="sm_80")
+"""
+
+
+@pytest.mark.nvcc
+def test_a_build_killed_halfway_leaves_nothing_a_later_load_takes_for_a_module(tmp_cache, tmp_path):
+    """SIGKILL a process (and its nvcc) in the middle of compiling: no module appears, the
+    lock dies with it, and the next build cleans the leftovers and builds afresh."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    real = shutil.which("nvcc")
+    started = tmp_path / "nvcc_started"
+    slow = tmp_path / "slow_nvcc"
+    slow.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+                    f'touch {started}\nsleep 60\nexec {real} "$@"\n')
+    slow.chmod(0o755)
+    code = f"cache_sources = {TINY!r}\n" + _KILLED_CHILD
+    child = subprocess.Popen([sys.executable, "-c", code, str(slow)], start_new_session=True,
+                             env={**os.environ, "FLASHGEN_CACHE_DIR": str(tmp_cache)})
+    deadline = time.time() + 120
+    while not started.exists():
+        assert child.poll() is None and time.time() < deadline, "the child's build never started"
+        time.sleep(0.1)
+    os.killpg(child.pid, signal.SIGKILL)         # python, ninja and the compiler at once
+    child.wait()
+    leftovers = [p.name for p in tmp_cache.iterdir() if p.name.startswith(".tiny_")]
+    assert leftovers, "the killed build should have left its temporary directory"
+    key = module_key(TINY, "sm_80", [])
+    assert not (tmp_cache / f"tiny_{key}").exists()
+    built = build(TINY, name="tiny", arch="sm_80")  # the lock was released by the kill
+    assert not built.cached and built.library().fg_answer() == 42
+    assert sorted(p.name for p in tmp_cache.iterdir()) == [f"tiny_{key}", f"tiny_{key}.lock"]

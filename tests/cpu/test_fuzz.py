@@ -1,11 +1,28 @@
-"""Hypothesis: any text is either accepted or rejected with a located SpecError, never a
-crash; and generated well-formed specs check, print and re-check to the same IR."""
+"""Fuzzing the front end and the fuzzer's specs, on the CPU.
+
+Hypothesis: any text is either accepted or rejected with a located SpecError, never a
+crash; and generated well-formed specs check, print and re-check to the same IR. The
+differential fuzzer's random specs (tests/specgen.py): every one checks, its reference
+agrees with the element-by-element oracle, its host-compiled mask and tile classes are
+exact and sound, and a few compile for the GPU (their kernels against the reference:
+tests/gpu/test_fuzz.py and the longer tests/gpu/fuzz.py)."""
+import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import flashgen
 from flashgen import SpecError
 from flashgen.check.checker import check_source
 from flashgen.ir.pretty import format_spec
+from flashgen.runtime.examples import example_inputs, example_params
+
+from ..specgen import random_case
+from . import naive
+from .test_tile_class import B as TILE_B
+from .test_tile_class import H as TILE_H
+from .test_tile_class import N as TILE_N
+from .test_tile_class import check_rendered_mask, check_tile_classes
 
 ALPHABET = st.sampled_from(list("attention mask score param let def if then else {}()[],=:+-*/%<>!&|#.0123456789_ \n")
                            + ["q_idx", "kv_idx", "causal", "f32", "H", "tanh", "&&", "||", "==",
@@ -78,3 +95,76 @@ def test_generated_specs_check_and_round_trip(mask, score):
             f"  param slopes: f32[H]\n  param ids: i32[B, N]\n  mask = {mask}\n  score = {score}\n}}")
     spec = check_source(text).specs[0]
     assert check_source(format_spec(spec)).specs[0] == spec
+
+
+# ---- the differential fuzzer's specs (tests/specgen.py)
+
+
+
+def test_fuzz_specs_are_valid_and_varied():
+    """500 seeds: every spec checks and prints back to itself; the features all occur."""
+    seen = {"mask": 0, "score": 0, "dropout": 0, "block_sparse": 0, "tables": 0, "lets": 0}
+    for seed in range(500):
+        spec = check_source(random_case(seed).text, "fuzz.attn").specs[0]
+        assert check_source(format_spec(spec)).specs[0] == spec, random_case(seed).text
+        seen["mask"] += spec.mask is not None
+        seen["score"] += spec.score is not None
+        seen["dropout"] += spec.dropout
+        seen["block_sparse"] += spec.block_sparse is not None
+        seen["tables"] += any(p.is_tensor for p in spec.params)
+        seen["lets"] += bool(spec.lets)
+    assert all(n >= 25 for n in seen.values()), seen
+
+
+def _small_shape(case):
+    spec = flashgen.compile(case.text).spec
+    n = 140 if spec.block_sparse is not None else 12
+    square = any(d.symbol == "N" for p in spec.params if p.is_tensor for d in p.shape)
+    return spec, {"B": case.B, "Hq": 2 * case.Hkv, "Hkv": case.Hkv, "Nq": n, "Nk": n if square else n + 3}
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_fuzz_reference_matches_naive(seed):
+    case = random_case(seed)
+    spec, shape = _small_shape(case)
+    op = flashgen.compile(case.text)
+    q, k, v, params, layout = example_inputs(spec, generator=torch.Generator().manual_seed(seed),
+                                             head_dim=16 if 16 in spec.head_dims else None,
+                                             **shape)
+    extra = {"dropout_p": 0.3, "seed": seed} if spec.dropout else {}
+    out, lse = op.reference(q, k, v, return_lse=True, layout=layout, **extra, **params)
+    want_out, want_lse = naive.attention(spec, q, k, v, layout=layout, **extra, **params)
+    torch.testing.assert_close(out, torch.tensor(want_out, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lse, torch.tensor(want_lse, dtype=torch.float64), rtol=1e-9, atol=1e-9)
+
+
+MASKED_SEEDS = [s for s in range(200) if flashgen.compile(random_case(s).text).spec.mask is not None][:20]
+
+
+@pytest.fixture(scope="module")
+def host_cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLASHGEN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("seed", MASKED_SEEDS)
+def test_fuzz_masks_render_exactly_and_classify_soundly(seed, host_cache):
+    spec = flashgen.compile(random_case(seed).text).spec
+    params = example_params(spec, TILE_B, TILE_H, TILE_N, TILE_N,
+                            torch.Generator().manual_seed(seed), with_defaults=True)
+    check_rendered_mask(spec, params)
+    check_tile_classes(spec, params, spec.name)
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("seed", range(4))
+def test_fuzz_kernels_compile(seed, host_cache):
+    """Forward and backward of a few generated specs through nvcc and ptxas (sm_90a)."""
+    from flashgen.build.cache import ptxas_report
+    from flashgen.render.kernels import render_module
+    case = random_case(seed)
+    spec = flashgen.compile(case.text).spec
+    report = ptxas_report(render_module(spec, "fuzz.attn", case.dtype, case.head_dim), "sm_90a")
+    assert any("forward_kernel" in k for k in report) and any("backward_kernel" in k for k in report)

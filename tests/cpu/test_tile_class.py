@@ -51,11 +51,8 @@ def _per_tile(mask: torch.Tensor, block_m: int, block_n: int, reduce, fill: bool
     return reduce(reduce(tiles, dim=5), dim=3)
 
 
-@pytest.mark.nvcc
-@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
-def test_tile_class_is_sound(name):
-    spec = flashgen.load(name)
-    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(0), with_defaults=True)
+def check_tile_classes(spec, params, label: str) -> tuple[int, int]:
+    """Assert no tile is wrongly skipped or called full on any tiling; (skipped, full)."""
     mask = _exact_mask(spec, params)
     skipped = full = 0
     for block_m, block_n in TILINGS:
@@ -65,11 +62,28 @@ def test_tile_class_is_sound(name):
         wrong_skip = (classes == SKIP) & any_visible
         wrong_full = (classes == FULL) & ~all_visible
         assert not wrong_skip.any(), \
-            f"{name} {block_m}x{block_n}: tiles {wrong_skip.nonzero().tolist()} skipped with visible elements"
+            f"{label} {block_m}x{block_n}: tiles {wrong_skip.nonzero().tolist()} skipped with visible elements"
         assert not wrong_full.any(), \
-            f"{name} {block_m}x{block_n}: tiles {wrong_full.nonzero().tolist()} full with hidden elements"
+            f"{label} {block_m}x{block_n}: tiles {wrong_full.nonzero().tolist()} full with hidden elements"
         skipped += int((classes == SKIP).sum())
         full += int((classes == FULL).sum())
+    return skipped, full
+
+
+def check_rendered_mask(spec, params):
+    """The variant's mask() compiled for the host -- from its row and column parts where
+    the mask is split (flashgen/render/mask_parts.py) -- equals the reference's mask."""
+    got, want = mask_values(spec, params, B, H, N, N), _exact_mask(spec, params)
+    assert torch.equal(got, want), \
+        f"{spec.name}: rendered mask differs at {(got != want).nonzero()[:5].tolist()}"
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
+def test_tile_class_is_sound(name):
+    spec = flashgen.load(name)
+    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(0), with_defaults=True)
+    skipped, full = check_tile_classes(spec, params, name)
     if name in MUST_SKIP:
         assert skipped > 0, f"{name}: no tile skipped statically"
     if name in MUST_FULL:
@@ -80,8 +94,6 @@ def test_tile_class_is_sound(name):
 @pytest.mark.nvcc
 @pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
 def test_rendered_mask_is_exact(name):
-    """The variant's mask() compiled for the host -- from its row and column parts where
-    the mask is split (flashgen/render/mask_parts.py) -- equals the reference's mask."""
     spec = flashgen.load(name)
     params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(1), with_defaults=True)
-    assert torch.equal(mask_values(spec, params, B, H, N, N), _exact_mask(spec, params))
+    check_rendered_mask(spec, params)

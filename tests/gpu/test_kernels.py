@@ -1,11 +1,7 @@
-"""The generated kernels against the spec's reference, on a GPU.
-
-Oracle: for out, lse, dq, dk, dv and parameter gradients,
-    max |kernel - ref64| <= 2 * max |ref_lowp - ref64| + floor,
-ref64 being the reference in float64 and ref_lowp the reference in the input dtype;
-floor = 1e-3 * max |ref64| + 1e-6 covers outputs that both compute exactly. Fresh random
-inputs per case, outputs poisoned with NaN before every launch (FLASHGEN_POISON), NaN
-never passes. Modules build in parallel into one cache before the cases run."""
+"""The generated kernels against the spec's reference, on a GPU, through the oracle of
+oracle.py (for out, lse, dq, dk, dv and parameter gradients, max |kernel - ref64| <=
+2 * max |ref_lowp - ref64| + floor; fresh inputs, poisoned outputs, NaN never passes).
+Modules build in parallel into one cache before the cases run."""
 import json
 import os
 import zlib
@@ -16,11 +12,11 @@ import torch
 
 import flashgen
 from flashgen.runtime import launch
-from flashgen.runtime.examples import example_inputs
+
+from .oracle import DTYPES, compare
 
 pytestmark = pytest.mark.gpu
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 HEAD_DIMS = (16, 32, 64, 96, 128, 192, 256)
 SHAPES = [(1, 1), (1, 4096), (97, 203), (128, 128), (1000, 1000), (2048, 4096)]
 
@@ -113,77 +109,21 @@ def poison(monkeypatch):
     monkeypatch.setenv("FLASHGEN_POISON", "1")
 
 
-def _leaf(t, dtype=None):
-    return t.detach().to(dtype or t.dtype).requires_grad_()
-
-
-def _run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False, **call):
-    """out, lse and the gradients of (q, k, v, float tensor params) for one call; `call`
-    holds dropout_p, seed and layout."""
-    q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
-    p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
-             if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
-         for n, t in params.items()}
-    if kernel:
-        out, lse = op(q, k, v, return_lse=True, deterministic=deterministic, **call, **p)
-    else:
-        out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **call, **p)
-    (out.double() * dout.double()).sum().backward()
-    grads = {"out": out, "lse": lse, "dq": q.grad, "dk": k.grad, "dv": v.grad}
-    grads.update({f"d{n}": t.grad for n, t in p.items() if isinstance(t, torch.Tensor)
-                  and t.requires_grad})
-    return grads
-
-
-def _error(a, ref):
-    a, ref = a.double(), ref.double()
-    finite = torch.isfinite(ref)
-    assert torch.equal(torch.isfinite(a), finite) and torch.equal(a[~finite], ref[~finite]), \
-        "-inf (fully masked rows) where the reference has none, or the other way round"
-    if not finite.any():
-        return 0.0
-    return (a[finite] - ref[finite]).abs().max().item()
-
-
 def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False, dropout_p=0.0,
           shared_layout=False, scale=None, forward_tile=None, backward_tile=None):
     op = compile_case(name, forward_tile, backward_tile)
+    label = (f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"
+             f"{' deterministic' if deterministic else ''}"
+             f"{f' p={dropout_p}' if dropout_p else ''}{' shared layout' if shared_layout else ''}"
+             f"{f' scale={scale}' if scale is not None else ''}"
+             f"{' forward tile {}x{}'.format(*forward_tile) if forward_tile else ''}"
+             f"{' backward tile {}x{} {} warps'.format(*backward_tile) if backward_tile else ''}")
     seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, dropout_p)).encode())
-    gen = torch.Generator().manual_seed(seed)
-    q, k, v, params, layout = example_inputs(op.spec, B, Hq, Hkv, Nq, Nk, head_dim=d,
-                                             dtype=torch.float64, device="cuda", generator=gen)
-    call = {} if scale is None else {"scale": scale}
-    if dropout_p:
-        call.update(dropout_p=dropout_p, seed=(seed, seed % 1000))
-    if layout is not None:
-        call["layout"] = layout[:1].contiguous() if shared_layout else layout
-    dt = DTYPES[dtype]
-    if strided:   # [B, N, H, d] storage seen as [B, H, N, d]: strided in every dim but the last
-        q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-    dout = torch.randn(B, Hq, Nq, v.shape[-1], generator=gen, dtype=torch.float64).cuda()
-    ref64 = _run(op, q, k, v, dout, params, torch.float64, **call)
-    low = _run(op, q, k, v, dout, params, dt, **call)
-    qk, kk, vk = q.to(dt), k.to(dt), v.to(dt)
-    if strided:
-        assert not qk.is_contiguous() and qk.stride(-1) == 1
-    got = _run(op, qk, kk, vk, dout.to(dt), params, kernel=True, deterministic=deterministic,
-               **call)
-    row = {"case": f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"
-                   f"{' deterministic' if deterministic else ''}"
-                   f"{f' p={dropout_p}' if dropout_p else ''}{' shared layout' if shared_layout else ''}"
-                   f"{f' scale={scale}' if scale is not None else ''}"
-                   f"{' forward tile {}x{}'.format(*forward_tile) if forward_tile else ''}"
-                   f"{' backward tile {}x{} {} warps'.format(*backward_tile) if backward_tile else ''}"}
-    failures = []
-    for what, ref in ref64.items():
-        assert not torch.isnan(got[what]).any(), f"{what}: NaN in the kernel's result"
-        bound = 2 * _error(low[what], ref) + 1e-3 * ref[torch.isfinite(ref)].abs().max().item() + 1e-6
-        err = _error(got[what], ref)
-        row[what] = round(err / bound, 3)
-        if not err <= bound:
-            failures.append(f"{what}: max error {err:.3g} > bound {bound:.3g}")
+    row = compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, strided=strided,
+                  deterministic=deterministic, dropout_p=dropout_p, shared_layout=shared_layout,
+                  scale=scale)
     REPORT.append(row)
-    assert not failures, "; ".join(failures)
+    assert not row["failures"], "; ".join(row["failures"])
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
