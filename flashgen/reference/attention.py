@@ -73,9 +73,10 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
     # one evaluator for mask and score, so the `let`s are computed once
     variables = grid_variables(B, H, Nq, Nk, device)
-    evaluator = Evaluator(spec, variables, params, dtype, device)
+    hidden = _HiddenPairs((B, H, Nq, Nk))
+    evaluator = Evaluator(spec, variables, params, dtype, device, load_hook=hidden.guard)
     if spec.score is not None:
-        variables["score"] = s
+        variables["score"] = hidden.guard(s) if s.requires_grad else s
         s = evaluator(spec.score).expand(B, H, Nq, Nk)
     keep = visible(spec, call, evaluator)
     if keep is not None:
@@ -85,6 +86,7 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     row_max = s.amax(dim=-1, keepdim=True).detach()
     row_max = torch.where(row_max == float("-inf"), torch.zeros_like(row_max), row_max)
     e = torch.exp(s - row_max)
+    hidden.pairs = e.detach() == 0
     total = e.sum(dim=-1, keepdim=True)
     empty = total == 0
     p = e / torch.where(empty, torch.ones_like(total), total)
@@ -98,6 +100,34 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     lse = torch.where(empty, torch.full_like(total, float("-inf")),
                       torch.log(torch.where(empty, torch.ones_like(total), total)) + row_max)
     return out, lse.squeeze(-1)
+
+
+class _HiddenPairs:
+    """Pairs whose probability is 0 (masked, a -inf score, or underflow) contribute no
+    gradient, whatever the score expression computed there. Autograd alone would give
+    0 * inf = NaN where a score is -inf and a parameter multiplies it (`(if c then score
+    else -inf) * t[h]`); the kernels skip such pairs. `guard` wraps the score and every
+    float table read, over the whole grid, so that their gradients are 0 at those pairs;
+    `pairs` is set once the softmax has computed them."""
+
+    def __init__(self, grid):
+        self.grid = grid
+        self.pairs: torch.Tensor | None = None
+
+    def guard(self, value: torch.Tensor) -> torch.Tensor:
+        return _ZeroGradWhereHidden.apply(value.expand(self.grid), self)
+
+
+class _ZeroGradWhereHidden(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value, hidden):
+        ctx.hidden = hidden
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pairs = ctx.hidden.pairs
+        return (grad if pairs is None else grad.masked_fill(pairs, 0.0)), None
 
 
 def reference(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None,

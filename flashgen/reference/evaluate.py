@@ -17,8 +17,10 @@ _COMPARE = {"eq": torch.eq, "ne": torch.ne, "lt": torch.lt, "le": torch.le, "gt"
 
 class Evaluator:
     def __init__(self, spec: AttentionSpec, variables: dict[str, torch.Tensor],
-                 params: dict[str, object], float_dtype: torch.dtype, device):
+                 params: dict[str, object], float_dtype: torch.dtype, device,
+                 load_hook=None):
         self.spec = spec
+        self.load_hook = load_hook        # applied to every float table read (reference.run)
         self.variables = variables        # b, h, q_idx, kv_idx, q_len, kv_len, score
         self.params = params
         self.dtype = float_dtype
@@ -67,7 +69,8 @@ class Evaluator:
             index.append(i)
         value = t[tuple(torch.broadcast_tensors(*index))]
         if e.type is Type.FLOAT:
-            return value.to(self.dtype)
+            value = value.to(self.dtype)
+            return self.load_hook(value) if self.load_hook and value.requires_grad else value
         return value.to(torch.int32) if e.type is Type.INT else value
 
     def _binary(self, e: Binary) -> torch.Tensor:

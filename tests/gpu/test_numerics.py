@@ -74,6 +74,8 @@ def test_nan_and_inf_inputs_propagate(dtype):
         assert not (~kernel_finite & torch.isfinite(ref)).any(), \
             f"{what}: non-finite where the reference is finite"
         ok = kernel_finite & torch.isfinite(ref) & torch.isfinite(low[what])
+        if not ok.any():
+            continue
         err = (got[what].double() - ref.double())[ok].abs().max().item()
         limit = 2 * (low[what].double() - ref.double())[ok].abs().max().item() \
             + 1e-3 * ref[ok].abs().max().item() + 1e-6
@@ -89,7 +91,8 @@ def test_scores_of_1e4_stay_exact(dtype):
     nothing overflows; errors stay within the oracle's bound."""
     for name, scale in (("causal", 2.0), ("alibi", 2.0), ("softcap", 1.0)):
         op = flashgen.compile(name)
-        q, k, v, dout, params = _inputs(op.spec, 1, 2, 257, 64, seed=7)
+        d = 64 if 64 in op.spec.head_dims else op.spec.head_dims[0]
+        q, k, v, dout, params = _inputs(op.spec, 1, 2, 257, d, seed=7)
         q, k = q * 12, k * 12
         ref64 = run(op, q, k, v, dout, params, torch.float64, scale=scale)
         if name != "softcap":
