@@ -105,6 +105,19 @@ def load(spec: str | os.PathLike, name: str | None = None) -> AttentionSpec:
     return specs[0]
 
 
+def _saved_for_backward(q, k, v, tensors) -> int:
+    """What the forward pass keeps for a backward pass (launch.SAVE_*): nothing without
+    autograd, O in fp32 for dq / dk / dv, and P V with P unrounded for a float table's
+    gradient."""
+    if not torch.is_grad_enabled():
+        return launch.SAVE_NOTHING
+    if any(t.requires_grad for t in tensors):
+        return launch.SAVE_EXACT_F32_OUT
+    if q.requires_grad or k.requires_grad or v.requires_grad:
+        return launch.SAVE_F32_OUT
+    return launch.SAVE_NOTHING
+
+
 class AttentionOp:
     """A compiled attention variant: `op(q, k, v, **params)` runs its kernel on CUDA
     tensors (autograd and torch.compile included); `op.reference(...)` computes the
@@ -141,8 +154,9 @@ class AttentionOp:
                 tensors.append(value.to(KERNEL_ELEMENT[p.element]))
             else:
                 scalars.append(float(value))
-        out, lse, _ = forward_op(self.key, q, k, v, tensors, scalars, call.scale, call.dropout_p,
-                                 seed_words(seed), call.layout, bool(deterministic))
+        out, lse, _, _ = forward_op(self.key, q, k, v, tensors, scalars, call.scale,
+                                    call.dropout_p, seed_words(seed), call.layout,
+                                    bool(deterministic), _saved_for_backward(q, k, v, tensors))
         return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,

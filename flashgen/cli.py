@@ -152,7 +152,7 @@ def cmd_explain(args) -> int:
         for line in plan.describe():
             print(f"  {line}")
         for kernel, r in sorted(report.items()):
-            print(f"  {_kernel_label(kernel):30s}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
+            print(f"  {_kernel_label(kernel):38s}: {r['registers']} registers, {r['spill_stores']} B spill stores, "
                   f"{r['spill_loads']} B spill loads, {r['stack']} B stack, "
                   f"{r['smem_static']} B static smem")
 
@@ -236,11 +236,14 @@ def _kernel_label(kernel: str) -> str:
     flags = [word or ("true" if digit == "1" else "false")
              for word, digit in re.findall(r"\b(true|false)\b|\(bool\)([01])", kernel)]
     if "forward_kernel" in kernel:
-        return "forward" + (" +dropout" if flags[-1:] == ["true"] else "")
+        dropout, exact_p = flags[-2:]
+        return ("forward" + (" +dropout" if dropout == "true" else "")
+                + (" +exact P" if exact_p == "true" else ""))
     if "backward_kernel" in kernel:
-        dq, dropout = flags[-2:]
+        dq, dropout, param_grads = flags[-3:]
         return ("backward" + (" (dQ atomics)" if dq == "true" else " (dK, dV)")
-                + (" +dropout" if dropout == "true" else ""))
+                + (" +dropout" if dropout == "true" else "")
+                + (" +param grads" if param_grads == "true" else ""))
     if "delta_kernel" in kernel:
         return "backward delta = rowsum(dO O)"
     if "dq_convert_kernel" in kernel:

@@ -8,7 +8,8 @@ variant's Params::read / Grads::read:
 
   ints:   B, H, Hkv, Nq, Nk; then per tensor of the pass (q, k, v, out | q, k, v, dO,
           out, then dK, dV) its pointer and batch, head, row strides; plain pointers
-          (lse | lse, dlse or 0, delta, dQ accumulator) where args.cuh reads them; backward's
+          (lse, fp32 out or 0, then the exact-P flag | fp32 out or 0, lse, dlse or 0,
+          delta, dQ accumulator) where args.cuh reads them; backward's
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
           threshold; all 0 without dropout); the block-sparse lists (14 ints,
           flashgen/runtime/sparse.py; all 0 for a dense spec); then the spec's
@@ -232,36 +233,56 @@ def _dropout_and_sparse(key: str, q, k, dropout_p, rng, layout, tensors, scalars
     floats += d_floats
 
 
+# What a forward pass keeps for a backward pass beside out and lse. The backward's delta =
+# rowsum(dO * O) stands for rowsum(P * dP) and every dS of the row carries its error
+# (templates/kernels/backward.cuh delta_kernel): O rounded to fp16/bf16 made gradients
+# that cancel to ~0 (a slope times a constant, a row with one key under dropout) miss
+# the reference by up to 1000x, so a backward pass reads O in fp32; float parameters'
+# gradients, which sum whole rows of dS, also need P V summed with P unrounded
+# (forward.cuh kExactP: a second P V MMA, forward only).
+SAVE_NOTHING = 0        # inference
+SAVE_F32_OUT = 1        # dq, dk, dv wanted: O in fp32 too
+SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and with P unrounded
+
+
 def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
-            rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
-    """out [B, H, Nq, Dv] (q's dtype) and lse [B, H, Nq] (fp32). rng: see rng_state;
-    layout: a runtime block layout (None for a built-in pattern or a dense spec)."""
+            rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
+            saved: int = SAVE_NOTHING):
+    """out [B, H, Nq, Dv] (q's dtype), lse [B, H, Nq] (fp32) and, for a backward pass
+    (`saved`, SAVE_*), out in fp32 (else an empty tensor). rng: see rng_state; layout: a
+    runtime block layout (None for a built-in pattern or a dense spec)."""
     B, H, Nq, _ = q.shape
+    Dv = v.shape[-1]
     if q.numel() == 0 or k.shape[2] == 0:
         # nothing to launch: no rows, or rows with no key (O = 0, lse = -inf, as a fully
         # masked row)
-        return (q.new_zeros(B, H, Nq, v.shape[-1]),
-                torch.full((B, H, Nq), -math.inf, dtype=torch.float32, device=q.device))
+        return (q.new_zeros(B, H, Nq, Dv),
+                torch.full((B, H, Nq), -math.inf, dtype=torch.float32, device=q.device),
+                q.new_zeros((B, H, Nq, Dv) if saved else (0,), dtype=torch.float32))
     var = variant(key)
     q, k, v = aligned(q), aligned(k), aligned(v)
-    out = _output(B, H, Nq, v.shape[-1], like=q)
+    out = _output(B, H, Nq, Dv, like=q)
     lse = _output(B, H, Nq, like=q, dtype=torch.float32)
+    out_f32 = (_output(B, H, Nq, Dv, like=q, dtype=torch.float32) if saved
+               else q.new_empty(0, dtype=torch.float32))
     ints, floats = _shape(q, k, scale)
     for t in (q, k, v, out):
         ints += _strided(t)
-    ints.append(lse.data_ptr())
+    ints += [lse.data_ptr(), out_f32.data_ptr() if saved else 0,
+             int(saved == SAVE_EXACT_F32_OUT)]
     _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
-    return out, lse
+    return out, lse, out_f32
 
 
 def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: float,
              param_grads_wanted: list[bool], deterministic: bool = False, dropout_p: float = 0.0,
              rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
-    gradients, in the order of Variant.grad_params. out, lse, dropout_p, rng and layout
-    are the forward call's; dlse (or None) the gradient flowing into lse."""
+    gradients, in the order of Variant.grad_params. out (the forward's fp32 out where it
+    kept one, else its out), lse, dropout_p, rng and layout are the forward call's; dlse
+    (or None) the gradient flowing into lse."""
     var = variant(key)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0
@@ -269,7 +290,9 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     flat = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0:      # no query or no key: every gradient is 0
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), flat
-    q, k, v, dout, out = aligned(q), aligned(k), aligned(v), aligned(dout), aligned(out)
+    q, k, v, dout = aligned(q), aligned(k), aligned(v), aligned(dout)
+    out_f32 = out.contiguous() if out.dtype == torch.float32 else None
+    out = None if out_f32 is not None else aligned(out)
     B, H, Nq, D = q.shape
     delta = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
     dq = _output(B, H, Nq, D, like=q)
@@ -280,8 +303,10 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     dk = _output(*k.shape, like=k)
     dv = _output(*v.shape, like=v)
     ints, floats = _shape(q, k, scale)
-    for t in (q, k, v, dout, out):
+    for t in (q, k, v, dout):
         ints += _strided(t)
+    ints += [0, 0, 0, 0] if out is None else _strided(out)
+    ints.append(0 if out_f32 is None else out_f32.data_ptr())
     dlse_ptr = 0 if dlse is None else dlse.data_ptr()
     ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(),
              0 if dq_accum is None else dq_accum.data_ptr()]

@@ -2,12 +2,13 @@
 autograd registrations, so torch.compile(fullgraph=True) traces a call as one node.
 
     flashgen::forward(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
-                      deterministic) -> (out, lse, rng)
+                      deterministic, saved) -> (out, lse, rng, out_f32)
     flashgen::backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
                        deterministic, dropout_p, rng, layout)
                        -> (dq, dk, dv, flat parameter gradients)
 
-`deterministic` only matters to the backward pass (dQ without atomics). `seed` is
+`deterministic` only matters to the backward pass (dQ without atomics); `saved` says
+what the forward keeps for it (launch.SAVE_*: O in fp32, empty for inference). `seed` is
 [seed lo, seed hi, offset], or [] to draw from torch's CUDA generator inside the op (so
 a compiled graph draws afresh on every run); `rng` (CPU int64 [3]) is what the forward
 pass used, and the backward pass draws the same mask from it. `layout` is a runtime
@@ -27,18 +28,22 @@ from . import launch
 def forward_op(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                tensors: list[torch.Tensor], scalars: list[float], scale: float,
                dropout_p: float, seed: list[int], layout: torch.Tensor | None,
-               deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               deterministic: bool, saved: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rng = launch.rng_state(seed, dropout_p, q.device)
-    out, lse = launch.forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout)
-    return out, lse, rng
+    out, lse, out_f32 = launch.forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng,
+                                       layout, saved)
+    return out, lse, rng, out_f32
 
 
 @forward_op.register_fake
-def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic):
+def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved):
     B, H, Nq, _ = q.shape
-    return (q.new_empty(B, H, Nq, v.shape[-1]),
+    Dv = v.shape[-1]
+    return (q.new_empty(B, H, Nq, Dv),
             q.new_empty(B, H, Nq, dtype=torch.float32),
-            torch.empty(3, dtype=torch.int64, device="cpu"))
+            torch.empty(3, dtype=torch.int64, device="cpu"),
+            q.new_empty((B, H, Nq, Dv) if saved else (0,), dtype=torch.float32))
 
 
 @torch.library.custom_op("flashgen::backward", mutates_args=())
@@ -69,10 +74,11 @@ def _(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted, deter
 
 
 def _setup_context(ctx, inputs, output):
-    key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic = inputs
-    out, lse, rng = output
-    ctx.mark_non_differentiable(rng)
-    ctx.save_for_backward(q, k, v, out, lse, rng, layout, *tensors)
+    key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved = inputs
+    out, lse, rng, out_f32 = output
+    ctx.mark_non_differentiable(rng, out_f32)
+    # the backward pass reads O only for delta: in fp32 where the forward kept it
+    ctx.save_for_backward(q, k, v, out_f32 if saved else out, lse, rng, layout, *tensors)
     ctx.key, ctx.scalars, ctx.scale, ctx.deterministic = key, scalars, scale, deterministic
     ctx.dropout_p = dropout_p
     ctx.seed_given = bool(seed)
@@ -81,7 +87,7 @@ def _setup_context(ctx, inputs, output):
     ctx.tensor_count = len(tensors)
 
 
-def _backward(ctx, dout, dlse, _drng):
+def _backward(ctx, dout, dlse, _drng, _dout_f32):
     q, k, v, out, lse, rng, layout, *tensors = ctx.saved_tensors
     # the kernels compute delta = rowsum(dO * O) - dlse themselves (delta_kernel)
     if dlse is not None:
@@ -101,7 +107,7 @@ def _backward(ctx, dout, dlse, _drng):
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
     no_seed_grad = None if ctx.seed_given else []
-    return None, dq, dk, dv, grads, no_scalar_grads, None, None, no_seed_grad, None, None
+    return None, dq, dk, dv, grads, no_scalar_grads, None, None, no_seed_grad, None, None, None
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

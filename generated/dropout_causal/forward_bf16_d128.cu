@@ -14,8 +14,18 @@ namespace {
 using T = __nv_bfloat16;
 using Variant = fg_dropout_causal::Variant;
 using Tiles = fg::ForwardTiles<128, 128, 128, 64, 4>;
+template <bool kDropout, bool kExactP>
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 4, kDropout, kExactP>;
+
+// exact_p (P V with P unrounded) serves float parameters' gradients: only a spec with
+// such parameters builds it
 template <bool kDropout>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 4, kDropout>;
+int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
+  if constexpr (Variant::kHasParamGrads) {
+    if (args.exact_p) return fg::launch(kKernel<kDropout, true>, grid, Tiles::kThreads, smem, stream, args, params);
+  }
+  return fg::launch(kKernel<kDropout, false>, grid, Tiles::kThreads, smem, stream, args, params);
+}
 }  // namespace
 
 // ints/floats: see templates/kernels/args.cuh and flashgen/runtime/launch.py.
@@ -26,8 +36,8 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   constexpr int smem = Tiles::smem_bytes<T>();
   const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads);
   // dropout_p = 0 runs the kernel without dropout: it costs nothing
-  if (args.dropout.active()) return fg::launch(kKernel<true>, grid, Tiles::kThreads, smem, stream, args, params);
-  return fg::launch(kKernel<false>, grid, Tiles::kThreads, smem, stream, args, params);
+  if (args.dropout.active()) return run<true>(args, params, grid, smem, stream);
+  return run<false>(args, params, grid, smem, stream);
 }
 
 extern "C" const char* flashgen_error_string(int status) {

@@ -65,6 +65,10 @@ struct ForwardArgs {
   Strided4<const T> q, k, v;
   Strided4<T> out;     // [B, H, Nq, Dv]
   float* lse;          // [B, H, Nq]
+  // Kept for a backward pass (flashgen/runtime/launch.py, SAVE_*): O in fp32, contiguous
+  // [B, H, Nq, Dv], or null; exact_p: P V sums P unrounded (forward.cuh).
+  float* out_f32;
+  int exact_p;
   Dropout dropout;
   BlockSparseArgs sparse;
   static ForwardArgs read(ArgReader& in) {
@@ -75,6 +79,8 @@ struct ForwardArgs {
     a.v = Strided4<const T>::read(in);
     a.out = Strided4<T>::read(in);
     a.lse = in.ptr<float>();
+    a.out_f32 = in.ptr<float>();
+    a.exact_p = in.i32();
     a.dropout = Dropout::read(in);
     a.sparse = BlockSparseArgs::read(in);
     return a;
@@ -86,6 +92,7 @@ struct BackwardArgs {
   Shape shape;
   Strided4<const T> q, k, v, dout;
   Strided4<const T> out;  // the forward pass's output
+  const float* out_f32;   // the same in fp32 ([B, H, Nq, Dv], contiguous), or null
   const float* lse;    // [B, H, Nq]
   const float* dlse;   // [B, H, Nq]: the gradient flowing into lse, or null
   float* delta;        // [B, H, Nq]: rowsum(dO * O) - dlse, written by delta_kernel
@@ -104,6 +111,7 @@ struct BackwardArgs {
     a.v = Strided4<const T>::read(in);
     a.dout = Strided4<const T>::read(in);
     a.out = Strided4<const T>::read(in);
+    a.out_f32 = in.ptr<const float>();
     a.lse = in.ptr<const float>();
     a.dlse = in.ptr<const float>();
     a.delta = in.ptr<float>();

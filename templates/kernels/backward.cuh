@@ -26,6 +26,12 @@ namespace fg {
 
 // delta = rowsum(dO * O) - dlse, one warp per query row, in fp32. A gradient flowing
 // into lse enters dS as P * dlse, the same as lowering delta by it.
+//
+// delta stands for rowsum(P * dP), which the exact gradient cancels against: every dS of
+// the row carries its error, and a parameter's gradient sums them, so O's rounding to
+// fp16/bf16 showed as a 1000x error in a head slope's gradient (a per-head constant
+// shift, whose exact gradient cancels to ~0). The forward pass keeps O in fp32 for
+// this (out_f32); O in the input dtype is the fallback.
 template <class T, int Dv>
 __global__ void __launch_bounds__(256)
 delta_kernel(const BackwardArgs<T> a) {
@@ -35,9 +41,14 @@ delta_kernel(const BackwardArgs<T> a) {
   const int q = int(row % n.q_len), bh = int(row / n.q_len);
   const int b = bh / n.heads, h = bh % n.heads;
   const T* dout = a.dout.at(b, h, q);
-  const T* out = a.out.at(b, h, q);
   float sum = 0.0f;
-  for (int c = threadIdx.x & 31; c < Dv; c += 32) sum += float(dout[c]) * float(out[c]);
+  if (a.out_f32) {
+    const float* out = a.out_f32 + row * Dv;
+    for (int c = threadIdx.x & 31; c < Dv; c += 32) sum += float(dout[c]) * out[c];
+  } else {
+    const T* out = a.out.at(b, h, q);
+    for (int c = threadIdx.x & 31; c < Dv; c += 32) sum += float(dout[c]) * float(out[c]);
+  }
 #pragma unroll
   for (int lanes = 16; lanes > 0; lanes >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, lanes);
   if ((threadIdx.x & 31) == 0) a.delta[row] = sum - (a.dlse ? a.dlse[row] : 0.0f);

@@ -81,7 +81,14 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
 }
 
 // kDropout: the spec has dropout and this call's p > 0 (p = 0 runs the kernel without).
-template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout>
+// kExactP: P V also multiplies what rounding P to T lost (a second MMA), so that O in
+// fp32 is P V with P as the backward pass recomputes it. The gradient of a float
+// parameter sums dS = P (dP - delta) over whole rows, where delta = rowsum(dO * O) must
+// equal rowsum(P * dP) for the rows' errors to cancel; with P rounded to bf16 in P V it
+// missed by 2^-9 relative, which a parameter multiplying every score of a head (a
+// temperature) turned into twice the error of the bf16 reference (backward.cuh
+// delta_kernel). Only calls that want such gradients pay for it (launch.py SAVE_*).
+template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout, bool kExactP>
 __global__ void __launch_bounds__(32 * W, (ForwardTiles<D, Dv, BM, BN, W>::kMinBlocksPerSM))
 forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTiles<D, Dv, BM, BN, W>;
@@ -144,7 +151,22 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     uint32_t pa[MT][BN / 16][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) accumulator_to_a<T>(pa[mt], s[mt]);
-    warp_gemm_rA<MT, BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
+    if constexpr (kExactP) {
+      uint32_t pa_lost[MT][BN / 16][4];  // packed before the first MMA: s dies here
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = rounding_residual<T>(s[mt][nt][i]);
+        }
+        accumulator_to_a<T>(pa_lost[mt], s[mt]);
+      }
+      warp_gemm_rA<MT, BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
+      warp_gemm_rA<MT, BN / 16, Dv / 8, true>(o, pa_lost, sV_tile, Tiles::kLdV, 0);
+    } else {
+      warp_gemm_rA<MT, BN / 16, Dv / 8, true>(o, pa, sV_tile, Tiles::kLdV, 0);
+    }
   });
 
   const int g = lane >> 2, t = lane & 3;
@@ -161,10 +183,13 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
       const int q = row0 + 16 * mt + g + 8 * r;
       if (q >= n.q_len) continue;
       T* out = a.out.at(b, h, q);
+      float* out_f32 = a.out_f32 ? a.out_f32 + ((int64_t(b) * n.heads + h) * n.q_len + q) * Dv
+                                 : nullptr;
 #pragma unroll
       for (int dt = 0; dt < Dv / 8; ++dt) {
-        *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) =
-            pack2<T>(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
+        const float x = o[mt][dt][2 * r] * inv_sum[r], y = o[mt][dt][2 * r + 1] * inv_sum[r];
+        *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) = pack2<T>(x, y);
+        if (out_f32) *reinterpret_cast<float2*>(out_f32 + 8 * dt + 2 * t) = make_float2(x, y);
       }
       if (t == 0) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
     }

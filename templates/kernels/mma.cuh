@@ -74,6 +74,13 @@ __device__ __forceinline__ uint32_t pack2(float x, float y) {
   }
 }
 
+// What rounding x to T loses: x - float(T(x)), exact in fp32.
+template <class T>
+__device__ __forceinline__ float rounding_residual(float x) {
+  if constexpr (std::is_same_v<T, __half>) return x - __half2float(__float2half_rn(x));
+  else return x - __bfloat162float(__float2bfloat16_rn(x));
+}
+
 // The A fragments of a 16 x 16 k-slice, loaded from a shared tile.
 // kTrans = false: A is stored [m][k];  kTrans = true: A is stored [k][m] (we need A = S^T).
 template <bool kTrans, class T>

@@ -74,10 +74,12 @@ def test_empty_calls_launch_nothing():
     op = flashgen.compile("causal")
     q = torch.randn(2, 4, 5, 64, dtype=torch.bfloat16)
     no_keys = torch.empty(2, 4, 0, 64, dtype=torch.bfloat16)
-    out, lse = launch.forward(op.key, q, no_keys, no_keys, [], [], 0.125)
+    out, lse, out_f32 = launch.forward(op.key, q, no_keys, no_keys, [], [], 0.125,
+                                       saved=launch.SAVE_F32_OUT)
     assert torch.equal(out, torch.zeros_like(q)) and torch.isneginf(lse).all()
+    assert torch.equal(out_f32, torch.zeros(2, 4, 5, 64))
     none = torch.empty(0, 4, 5, 64, dtype=torch.bfloat16)
-    out, lse = launch.forward(op.key, none, none, none, [], [], 0.125)
+    out, lse, _ = launch.forward(op.key, none, none, none, [], [], 0.125)
     assert out.shape == (0, 4, 5, 64) and lse.shape == (0, 4, 5)
     dq, dk, dv, flat = launch.backward(op.key, q, q, no_keys, no_keys, q, lse, None, [], [],
                                        0.125, [])

@@ -197,7 +197,11 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
     machine's nvcc wrote the latter and explain crashed there)."""
     from flashgen.cli import _kernel_label
     for on, off in (("true", "false"), ("(bool)1", "(bool)0")):
-        assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {on}, {off}>(A)") == \
+        assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {on}, {off}, {off}>(A)") == \
             "backward (dQ atomics)"
-        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {on}>(A)") == "forward +dropout"
+        assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {off}, {off}, {on}>(A)") == \
+            "backward (dK, dV) +param grads"
+        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {on}, {off}>(A)") == "forward +dropout"
+        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {off}, {on}>(A)") == \
+            "forward +exact P"
         assert _kernel_label(f"void fg::dq_kernel<V, T, {off}>(A)") == "deterministic dQ"

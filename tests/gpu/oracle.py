@@ -4,7 +4,10 @@
 
 for out, lse, dq, dk, dv and parameter gradients; ref64 is the reference in float64,
 ref_lowp the reference in the input dtype, floor = 1e-3 * max |ref64| + 1e-6 covers
-outputs that both compute exactly. Fresh random inputs per seed; outputs are poisoned
+outputs that both compute exactly. All three runs see the inputs the kernel sees (q, k,
+v and dO rounded to the input dtype, float tables to fp32), so the errors are the
+arithmetic's: with float64 inputs only the kernel paid for dO's rounding, which decided
+whole-head parameter gradients (dinv_temp) on its own. Fresh random inputs per seed; outputs are poisoned
 with NaN before every launch (the caller sets FLASHGEN_POISON); NaN never passes.
 test_kernels.py, test_fuzz.py and fuzz.py all judge through `compare`."""
 from __future__ import annotations
@@ -91,9 +94,12 @@ def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
     if layout is not None:
         call["layout"] = layout[:1].contiguous() if shared_layout else layout
     dt = DTYPES[dtype]
+    dout = torch.randn(B, Hq, Nq, v.shape[-1], generator=gen, dtype=torch.float64).cuda()
+    q, k, v, dout = (t.to(dt).double() for t in (q, k, v, dout))
+    params = {n: (t.float().double() if isinstance(t, torch.Tensor) and t.is_floating_point()
+                  else t) for n, t in params.items()}
     if strided:   # [B, N, H, d] storage seen as [B, H, N, d]: strided in every dim but the last
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
-    dout = torch.randn(B, Hq, Nq, v.shape[-1], generator=gen, dtype=torch.float64).cuda()
     ref64 = run(op, q, k, v, dout, params, torch.float64, **call)
     low = run(op, q, k, v, dout, params, dt, **call)
     qk, kk, vk = q.to(dt), k.to(dt), v.to(dt)

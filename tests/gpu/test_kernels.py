@@ -188,17 +188,8 @@ EXTRA = [
 ]
 
 
-# Known: dslopes of ALiBi with Nq > Nk in fp16 misses the bound (ratio 1.6-1.7, with
-# every tile plan). dslopes = sum dT (kv - q); each row's dT sums to minus its delta
-# error, and delta = rowsum(dO * O) uses the fp16-rounded O, so q * (delta error) stays
-# where the reference's sum cancels. Open, with the hardening issue's numerics.
-KNOWN = {("alibi", "fp16", 128, 2, 2, 2, 777, 500):
-         "dslopes: delta from the rounded O (see above)"}
-
-
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN[c[:8]], strict=False))
-             if c[:8] in KNOWN else c for c in EXTRA],
+    "case", EXTRA,
     ids=lambda c: "-".join(map(str, c[:-1])) + "-" + "-".join(f"{k}={v}" for k, v in c[-1].items()))
 def test_dropout_and_block_sparse_match_reference(case):
     check(*case[:-1], **case[-1])
