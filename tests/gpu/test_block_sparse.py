@@ -33,7 +33,7 @@ def test_pattern_lists_are_built_once():
 
 def test_long_context_causal_butterfly_memory_is_linear():
     """N = 65,536, B = 1, H = 16, d = 64, forward and backward on one GPU; the memory
-    beyond inputs, outputs and gradients is O(N) (lse, delta, fp32 dQ)."""
+    beyond inputs, outputs and gradients is O(N) (lse, delta, fp32 dQ, fp32 O)."""
     op = flashgen.compile("butterfly_causal")
     N, H, d = 65536, 16, 64
     q, k, v = (torch.randn(1, H, N, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -47,6 +47,8 @@ def test_long_context_causal_butterfly_memory_is_linear():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     element = 2 * H * N * d                               # bytes of one [1, H, N, d] bf16 tensor
-    # out + dq + dk + dv (4), fp32 dQ accumulator (2), delta/lse and a dout copy: < 10x
-    assert extra < 10 * element, f"{extra / 2**20:.0f} MiB beyond the inputs"
+    # out + dq + dk + dv (4), fp32 dQ accumulator (2), fp32 O kept for delta (2,
+    # runtime/launch.py SAVE_F32_OUT), delta/lse and a dout copy: < 12x (1294 MiB = 10.1x
+    # measured on an H200)
+    assert extra < 12 * element, f"{extra / 2**20:.0f} MiB beyond the inputs"
     assert torch.isfinite(q.grad).all() and torch.isfinite(v.grad).all()
