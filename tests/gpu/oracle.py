@@ -148,8 +148,8 @@ def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
             failures.append(f"{what}: NaN in the kernel's result")
             continue
         try:
-            limit = bound(low[what], ref, floors.get(what, floor if what not in ("out", "lse")
-                                                     else 0.0))
+            limit = bound(low[what], ref, 0.0 if what in ("out", "lse")
+                          else max(floor, floors.get(what, 0.0)))
             err = error(got[what], ref)
         except AssertionError as e:
             failures.append(f"{what}: {e}")
