@@ -117,6 +117,29 @@ def cmd_build(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    """The kernel cache: list its modules, or clear them (all, or those matching a glob)."""
+    import datetime
+
+    from .build import cache
+    root = cache.cache_dir()
+    if args.action == "list":
+        modules = cache.cached_modules(root)
+        total = sum(m.bytes for m in modules)
+        print(f"{root}: {len(modules)} module(s), {total / 2**20:.1f} MiB")
+        for m in modules:
+            when = datetime.datetime.fromtimestamp(m.modified).strftime("%Y-%m-%d %H:%M")
+            state = "" if m.intact else "  corrupt (rebuilt on next use)"
+            print(f"  {m.name:40s} {m.key}  {m.bytes / 2**20:6.1f} MiB  {when}{state}")
+        return 0
+    removed, skipped = cache.clear(args.pattern, root)
+    print(f"{root}: removed {len(removed)} module(s), "
+          f"{sum(m.bytes for m in removed) / 2**20:.1f} MiB")
+    for name in skipped:
+        print(f"  kept {name}: another process is building it")
+    return 0
+
+
 # The call `explain` models and times: B x Nq = 16k tokens, H = 2048 / d heads.
 EXPLAIN_TOKENS = 16384
 EXPLAIN_WIDTH = 2048
@@ -329,6 +352,13 @@ def main(argv=None) -> int:
             p.add_argument("--bandwidth", type=float, help="copy bandwidth ceiling, TB/s")
             p.add_argument("--tflops", type=float, help="matmul ceiling, TFLOP/s")
         p.set_defaults(run=run)
+    p = sub.add_parser("cache", help="the kernel cache ($FLASHGEN_CACHE_DIR): list or clear")
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="cached modules: name, content key, size, date")
+    clear = actions.add_parser("clear", help="remove cached modules (all, or matching a glob)")
+    clear.add_argument("pattern", nargs="?", default="*",
+                       help="a glob over module names, e.g. 'alibi_*' (default: all)")
+    p.set_defaults(run=cmd_cache)
     _add_bench_parsers(sub)
     args = parser.parse_args(argv)
     try:

@@ -128,7 +128,7 @@ def _require_gpu():
 
 
 def bench(args) -> int:
-    from .progress import Progress
+    from ..progress import Progress
     from .suite import run
     plan = make_plan(args)
     gpu = _require_gpu()

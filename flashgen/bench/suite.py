@@ -23,7 +23,7 @@ from . import NotExpressible
 from .flops import attention_flops, tflops
 from .grid import visibility
 from .peers import FLASHGEN, SWEEP_PREFIX, Subject, runner
-from .progress import Progress
+from ..progress import Progress
 from .report import Results
 from .timing import peak_extra_bytes, time_ms
 

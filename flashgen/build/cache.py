@@ -23,6 +23,8 @@ The key sees only what is passed in: put every header a kernel includes into `so
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
+import fnmatch
 import ctypes
 import functools
 import hashlib
@@ -40,8 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from torch.utils import cpp_extension
+
+from ..progress import Ticker
 
 # Bump when the build changes in a way the key does not see (default flags, link step, layout).
 BUILD_FORMAT = 2   # 2: modules carry the SHA-256 of their library
@@ -180,11 +184,13 @@ def _write_sources(sources: dict[str, str], directory: Path):
 
 
 def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (),
-          verbose=False) -> BuiltModule:
+          verbose=False, label: str | None = None) -> BuiltModule:
     """The shared library of `sources` for `arch`, from the cache or built now.
 
     sources: file name -> text; .cu files are compiled, the others are headers beside them.
-    name: a readable prefix of the module name (a C identifier)."""
+    name: a readable prefix of the module name (a C identifier). label: what a build
+    shows on stderr while it compiles (`compiling alibi fwd+bwd (bf16, d128) for sm_90a
+    ... 12.4 s`); silent on a cache hit, without a label, or with FLASHGEN_QUIET=1."""
     if not _NAME.fullmatch(name):
         raise ValueError(f"name must be a C identifier, not {name!r}")
     cu_files = _check_sources(sources)
@@ -194,10 +200,15 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
     final = root / stem / f"{stem}.so"
     if _intact(final):
         return BuiltModule(final, key, 0.0, True)
+    show = label is not None and not verbose and os.environ.get("FLASHGEN_QUIET") != "1"
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(root / f"{stem}.lock"))
-        lock.acquire()
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:          # another process is building it: say so, then wait
+            with _line(show, f"flashgen: waiting for another process compiling {label}"):
+                lock.acquire()
     except OSError as error:
         raise BuildError(f"cannot write the kernel cache {root} ({error.strerror or error}): "
                          "set FLASHGEN_CACHE_DIR to a writable directory") from None
@@ -214,7 +225,8 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
         try:
             _write_sources(sources, tmp)
             _write_ninja_file(tmp, stem, cu_files, _nvcc_flags(arch, flags))
-            _run_ninja(tmp, stem, verbose)
+            with _line(show, f"flashgen: compiling {label} for {arch}"):
+                _run_ninja(tmp, stem, verbose)
             library = tmp / f"{stem}.so"
             library.with_suffix(".sha256").write_text(_digest(library))
             # A module directory whose library is missing or fails its check is stale;
@@ -229,6 +241,65 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
         lock.release()
 
 
+@dataclass(frozen=True)
+class CachedModule:
+    """One module of the cache, as `flashgen cache list` shows it."""
+    name: str        # the readable part: spec, dtype, head dim (and tile override)
+    key: str         # the content hash (module_key)
+    path: Path       # the module's directory
+    bytes: int       # everything in the directory
+    modified: float  # the library's mtime
+    intact: bool     # the library matches its SHA-256 (else the next load rebuilds it)
+
+
+def cached_modules(root: Path | None = None) -> list[CachedModule]:
+    """The modules in the cache directory, by name."""
+    root = root or cache_dir()
+    if not root.is_dir():
+        return []
+    found = []
+    for directory in sorted(root.iterdir()):
+        library = directory / f"{directory.name}.so"
+        if directory.name.startswith(".") or not library.is_file():
+            continue
+        name, _, key = directory.name.rpartition("_")
+        size = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+        found.append(CachedModule(name, key, directory, size, library.stat().st_mtime,
+                                  _digest_matches(library)))
+    return found
+
+
+def clear(pattern: str = "*", root: Path | None = None) -> tuple[list[CachedModule], list[str]]:
+    """Remove the cached modules whose name matches the glob `pattern`, with their lock
+    files and the leftovers of killed builds. A module another process is building right
+    now (its lock is held) is skipped. Returns (removed, skipped names)."""
+    root = root or cache_dir()
+    removed, skipped = [], []
+    for module in cached_modules(root):
+        if not fnmatch.fnmatchcase(module.name, pattern):
+            continue
+        lock = FileLock(str(root / f"{module.path.name}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            skipped.append(module.name)
+            continue
+        try:
+            shutil.rmtree(module.path, ignore_errors=True)
+            for leftover in root.glob(f".{module.path.name}.*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            _VERIFIED.discard(module.path / f"{module.path.name}.so")
+            removed.append(module)
+        finally:
+            lock.release()
+        Path(lock.lock_file).unlink(missing_ok=True)
+    return removed, skipped
+
+
+def _line(show: bool, text: str):
+    return Ticker(text) if show else contextlib.nullcontext()
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -238,13 +309,17 @@ def _intact(library: Path) -> bool:
     path and process (a few ms for a module's library)."""
     if library in _VERIFIED:
         return True
-    try:
-        ok = library.with_suffix(".sha256").read_text().strip() == _digest(library)
-    except OSError:        # no library, or no digest (a build killed before writing it)
-        return False
+    ok = _digest_matches(library)
     if ok:
         _VERIFIED.add(library)
     return ok
+
+
+def _digest_matches(library: Path) -> bool:
+    try:
+        return library.with_suffix(".sha256").read_text().strip() == _digest(library)
+    except OSError:        # no library, or no digest (a build killed before writing it)
+        return False
 
 
 _VERIFIED: set[Path] = set()

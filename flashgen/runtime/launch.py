@@ -95,7 +95,9 @@ def module(key: str, dtype: torch.dtype, head_dim: int, arch: str) -> BuiltModul
     v = variant(key)
     sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim, v.tiles, arch)
     tiles = "" if v.tiles is None else f"_{v.tiles.label()}"
-    return build(sources, name=f"{v.spec.name}_{DTYPE_NAMES[dtype]}_d{head_dim}{tiles}", arch=arch)
+    dtype_name = DTYPE_NAMES[dtype]
+    return build(sources, name=f"{v.spec.name}_{dtype_name}_d{head_dim}{tiles}", arch=arch,
+                 label=f"{v.spec.name} fwd+bwd ({dtype_name}, d{head_dim}{tiles.replace('_', ', ')})")
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from flashgen import cli
 from flashgen.bench import BenchError, NotExpressible, flex, grid, peers, report
 from flashgen.bench.command import make_plan
 from flashgen.bench.flops import attention_flops, tflops
-from flashgen.bench.progress import Progress
+from flashgen.progress import Progress
 from flashgen.bench.suite import LONG_SPECS
 from flashgen.reference.attention import grid_variables, visible
 from flashgen.reference.attention import run as run_reference

@@ -1,6 +1,8 @@
 """The build cache: keys, the cache directory, building and loading a library without a GPU,
 one build when eight processes ask at once, and the ptxas resource report."""
+import io
 import multiprocessing
+import re
 import time
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import torch
 
 from flashgen.build import cache
 from flashgen.build.cache import BuildError, build, cache_dir, module_key, ptxas_report
+from flashgen.progress import Ticker
 
 TINY = {
     "answer.cu": '#include "answer.cuh"\n'
@@ -253,3 +256,71 @@ def test_a_build_killed_halfway_leaves_nothing_a_later_load_takes_for_a_module(t
     built = build(TINY, name="tiny", arch="sm_80")  # the lock was released by the kill
     assert not built.cached and built.library().fg_answer() == 42
     assert sorted(p.name for p in tmp_cache.iterdir()) == [f"tiny_{key}", f"tiny_{key}.lock"]
+
+
+@pytest.mark.nvcc
+def test_a_build_shows_one_line_with_its_time_and_a_cache_hit_shows_nothing(tmp_cache, capsys,
+                                                                            monkeypatch):
+    monkeypatch.delenv("FLASHGEN_QUIET", raising=False)
+    build(TINY, name="answer", arch="sm_80", label="answer fwd+bwd (bf16, d64)")
+    err = capsys.readouterr().err.splitlines()
+    # off a terminal: the line at the start, and again with the time at the end
+    assert err[0] == "flashgen: compiling answer fwd+bwd (bf16, d64) for sm_80 ..."
+    assert re.fullmatch(r"flashgen: compiling answer fwd\+bwd \(bf16, d64\) for sm_80 \.\.\. "
+                        r"\d+\.\d s", err[1]) and len(err) == 2
+    build(TINY, name="answer", arch="sm_80", label="answer fwd+bwd (bf16, d64)")
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("FLASHGEN_QUIET", "1")
+    cache.clear()
+    build(TINY, name="answer", arch="sm_80", label="answer fwd+bwd (bf16, d64)")
+    assert capsys.readouterr().err == ""
+
+
+def test_ticker_counts_in_place_on_a_terminal_and_shares_the_line():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out = Terminal()
+    with Ticker("compiling a", stream=out, every=0.01):
+        with Ticker("compiling b", stream=out, every=0.01):
+            time.sleep(0.1)
+    text = out.getvalue()
+    assert "\rcompiling a ... " in text and "(+1 more)" in text
+    assert "\rcompiling b ... " not in text.split("compiling b ...")[0]   # a counts, b waits
+    lines = text.split("\n")
+    assert re.search(r"compiling b \.\.\. \d+\.\d s\x1b\[K$", lines[0])
+    assert re.search(r"compiling a \.\.\. \d+\.\d s\x1b\[K$", lines[1])
+
+
+def _fake_module(root: Path, name: str, key: str, intact=True) -> Path:
+    directory = root / f"{name}_{key}"
+    directory.mkdir(parents=True)
+    library = directory / f"{name}_{key}.so"
+    library.write_bytes(b"\x7fELF" + name.encode())
+    library.with_suffix(".sha256").write_text(cache._digest(library) if intact else "0" * 64)
+    return directory
+
+
+def test_cache_list_and_clear(tmp_cache, capsys):
+    from flashgen.cli import main
+    _fake_module(tmp_cache, "alibi_bf16_d128", "0123456789abcdef")
+    _fake_module(tmp_cache, "causal_fp16_d64", "fedcba9876543210", intact=False)
+    (tmp_cache / ".causal_fp16_d64_fedcba9876543210.x1").mkdir()   # a killed build's leftover
+    assert [(m.name, m.key, m.intact) for m in cache.cached_modules()] == [
+        ("alibi_bf16_d128", "0123456789abcdef", True),
+        ("causal_fp16_d64", "fedcba9876543210", False)]
+    assert main(["cache", "list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{tmp_cache}: 2 module(s)" in out and "alibi_bf16_d128" in out
+    assert "corrupt (rebuilt on next use)" in out.splitlines()[2]
+    assert main(["cache", "clear", "causal_*"]) == 0
+    assert "removed 1 module(s)" in capsys.readouterr().out
+    assert [m.name for m in cache.cached_modules()] == ["alibi_bf16_d128"]
+    assert not list(tmp_cache.glob(".causal*")) and not list(tmp_cache.glob("causal*"))
+    # a module another process is building is kept
+    from filelock import FileLock
+    with FileLock(str(tmp_cache / "alibi_bf16_d128_0123456789abcdef.lock")):
+        removed, skipped = cache.clear()
+        assert removed == [] and skipped == ["alibi_bf16_d128"]
+    removed, _ = cache.clear()
+    assert [m.name for m in removed] == ["alibi_bf16_d128"] and cache.cached_modules() == []
