@@ -1,0 +1,1 @@
+"""End-to-end examples that use flashgen the way a model would (`python -m flashgen.demos.gpt`)."""
