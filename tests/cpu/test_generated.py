@@ -113,9 +113,11 @@ def test_every_shipped_kernel_compiles(name, arch):
             f"{kernel} spills: {r}"
     units = len(spec.dtypes) * len(spec.head_dims)
     configs = units * (2 if spec.dropout else 1)       # with and without dropout
-    # the backward: with and without the dQ atomics, and with and without parameter
-    # gradients where the score reads float tables (one instance runs per call)
-    backward = 2 * configs * (2 if differentiable_loads(spec) else 1)
-    assert kernels == {"forward_kernel": configs, "backward_kernel": backward,
+    # where the score reads float tables, forward and backward come with and without
+    # their parameter-gradient code (the forward's: P V with P unrounded); the backward
+    # with and without the dQ atomics (one instance runs per call)
+    param_grads = 2 if differentiable_loads(spec) else 1
+    backward = 2 * configs * param_grads
+    assert kernels == {"forward_kernel": configs * param_grads, "backward_kernel": backward,
                        "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec
