@@ -135,7 +135,7 @@ class AttentionOp:
         return f"<flashgen op {self.spec.name}>"
 
     def __call__(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
-                 layout=None, deterministic=False, **params):
+                 layout=None, deterministic=False, kv_splits=None, **params):
         """Attention of q [B, H, Nq, d], k [B, Hkv, Nk, d], v [B, Hkv, Nk, dv] (CUDA, the
         spec's dtypes, any strides with a contiguous last dim). deterministic=True makes
         dq, dk and dv bit-identical run to run (dQ by a second pass instead of atomics);
@@ -144,7 +144,8 @@ class AttentionOp:
         dropout_p (specs with `dropout`): seed=None draws a seed and offset from torch's
         CUDA generator, advancing it (torch.manual_seed reproduces a run); an int, or a
         (seed, offset) pair, pins the mask. layout: the bool block layout of a
-        `block_sparse = layout(...)` spec."""
+        `block_sparse = layout(...)` spec. kv_splits: how many CTAs share a Q tile's
+        keys (split-KV, for decoding: few query rows, many keys); None picks it by shape."""
         call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
                     layout=layout, params=params, for_kernel=True)
         tensors, scalars = [], []
@@ -156,7 +157,8 @@ class AttentionOp:
                 scalars.append(float(value))
         out, lse, _, _ = forward_op(self.key, q, k, v, tensors, scalars, call.scale,
                                     call.dropout_p, seed_words(seed), call.layout,
-                                    bool(deterministic), _saved_for_backward(q, k, v, tensors))
+                                    bool(deterministic), _saved_for_backward(q, k, v, tensors),
+                                    launch.kv_splits(self.key, q, k, kv_splits))
         return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,

@@ -8,8 +8,9 @@ variant's Params::read / Grads::read:
 
   ints:   B, H, Hkv, Nq, Nk; then per tensor of the pass (q, k, v, out | q, k, v, dO,
           out, then dK, dV) its pointer and batch, head, row strides; plain pointers
-          (lse, fp32 out or 0, then the exact-P flag | fp32 out or 0, lse, dlse or 0,
-          delta, dQ accumulator) where args.cuh reads them; backward's
+          (lse, fp32 out or 0, the exact-P flag, the split-KV count and its partial
+          out and lse or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
+          args.cuh reads them; backward's
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
           threshold; all 0 without dropout); the block-sparse lists (14 ints,
           flashgen/runtime/sparse.py; all 0 for a dense spec); then the spec's
@@ -247,12 +248,37 @@ SAVE_F32_OUT = 1        # dq, dk, dv wanted: O in fp32 too
 SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and with P unrounded
 
 
+def kv_splits(key: str, q, k, splits: int | None = None) -> int:
+    """How many CTAs share each Q tile's K/V tiles (split-KV, templates/kernels/combine.cuh).
+    None: chosen by shape. One CTA per Q tile fills the GPU when there are enough Q tiles;
+    decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so the K/V
+    tiles are split until about two waves of CTAs run, keeping >= 4 tiles per split (each
+    split costs a partial O round trip and the combine's read of it)."""
+    var = variant(key)
+    B, H, Nq, D = q.shape
+    plan = var.plan(D, _arch(q.device.index)).forward
+    kv_tiles = -(-k.shape[2] // plan.block_n)
+    if splits is not None:
+        return max(1, min(int(splits), kv_tiles))
+    ctas = B * H * -(-Nq // plan.block_m)
+    sms = _sm_count(q.device.index)
+    if ctas >= sms or kv_tiles < 8:
+        return 1
+    return max(1, min(-(-2 * sms // ctas), kv_tiles // 4, 64))
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
-            saved: int = SAVE_NOTHING):
+            saved: int = SAVE_NOTHING, splits: int = 1):
     """out [B, H, Nq, Dv] (q's dtype), lse [B, H, Nq] (fp32) and, for a backward pass
     (`saved`, SAVE_*), out in fp32 (else an empty tensor). rng: see rng_state; layout: a
-    runtime block layout (None for a built-in pattern or a dense spec)."""
+    runtime block layout (None for a built-in pattern or a dense spec); splits: CTAs per
+    Q tile over its K/V tiles (kv_splits)."""
     B, H, Nq, _ = q.shape
     Dv = v.shape[-1]
     if q.numel() == 0 or k.shape[2] == 0:
@@ -272,6 +298,12 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
         ints += _strided(t)
     ints += [lse.data_ptr(), out_f32.data_ptr() if saved else 0,
              int(saved == SAVE_EXACT_F32_OUT)]
+    partial_out = partial_lse = None
+    if splits > 1:       # fp32 partial results, merged by the combine kernel
+        partial_out = torch.empty(splits, B, H, Nq, Dv, dtype=torch.float32, device=q.device)
+        partial_lse = torch.empty(splits, B, H, Nq, dtype=torch.float32, device=q.device)
+    ints += [splits, 0 if partial_out is None else partial_out.data_ptr(),
+             0 if partial_lse is None else partial_lse.data_ptr()]
     _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)

@@ -2,13 +2,14 @@
 autograd registrations, so torch.compile(fullgraph=True) traces a call as one node.
 
     flashgen::forward(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
-                      deterministic, saved) -> (out, lse, rng, out_f32)
+                      deterministic, saved, splits) -> (out, lse, rng, out_f32)
     flashgen::backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
                        deterministic, dropout_p, rng, layout)
                        -> (dq, dk, dv, flat parameter gradients)
 
 `deterministic` only matters to the backward pass (dQ without atomics); `saved` says
-what the forward keeps for it (launch.SAVE_*: O in fp32, empty for inference). `seed` is
+what the forward keeps for it (launch.SAVE_*: O in fp32, empty for inference); `splits`
+how many CTAs share a Q tile's keys (launch.kv_splits: split-KV decoding). `seed` is
 [seed lo, seed hi, offset], or [] to draw from torch's CUDA generator inside the op (so
 a compiled graph draws afresh on every run); `rng` (CPU int64 [3]) is what the forward
 pass used, and the backward pass draws the same mask from it. `layout` is a runtime
@@ -28,16 +29,17 @@ from . import launch
 def forward_op(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                tensors: list[torch.Tensor], scalars: list[float], scale: float,
                dropout_p: float, seed: list[int], layout: torch.Tensor | None,
-               deterministic: bool, saved: int
+               deterministic: bool, saved: int, splits: int
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rng = launch.rng_state(seed, dropout_p, q.device)
     out, lse, out_f32 = launch.forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng,
-                                       layout, saved)
+                                       layout, saved, splits)
     return out, lse, rng, out_f32
 
 
 @forward_op.register_fake
-def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved):
+def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved,
+      splits):
     B, H, Nq, _ = q.shape
     Dv = v.shape[-1]
     return (q.new_empty(B, H, Nq, Dv),
@@ -74,7 +76,8 @@ def _(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted, deter
 
 
 def _setup_context(ctx, inputs, output):
-    key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved = inputs
+    (key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved,
+     _splits) = inputs
     out, lse, rng, out_f32 = output
     ctx.mark_non_differentiable(rng, out_f32)
     # the backward pass reads O only for delta: in fp32 where the forward kept it
@@ -107,7 +110,8 @@ def _backward(ctx, dout, dlse, _drng, _dout_f32):
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
     no_seed_grad = None if ctx.seed_given else []
-    return None, dq, dk, dv, grads, no_scalar_grads, None, None, no_seed_grad, None, None, None
+    return (None, dq, dk, dv, grads, no_scalar_grads, None, None, no_seed_grad, None, None,
+            None, None)
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)

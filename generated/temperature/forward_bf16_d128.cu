@@ -8,6 +8,7 @@
 
 #include "variant.cuh"
 #include "kernels/forward.cuh"
+#include "kernels/combine.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
@@ -21,10 +22,17 @@ constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 4, kD
 // such parameters builds it
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
+  cudaError_t status;
   if constexpr (Variant::kHasParamGrads) {
-    if (args.exact_p) return fg::launch(kKernel<kDropout, true>, grid, Tiles::kThreads, smem, stream, args, params);
+    if (args.exact_p) status = fg::launch(kKernel<kDropout, true>, grid, Tiles::kThreads, smem, stream, args, params);
+    else status = fg::launch(kKernel<kDropout, false>, grid, Tiles::kThreads, smem, stream, args, params);
+  } else {
+    status = fg::launch(kKernel<kDropout, false>, grid, Tiles::kThreads, smem, stream, args, params);
   }
-  return fg::launch(kKernel<kDropout, false>, grid, Tiles::kThreads, smem, stream, args, params);
+  if (status != cudaSuccess || args.splits <= 1) return status;
+  // split-KV: merge the parts by their lse (combine.cuh), one warp per query row
+  const int64_t rows = int64_t(args.shape.batch) * args.shape.heads * args.shape.q_len;
+  return fg::launch(fg::combine_kernel<T, 128>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
 }
 }  // namespace
 
@@ -34,7 +42,8 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads);
+  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads,
+                  args.splits > 1 ? args.splits : 1);
   return run<false>(args, params, grid, smem, stream);
 }
 

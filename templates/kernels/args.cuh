@@ -69,6 +69,12 @@ struct ForwardArgs {
   // [B, H, Nq, Dv], or null; exact_p: P V sums P unrounded (forward.cuh).
   float* out_f32;
   int exact_p;
+  // Split-KV (splits > 1): each of `splits` CTAs of a Q tile (blockIdx.z) takes a part of
+  // its K/V tiles and writes its normalised partial O and lse here, fp32, contiguous
+  // [splits, B, H, Nq, Dv] and [splits, B, H, Nq]; combine_kernel merges them by lse.
+  int splits;
+  float* partial_out;
+  float* partial_lse;
   Dropout dropout;
   BlockSparseArgs sparse;
   static ForwardArgs read(ArgReader& in) {
@@ -81,6 +87,9 @@ struct ForwardArgs {
     a.lse = in.ptr<float>();
     a.out_f32 = in.ptr<float>();
     a.exact_p = in.i32();
+    a.splits = in.i32();
+    a.partial_out = in.ptr<float>();
+    a.partial_lse = in.ptr<float>();
     a.dropout = Dropout::read(in);
     a.sparse = BlockSparseArgs::read(in);
     return a;

@@ -106,9 +106,10 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
+  const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
   const typename Tiles::template Stream<V, T> kv{
       sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
-      tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles)};
+      a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
 
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 
@@ -182,16 +183,27 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     for (int r = 0; r < 2; ++r) {
       const int q = row0 + 16 * mt + g + 8 * r;
       if (q >= n.q_len) continue;
+      const int64_t at = (int64_t(b) * n.heads + h) * n.q_len + q;  // row of [B, H, Nq]
+      if (a.splits > 1) {        // a partial result: fp32, merged by combine_kernel
+        const int64_t part = int64_t(blockIdx.z) * n.batch * n.heads * n.q_len + at;
+        float* out = a.partial_out + part * Dv;
+#pragma unroll
+        for (int dt = 0; dt < Dv / 8; ++dt) {
+          *reinterpret_cast<float2*>(out + 8 * dt + 2 * t) =
+              make_float2(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
+        }
+        if (t == 0) a.partial_lse[part] = lse[r];
+        continue;
+      }
       T* out = a.out.at(b, h, q);
-      float* out_f32 = a.out_f32 ? a.out_f32 + ((int64_t(b) * n.heads + h) * n.q_len + q) * Dv
-                                 : nullptr;
+      float* out_f32 = a.out_f32 ? a.out_f32 + at * Dv : nullptr;
 #pragma unroll
       for (int dt = 0; dt < Dv / 8; ++dt) {
         const float x = o[mt][dt][2 * r] * inv_sum[r], y = o[mt][dt][2 * r + 1] * inv_sum[r];
         *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) = pack2<T>(x, y);
         if (out_f32) *reinterpret_cast<float2*>(out_f32 + 8 * dt + 2 * t) = make_float2(x, y);
       }
-      if (t == 0) a.lse[(int64_t(b) * n.heads + h) * n.q_len + q] = lse[r];
+      if (t == 0) a.lse[at] = lse[r];
     }
   }
 }

@@ -59,8 +59,17 @@ struct BlockSparseArgs {
 struct TileRow {
   const int* list;  // null: dense
   int n;
+  int first = 0;    // a split-KV CTA's part of the row starts here (split())
   __device__ __forceinline__ int size() const { return n; }
-  __device__ __forceinline__ int entry(int i) const { return list ? list[i] : 2 * i; }
+  __device__ __forceinline__ int entry(int i) const {
+    return list ? list[first + i] : 2 * (first + i);
+  }
+  // Part `part` of `parts` of the row's candidates, contiguous and as even as the count
+  // allows (split-KV decoding: each part is one CTA's, combined by lse afterwards).
+  __device__ __forceinline__ TileRow split(int part, int parts) const {
+    const int begin = int(int64_t(n) * part / parts), end = int(int64_t(n) * (part + 1) / parts);
+    return {list, end - begin, first + begin};
+  }
   static __device__ __forceinline__ int tile_of(int entry) { return entry >> 1; }
   // block-sparse lists: only some blocks of the tile are visible, check the layout per
   // element; mask-class lists: the tile is partial
@@ -74,10 +83,10 @@ __device__ __forceinline__ TileRow tile_row(const TileLists& l, int b, int h, in
     if (l.count != nullptr) {
       const int64_t at =
           (int64_t(l.batches == 1 ? 0 : b) * l.heads + (l.heads == 1 ? 0 : h)) * l.rows + row;
-      return {l.tiles + at * l.cols, l.count[at]};
+      return {l.tiles + at * l.cols, l.count[at], 0};
     }
   }
-  return {nullptr, all_tiles};
+  return {nullptr, all_tiles, 0};
 }
 
 // Is the block holding (q, kv) visible? Asked only in tiles whose blocks differ.

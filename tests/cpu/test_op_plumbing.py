@@ -11,7 +11,8 @@ from flashgen.runtime.op import forward_op
 def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
     seen = {}
 
-    def fake_forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout, saved):
+    def fake_forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout, saved,
+                     splits):
         seen["forward"] = (dropout_p, rng.tolist(), layout)
         B, H, Nq, _ = q.shape
         return q * 1.0, torch.zeros(B, H, Nq), q.detach().float().clone() if saved else torch.zeros(0)
@@ -30,7 +31,7 @@ def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
             q, k, v = (torch.randn(1, 2, 8, 64, requires_grad=True) for _ in range(3))
             p = 0.25 if spec == "dropout_causal" else 0.0
             out, lse, rng, out_f32 = forward_op(key, q, k, v, [], [], 0.125, p, seed, layout,
-                                                True, launch.SAVE_F32_OUT)
+                                                True, launch.SAVE_F32_OUT, 1)
             out.sum().backward()
             assert seen["backward out"] is not out and torch.equal(seen["backward out"], out_f32)
             assert seen["forward"][:2] == seen["backward"][:2] == (p, rng.tolist())
@@ -53,3 +54,22 @@ def test_forward_keeps_for_backward_only_what_autograd_needs():
         assert _saved_for_backward(q, k, v, [slopes]) == launch.SAVE_NOTHING
     slopes.requires_grad_()
     assert _saved_for_backward(q.detach(), k, v, [slopes]) == launch.SAVE_EXACT_F32_OUT
+
+
+def test_split_kv_count_by_shape(monkeypatch):
+    """launch.kv_splits: one CTA per Q tile while they fill the GPU; for decoding shapes
+    about two waves of CTAs, >= 4 K/V tiles per split, at most 64; a forced count is
+    capped by the K/V tiles."""
+    monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(launch, "_arch", lambda index: "sm_90a")
+    key = flashgen.compile("causal_bottom_right").key
+    block_n = launch.variant(key).plan(128, "sm_90a").forward.block_n
+    q = torch.empty(1, 8, 1, 128, device="meta")
+    k = torch.empty(1, 8, 32768, 128, device="meta")
+    assert launch.kv_splits(key, q, k) == min(-(-2 * 132 // 8), 32768 // block_n // 4, 64)
+    assert launch.kv_splits(key, torch.empty(4, 16, 1, 128, device="meta"), k) == 5  # 64 CTAs
+    assert launch.kv_splits(key, torch.empty(8, 32, 1, 128, device="meta"), k) == 1  # 256
+    assert launch.kv_splits(key, torch.empty(2, 16, 4096, 128, device="meta"), k) == 1
+    assert launch.kv_splits(key, q, torch.empty(1, 8, 4 * block_n, 128, device="meta")) == 1
+    assert launch.kv_splits(key, q, k, splits=1000) == 32768 // block_n
+    assert launch.kv_splits(key, q, k, splits=3) == 3

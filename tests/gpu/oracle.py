@@ -23,15 +23,17 @@ def _leaf(t, dtype=None):
     return t.detach().to(dtype or t.dtype).requires_grad_()
 
 
-def run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False, **call):
+def run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False,
+        kv_splits=None, **call):
     """out, lse and the gradients of (q, k, v, float tensor params) for one call; `call`
-    holds dropout_p, seed and layout."""
+    holds dropout_p, seed and layout; deterministic and kv_splits go to the kernels."""
     q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
     p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
              if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
          for n, t in params.items()}
     if kernel:
-        out, lse = op(q, k, v, return_lse=True, deterministic=deterministic, **call, **p)
+        out, lse = op(q, k, v, return_lse=True, deterministic=deterministic,
+                      kv_splits=kv_splits, **call, **p)
     else:
         out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **call, **p)
     (out.double() * dout.double()).sum().backward()
@@ -114,7 +116,8 @@ def parameter_floors(op, q, k, v, dout, params, draw_seed, **call) -> dict[str, 
 
 
 def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
-            deterministic=False, dropout_p=0.0, shared_layout=False, scale=None) -> dict:
+            deterministic=False, dropout_p=0.0, shared_layout=False, scale=None,
+            kv_splits=None) -> dict:
     """Run the kernels and the references on one random call. Returns a report row:
     {"case": label, <output>: error / bound, ..., "failures": [...]}."""
     gen = torch.Generator().manual_seed(seed)
@@ -138,7 +141,7 @@ def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
     if strided:
         assert not qk.is_contiguous() and qk.stride(-1) == 1
     got = run(op, qk, kk, vk, dout.to(dt), params, kernel=True, deterministic=deterministic,
-              **call)
+              kv_splits=kv_splits, **call)
     row = {"case": label}
     failures = []
     floor = cancellation_floor(q, k, v, dout)
