@@ -12,12 +12,16 @@ from . import BenchError, report
 from .flops import DIRECTIONS
 from .peers import PEERS, sweep_peer
 from .suite import (
+    DECODE_ROWS,
+    DECODE_SIZES,
+    DECODE_SPECS,
     GRID_SIZES,
     LONG_SIZES,
     LONG_SPECS,
     QUICK_SIZES,
     Case,
     Settings,
+    decode_cases,
     grid_cases,
     long_cases,
 )
@@ -32,9 +36,16 @@ def add_bench_arguments(p) -> None:
     p.add_argument("specs", nargs="*", metavar="SPEC",
                    help="shipped spec names or spec files (or --suite)")
     p.add_argument("--suite", action="store_true",
-                   help=f"every shipped spec (with --long: {', '.join(LONG_SPECS)})")
+                   help=f"every shipped spec (with --long: {', '.join(LONG_SPECS)}; with "
+                        f"--decode: {', '.join(DECODE_SPECS)})")
     p.add_argument("--long", action="store_true",
                    help="the long-N sweep (B=1, H=16, N up to 131072) instead of the size grid")
+    p.add_argument("--decode", action="store_true",
+                   help=f"the decoding sweep: {'/'.join(map(str, DECODE_ROWS))} query rows "
+                        f"against N = {DECODE_SIZES[0]}..{DECODE_SIZES[-1]} keys, B=8, H=16, "
+                        "forward (split-KV)")
+    p.add_argument("--rows", help="--decode: query rows, e.g. 1,4 (default "
+                                  f"{','.join(map(str, DECODE_ROWS))})")
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: N={','.join(map(str, QUICK_SIZES))}, bf16, d=128, "
                         f"{QUICK_REPS} reps")
@@ -43,8 +54,8 @@ def add_bench_arguments(p) -> None:
                                    f"{LONG_SIZES[0]}..{LONG_SIZES[-1]})")
     p.add_argument("--dtype", help="bf16,fp16 (default: both; --long and --quick: bf16)")
     p.add_argument("--head-dim", help="64,128 (default; --quick: 128)")
-    p.add_argument("--directions", default=",".join(DIRECTIONS),
-                   help=f"{','.join(DIRECTIONS)} (default: both)")
+    p.add_argument("--directions",
+                   help=f"{','.join(DIRECTIONS)} (default: both; --decode: fwd)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"{','.join(PEERS)} (default: all; flashgen always runs)")
     p.add_argument("--kv-blocks", help="the block-size sweep: also run flashgen with these "
@@ -91,29 +102,42 @@ def make_plan(args) -> Plan:
         if bad:
             raise BenchError(f"--kv-blocks: {', '.join(map(str, bad))} is not a power of two >= 16")
         peers += tuple(sweep_peer(b) for b in blocks)
-    directions = _names(args.directions, DIRECTIONS, "direction")
+    # decoding is inference: forward only unless asked
+    default_directions = "fwd" if args.decode else ",".join(DIRECTIONS)
+    directions = _names(args.directions or default_directions, DIRECTIONS, "direction")
     if args.specs and args.suite:
         raise BenchError("give SPECs or --suite, not both")
+    if args.long and args.decode:
+        raise BenchError("give --long or --decode, not both")
+    if args.rows and not args.decode:
+        raise BenchError("--rows sets the query rows of --decode")
     if args.suite:
-        sources = list(LONG_SPECS if args.long else api.shipped())
+        sources = list(LONG_SPECS if args.long else DECODE_SPECS if args.decode
+                       else api.shipped())
     elif args.specs:
         sources = list(args.specs)
     else:
         raise BenchError("name the specs to bench (`flashgen list` shows the shipped ones), "
                          "or pass --suite")
-    one_dtype = args.long or args.quick
+    one_dtype = args.long or args.decode or args.quick
     dtypes = _names(args.dtype, DTYPES, "dtype") if args.dtype else DTYPES[:1] if one_dtype else DTYPES
     head_dims = (_ints(args.head_dim, "--head-dim") if args.head_dim
                  else QUICK_HEAD_DIMS if args.quick else HEAD_DIMS)
     sizes = (_ints(args.sizes, "--sizes") if args.sizes
-             else QUICK_SIZES if args.quick else LONG_SIZES if args.long else GRID_SIZES)
+             else QUICK_SIZES if args.quick else LONG_SIZES if args.long
+             else DECODE_SIZES if args.decode else GRID_SIZES)
     warmup = args.warmup if args.warmup is not None else QUICK_WARMUP if args.quick else 3
     reps = args.reps if args.reps is not None else QUICK_REPS if args.quick else 20
     if warmup < 0 or reps < 3:
         raise BenchError("--warmup must be >= 0 and --reps >= 3 (the median of fewer says little)")
     notes: list[str] = []
-    make = long_cases if args.long else grid_cases
-    cases = make(sources, sizes, dtypes, head_dims, notes, strict=bool(args.dtype or args.head_dim))
+    strict = bool(args.dtype or args.head_dim)
+    if args.decode:
+        rows = _ints(args.rows, "--rows") if args.rows else DECODE_ROWS
+        cases = decode_cases(sources, sizes, dtypes, head_dims, notes, strict, rows)
+    else:
+        make = long_cases if args.long else grid_cases
+        cases = make(sources, sizes, dtypes, head_dims, notes, strict)
     if not cases:
         raise BenchError("no case to run: " + "; ".join(notes))
     return Plan(cases, Settings(peers, directions, warmup, reps), notes)

@@ -16,11 +16,11 @@ from pathlib import Path
 from .flops import DIRECTIONS
 from .peers import FLASHGEN, PEERS, SWEEP_PREFIX
 
-CASE_FIELDS = ("sweep", "spec", "dtype", "d", "B", "H", "Hkv", "N")
+CASE_FIELDS = ("sweep", "spec", "dtype", "d", "B", "H", "Hkv", "N", "Nq")  # N: keys
 KEY_FIELDS = (*CASE_FIELDS, "peer", "direction")
 CSV_FIELDS = (*KEY_FIELDS, "status", "note", "ms", "ms_q1", "ms_q3", "reps", "tflops",
               "flashgen_ratio", "visible", "extra_mib", "setup_ms", "setup_mib", "first_call_s")
-_INTS = {"d", "B", "H", "Hkv", "N", "reps"}
+_INTS = {"d", "B", "H", "Hkv", "N", "Nq", "reps"}
 _FLOATS = {"ms", "ms_q1", "ms_q3", "tflops", "flashgen_ratio", "visible", "extra_mib",
            "setup_ms", "setup_mib", "first_call_s"}
 PEER_ORDER = (FLASHGEN, *PEERS)
@@ -53,6 +53,8 @@ def read_rows(csv_path: Path) -> list[dict]:
         rows = {}
         for row in csv.DictReader(f):
             row = _typed(row)
+            if row.get("Nq") is None:      # a folder from before the decode sweep: Nq = N
+                row["Nq"] = row["N"]
             rows[_key(row)] = row
     return list(rows.values())
 
@@ -193,6 +195,15 @@ def _throughput_cell(row, ours) -> str:
     return f"{row['tflops']:.0f} {ours['tflops'] / row['tflops']:.2f}x"
 
 
+def _decode_cell(row, ours) -> str:
+    text = _status(row)
+    if text is not None:
+        return text
+    if row is ours or _status(ours) is not None:
+        return f"{row['ms'] * 1e3:.4g} us"
+    return f"{row['ms'] * 1e3:.4g} us {row['ms'] / ours['ms']:.2f}x"
+
+
 def _long_cell(row, ours) -> str:
     text = _status(row)
     return text if text is not None else f"{row['ms']:.4g} ms {row['extra_mib']:.0f} MiB"
@@ -213,18 +224,21 @@ def table(rows: list[dict]) -> str:
     sections = []
     for sweep, cell, what in (("grid", _throughput_cell,
                                "TFLOP/s (FlashAttention convention) and flashgen's speed-up"),
-                              ("long", _long_cell, "median time and peak extra memory")):
+                              ("long", _long_cell, "median time and peak extra memory"),
+                              ("decode", _decode_cell,
+                               "median time and flashgen's speed-up (N: keys, Nq: query rows)")):
         cases = {k: v for k, v in _cases(rows).items() if k[0] == sweep}
         if not cases:
             continue
         peers = [p for p in PEER_ORDER if any(p in by_peer for by_peer in cases.values())]
-        header = ["spec", "dtype", "d", "N", "BxH", "visible", "dir", *peers]
+        header = ["spec", "dtype", "d", "N", *(["Nq"] if sweep == "decode" else []), "BxH",
+                  "visible", "dir", *peers]
         lines = []
-        for (_, spec, dtype, d, B, H, _, N, direction), by_peer in cases.items():
+        for (_, spec, dtype, d, B, H, _, N, Nq, direction), by_peer in cases.items():
             ours = by_peer.get(FLASHGEN)
             visible = next((r["visible"] for r in by_peer.values() if r["visible"] is not None), None)
-            lines.append([spec, dtype, str(d), str(N), f"{B}x{H}",
-                          "" if visible is None else f"{visible:.3f}", direction,
+            lines.append([spec, dtype, str(d), str(N), *([str(Nq)] if sweep == "decode" else []),
+                          f"{B}x{H}", "" if visible is None else f"{visible:.3f}", direction,
                           *(cell(by_peer.get(p), ours) for p in peers)])
         sections.append(f"{sweep}: {what}\n{_format(header, lines)}")
     sweep = _kv_sweep_table(rows)
@@ -252,7 +266,7 @@ def _kv_sweep_table(rows: list[dict]) -> str:
     blocks = sorted({_kv_block(p) for v in cases.values() for p in v} - {None})
     header = ["spec", "dtype", "d", "N", "dir", "planner", *(f"kv{b}" for b in blocks)]
     lines = []
-    for (_, spec, dtype, d, _, _, _, N, direction), by_peer in cases.items():
+    for (_, spec, dtype, d, _, _, _, N, _, direction), by_peer in cases.items():
         ours = by_peer.get(FLASHGEN)
         planner = _status(ours) or f"{ours['ms']:.3g} ms"
         cells = []
@@ -283,9 +297,14 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
     ok = [r for r in rows if r["status"] == "ok"]
     grid = defaultdict(list)
     long = defaultdict(list)
+    decode = defaultdict(list)
     for r in ok:
-        (grid[(r["spec"], r["dtype"])] if r["sweep"] == "grid"
-         else long[(r["spec"], r["dtype"], r["d"])]).append(r)
+        if r["sweep"] == "grid":
+            grid[(r["spec"], r["dtype"])].append(r)
+        elif r["sweep"] == "decode":
+            decode[(r["spec"], r["dtype"], r["d"])].append(r)
+        else:
+            long[(r["spec"], r["dtype"], r["d"])].append(r)
     for (spec, dtype), group in sorted(grid.items()):
         fig, panels = _panels(group)
         for ax, d, direction, chosen in panels:
@@ -308,6 +327,17 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
             ax.set_ylabel(label)
             ax.set_title(f"{spec} {dtype} d={d}, B=1 H={group[0]['H']}")
         written.append(_save(fig, out / f"long_{spec}_{dtype}_d{d}.png"))
+    for (spec, dtype, d), group in sorted(decode.items()):
+        counts = sorted({r["Nq"] for r in group})
+        fig = Figure(figsize=(5.5 * len(counts), 4), layout="constrained")
+        for ax, nq in zip(fig.subplots(1, len(counts), squeeze=False)[0], counts):
+            _lines(ax, [r for r in group if r["Nq"] == nq], "ms")
+            ax.set_yscale("log")
+            ax.set_xlabel("N (keys)")
+            ax.set_ylabel("median time (ms)")
+            ax.set_title(f"{spec} {dtype} d={d}, decoding {nq} row(s), "
+                         f"B={group[0]['B']} H={group[0]['H']}")
+        written.append(_save(fig, out / f"decode_{spec}_{dtype}_d{d}.png"))
     return written
 
 

@@ -33,6 +33,11 @@ GRID_SIZES = (512, 1024, 2048, 4096, 8192, 16384)
 LONG_SIZES = (8192, 16384, 32768, 65536, 131072)
 LONG_BATCH, LONG_HEADS = 1, 16
 LONG_SPECS = ("causal", "sliding_window", "butterfly_causal", "document")
+# decoding: a few new query rows against a long KV cache (the last query sees every key)
+DECODE_SIZES = (1024, 4096, 16384, 65536, 131072)
+DECODE_ROWS = (1, 16)
+DECODE_BATCH, DECODE_HEADS = 8, 16
+DECODE_SPECS = ("dense", "causal_bottom_right")
 QUICK_SIZES = (1024, 4096)
 DROPOUT_P = 0.1                 # for specs with dropout
 LAYOUT_DENSITY = 0.25           # runtime block layouts: a quarter of the blocks visible
@@ -40,24 +45,31 @@ LAYOUT_DENSITY = 0.25           # runtime block layouts: a quarter of the blocks
 
 @dataclass(frozen=True)
 class Case:
-    sweep: str                  # "grid" or "long"
+    sweep: str                  # "grid", "long" or "decode"
     spec: str                   # the attention's name
     dtype: str                  # "fp16" or "bf16"
     d: int
     B: int
     H: int
     Hkv: int
-    N: int
+    N: int                      # keys (and query rows, but for decoding)
     source: str = ""            # what flashgen.compile takes (a shipped name, a path)
+    Nq: int = 0                 # query rows; 0: N
+
+    @property
+    def q_len(self) -> int:
+        return self.Nq or self.N
 
     def fields(self) -> dict:
         """The case's columns in a results row."""
         fields = asdict(self)
         del fields["source"]
+        fields["Nq"] = self.q_len
         return fields
 
     def label(self) -> str:
-        return f"{self.spec} {self.dtype} d{self.d} N={self.N} B={self.B} H={self.H}"
+        rows = f" Nq={self.Nq}" if self.Nq and self.Nq != self.N else ""
+        return f"{self.spec} {self.dtype} d{self.d} N={self.N}{rows} B={self.B} H={self.H}"
 
 
 def spec_configs(spec, dtypes, head_dims, notes: list[str], strict: bool) -> list[tuple[str, int]]:
@@ -96,6 +108,18 @@ def long_cases(sources, sizes, dtypes, head_dims, notes: list[str], strict=True)
         for dtype, d in spec_configs(spec, dtypes, head_dims, notes, strict):
             cases += [Case("long", spec.name, dtype, d, LONG_BATCH, LONG_HEADS, LONG_HEADS, N, source)
                       for N in sizes]
+    return cases
+
+
+def decode_cases(sources, sizes, dtypes, head_dims, notes: list[str], strict=True,
+                 rows=DECODE_ROWS) -> list[Case]:
+    """B = 8, H = 16 query rows (1, 16) against N keys: split-KV's ground."""
+    cases = []
+    for source in sources:
+        spec = api.load(source)
+        for dtype, d in spec_configs(spec, dtypes, head_dims, notes, strict):
+            cases += [Case("decode", spec.name, dtype, d, DECODE_BATCH, DECODE_HEADS,
+                           DECODE_HEADS, N, source, Nq) for Nq in rows for N in sizes]
     return cases
 
 
@@ -158,12 +182,14 @@ def _subject(case: Case, op: api.AttentionOp, device: torch.device) -> Subject:
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
 
-    def randn(heads, dim):
-        return torch.randn(case.B, heads, case.N, dim, device=device, dtype=dtype,
+    def randn(heads, rows, dim):
+        return torch.randn(case.B, heads, rows, dim, device=device, dtype=dtype,
                            requires_grad=True)
-    q, k, v = randn(case.H, case.d), randn(case.Hkv, case.d), randn(case.Hkv, spec.value_dim_for(case.d))
-    params = example_params(spec, case.B, case.H, case.N, case.N, generator, device)
-    layout = example_layout(spec, case.H, case.N, case.N, generator, device, LAYOUT_DENSITY)
+    Nq, Nk = case.q_len, case.N
+    q, k, v = (randn(case.H, Nq, case.d), randn(case.Hkv, Nk, case.d),
+               randn(case.Hkv, Nk, spec.value_dim_for(case.d)))
+    params = example_params(spec, case.B, case.H, Nq, Nk, generator, device)
+    layout = example_layout(spec, case.H, Nq, Nk, generator, device, LAYOUT_DENSITY)
     dropout_p = DROPOUT_P if spec.dropout else 0.0
     call = bind(spec, q, k, v, params=params, layout=layout, dropout_p=dropout_p)
     op_kwargs = dict(params, dropout_p=dropout_p, **({"layout": layout} if layout is not None else {}))
@@ -302,7 +328,7 @@ class _Run:
             fraction = subject.visibility.fraction
             row["visible"] = fraction
             if values.get("status") == "ok":
-                flops = attention_flops(case.B, case.H, case.N, case.N, case.d,
+                flops = attention_flops(case.B, case.H, case.q_len, case.N, case.d,
                                         spec.value_dim_for(case.d), fraction, direction)
                 row["tflops"] = tflops(flops, values["ms"])
         self.results.add(row)

@@ -394,3 +394,65 @@ def test_finite_visible_fraction_for_every_shipped_spec():
     for name in SHIPPED:
         fraction = grid.visibility(_call(name, B=1, H=2, N=256)).fraction
         assert 0 < fraction <= 1 and math.isfinite(fraction), name
+
+
+# ------------------------------------------------------------------ the decoding sweep
+
+
+def test_plan_of_the_decoding_sweep():
+    from flashgen.bench.suite import DECODE_SPECS
+    plan = make_plan(_args("--suite", "--decode"))
+    assert sorted({c.spec for c in plan.cases}) == sorted(DECODE_SPECS)
+    assert plan.settings.directions == ("fwd",)
+    assert {(c.B, c.H, c.dtype, c.Nq) for c in plan.cases} == {(8, 16, "bf16", 1), (8, 16, "bf16", 16)}
+    assert max(c.N for c in plan.cases) == 131072
+    c = plan.cases[0]
+    assert c.fields()["Nq"] == c.Nq and "Nq=" in c.label()
+    plan = make_plan(_args("causal_bottom_right", "--decode", "--rows", "4", "--sizes", "2048",
+                           "--directions", "fwd,fwd+bwd"))
+    assert [(c.Nq, c.N) for c in plan.cases] == [(4, 2048)] * len(plan.cases)
+    assert plan.settings.directions == ("fwd", "fwd+bwd")
+    with pytest.raises(BenchError, match="--long or --decode"):
+        make_plan(_args("causal", "--long", "--decode"))
+    with pytest.raises(BenchError, match="--rows sets the query rows of --decode"):
+        make_plan(_args("causal", "--rows", "4"))
+    # the other sweeps' cases have Nq = N
+    grid = make_plan(_args("causal", "--sizes", "1024")).cases[0]
+    assert grid.fields()["Nq"] == grid.N == 1024 and "Nq" not in grid.label()
+
+
+def _decode_rows():
+    case = {f: None for f in report.CSV_FIELDS} | {
+        "sweep": "decode", "spec": "causal_bottom_right", "dtype": "bf16", "d": 128, "B": 8,
+        "H": 16, "Hkv": 16, "direction": "fwd", "status": "ok", "visible": 1.0}
+    rows = []
+    for nq in (1, 16):
+        for N in (4096, 65536):
+            rows.append({**case, "Nq": nq, "N": N, "peer": "flashgen", "ms": N / 1e6})
+            rows.append({**case, "Nq": nq, "N": N, "peer": "flex", "ms": 2 * N / 1e6})
+    return rows
+
+
+def test_decoding_table_and_plots(tmp_path):
+    text = report.table(_decode_rows())
+    assert text.startswith("decode: median time and flashgen's speed-up")
+    header = text.splitlines()[1].split()
+    assert header[:6] == ["spec", "dtype", "d", "N", "Nq", "BxH"]
+    assert "4.096 us" in text and "8.192 us 2.00x" in text
+    if importlib.util.find_spec("matplotlib"):
+        written = report.plot(_decode_rows(), tmp_path)
+        assert [p.name for p in written] == ["decode_causal_bottom_right_bf16_d128.png"]
+
+
+def test_results_from_before_the_decoding_sweep_read_nq_as_n(tmp_path):
+    """A results.csv written before the Nq column: its cases have Nq = N."""
+    import csv
+    old_fields = [f for f in report.CSV_FIELDS if f != "Nq"]
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(old_fields)
+        writer.writerow(["grid", "causal", "bf16", "128", "2", "16", "16", "8192", "flashgen",
+                         "fwd", "ok", "", "1.5"] + [""] * (len(old_fields) - 13))
+    rows = report.read_rows(tmp_path / "results.csv")
+    assert rows[0]["Nq"] == rows[0]["N"] == 8192 and rows[0]["ms"] == 1.5
+    assert report.Results(tmp_path).has({**report_case(rows[0])}, "flashgen", "fwd")
