@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import api
+from ..build.cache import quiet
 from ..plan.tiles import TileError, TileOverride, check_override, plan_for
 from ..runtime.arguments import TORCH_DTYPES, bind
 from ..runtime.examples import example_layout, example_params
@@ -159,8 +160,9 @@ def build_kernels(cases: list[Case], progress: Progress, kv_blocks: tuple[int, .
                 jobs[(source, dtype, d, tile)] = None
     failed = {}
     start = time.perf_counter()
-    # a module is two nvcc processes (forward, backward): half the cores' worth of modules
-    with ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
+    # a module is two nvcc processes (forward, backward): half the cores' worth of modules;
+    # the progress line below stands for their own build lines
+    with quiet(), ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
         futures = {pool.submit(api.build, source, dtypes=[dtype], head_dims=[d],
                                forward_tile=tile): (source, dtype, d, tile)
                    for source, dtype, d, tile in jobs}

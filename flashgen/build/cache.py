@@ -200,7 +200,8 @@ def build(sources: dict[str, str], *, name: str, arch: str, flags: list[str] = (
     final = root / stem / f"{stem}.so"
     if _intact(final):
         return BuiltModule(final, key, 0.0, True)
-    show = label is not None and not verbose and os.environ.get("FLASHGEN_QUIET") != "1"
+    show = (label is not None and not verbose and not _QUIET
+            and os.environ.get("FLASHGEN_QUIET") != "1")
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(root / f"{stem}.lock"))
@@ -294,6 +295,20 @@ def clear(pattern: str = "*", root: Path | None = None) -> tuple[list[CachedModu
             lock.release()
         Path(lock.lock_file).unlink(missing_ok=True)
     return removed, skipped
+
+
+_QUIET: list[bool] = []     # quiet() blocks open now, in any thread
+
+
+@contextlib.contextmanager
+def quiet():
+    """No build lines while the block runs, in any thread: for callers that show their own
+    progress over many builds (the benchmark, the fuzzer)."""
+    _QUIET.append(True)
+    try:
+        yield
+    finally:
+        _QUIET.pop()
 
 
 def _line(show: bool, text: str):

@@ -324,3 +324,12 @@ def test_cache_list_and_clear(tmp_cache, capsys):
         assert removed == [] and skipped == ["alibi_bf16_d128"]
     removed, _ = cache.clear()
     assert [m.name for m in removed] == ["alibi_bf16_d128"] and cache.cached_modules() == []
+
+
+@pytest.mark.nvcc
+def test_quiet_blocks_silence_build_lines_in_every_thread(tmp_cache, capsys, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+    monkeypatch.delenv("FLASHGEN_QUIET", raising=False)
+    with cache.quiet(), ThreadPoolExecutor(2) as pool:
+        pool.submit(build, TINY, name="answer", arch="sm_80", label="answer").result()
+    assert capsys.readouterr().err == ""

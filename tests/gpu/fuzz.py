@@ -26,6 +26,7 @@ if __package__ in (None, ""):           # run as a script from the repository ro
 import torch
 
 import flashgen
+from flashgen.build.cache import quiet
 from flashgen.runtime import launch
 from tests.gpu.oracle import DTYPES, compare
 from tests.specgen import FuzzCase, random_case
@@ -42,7 +43,8 @@ def build_all(cases: list[FuzzCase], workers: int | None = None) -> dict[int, st
             return case.seed, None
         except Exception as e:  # noqa: BLE001  (a failed build is a failed case, not a stop)
             return case.seed, f"{type(e).__name__}: {str(e)[:2000]}"
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 4) as pool:
+    # hundreds of modules: the caller reports the count, not a line per build
+    with quiet(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 4) as pool:
         return {seed: err for seed, err in pool.map(one, cases) if err is not None}
 
 
