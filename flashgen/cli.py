@@ -267,6 +267,8 @@ def _kernel_label(kernel: str) -> str:
         return ("backward" + (" (dQ atomics)" if dq == "true" else " (dK, dV)")
                 + (" +dropout" if dropout == "true" else "")
                 + (" +param grads" if param_grads == "true" else ""))
+    if "combine_kernel" in kernel:
+        return "forward split-KV combine (by lse)"
     if "delta_kernel" in kernel:
         return "backward delta = rowsum(dO O)"
     if "dq_convert_kernel" in kernel:

@@ -205,3 +205,4 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
         assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {off}, {on}>(A)") == \
             "forward +exact P"
         assert _kernel_label(f"void fg::dq_kernel<V, T, {off}>(A)") == "deterministic dQ"
+    assert _kernel_label("void fg::combine_kernel<__half, 64>(A)").startswith("forward split-KV")

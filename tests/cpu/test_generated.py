@@ -106,7 +106,7 @@ def test_every_shipped_kernel_compiles(name, arch):
             sources.update(render_module(spec, path, dtype, d))
     report = ptxas_report(sources, arch)
     kernels = {"forward_kernel": 0, "backward_kernel": 0, "dq_convert_kernel": 0, "dq_kernel": 0,
-               "delta_kernel": 0, "tile_class_kernel": 0}
+               "delta_kernel": 0, "combine_kernel": 0, "tile_class_kernel": 0}
     for kernel, r in report.items():
         kernels[next(k for k in kernels if k in kernel)] += 1
         assert r["spill_stores"] <= SPILL_BYTES and r["spill_loads"] <= SPILL_BYTES, \
@@ -120,4 +120,5 @@ def test_every_shipped_kernel_compiles(name, arch):
     backward = 2 * configs * param_grads
     assert kernels == {"forward_kernel": configs * param_grads, "backward_kernel": backward,
                        "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
+                       "combine_kernel": units,           # split-KV's merge, one per unit
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec
