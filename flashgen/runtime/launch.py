@@ -262,7 +262,7 @@ def kv_splits(key: str, q, k, splits: int | None = None) -> int:
         return max(1, min(int(splits), kv_tiles))
     ctas = B * H * -(-Nq // plan.block_m)
     sms = _sm_count(q.device.index)
-    if ctas >= sms or kv_tiles < 8:
+    if ctas == 0 or ctas >= sms or kv_tiles < 8:    # no rows: nothing to split
         return 1
     return max(1, min(-(-2 * sms // ctas), kv_tiles // 4, 64))
 
