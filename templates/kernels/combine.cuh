@@ -29,9 +29,9 @@ __global__ void __launch_bounds__(256) combine_kernel(const ForwardArgs<T> a) {
   }
   float sum = 0.0f;
   if (top != -inf) {
-    for (int s = 0; s < a.splits; ++s) sum += __expf(a.partial_lse[s * rows + row] - top);
+    for (int s = 0; s < a.splits; ++s) sum += expf(a.partial_lse[s * rows + row] - top);
   }
-  const float lse = nan ? __int_as_float(0x7fffffff) : sum == 0.0f ? -inf : top + __logf(sum);
+  const float lse = nan ? __int_as_float(0x7fffffff) : sum == 0.0f ? -inf : top + logf(sum);
   const int q = int(row % n.q_len), bh = int(row / n.q_len);
   T* out = a.out.at(bh / n.heads, bh % n.heads, q);
   for (int c = lane; c < Dv; c += 32) {
@@ -39,7 +39,7 @@ __global__ void __launch_bounds__(256) combine_kernel(const ForwardArgs<T> a) {
     if (sum != 0.0f || nan) {
       for (int s = 0; s < a.splits; ++s) {
         const float l = a.partial_lse[s * rows + row];
-        if (l != -inf) x += __expf(l - lse) * a.partial_out[(s * rows + row) * Dv + c];
+        if (l != -inf) x += expf(l - lse) * a.partial_out[(s * rows + row) * Dv + c];
       }
     }
     out[c] = T(x);
