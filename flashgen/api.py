@@ -105,13 +105,14 @@ def load(spec: str | os.PathLike, name: str | None = None) -> AttentionSpec:
     return specs[0]
 
 
-def _saved_for_backward(q, k, v, tensors) -> int:
+def _saved_for_backward(q, k, v, grad_tables) -> int:
     """What the forward pass keeps for a backward pass (launch.SAVE_*): nothing without
-    autograd, O in fp32 for dq / dk / dv, and P V with P unrounded for a float table's
-    gradient."""
+    autograd, O in fp32 for dq / dk / dv, and P V with P less rounded for a float table's
+    gradient. grad_tables: the tables the score differentiates (Variant.grad_params); a
+    table only the mask reads has no gradient, whatever its requires_grad says."""
     if not torch.is_grad_enabled():
         return launch.SAVE_NOTHING
-    if any(t.requires_grad for t in tensors):
+    if any(t.requires_grad for t in grad_tables):
         return launch.SAVE_EXACT_F32_OUT
     if q.requires_grad or k.requires_grad or v.requires_grad:
         return launch.SAVE_F32_OUT
@@ -155,9 +156,10 @@ class AttentionOp:
                 tensors.append(value.to(KERNEL_ELEMENT[p.element]))
             else:
                 scalars.append(float(value))
+        grad_tables = [call.params[n] for n in launch.variant(self.key).grad_params]
         out, lse, _, _ = forward_op(self.key, q, k, v, tensors, scalars, call.scale,
                                     call.dropout_p, seed_words(seed), call.layout,
-                                    bool(deterministic), _saved_for_backward(q, k, v, tensors),
+                                    bool(deterministic), _saved_for_backward(q, k, v, grad_tables),
                                     launch.kv_splits(self.key, q, k, kv_splits))
         return (out, lse) if return_lse else out
 

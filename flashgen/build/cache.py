@@ -271,29 +271,38 @@ def cached_modules(root: Path | None = None) -> list[CachedModule]:
 
 
 def clear(pattern: str = "*", root: Path | None = None) -> tuple[list[CachedModule], list[str]]:
-    """Remove the cached modules whose name matches the glob `pattern`, with their lock
-    files and the leftovers of killed builds. A module another process is building right
-    now (its lock is held) is skipped. Returns (removed, skipped names)."""
+    """Remove the cached modules whose name matches the glob `pattern`, and the leftovers of
+    killed builds (of any module so named, built or not). A module another process is
+    building right now (its lock is held) is skipped. Lock files stay: deleting one that a
+    later build has just opened would let a third process take a fresh lock of the same
+    name and build the module at the same time. Returns (removed, skipped names)."""
     root = root or cache_dir()
     removed, skipped = [], []
-    for module in cached_modules(root):
-        if not fnmatch.fnmatchcase(module.name, pattern):
+    if not root.is_dir():
+        return removed, skipped
+    modules = {m.path.name: m for m in cached_modules(root)}
+    # Leftovers are named ".{stem}.{random}"; a stem is "{name}_{key}".
+    stems = set(modules) | {p.name[1:].rsplit(".", 1)[0] for p in root.glob(".*.*")
+                            if p.is_dir()}
+    for stem in sorted(stems):
+        name = stem.rpartition("_")[0]
+        if not fnmatch.fnmatchcase(name, pattern):
             continue
-        lock = FileLock(str(root / f"{module.path.name}.lock"))
+        lock = FileLock(str(root / f"{stem}.lock"))
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            skipped.append(module.name)
+            skipped.append(name)
             continue
         try:
-            shutil.rmtree(module.path, ignore_errors=True)
-            for leftover in root.glob(f".{module.path.name}.*"):
+            for leftover in root.glob(f".{stem}.*"):
                 shutil.rmtree(leftover, ignore_errors=True)
-            _VERIFIED.discard(module.path / f"{module.path.name}.so")
-            removed.append(module)
+            if stem in modules:
+                shutil.rmtree(modules[stem].path, ignore_errors=True)
+                _VERIFIED.discard(modules[stem].path / f"{stem}.so")
+                removed.append(modules[stem])
         finally:
             lock.release()
-        Path(lock.lock_file).unlink(missing_ok=True)
     return removed, skipped
 
 

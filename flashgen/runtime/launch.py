@@ -241,11 +241,16 @@ def _dropout_and_sparse(key: str, q, k, dropout_p, rng, layout, tensors, scalars
 # (templates/kernels/backward.cuh delta_kernel): O rounded to fp16/bf16 made gradients
 # that cancel to ~0 (a slope times a constant, a row with one key under dropout) miss
 # the reference by up to 1000x, so a backward pass reads O in fp32; float parameters'
-# gradients, which sum whole rows of dS, also need P V summed with P unrounded
+# gradients, which sum whole rows of dS, also need P V summed with P nearly unrounded
 # (forward.cuh kExactP: a second P V MMA, forward only).
 SAVE_NOTHING = 0        # inference
 SAVE_F32_OUT = 1        # dq, dk, dv wanted: O in fp32 too
-SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and with P unrounded
+SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and P's rounding residual
+
+
+# More splits than this only add partial-O traffic: 64 CTAs per Q tile already fill an H100
+# for a single (batch, head) row; it also keeps gridDim.z far below its 65535 limit.
+MAX_KV_SPLITS = 64
 
 
 def kv_splits(key: str, q, k, splits: int | None = None) -> int:
@@ -253,18 +258,19 @@ def kv_splits(key: str, q, k, splits: int | None = None) -> int:
     None: chosen by shape. One CTA per Q tile fills the GPU when there are enough Q tiles;
     decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so the K/V
     tiles are split until about two waves of CTAs run, keeping >= 4 tiles per split (each
-    split costs a partial O round trip and the combine's read of it)."""
+    split costs a partial O round trip and the combine's read of it). A forced count is
+    capped at the number of K/V tiles and at MAX_KV_SPLITS."""
     var = variant(key)
     B, H, Nq, D = q.shape
     plan = var.plan(D, _arch(q.device.index)).forward
     kv_tiles = -(-k.shape[2] // plan.block_n)
     if splits is not None:
-        return max(1, min(int(splits), kv_tiles))
+        return max(1, min(int(splits), kv_tiles, MAX_KV_SPLITS))
     ctas = B * H * -(-Nq // plan.block_m)
     sms = _sm_count(q.device.index)
     if ctas == 0 or ctas >= sms or kv_tiles < 8:    # no rows: nothing to split
         return 1
-    return max(1, min(-(-2 * sms // ctas), kv_tiles // 4, 64))
+    return max(1, min(-(-2 * sms // ctas), kv_tiles // 4, MAX_KV_SPLITS))
 
 
 @functools.cache

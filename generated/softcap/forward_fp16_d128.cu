@@ -18,7 +18,7 @@ using Tiles = fg::ForwardTiles<128, 128, 128, 64, 4>;
 template <bool kDropout, bool kExactP>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 4, kDropout, kExactP>;
 
-// exact_p (P V with P unrounded) serves float parameters' gradients: only a spec with
+// exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {

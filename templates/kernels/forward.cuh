@@ -82,7 +82,10 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
 
 // kDropout: the spec has dropout and this call's p > 0 (p = 0 runs the kernel without).
 // kExactP: P V also multiplies what rounding P to T lost (a second MMA), so that O in
-// fp32 is P V with P as the backward pass recomputes it. The gradient of a float
+// fp32 is P V with P close to the fp32 P the backward pass recomputes. Close, not exact:
+// the residual is itself rounded to T, leaving ~2^-18 of P in bf16; in fp16 ~2^-24, an
+// absolute 2^-24 once the residual is subnormal (P below ~1/8). Either is far below the
+// bf16 reference's error, which is what the oracle's bound is made of. The gradient of a float
 // parameter sums dS = P (dP - delta) over whole rows, where delta = rowsum(dO * O) must
 // equal rowsum(P * dP) for the rows' errors to cancel; with P rounded to bf16 in P V it
 // missed by 2^-9 relative, which a parameter multiplying every score of a head (a

@@ -306,6 +306,8 @@ def test_cache_list_and_clear(tmp_cache, capsys):
     _fake_module(tmp_cache, "alibi_bf16_d128", "0123456789abcdef")
     _fake_module(tmp_cache, "causal_fp16_d64", "fedcba9876543210", intact=False)
     (tmp_cache / ".causal_fp16_d64_fedcba9876543210.x1").mkdir()   # a killed build's leftover
+    (tmp_cache / ".causal_bf16_d64_00000000000000aa.x2").mkdir()    # ... of a module never built
+    (tmp_cache / "causal_fp16_d64_fedcba9876543210.lock").touch()
     assert [(m.name, m.key, m.intact) for m in cache.cached_modules()] == [
         ("alibi_bf16_d128", "0123456789abcdef", True),
         ("causal_fp16_d64", "fedcba9876543210", False)]
@@ -316,7 +318,8 @@ def test_cache_list_and_clear(tmp_cache, capsys):
     assert main(["cache", "clear", "causal_*"]) == 0
     assert "removed 1 module(s)" in capsys.readouterr().out
     assert [m.name for m in cache.cached_modules()] == ["alibi_bf16_d128"]
-    assert not list(tmp_cache.glob(".causal*")) and not list(tmp_cache.glob("causal*"))
+    assert not list(tmp_cache.glob(".causal*"))
+    assert all(p.suffix == ".lock" for p in tmp_cache.glob("causal*"))  # locks stay (cache.clear)
     # a module another process is building is kept
     from filelock import FileLock
     with FileLock(str(tmp_cache / "alibi_bf16_d128_0123456789abcdef.lock")):

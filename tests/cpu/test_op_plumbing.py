@@ -71,5 +71,6 @@ def test_split_kv_count_by_shape(monkeypatch):
     assert launch.kv_splits(key, torch.empty(8, 32, 1, 128, device="meta"), k) == 1  # 256
     assert launch.kv_splits(key, torch.empty(2, 16, 4096, 128, device="meta"), k) == 1
     assert launch.kv_splits(key, q, torch.empty(1, 8, 4 * block_n, 128, device="meta")) == 1
-    assert launch.kv_splits(key, q, k, splits=1000) == 32768 // block_n
+    assert launch.kv_splits(key, q, k, splits=1000) == launch.MAX_KV_SPLITS
+    assert launch.kv_splits(key, q, k[:, :, :3 * block_n], splits=1000) == 3
     assert launch.kv_splits(key, q, k, splits=3) == 3
