@@ -18,7 +18,7 @@ from .plan.tiles import TileOverride, TilePlan, check_override
 from .runtime import launch
 from .reference.philox import MASK32, resolve_seed
 from .runtime.arguments import bind
-from .runtime.op import forward_op
+from .runtime.op import attention
 from .spec.errors import Diagnostic, SpecError, did_you_mean
 from .spec.parse import parse
 
@@ -157,10 +157,10 @@ class AttentionOp:
             else:
                 scalars.append(float(value))
         grad_tables = [call.params[n] for n in launch.variant(self.key).grad_params]
-        out, lse, _, _ = forward_op(self.key, q, k, v, tensors, scalars, call.scale,
-                                    call.dropout_p, seed_words(seed), call.layout,
-                                    bool(deterministic), _saved_for_backward(q, k, v, grad_tables),
-                                    launch.kv_splits(self.key, q, k, kv_splits))
+        out, lse, _, _ = attention(self.key, q, k, v, tensors, scalars, call.scale,
+                                   call.dropout_p, seed_words(seed), call.layout,
+                                   bool(deterministic), _saved_for_backward(q, k, v, grad_tables),
+                                   launch.kv_splits(self.key, q, k, kv_splits))
         return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,

@@ -26,7 +26,7 @@ import functools
 import hashlib
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
@@ -51,9 +51,14 @@ class Variant:
     spec: AttentionSpec
     source_path: str
     tiles: TileOverride | None = None  # hand-picked tiles, or the planner's
+    _plans: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def plan(self, head_dim: int, arch: str):
-        return plan_for(self.spec, head_dim, self.tiles, arch)
+        # cached: every call asks (kv_splits, the backward's dQ rows), and planning walks
+        # the IR
+        if (head_dim, arch) not in self._plans:
+            self._plans[head_dim, arch] = plan_for(self.spec, head_dim, self.tiles, arch)
+        return self._plans[head_dim, arch]
 
     @functools.cached_property
     def mask_tiles_per(self) -> tuple[bool, bool] | None:

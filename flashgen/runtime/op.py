@@ -90,15 +90,17 @@ def _setup_context(ctx, inputs, output):
     ctx.tensor_count = len(tensors)
 
 
-def _backward(ctx, dout, dlse, _drng, _dout_f32):
+def _gradients(ctx, dout, dlse, backward) -> tuple:
+    """dq, dk, dv and the tensors' gradients (None where none), by `backward`: the custom
+    op under torch.compile, launch.backward itself in eager mode."""
     q, k, v, out, lse, rng, layout, *tensors = ctx.saved_tensors
     # the kernels compute delta = rowsum(dO * O) - dlse themselves (delta_kernel)
     if dlse is not None:
         dlse = dlse.float().contiguous()
     wanted = ctx.wanted
-    dq, dk, dv, flat = backward_op(ctx.key, dout.contiguous(), q, k, v, out, lse, dlse,
-                                   tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic,
-                                   ctx.dropout_p, rng, layout)
+    dq, dk, dv, flat = backward(ctx.key, dout.contiguous(), q, k, v, out, lse, dlse,
+                                tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic,
+                                ctx.dropout_p, rng, layout)
     grads: list[torch.Tensor | None] = [None] * ctx.tensor_count
     at = 0
     for i, want in zip(ctx.grad_positions, wanted):
@@ -106,6 +108,11 @@ def _backward(ctx, dout, dlse, _drng, _dout_f32):
             n = tensors[i].numel()
             grads[i] = flat[at:at + n].view(tensors[i].shape)
             at += n
+    return dq, dk, dv, grads
+
+
+def _backward(ctx, dout, dlse, _drng, _dout_f32):
+    dq, dk, dv, grads = _gradients(ctx, dout, dlse, backward_op)
     # a float list has no gradient: None, except that an empty list must come back as []
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
@@ -115,3 +122,37 @@ def _backward(ctx, dout, dlse, _drng, _dout_f32):
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerAttention(torch.autograd.Function):
+    """The same forward and backward without torch.library's dispatch, for eager mode:
+    a custom op's Python wrappers (argument schema, pytree flattening, the autograd
+    wrapper) cost ~100 us a call, forward and backward each, which in a small model's
+    training step came to more than the kernels' own time (PERF.md, step 12)."""
+
+    @staticmethod
+    def forward(ctx, key, q, k, v, scalars, scale, dropout_p, seed, layout, deterministic,
+                saved, splits, *tensors):
+        rng = launch.rng_state(seed, dropout_p, q.device)
+        out, lse, out_f32 = launch.forward(key, q, k, v, list(tensors), scalars, scale,
+                                           dropout_p, rng, layout, saved, splits)
+        _setup_context(ctx, (key, q, k, v, list(tensors), scalars, scale, dropout_p, seed,
+                             layout, deterministic, saved, splits), (out, lse, rng, out_f32))
+        return out, lse, rng, out_f32
+
+    @staticmethod
+    def backward(ctx, dout, dlse, _drng, _dout_f32):
+        dq, dk, dv, grads = _gradients(ctx, dout, dlse, launch.backward)
+        return (None, dq, dk, dv, *[None] * 8, *grads)
+
+
+def attention(key: str, q, k, v, tensors: list[torch.Tensor], scalars: list[float],
+              scale: float, dropout_p: float, seed: list[int], layout, deterministic: bool,
+              saved: int, splits: int):
+    """flashgen::forward with autograd: the custom op while torch.compile traces (one
+    graph node), the autograd.Function above otherwise. (out, lse, rng, out_f32)."""
+    if torch.compiler.is_compiling():
+        return forward_op(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
+                          deterministic, saved, splits)
+    return _EagerAttention.apply(key, q, k, v, scalars, scale, dropout_p, seed, layout,
+                                 deterministic, saved, splits, *tensors)
