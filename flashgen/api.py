@@ -10,14 +10,14 @@ import torch
 from . import resources
 from .check.checker import check_source
 from .ir.nodes import AttentionSpec
-from .reference.attention import run as run_reference
+from .reference.attention import run as run_reference, run_varlen as run_varlen_reference
 from .render.kernels import render_units
 from .render.variant import render_variant
 from .build.cache import BuiltModule
 from .plan.tiles import TileOverride, TilePlan, check_override
 from .runtime import launch
 from .reference.philox import MASK32, resolve_seed
-from .runtime.arguments import bind
+from .runtime.arguments import bind, bind_varlen
 from .runtime.op import attention
 from .spec.errors import Diagnostic, SpecError, did_you_mean
 from .spec.parse import parse
@@ -149,6 +149,33 @@ class AttentionOp:
         keys (split-KV, for decoding: few query rows, many keys); None picks it by shape."""
         call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
                     layout=layout, params=params, for_kernel=True)
+        return self._run(call, seed, deterministic, kv_splits, return_lse)
+
+    def varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None,
+               *, scale=None, dropout_p=0.0, seed=None, return_lse=False, layout=None,
+               deterministic=False, kv_splits=None, **params):
+        """Attention over a packed batch of sequences of their own lengths (FlashAttention-2's
+        varlen API): q [total_q, H, d], k [total_k, Hkv, d], v [total_k, Hkv, dv];
+        sequence b is rows cu_seqlens_q[b]:cu_seqlens_q[b + 1] of q (int32 [B + 1], on the
+        GPU) and the same of cu_seqlens_k for k and v. Returns out [total_q, H, dv] (and
+        lse [H, total_q]). No work is spent on padding.
+
+        Within a sequence the spec sees b, its own q_idx / kv_idx from 0 and its own q_len
+        / kv_len, exactly as if that sequence were called alone (op.reference_varlen runs
+        it so). Tables and layouts are sized as for a padded batch of the longest
+        sequences: [B, max_seqlen_q, ...]; a block pattern is the longest sequences',
+        cut short. max_seqlen_*: None reads cu_seqlens back and checks them (a host
+        sync); given, they are trusted. Other arguments as for a call."""
+        call, maxes = bind_varlen(self.spec, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                  max_seqlen_k, scale=scale, dropout_p=dropout_p, seed=seed,
+                                  layout=layout, params=params, for_kernel=True)
+        varlen = launch.Varlen(cu_seqlens_q, cu_seqlens_k, *maxes)
+        return self._run(call, seed, deterministic, kv_splits, return_lse, varlen)
+
+    def _run(self, call, seed, deterministic, kv_splits, return_lse,
+             varlen: launch.Varlen | None = None):
+        """The kernels on a bound call (padded, or packed with `varlen`)."""
+        q, k, v = call.q, call.k, call.v
         tensors, scalars = [], []
         for p in self.spec.params:
             value = call.params[p.name]
@@ -157,10 +184,11 @@ class AttentionOp:
             else:
                 scalars.append(float(value))
         grad_tables = [call.params[n] for n in launch.variant(self.key).grad_params]
+        packed = ([varlen.cu_q, varlen.cu_k], [varlen.max_q, varlen.max_k]) if varlen else ((), ())
         out, lse, _, _ = attention(self.key, q, k, v, tensors, scalars, call.scale,
                                    call.dropout_p, seed_words(seed), call.layout,
                                    bool(deterministic), _saved_for_backward(q, k, v, grad_tables),
-                                   launch.kv_splits(self.key, q, k, kv_splits))
+                                   launch.kv_splits(self.key, q, k, kv_splits, varlen), *packed)
         return (out, lse) if return_lse else out
 
     def reference(self, q, k, v, *, scale=None, dropout_p=0.0, seed=None, return_lse=False,
@@ -170,6 +198,15 @@ class AttentionOp:
         call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
                     layout=layout, params=params)
         return run_reference(call, dtype=dtype, return_lse=return_lse)
+
+    def reference_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, *, scale=None,
+                         dropout_p=0.0, seed=None, return_lse=False, layout=None,
+                         dtype: torch.dtype | None = None, **params):
+        """op.varlen's semantics in PyTorch, one sequence at a time (any device)."""
+        call, _ = bind_varlen(self.spec, q, k, v, cu_seqlens_q, cu_seqlens_k, scale=scale,
+                              dropout_p=dropout_p, seed=seed, layout=layout, params=params)
+        return run_varlen_reference(call, cu_seqlens_q, cu_seqlens_k, dtype=dtype,
+                                    return_lse=return_lse)
 
 
 def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001

@@ -11,6 +11,8 @@ A row with no visible key gives O = 0 and lse = -inf, never NaN (gradients too).
 Runs on any device, in float64, float32, or the input's own low precision."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ..ir.nodes import AttentionSpec
@@ -73,6 +75,7 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
     # one evaluator for mask and score, so the `let`s are computed once
     variables = grid_variables(B, H, Nq, Nk, device)
+    variables["b"] = variables["b"] + call.first_batch   # a packed sequence run alone
     hidden = _HiddenPairs((B, H, Nq, Nk))
     evaluator = Evaluator(spec, variables, params, dtype, device, load_hook=hidden.guard)
     if spec.score is not None:
@@ -92,7 +95,8 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     p = e / torch.where(empty, torch.ones_like(total), total)
     if call.dropout_p > 0:
         seed, offset = resolve_seed(call.seed, device)
-        drop_keep = keep_mask(seed, offset, call.dropout_p, B, H, Nq, Nk, device)
+        drop_keep = keep_mask(seed, offset, call.dropout_p, B, H, Nq, Nk, device,
+                              first_batch=call.first_batch)
         p = p * drop_keep.to(dtype) / (1.0 - call.dropout_p)
     out = torch.matmul(p, v)
     if not return_lse:
@@ -138,3 +142,25 @@ def reference(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=N
     call = bind(spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed, layout=layout,
                 params=params)
     return run(call, dtype=dtype, return_lse=return_lse)
+
+
+def run_varlen(call: BoundCall, cu_seqlens_q, cu_seqlens_k, dtype: torch.dtype | None = None,
+               return_lse: bool = False):
+    """A packed batch (arguments.bind_varlen), one sequence at a time: sequence b runs as
+    a batch of one with its own rows, lengths and q_len / kv_len, reading row b of the
+    tables and drawing batch entry b's dropout (BoundCall.first_batch). out [total_q, H,
+    Dv], lse [H, total_q]: the kernels' varlen layout."""
+    B, H, Hkv = call.sizes["B"], call.sizes["H"], call.sizes["Hkv"]
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    outs, lses = [], []
+    for b in range(B):
+        q = call.q[cq[b]:cq[b + 1]].transpose(0, 1).unsqueeze(0)     # [1, H, len, d]
+        k = call.k[ck[b]:ck[b + 1]].transpose(0, 1).unsqueeze(0)
+        v = call.v[ck[b]:ck[b + 1]].transpose(0, 1).unsqueeze(0)
+        sizes = {**call.sizes, "B": 1, "Nq": q.shape[2], "Nk": k.shape[2]}
+        one = dataclasses.replace(call, q=q, k=k, v=v, sizes=sizes, first_batch=b)
+        out, lse = run(one, dtype=dtype, return_lse=True)
+        outs.append(out[0].transpose(0, 1))                            # [len, H, Dv]
+        lses.append(lse[0])                                            # [H, len]
+    out, lse = torch.cat(outs, dim=0), torch.cat(lses, dim=1)
+    return (out, lse) if return_lse else out

@@ -75,8 +75,9 @@ def threshold(p: float) -> int:
 
 
 def keep_mask(seed: int, offset: int, p: float, batch: int, heads: int, nq: int, nk: int,
-              device=None) -> torch.Tensor:
-    """bool [batch, heads, nq, nk]: True where dropout keeps the element."""
+              device=None, first_batch: int = 0) -> torch.Tensor:
+    """bool [batch, heads, nq, nk]: True where dropout keeps the element. first_batch: the
+    batch index of entry 0 (a packed sequence drawn alone keeps its own stream)."""
     t = threshold(p)
     device = torch.device(device or "cpu")
     if t == 0:
@@ -89,7 +90,7 @@ def keep_mask(seed: int, offset: int, p: float, batch: int, heads: int, nq: int,
     out = torch.empty(batch, heads, nq, nk, dtype=torch.bool, device=device)
     for b in range(batch):           # one head at a time keeps the int64 temporaries small
         for h in range(heads):
-            words = philox4x32_10((c0, c1, b * heads + h, offset & MASK32), key)
+            words = philox4x32_10((c0, c1, (first_batch + b) * heads + h, offset & MASK32), key)
             drawn = torch.where(word == 0, words[0], torch.where(
                 word == 1, words[1], torch.where(word == 2, words[2], words[3])))
             out[b, h] = drawn >= t

@@ -35,6 +35,9 @@ class BoundCall:
     layout: torch.Tensor | None                        # [Hq or 1, q_blocks, kv_blocks] bool
     params: dict[str, object] = field(default_factory=dict)   # tensors or Python scalars
     sizes: dict[str, int] = field(default_factory=dict)       # B, H, Hkv, Nq, Nk, and free symbols
+    # The b of this call's first batch entry: a packed (varlen) sequence run alone by the
+    # reference keeps its index into the tables and its dropout stream.
+    first_batch: int = 0
 
     @property
     def shape(self):
@@ -157,6 +160,66 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
          params: dict | None = None, for_kernel: bool = False) -> BoundCall:
     """Check every argument of a call against the spec and bind the shape symbols."""
     sizes = _check_qkv(spec, q, k, v, for_kernel)
+    return _bind_rest(spec, sizes, q, k, v, scale, dropout_p, seed, layout, params, for_kernel)
+
+
+def packed_view(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """[total, H, d] seen as [batch, H, total, d] with batch stride 0: how the kernels
+    take a packed (varlen) tensor; sequence b's rows are found from cu_seqlens."""
+    return t.transpose(0, 1).unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def bind_varlen(spec: AttentionSpec, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None,
+                max_seqlen_k=None, *, scale=None, dropout_p=0.0, seed=None, layout=None,
+                params: dict | None = None, for_kernel: bool = False
+                ) -> tuple[BoundCall, tuple[int, int]]:
+    """bind() for a packed batch: q [total_q, H, d], k and v [total_k, Hkv, d], sequence b
+    in rows cu_seqlens_q[b]:cu_seqlens_q[b + 1] (and _k). Tables and layouts are sized as
+    a padded batch of the longest sequences would be: B sequences, Nq = max_seqlen_q,
+    Nk = max_seqlen_k. Returns the call (its q, k, v the packed tensors) and (max_q, max_k).
+    Without max_seqlen_* the offsets are read back and checked (a host sync); given them,
+    they are trusted, as FlashAttention's varlen API does."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 3:
+            _fail(f"varlen {name} must be a packed tensor [total, heads, head_dim], got "
+                  f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if k.shape[0] != v.shape[0]:
+        _fail(f"k and v must have the same rows, got {k.shape[0]} and {v.shape[0]}")
+    for name, cu, total in (("cu_seqlens_q", cu_seqlens_q, q.shape[0]),
+                            ("cu_seqlens_k", cu_seqlens_k, k.shape[0])):
+        if not isinstance(cu, torch.Tensor) or cu.dim() != 1 or cu.numel() < 2 \
+                or cu.dtype != torch.int32:
+            _fail(f"{name} must be an int32 tensor [batch + 1] of sequence start rows, got "
+                  f"{cu.dtype if isinstance(cu, torch.Tensor) else type(cu).__name__} "
+                  f"{tuple(cu.shape) if isinstance(cu, torch.Tensor) else ''}")
+        if cu.device != q.device:
+            _fail(f"{name} is on {cu.device}, q is on {q.device}")
+    if cu_seqlens_q.numel() != cu_seqlens_k.numel():
+        _fail(f"cu_seqlens_q and cu_seqlens_k must describe the same sequences, got "
+              f"{cu_seqlens_q.numel() - 1} and {cu_seqlens_k.numel() - 1}")
+    maxes = []
+    for name, cu, total, given in (("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q),
+                                   ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):
+        if given is not None:
+            if isinstance(given, bool) or not isinstance(given, int) or given < 0:
+                _fail(f"max_seqlen must be an int >= 0, got {given!r}")
+            maxes.append(given)
+            continue
+        starts = cu.tolist()
+        lengths = [b - a for a, b in zip(starts, starts[1:])]
+        if starts[0] != 0 or starts[-1] != total or min(lengths) < 0:
+            _fail(f"{name} must rise from 0 to the packed rows ({total}), got {starts[:8]}"
+                  + (" ..." if len(starts) > 8 else ""))
+        maxes.append(max(lengths))
+    B = cu_seqlens_q.numel() - 1
+    sizes = _check_qkv(spec, packed_view(q, B), packed_view(k, B), packed_view(v, B), for_kernel)
+    sizes["Nq"], sizes["Nk"] = maxes
+    call = _bind_rest(spec, sizes, q, k, v, scale, dropout_p, seed, layout, params, for_kernel)
+    return call, (maxes[0], maxes[1])
+
+
+def _bind_rest(spec: AttentionSpec, sizes: dict, q, k, v, scale, dropout_p, seed, layout,
+               params: dict | None, for_kernel: bool) -> BoundCall:
     params = dict(params or {})
     unknown = [n for n in params if n not in {p.name for p in spec.params}]
     if unknown:

@@ -6,7 +6,8 @@ content. A launcher takes one int64 array and one float array; the order of valu
 is written here once and read back in templates/kernels/args.cuh and by each
 variant's Params::read / Grads::read:
 
-  ints:   B, H, Hkv, Nq, Nk; then per tensor of the pass (q, k, v, out | q, k, v, dO,
+  ints:   B, H, Hkv, Nq, Nk, varlen's cu_seqlens_q and _k pointers (or 0) and the
+          rows per (batch, head) of the fp32 row buffers (Nq, or total_q); then per tensor of the pass (q, k, v, out | q, k, v, dO,
           out, then dK, dV) its pointer and batch, head, row strides; plain pointers
           (lse, fp32 out or 0, the exact-P flag, the split-KV count and its partial
           out and lse or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
@@ -38,11 +39,60 @@ from ..reference.philox import MASK32, resolve_seed, threshold
 from ..render.kernels import render_module
 from ..render.tile_class import mask_reads, scans_tables
 from ..render.variant import differentiable_loads
+from .arguments import packed_view
 from .sparse import DENSE, MaskTiles, sparse_tiles
 
 
 class KernelError(RuntimeError):
     """A kernel launch failed (the message is CUDA's)."""
+
+
+@dataclass(frozen=True)
+class Varlen:
+    """A packed batch (FlashAttention-2's varlen layout): sequence b has query rows
+    cu_q[b]:cu_q[b + 1] of q [total_q, H, d] and key rows cu_k[b]:cu_k[b + 1] of k and v
+    [total_k, Hkv, d]. The kernels see it as a batch of `batch` sequences padded to
+    max_q / max_k (the grid, the tables' and layouts' sizes), each CTA computing only its
+    own sequence's rows (templates/kernels/args.cuh Shape::for_sequence)."""
+    cu_q: torch.Tensor      # int32 [batch + 1], on the device
+    cu_k: torch.Tensor
+    max_q: int
+    max_k: int
+
+    @property
+    def batch(self) -> int:
+        return self.cu_q.numel() - 1
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """B, H, Hkv, Nq, Nk of a call as the kernels' grid and tables see them (a packed
+    batch: its sequence count and longest lengths), and the fp32 row buffers' rows per
+    (batch, head): Nq, or total_q."""
+    B: int
+    H: int
+    Hkv: int
+    Nq: int
+    Nk: int
+    rows: int
+    varlen: Varlen | None = None
+
+    @staticmethod
+    def of(q, k, varlen: Varlen | None = None) -> "Sizes":
+        if varlen is None:
+            B, H, Nq, _ = q.shape
+            return Sizes(B, H, k.shape[1], Nq, k.shape[2], Nq)
+        return Sizes(varlen.batch, q.shape[1], k.shape[1], varlen.max_q, varlen.max_k,
+                     q.shape[0], varlen)
+
+    def ints(self) -> list[int]:
+        cu = [self.varlen.cu_q.data_ptr(), self.varlen.cu_k.data_ptr()] if self.varlen else [0, 0]
+        return [self.B, self.H, self.Hkv, self.Nq, self.Nk, *cu, self.rows]
+
+    def row_buffer(self, *inner, like, dtype=torch.float32) -> torch.Tensor:
+        """An fp32 buffer of Shape::row's rows: [B, H, Nq, *inner], or [H, total_q, *inner]."""
+        lead = (self.H, self.rows) if self.varlen else (self.B, self.H, self.Nq)
+        return _output(*lead, *inner, like=like, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -146,7 +196,7 @@ def _params(v: Variant, tensors: list[torch.Tensor], scalars: list[float]):
 def aligned(t: torch.Tensor) -> torch.Tensor:
     """t, or a contiguous copy when its rows are not 16-byte aligned (cp.async needs it)."""
     item = t.element_size()
-    if t.data_ptr() % 16 or any((s * item) % 16 for s in t.stride()[:3]):
+    if t.data_ptr() % 16 or any((s * item) % 16 for s in t.stride()[:-1]):
         return t.contiguous()
     return t
 
@@ -163,9 +213,6 @@ def _call(lib: ctypes.CDLL, function: str, ints: list[int], floats: list[float],
         raise KernelError(f"{function} failed: {lib.flashgen_error_string(status).decode()}")
 
 
-def _shape(q, k, scale) -> tuple[list[int], list[float]]:
-    B, H, Nq, _ = q.shape
-    return [B, H, k.shape[1], Nq, k.shape[2]], [scale]
 
 
 def rng_state(seed: list[int], dropout_p: float, device) -> torch.Tensor:
@@ -188,22 +235,24 @@ def _dropout(dropout_p: float, rng: torch.Tensor) -> tuple[list[int], list[float
 _MASK_TILES = WeakTensorKeyDictionary()
 
 
-def _mask_tiles(key: str, q, k, tensors, scalars) -> MaskTiles:
+def _mask_tiles(key: str, sizes: Sizes, q, tensors, scalars) -> MaskTiles:
     """The tile lists of a data-dependent mask (tile_class.scans_tables) for this call:
     every tile pair classified on the GPU at the forward's and the backward's tile sizes,
     then compacted. Kept on the tensor when the spec has one (as runtime layouts are),
-    and rebuilt when it is modified in place."""
+    and rebuilt when it is modified in place. A packed batch's lists are per sequence,
+    each classified at its own lengths."""
     var = variant(key)
-    B, H, Nq, D = q.shape
-    Nk = k.shape[2]
-    plan = var.plan(D, _arch(q.device.index))
+    B, H, _, Nq, Nk = sizes.B, sizes.H, sizes.Hkv, sizes.Nq, sizes.Nk
+    plan = var.plan(q.shape[-1], _arch(q.device.index))
     by_batch, by_head = var.mask_tiles_per
-    batches, heads = (B if by_batch else 1), (H if by_head else 1)
+    vl = sizes.varlen
+    batches, heads = (B if by_batch or vl else 1), (H if by_head else 1)
+    cu = [vl.cu_q.data_ptr(), vl.cu_k.data_ptr()] if vl else [0, 0]
 
     def classes(block_m: int, block_n: int) -> torch.Tensor:
         out = torch.empty(batches, heads, -(-Nq // block_m), -(-Nk // block_n), dtype=torch.int8,
                           device=q.device)
-        ints = [batches, heads, Nq, Nk, block_m, block_n, out.data_ptr()]
+        ints = [batches, heads, Nq, Nk, block_m, block_n, out.data_ptr(), *cu]
         p_ints, p_floats = _params(var, tensors, scalars)
         _call(_library(key, q), "flashgen_tile_classes", ints + p_ints, p_floats, q.device)
         return out
@@ -212,7 +261,7 @@ def _mask_tiles(key: str, q, k, tensors, scalars) -> MaskTiles:
         f, b = plan.forward, plan.backward
         return MaskTiles.of(classes(f.block_m, f.block_n), classes(b.block_m, b.block_n))
 
-    if len(tensors) != 1:
+    if len(tensors) != 1 or vl is not None:
         return build()
     entries = _MASK_TILES.setdefault(tensors[0], {})
     entry = (key, tensors[0]._version, plan, B, H, Nq, Nk, tuple(scalars))
@@ -222,22 +271,24 @@ def _mask_tiles(key: str, q, k, tensors, scalars) -> MaskTiles:
     return entries[entry]
 
 
-def _sparse(key: str, q, k, layout, tensors, scalars) -> list[int]:
+def _sparse(key: str, sizes: Sizes, q, layout, tensors, scalars) -> list[int]:
     var = variant(key)
     if var.spec.block_sparse is None:
         if var.mask_tiles_per is None:
             return DENSE
-        return _mask_tiles(key, q, k, tensors, scalars).ints()
+        return _mask_tiles(key, sizes, q, tensors, scalars).ints()
     plan = var.plan(q.shape[-1], _arch(q.device.index))
-    return sparse_tiles(var.spec, layout, plan, q.shape[2], k.shape[2], q.device).ints()
+    # a packed batch: the lists of the longest sequences, which shorter ones cut short
+    # (sparse.cuh tile_row)
+    return sparse_tiles(var.spec, layout, plan, sizes.Nq, sizes.Nk, q.device).ints()
 
 
-def _dropout_and_sparse(key: str, q, k, dropout_p, rng, layout, tensors, scalars, ints,
-                        floats) -> None:
+def _dropout_and_sparse(key: str, sizes: Sizes, q, dropout_p, rng, layout, tensors, scalars,
+                        ints, floats) -> None:
     """Append what both passes pass after their fixed part: dropout, then the tile lists
     (block-sparse, or a data-dependent mask's)."""
     d_ints, d_floats = _dropout(dropout_p, rng)
-    ints += d_ints + _sparse(key, q, k, layout, tensors, scalars)
+    ints += d_ints + _sparse(key, sizes, q, layout, tensors, scalars)
     floats += d_floats
 
 
@@ -258,20 +309,21 @@ SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and P's rounding 
 MAX_KV_SPLITS = 64
 
 
-def kv_splits(key: str, q, k, splits: int | None = None) -> int:
+def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None = None) -> int:
     """How many CTAs share each Q tile's K/V tiles (split-KV, templates/kernels/combine.cuh).
     None: chosen by shape. One CTA per Q tile fills the GPU when there are enough Q tiles;
     decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so the K/V
     tiles are split until about two waves of CTAs run, keeping >= 4 tiles per split (each
     split costs a partial O round trip and the combine's read of it). A forced count is
-    capped at the number of K/V tiles and at MAX_KV_SPLITS."""
+    capped at the number of K/V tiles and at MAX_KV_SPLITS. A packed batch counts as its
+    longest sequences."""
     var = variant(key)
-    B, H, Nq, D = q.shape
-    plan = var.plan(D, _arch(q.device.index)).forward
-    kv_tiles = -(-k.shape[2] // plan.block_n)
+    n = Sizes.of(q, k, varlen)
+    plan = var.plan(q.shape[-1], _arch(q.device.index)).forward
+    kv_tiles = -(-n.Nk // plan.block_n)
     if splits is not None:
         return max(1, min(int(splits), kv_tiles, MAX_KV_SPLITS))
-    ctas = B * H * -(-Nq // plan.block_m)
+    ctas = n.B * n.H * -(-n.Nq // plan.block_m)
     sms = _sm_count(q.device.index)
     if ctas == 0 or ctas >= sms or kv_tiles < 8:    # no rows: nothing to split
         return 1
@@ -283,39 +335,47 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _as_kernel_sees(n: Sizes, *tensors, outputs: bool = False):
+    """The tensors as the kernels take them: aligned (inputs; outputs are allocated so),
+    packed ones as [B, H, total, d] views with batch stride 0."""
+    if not outputs:
+        tensors = [aligned(t) for t in tensors]
+    return [packed_view(t, n.B) if n.varlen else t for t in tensors]
+
+
 def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
-            saved: int = SAVE_NOTHING, splits: int = 1):
+            saved: int = SAVE_NOTHING, splits: int = 1, varlen: Varlen | None = None):
     """out [B, H, Nq, Dv] (q's dtype), lse [B, H, Nq] (fp32) and, for a backward pass
     (`saved`, SAVE_*), out in fp32 (else an empty tensor). rng: see rng_state; layout: a
     runtime block layout (None for a built-in pattern or a dense spec); splits: CTAs per
-    Q tile over its K/V tiles (kv_splits)."""
-    B, H, Nq, _ = q.shape
+    Q tile over its K/V tiles (kv_splits). varlen: q, k, v are packed [total, H, d]; then
+    out is [total_q, H, Dv] and lse and the fp32 out [H, total_q(, Dv)]."""
+    n = Sizes.of(q, k, varlen)
     Dv = v.shape[-1]
-    if q.numel() == 0 or k.shape[2] == 0:
+    out = q.new_empty(*q.shape[:-1], Dv)
+    if q.numel() == 0 or k.numel() == 0:
         # nothing to launch: no rows, or rows with no key (O = 0, lse = -inf, as a fully
         # masked row)
-        return (q.new_zeros(B, H, Nq, Dv),
-                torch.full((B, H, Nq), -math.inf, dtype=torch.float32, device=q.device),
-                q.new_zeros((B, H, Nq, Dv) if saved else (0,), dtype=torch.float32))
+        return (out.zero_(), n.row_buffer(like=q).fill_(-math.inf),
+                n.row_buffer(Dv, like=q).zero_() if saved
+                else q.new_empty(0, dtype=torch.float32))
     var = variant(key)
-    q, k, v = aligned(q), aligned(k), aligned(v)
-    out = _output(B, H, Nq, Dv, like=q)
-    lse = _output(B, H, Nq, like=q, dtype=torch.float32)
-    out_f32 = (_output(B, H, Nq, Dv, like=q, dtype=torch.float32) if saved
-               else q.new_empty(0, dtype=torch.float32))
-    ints, floats = _shape(q, k, scale)
-    for t in (q, k, v, out):
+    out = _output(*out.shape, like=q)
+    lse = n.row_buffer(like=q)
+    out_f32 = n.row_buffer(Dv, like=q) if saved else q.new_empty(0, dtype=torch.float32)
+    ints, floats = n.ints(), [scale]
+    for t in (*_as_kernel_sees(n, q, k, v), *_as_kernel_sees(n, out, outputs=True)):
         ints += _strided(t)
     ints += [lse.data_ptr(), out_f32.data_ptr() if saved else 0,
              int(saved == SAVE_EXACT_F32_OUT)]
     partial_out = partial_lse = None
     if splits > 1:       # fp32 partial results, merged by the combine kernel
-        partial_out = torch.empty(splits, B, H, Nq, Dv, dtype=torch.float32, device=q.device)
-        partial_lse = torch.empty(splits, B, H, Nq, dtype=torch.float32, device=q.device)
+        partial_out = torch.empty(splits, lse.numel(), Dv, dtype=torch.float32, device=q.device)
+        partial_lse = torch.empty(splits, lse.numel(), dtype=torch.float32, device=q.device)
     ints += [splits, 0 if partial_out is None else partial_out.data_ptr(),
              0 if partial_lse is None else partial_lse.data_ptr()]
-    _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
+    _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
     return out, lse, out_f32
@@ -323,11 +383,12 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
 
 def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: float,
              param_grads_wanted: list[bool], deterministic: bool = False, dropout_p: float = 0.0,
-             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None):
+             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
+             varlen: Varlen | None = None):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
     gradients, in the order of Variant.grad_params. out (the forward's fp32 out where it
-    kept one, else its out), lse, dropout_p, rng and layout are the forward call's; dlse
-    (or None) the gradient flowing into lse."""
+    kept one, else its out), lse, dropout_p, rng, layout and varlen are the forward
+    call's; dlse (or None) the gradient flowing into lse."""
     var = variant(key)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0
@@ -335,28 +396,32 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     flat = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0:      # no query or no key: every gradient is 0
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v), flat
-    q, k, v, dout = aligned(q), aligned(k), aligned(v), aligned(dout)
+    n = Sizes.of(q, k, varlen)
     out_f32 = out.contiguous() if out.dtype == torch.float32 else None
-    out = None if out_f32 is not None else aligned(out)
-    B, H, Nq, D = q.shape
-    delta = torch.empty(B, H, Nq, dtype=torch.float32, device=q.device)
-    dq = _output(B, H, Nq, D, like=q)
+    D = q.shape[-1]
+    delta = n.row_buffer(like=q)
+    dq = _output(*q.shape, like=q)
     dq_accum = None  # the atomic path's fp32 dQ, row blocks of whole tiles in fragment order
     if not deterministic:
         bm = var.plan(D, _arch(q.device.index)).backward.block_m
-        dq_accum = torch.zeros(B, H, -(-Nq // bm) * bm, D, dtype=torch.float32, device=q.device)
+        # backward.cuh DqFragments::tile: a packed batch's sequences each start a tile
+        tiles = (n.rows // bm + n.B + 1) if varlen else -(-n.Nq // bm)
+        lead = (n.H,) if varlen else (n.B, n.H)
+        dq_accum = torch.zeros(*lead, tiles * bm, D, dtype=torch.float32, device=q.device)
     dk = _output(*k.shape, like=k)
     dv = _output(*v.shape, like=v)
-    ints, floats = _shape(q, k, scale)
-    for t in (q, k, v, dout):
+    ints, floats = n.ints(), [scale]
+    for t in _as_kernel_sees(n, q, k, v, dout):
         ints += _strided(t)
-    ints += [0, 0, 0, 0] if out is None else _strided(out)
+    ints += [0, 0, 0, 0] if out_f32 is not None else _strided(_as_kernel_sees(n, out)[0])
     ints.append(0 if out_f32 is None else out_f32.data_ptr())
     dlse_ptr = 0 if dlse is None else dlse.data_ptr()
     ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(),
              0 if dq_accum is None else dq_accum.data_ptr()]
-    ints += _strided(dq) + _strided(dk) + _strided(dv) + [int(deterministic)]
-    _dropout_and_sparse(key, q, k, dropout_p, rng, layout, tensors, scalars, ints, floats)
+    for t in _as_kernel_sees(n, dq, dk, dv, outputs=True):
+        ints += _strided(t)
+    ints.append(int(deterministic))
+    _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars)
     g_ints, at = [], 0
     for name, size in zip(var.grad_params, sizes):

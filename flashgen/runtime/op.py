@@ -29,23 +29,30 @@ from . import launch
 def forward_op(key: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                tensors: list[torch.Tensor], scalars: list[float], scale: float,
                dropout_p: float, seed: list[int], layout: torch.Tensor | None,
-               deterministic: bool, saved: int, splits: int
+               deterministic: bool, saved: int, splits: int, cu_seqlens: list[torch.Tensor],
+               max_seqlens: list[int]
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     rng = launch.rng_state(seed, dropout_p, q.device)
     out, lse, out_f32 = launch.forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng,
-                                       layout, saved, splits)
+                                       layout, saved, splits, _varlen(cu_seqlens, max_seqlens))
     return out, lse, rng, out_f32
+
+
+def _varlen(cu_seqlens, max_seqlens) -> launch.Varlen | None:
+    """The ops take a packed batch as [cu_q, cu_k] and [max_q, max_k] (empty: padded)."""
+    return launch.Varlen(*cu_seqlens, *max_seqlens) if cu_seqlens else None
 
 
 @forward_op.register_fake
 def _(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved,
-      splits):
-    B, H, Nq, _ = q.shape
+      splits, cu_seqlens, max_seqlens):
     Dv = v.shape[-1]
-    return (q.new_empty(B, H, Nq, Dv),
-            q.new_empty(B, H, Nq, dtype=torch.float32),
+    # rows of lse and the fp32 out: [B, H, Nq], or [H, total_q] for a packed batch
+    rows = (q.shape[1], q.shape[0]) if cu_seqlens else q.shape[:-1]
+    return (q.new_empty(*q.shape[:-1], Dv),
+            q.new_empty(rows, dtype=torch.float32),
             torch.empty(3, dtype=torch.int64, device="cpu"),
-            q.new_empty((B, H, Nq, Dv) if saved else (0,), dtype=torch.float32))
+            q.new_empty((*rows, Dv) if saved else (0,), dtype=torch.float32))
 
 
 @torch.library.custom_op("flashgen::backward", mutates_args=())
@@ -54,10 +61,12 @@ def backward_op(key: str, dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
                 dlse: torch.Tensor | None,
                 tensors: list[torch.Tensor], scalars: list[float], scale: float,
                 wanted: list[bool], deterministic: bool, dropout_p: float, rng: torch.Tensor,
-                layout: torch.Tensor | None
+                layout: torch.Tensor | None, cu_seqlens: list[torch.Tensor],
+                max_seqlens: list[int]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return launch.backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
-                           deterministic, dropout_p, rng, layout)
+                           deterministic, dropout_p, rng, layout,
+                           _varlen(cu_seqlens, max_seqlens))
 
 
 def _grad_tensors(key: str, tensors):
@@ -69,7 +78,7 @@ def _grad_tensors(key: str, tensors):
 
 @backward_op.register_fake
 def _(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted, deterministic, dropout_p,
-      rng, layout):
+      rng, layout, cu_seqlens, max_seqlens):
     size = sum(tensors[i].numel() for i, w in zip(_grad_tensors(key, tensors), wanted) if w)
     return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
             q.new_empty(size, dtype=torch.float32))
@@ -77,11 +86,13 @@ def _(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted, deter
 
 def _setup_context(ctx, inputs, output):
     (key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout, deterministic, saved,
-     _splits) = inputs
+     _splits, cu_seqlens, max_seqlens) = inputs
     out, lse, rng, out_f32 = output
     ctx.mark_non_differentiable(rng, out_f32)
     # the backward pass reads O only for delta: in fp32 where the forward kept it
-    ctx.save_for_backward(q, k, v, out_f32 if saved else out, lse, rng, layout, *tensors)
+    ctx.save_for_backward(q, k, v, out_f32 if saved else out, lse, rng, layout, *cu_seqlens,
+                          *tensors)
+    ctx.packed, ctx.max_seqlens = bool(cu_seqlens), max_seqlens
     ctx.key, ctx.scalars, ctx.scale, ctx.deterministic = key, scalars, scale, deterministic
     ctx.dropout_p = dropout_p
     ctx.seed_given = bool(seed)
@@ -94,13 +105,15 @@ def _gradients(ctx, dout, dlse, backward) -> tuple:
     """dq, dk, dv and the tensors' gradients (None where none), by `backward`: the custom
     op under torch.compile, launch.backward itself in eager mode."""
     q, k, v, out, lse, rng, layout, *tensors = ctx.saved_tensors
+    cu_seqlens = tensors[:2] if ctx.packed else []
+    tensors = tensors[2:] if ctx.packed else tensors
     # the kernels compute delta = rowsum(dO * O) - dlse themselves (delta_kernel)
     if dlse is not None:
         dlse = dlse.float().contiguous()
     wanted = ctx.wanted
     dq, dk, dv, flat = backward(ctx.key, dout.contiguous(), q, k, v, out, lse, dlse,
                                 tensors, ctx.scalars, ctx.scale, wanted, ctx.deterministic,
-                                ctx.dropout_p, rng, layout)
+                                ctx.dropout_p, rng, layout, cu_seqlens, ctx.max_seqlens)
     grads: list[torch.Tensor | None] = [None] * ctx.tensor_count
     at = 0
     for i, want in zip(ctx.grad_positions, wanted):
@@ -117,8 +130,10 @@ def _backward(ctx, dout, dlse, _drng, _dout_f32):
     # (torch.library flattens inputs and outputs with one tree structure)
     no_scalar_grads = None if ctx.scalars else []
     no_seed_grad = None if ctx.seed_given else []
+    no_cu_grads = [None, None] if ctx.packed else []
+    no_max_grads = None if ctx.packed else []
     return (None, dq, dk, dv, grads, no_scalar_grads, None, None, no_seed_grad, None, None,
-            None, None)
+            None, None, no_cu_grads, no_max_grads)
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -132,27 +147,36 @@ class _EagerAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, key, q, k, v, scalars, scale, dropout_p, seed, layout, deterministic,
-                saved, splits, *tensors):
+                saved, splits, cu_seqlens, max_seqlens, *tensors):
         rng = launch.rng_state(seed, dropout_p, q.device)
         out, lse, out_f32 = launch.forward(key, q, k, v, list(tensors), scalars, scale,
-                                           dropout_p, rng, layout, saved, splits)
+                                           dropout_p, rng, layout, saved, splits,
+                                           _varlen(cu_seqlens, max_seqlens))
         _setup_context(ctx, (key, q, k, v, list(tensors), scalars, scale, dropout_p, seed,
-                             layout, deterministic, saved, splits), (out, lse, rng, out_f32))
+                             layout, deterministic, saved, splits, cu_seqlens, max_seqlens),
+                       (out, lse, rng, out_f32))
         return out, lse, rng, out_f32
 
     @staticmethod
     def backward(ctx, dout, dlse, _drng, _dout_f32):
-        dq, dk, dv, grads = _gradients(ctx, dout, dlse, launch.backward)
-        return (None, dq, dk, dv, *[None] * 8, *grads)
+        def run(*args):
+            *args, cu_seqlens, max_seqlens = args
+            return launch.backward(*args, _varlen(cu_seqlens, max_seqlens))
+        dq, dk, dv, grads = _gradients(ctx, dout, dlse, run)
+        return (None, dq, dk, dv, *[None] * 10, *grads)
 
 
 def attention(key: str, q, k, v, tensors: list[torch.Tensor], scalars: list[float],
               scale: float, dropout_p: float, seed: list[int], layout, deterministic: bool,
-              saved: int, splits: int):
+              saved: int, splits: int, cu_seqlens: list[torch.Tensor] = (),
+              max_seqlens: list[int] = ()):
     """flashgen::forward with autograd: the custom op while torch.compile traces (one
-    graph node), the autograd.Function above otherwise. (out, lse, rng, out_f32)."""
+    graph node), the autograd.Function above otherwise. (out, lse, rng, out_f32).
+    cu_seqlens / max_seqlens: [cu_q, cu_k] / [max_q, max_k] of a packed batch, else empty."""
+    cu_seqlens, max_seqlens = list(cu_seqlens), list(max_seqlens)
     if torch.compiler.is_compiling():
         return forward_op(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
-                          deterministic, saved, splits)
+                          deterministic, saved, splits, cu_seqlens, max_seqlens)
     return _EagerAttention.apply(key, q, k, v, scalars, scale, dropout_p, seed, layout,
-                                 deterministic, saved, splits, *tensors)
+                                 deterministic, saved, splits, cu_seqlens, max_seqlens,
+                                 *tensors)

@@ -31,7 +31,7 @@ int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid
   }
   if (status != cudaSuccess || args.splits <= 1) return status;
   // split-KV: merge the parts by their lse (combine.cuh), one warp per query row
-  const int64_t rows = int64_t(args.shape.batch) * args.shape.heads * args.shape.q_len;
+  const int64_t rows = args.shape.rows();
   return fg::launch(fg::combine_kernel<T, 64>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
 }
 }  // namespace

@@ -26,7 +26,7 @@ template <bool kDropout, bool kParamGrads>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
         void* stream) {
   const fg::Shape& n = args.shape;
-  const int64_t rows = int64_t(n.batch) * n.heads * n.q_len;
+  const int64_t rows = n.rows();
   cudaError_t status = fg::launch(fg::delta_kernel<T, 32>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 128 - 1) / 128, n.batch * n.kv_heads);

@@ -32,6 +32,11 @@ struct Strided4 {
   __device__ __forceinline__ T* at(int b, int h, int r) const {
     return data + b * batch + h * head + int64_t(r) * row;
   }
+  // The same tensor from row r on: a packed (varlen) sequence's rows. Packed tensors come
+  // with batch stride 0, so at(b, ...) of the result is the sequence's own row.
+  __device__ __forceinline__ Strided4 from_row(int r) const {
+    return {data + int64_t(r) * row, batch, head, row};
+  }
   static Strided4 read(ArgReader& in) {
     Strided4 s;
     s.data = in.ptr<T>();
@@ -42,10 +47,21 @@ struct Strided4 {
   }
 };
 
+// The call's sizes. A padded batch has B sequences of q_len queries and kv_len keys. A
+// packed (varlen) batch concatenates sequences of their own lengths along the rows
+// (FlashAttention-2's varlen layout: q [total_q, H, d]): cu_q / cu_k hold each sequence's
+// first row, [B + 1]; q_len / kv_len are then the longest sequence's (the grid's extent),
+// and for_sequence(b) gives a CTA its own sequence's lengths and first rows. Masks, score
+// expressions and tile skipping see only the per-sequence values, so a varlen sequence is
+// computed exactly as the same sequence alone in a batch of one.
 struct Shape {
   int batch, heads, kv_heads, q_len, kv_len;
   float scale;       // softmax scale
   float scale_log2;  // scale * log2(e)
+  const int* cu_q;   // varlen: [batch + 1] first query row of each sequence; null: padded
+  const int* cu_k;   // varlen: [batch + 1] first key row of each sequence
+  int q_rows;        // rows per (batch, head) of the fp32 row buffers: q_len, or total_q
+  int q_start = 0, kv_start = 0;  // this sequence's first query and key row (for_sequence)
   static Shape read(ArgReader& in) {
     Shape s;
     s.batch = in.i32();
@@ -55,7 +71,31 @@ struct Shape {
     s.kv_len = in.i32();
     s.scale = in.f32();
     s.scale_log2 = s.scale * 1.4426950408889634f;
+    s.cu_q = in.ptr<const int>();
+    s.cu_k = in.ptr<const int>();
+    s.q_rows = in.i32();
     return s;
+  }
+  __host__ __device__ __forceinline__ bool varlen() const { return cu_q != nullptr; }
+  // The shape as sequence b's CTAs see it (a padded batch: unchanged).
+  __device__ __forceinline__ Shape for_sequence(int b) const {
+    Shape s = *this;
+    if (varlen()) {
+      s.q_start = cu_q[b];
+      s.q_len = cu_q[b + 1] - s.q_start;
+      s.kv_start = cu_k[b];
+      s.kv_len = cu_k[b + 1] - s.kv_start;
+    }
+    return s;
+  }
+  // Row q of (b, h) in the fp32 row buffers (lse, delta, out_f32, split-KV partials):
+  // [B, H, Nq] for a padded batch, [H, total_q] for a packed one.
+  __device__ __forceinline__ int64_t row(int b, int h, int q) const {
+    return (int64_t(varlen() ? 0 : b) * heads + h) * q_rows + q_start + q;
+  }
+  // How many such rows there are: the row-parallel kernels (delta, combine) walk them.
+  __host__ __device__ __forceinline__ int64_t rows() const {
+    return int64_t(varlen() ? 1 : batch) * heads * q_rows;
   }
 };
 

@@ -36,9 +36,10 @@ template <class T, int Dv>
 __global__ void __launch_bounds__(256)
 delta_kernel(const BackwardArgs<T> a) {
   const Shape& n = a.shape;
-  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over B * H * Nq
-  if (row >= int64_t(n.batch) * n.heads * n.q_len) return;
-  const int q = int(row % n.q_len), bh = int(row / n.q_len);
+  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over Shape::row's rows
+  if (row >= n.rows()) return;
+  // a packed batch's rows are [H, total_q], its tensors have batch stride 0: b = 0
+  const int q = int(row % n.q_rows), bh = int(row / n.q_rows);
   const int b = bh / n.heads, h = bh % n.heads;
   const T* dout = a.dout.at(b, h, q);
   float sum = 0.0f;
@@ -165,10 +166,16 @@ struct DqFragments {
 #else
   static constexpr bool kVector = false;  // value i of all 32 lanes side by side
 #endif
+  // Tile q0 / BM of sequence b's rows at head h. Padded batch: [B, H, Nq rounded up to BM,
+  // D]. Packed: [H, (total_q / BM + B + 1) * BM, D], sequence b's tiles from
+  // cu_q[b] / BM + b on: each starts a fresh tile, and no two overlap (launch.py sizes it).
   template <class T>
-  static __device__ __forceinline__ float* tile(const BackwardArgs<T>& a, int b, int h, int q0) {
-    const int q_tiles = (a.shape.q_len + BM - 1) / BM;
-    return a.dq_accum + ((int64_t(b) * a.shape.heads + h) * q_tiles * BM + q0) * D;
+  static __device__ __forceinline__ float* tile(const BackwardArgs<T>& a, const Shape& n, int b,
+                                                int h, int q0) {
+    const int64_t index =
+        n.varlen() ? int64_t(h) * (n.q_rows / BM + n.batch + 1) + n.q_start / BM + b + q0 / BM
+                   : (int64_t(b) * n.heads + h) * ((n.q_len + BM - 1) / BM) + q0 / BM;
+    return a.dq_accum + index * BM * D;
   }
   // value i of fragment (mt, nt) of `lane` in warp `warp`'s part
   static __device__ __forceinline__ int offset(int warp, int mt, int nt, int i, int lane) {
@@ -176,9 +183,10 @@ struct DqFragments {
     return warp * kPerWarp + (kVector ? (f * 32 + lane) * 4 + i : (f * 4 + i) * 32 + lane);
   }
   template <class T>
-  static __device__ __forceinline__ void add(const BackwardArgs<T>& a, int b, int h, int q0,
-                                             int warp, const float (&dq)[Rows::kMT][Rows::kNT][4]) {
-    float* base = tile(a, b, h, q0);
+  static __device__ __forceinline__ void add(const BackwardArgs<T>& a, const Shape& n, int b,
+                                             int h, int q0, int warp,
+                                             const float (&dq)[Rows::kMT][Rows::kNT][4]) {
+    float* base = tile(a, n, b, h, q0);
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int mt = 0; mt < Rows::kMT; ++mt)
@@ -196,9 +204,10 @@ struct DqFragments {
       }
   }
   template <class T>
-  static __device__ __forceinline__ void read(const BackwardArgs<T>& a, int b, int h, int q0,
-                                              int warp, float (&dq)[Rows::kMT][Rows::kNT][4]) {
-    const float* base = tile(a, b, h, q0);
+  static __device__ __forceinline__ void read(const BackwardArgs<T>& a, const Shape& n, int b,
+                                              int h, int q0, int warp,
+                                              float (&dq)[Rows::kMT][Rows::kNT][4]) {
+    const float* base = tile(a, n, b, h, q0);
     const int lane = threadIdx.x & 31;
 #pragma unroll
     for (int mt = 0; mt < Rows::kMT; ++mt)
@@ -215,11 +224,13 @@ template <class T, class Rows, int BM, int D, int W>
 __global__ void __launch_bounds__(32 * W)
 dq_convert_kernel(const BackwardArgs<T> a) {
   const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
+  const Shape n = a.shape.for_sequence(b);
   const int q0 = blockIdx.x * BM, warp = threadIdx.x >> 5;
+  if (q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
   float dq[Rows::kMT][Rows::kNT][4];
-  DqFragments<Rows, BM, D>::read(a, b, h, q0, warp, dq);
-  store_accumulator(a.dq, b, h, q0, Rows::row0(warp), Rows::col0(warp), a.shape.q_len, dq,
-                    a.shape.scale);
+  DqFragments<Rows, BM, D>::read(a, n, b, h, q0, warp, dq);
+  store_accumulator(a.dq.from_row(n.q_start), b, h, q0, Rows::row0(warp), Rows::col0(warp),
+                    n.q_len, dq, n.scale);
 }
 
 // kDq = false (deterministic mode): dQ is left to dq_kernel below. kDropout: the spec
@@ -245,11 +256,13 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   float* sLse = reinterpret_cast<float*>(sdS + Tiles::kP);  // [Stages][BM]
   float* sDelta = sLse + Stages * BM;                       // [Stages][BM]
 
-  const Shape& n = a.shape;
   const int n_block = blockIdx.x;
-  const int b = blockIdx.y / n.kv_heads, hk = blockIdx.y % n.kv_heads;
+  const int b = blockIdx.y / a.shape.kv_heads, hk = blockIdx.y % a.shape.kv_heads;
+  const Shape n = a.shape.for_sequence(b);
   const int group = n.heads / n.kv_heads;
   const int k0 = n_block * BN;
+  if (k0 >= n.kv_len) return;  // varlen: past a shorter sequence's keys
+  const Strided4<const T> q_in = a.q.from_row(n.q_start), do_in = a.dout.from_row(n.q_start);
   const int warp = threadIdx.x >> 5;
   const int q_tiles = (n.q_len + BM - 1) / BM;
 
@@ -266,18 +279,20 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   // A Q tile's operands: Q, dO, and its rows' lse and delta, which land with them
   // (read from global memory after the GEMMs, their latency sat on every tile's path).
   auto load_q_do = [&](int h, int q0, int stage) {
-    load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, a.q.at(b, h, q0), a.q.row,
+    load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, q_in.at(b, h, q0), a.q.row,
                                       n.q_len - q0, a.q.data);
-    load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, a.dout.at(b, h, q0), a.dout.row,
+    load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, do_in.at(b, h, q0), a.dout.row,
                                        n.q_len - q0, a.dout.data);
-    const int64_t rows = (int64_t(b) * n.heads + h) * n.q_len + q0;
+    const int64_t rows = n.row(b, h, q0);
     load_rows_f32<BM, Tiles::kThreads>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
     load_rows_f32<BM, Tiles::kThreads>(sDelta + stage * BM, a.delta + rows, n.q_len - q0,
                                        a.delta);
   };
 
-  load_tile<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, k0), a.k.row, n.kv_len - k0, a.k.data);
-  load_tile<BN, Dv, Tiles::kThreads>(sV, a.v.at(b, hk, k0), a.v.row, n.kv_len - k0, a.v.data);
+  load_tile<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, n.kv_start + k0), a.k.row, n.kv_len - k0,
+                                    a.k.data);
+  load_tile<BN, Dv, Tiles::kThreads>(sV, a.v.at(b, hk, n.kv_start + k0), a.v.row, n.kv_len - k0,
+                                     a.v.data);
   if (!walk.done()) load_q_do(hk * group + walk.r, TileRow::tile_of(walk.entry) * BM, 0);
   cp_async_commit();
 
@@ -374,7 +389,7 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
       zero(dq);
       const int rr = RR::row0(warp), rc = RR::col0(warp);
       warp_gemm<RR::kMT, RR::kNT, BN, false, true>(dq, sdS, Tiles::kLdP, rr, sK, Tiles::kLdQK, rc);
-      DqFragments<RR, BM, D>::add(a, b, h, q0, warp, dq);
+      DqFragments<RR, BM, D>::add(a, n, b, h, q0, warp, dq);
     }
     __syncthreads();  // P, dS and this Q/dO stage are free again
     if (Stages == 1 && !walk.done()) load_q_do(h_next, q0_next, 0);
@@ -383,8 +398,10 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   }
 
   // dK (times the softmax scale) and dV, rows past the sequence dropped
-  store_accumulator(a.dk, b, hk, k0, KK::row0(warp), KK::col0(warp), n.kv_len, dk, n.scale);
-  store_accumulator(a.dv, b, hk, k0, KV::row0(warp), KV::col0(warp), n.kv_len, dv, 1.0f);
+  store_accumulator(a.dk.from_row(n.kv_start), b, hk, k0, KK::row0(warp), KK::col0(warp), n.kv_len,
+                    dk, n.scale);
+  store_accumulator(a.dv.from_row(n.kv_start), b, hk, k0, KV::row0(warp), KV::col0(warp), n.kv_len,
+                    dv, 1.0f);
 }
 
 // Deterministic dQ: one CTA per (BM query rows, batch * head), shaped like the
@@ -411,24 +428,26 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   T* sK = sdO + Tiles::kDO;         // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;       // [2][BN][Dv + pad]
 
-  const Shape& n = a.shape;
   const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int b = blockIdx.y / n.heads, h = blockIdx.y % n.heads;
+  const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
+  const Shape n = a.shape.for_sequence(b);
   const int hk = h / (n.heads / n.kv_heads);
   const int q0 = m_block * BM;
+  if (q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   const KvStream<V, T, D, Dv, BM, BN, Tiles::kThreads> kv{
-      sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
+      sK, sV, p, n, a.sparse, a.k.from_row(n.kv_start), a.v.from_row(n.kv_start), b, h, hk, q0,
       tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles)};
-  load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
-  load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, q0), a.dout.row, n.q_len - q0,
-                                     a.dout.data);
+  load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, n.q_start + q0), a.q.row, n.q_len - q0,
+                                    a.q.data);
+  load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, n.q_start + q0), a.dout.row,
+                                     n.q_len - q0, a.dout.data);
 
   // this thread's two rows
   const int row0 = q0 + 16 * warp;
   float lse2[2], delta[2];
-  const int64_t head = (int64_t(b) * n.heads + h) * n.q_len;
+  const int64_t head = n.row(b, h, 0);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int q = row0 + (lane >> 2) + 8 * r, q_safe = min(q, n.q_len - 1);
@@ -480,7 +499,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     accumulator_to_a<T>(ds[0], s[0]);
     warp_gemm_rA<1, BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
   });
-  store_accumulator(a.dq, b, h, q0, 16 * warp, 0, n.q_len, dq, n.scale);
+  store_accumulator(a.dq.from_row(n.q_start), b, h, q0, 16 * warp, 0, n.q_len, dq, n.scale);
 }
 
 }  // namespace fg

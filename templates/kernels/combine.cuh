@@ -15,8 +15,8 @@ namespace fg {
 template <class T, int Dv>
 __global__ void __launch_bounds__(256) combine_kernel(const ForwardArgs<T> a) {
   const Shape& n = a.shape;
-  const int64_t rows = int64_t(n.batch) * n.heads * n.q_len;
-  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over B * H * Nq
+  const int64_t rows = n.rows();
+  const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over Shape::row's rows
   if (row >= rows) return;
   const int lane = threadIdx.x & 31;
   const float inf = __int_as_float(0x7f800000);
@@ -32,7 +32,8 @@ __global__ void __launch_bounds__(256) combine_kernel(const ForwardArgs<T> a) {
     for (int s = 0; s < a.splits; ++s) sum += expf(a.partial_lse[s * rows + row] - top);
   }
   const float lse = nan ? __int_as_float(0x7fffffff) : sum == 0.0f ? -inf : top + logf(sum);
-  const int q = int(row % n.q_len), bh = int(row / n.q_len);
+  // a packed batch's rows are [H, total_q] and its out has batch stride 0: bh = h
+  const int q = int(row % n.q_rows), bh = int(row / n.q_rows);
   T* out = a.out.at(bh / n.heads, bh % n.heads, q);
   for (int c = lane; c < Dv; c += 32) {
     float x = 0.0f;

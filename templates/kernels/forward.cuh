@@ -99,22 +99,24 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
 
-  const Shape& n = a.shape;
   // the last query tiles first: under a causal mask they have the most work
   const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int b = blockIdx.y / n.heads, h = blockIdx.y % n.heads;
+  const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
+  const Shape n = a.shape.for_sequence(b);
   const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
   const int q0 = m_block * BM;
+  if (q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+  const Strided4<const T> q_in = a.q.from_row(n.q_start);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
   const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
   const typename Tiles::template Stream<V, T> kv{
-      sK, sV, p, n, a.sparse, a.k, a.v, b, h, hk, q0,
+      sK, sV, p, n, a.sparse, a.k.from_row(n.kv_start), a.v.from_row(n.kv_start), b, h, hk, q0,
       a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
 
-  load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
+  load_tile<BM, D, Tiles::kThreads>(sQ, q_in.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 
   float o[MT][Dv / 8][4];
   zero(o);
@@ -186,9 +188,9 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     for (int r = 0; r < 2; ++r) {
       const int q = row0 + 16 * mt + g + 8 * r;
       if (q >= n.q_len) continue;
-      const int64_t at = (int64_t(b) * n.heads + h) * n.q_len + q;  // row of [B, H, Nq]
+      const int64_t at = n.row(b, h, q);
       if (a.splits > 1) {        // a partial result: fp32, merged by combine_kernel
-        const int64_t part = int64_t(blockIdx.z) * n.batch * n.heads * n.q_len + at;
+        const int64_t part = int64_t(blockIdx.z) * n.rows() + at;
         float* out = a.partial_out + part * Dv;
 #pragma unroll
         for (int dt = 0; dt < Dv / 8; ++dt) {
@@ -198,7 +200,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
         if (t == 0) a.partial_lse[part] = lse[r];
         continue;
       }
-      T* out = a.out.at(b, h, q);
+      T* out = a.out.at(b, h, n.q_start + q);
       float* out_f32 = a.out_f32 ? a.out_f32 + at * Dv : nullptr;
 #pragma unroll
       for (int dt = 0; dt < Dv / 8; ++dt) {

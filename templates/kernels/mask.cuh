@@ -52,6 +52,10 @@ __device__ __forceinline__ TileMask classify_entry(const typename V::Params& p,
 struct TileClassArgs {
   int batches, heads, q_len, kv_len, block_m, block_n;
   int8_t* out;  // [batches][heads][q_tiles][kv_tiles]
+  // varlen: [batches + 1] first rows of each sequence (args.cuh Shape), or null; then
+  // q_len / kv_len are the longest sequence's and each sequence is classified at its own
+  const int* cu_q;
+  const int* cu_k;
   template <class Reader>
   static TileClassArgs read(Reader& in) {
     TileClassArgs a;
@@ -62,6 +66,8 @@ struct TileClassArgs {
     a.block_m = in.i32();
     a.block_n = in.i32();
     a.out = in.template ptr<int8_t>();
+    a.cu_q = in.template ptr<const int>();
+    a.cu_k = in.template ptr<const int>();
     return a;
   }
 };
@@ -78,8 +84,15 @@ __global__ void __launch_bounds__(256) tile_class_kernel(const TileClassArgs a,
   if (pair >= int64_t(a.batches) * a.heads * q_tiles * kv_tiles) return;  // whole warps
   const int j = int(pair % kv_tiles), i = int(pair / kv_tiles % q_tiles);
   const int h = int(pair / kv_tiles / q_tiles % a.heads), b = int(pair / kv_tiles / q_tiles / a.heads);
-  const int c = kernel_tile_class<V>(p, b, h, i * a.block_m, j * a.block_n, a.block_m, a.block_n,
-                                     a.q_len, a.kv_len);
+  int q_len = a.q_len, kv_len = a.kv_len;
+  if (a.cu_q) {
+    q_len = a.cu_q[b + 1] - a.cu_q[b];
+    kv_len = a.cu_k[b + 1] - a.cu_k[b];
+  }
+  const bool inside = i * a.block_m < q_len && j * a.block_n < kv_len;
+  const int c = inside ? kernel_tile_class<V>(p, b, h, i * a.block_m, j * a.block_n, a.block_m,
+                                              a.block_n, q_len, kv_len)
+                       : 0;
   if ((threadIdx.x & 31) == 0) a.out[pair] = static_cast<int8_t>(c);
 }
 

@@ -83,7 +83,12 @@ __device__ __forceinline__ TileRow tile_row(const TileLists& l, int b, int h, in
     if (l.count != nullptr) {
       const int64_t at =
           (int64_t(l.batches == 1 ? 0 : b) * l.heads + (l.heads == 1 ? 0 : h)) * l.rows + row;
-      return {l.tiles + at * l.cols, l.count[at], 0};
+      const int* list = l.tiles + at * l.cols;
+      // A packed (varlen) sequence shorter than the longest, which the lists were built
+      // for, stops at its own last tile (entries ascend).
+      int count = l.count[at];
+      while (count > 0 && TileRow::tile_of(list[count - 1]) >= all_tiles) --count;
+      return {list, count, 0};
     }
   }
   return {nullptr, all_tiles, 0};

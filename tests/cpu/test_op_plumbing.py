@@ -5,33 +5,35 @@ import torch
 
 import flashgen
 from flashgen.runtime import launch
-from flashgen.runtime.op import forward_op
+from flashgen.runtime.op import attention, forward_op
 
 
 def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
     seen = {}
 
     def fake_forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout, saved,
-                     splits):
+                     splits, varlen=None):
         seen["forward"] = (dropout_p, rng.tolist(), layout)
         B, H, Nq, _ = q.shape
         return q * 1.0, torch.zeros(B, H, Nq), q.detach().float().clone() if saved else torch.zeros(0)
 
     def fake_backward(key, dout, q, k, v, out, lse, dlse, tensors, scalars, scale, wanted,
-                      deterministic, dropout_p, rng, layout):
+                      deterministic, dropout_p, rng, layout, varlen=None):
         seen["backward"] = (dropout_p, rng.tolist(), layout, deterministic)
         seen["backward out"] = out
         return dout * 1.0, torch.zeros_like(k), torch.zeros_like(v), torch.zeros(0)
 
     monkeypatch.setattr(launch, "forward", fake_forward)
     monkeypatch.setattr(launch, "backward", fake_backward)
-    for spec, layout in (("dropout_causal", None), ("block_layout", torch.ones(1, 1, 1, dtype=torch.bool))):
+    layouts = (("dropout_causal", None), ("block_layout", torch.ones(1, 1, 1, dtype=torch.bool)))
+    # the custom op (torch.compile's path) and the eager autograd.Function
+    for (spec, layout), op in [(s, o) for s in layouts for o in (forward_op, attention)]:
         key = flashgen.compile(spec).key
         for seed in ([], [5, 6, 7]):
             q, k, v = (torch.randn(1, 2, 8, 64, requires_grad=True) for _ in range(3))
             p = 0.25 if spec == "dropout_causal" else 0.0
-            out, lse, rng, out_f32 = forward_op(key, q, k, v, [], [], 0.125, p, seed, layout,
-                                                True, launch.SAVE_F32_OUT, 1)
+            out, lse, rng, out_f32 = op(key, q, k, v, [], [], 0.125, p, seed, layout, True,
+                                        launch.SAVE_F32_OUT, 1, [], [])
             out.sum().backward()
             assert seen["backward out"] is not out and torch.equal(seen["backward out"], out_f32)
             assert seen["forward"][:2] == seen["backward"][:2] == (p, rng.tolist())

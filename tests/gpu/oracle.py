@@ -24,16 +24,23 @@ def _leaf(t, dtype=None):
 
 
 def run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False,
-        kv_splits=None, **call):
+        kv_splits=None, packed=None, **call):
     """out, lse and the gradients of (q, k, v, float tensor params) for one call; `call`
-    holds dropout_p, seed and layout; deterministic and kv_splits go to the kernels."""
+    holds dropout_p, seed and layout; deterministic and kv_splits go to the kernels.
+    packed: (cu_seqlens_q, cu_seqlens_k) of a varlen call (q, k, v packed)."""
     q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
     p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
              if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
          for n, t in params.items()}
-    if kernel:
+    if kernel and packed:
+        out, lse = op.varlen(q, k, v, *packed, return_lse=True, deterministic=deterministic,
+                             kv_splits=kv_splits, **call, **p)
+    elif kernel:
         out, lse = op(q, k, v, return_lse=True, deterministic=deterministic,
                       kv_splits=kv_splits, **call, **p)
+    elif packed:
+        out, lse = op.reference_varlen(q, k, v, *packed, return_lse=True, dtype=dtype, **call,
+                                       **p)
     else:
         out, lse = op.reference(q, k, v, return_lse=True, dtype=dtype, **call, **p)
     (out.double() * dout.double()).sum().backward()
@@ -83,7 +90,8 @@ def cancellation_floor(q, k, v, dout) -> float:
     return 2.0**-24 * v.shape[-1] * top(dout) * top(v) * max(1.0, top(q), top(k))
 
 
-def parameter_floors(op, q, k, v, dout, params, draw_seed, **call) -> dict[str, float]:
+def parameter_floors(op, q, k, v, dout, params, draw_seed, packed=None,
+                     **call) -> dict[str, float]:
     """The same fp32 rounding in a float table's gradient. Where the exact dS of a row
     cancels, the kernel keeps e_i = (dP - delta) rounding per row, and sum_j P_ij ds_ij/dt
     = d lse_i / dt carries it into t's gradient as sum_i e_i d lse_i / dt: a slope times
@@ -98,9 +106,15 @@ def parameter_floors(op, q, k, v, dout, params, draw_seed, **call) -> dict[str, 
         return {}
     qd, kd, vd = (t.detach().double() for t in (q, k, v))
     others = {n: t for n, t in params.items() if n not in tables}
-    out, lse = op.reference(qd, kd, vd, return_lse=True, dtype=torch.float64, **call, **others,
-                            **tables)
+    if packed:
+        out, lse = op.reference_varlen(qd, kd, vd, *packed, return_lse=True,
+                                       dtype=torch.float64, **call, **others, **tables)
+    else:
+        out, lse = op.reference(qd, kd, vd, return_lse=True, dtype=torch.float64, **call,
+                                **others, **tables)
     size = 2.0**-24 * (dout.double() * out.detach()).norm(dim=-1)
+    if packed:
+        size = size.transpose(0, 1)       # [total_q, H] -> lse's [H, total_q]
     size = torch.where(torch.isfinite(lse), size, torch.zeros_like(size))
     lse = torch.where(torch.isfinite(lse), lse, torch.zeros_like(lse))
     gen = torch.Generator().manual_seed(draw_seed + 7919)
@@ -117,10 +131,14 @@ def parameter_floors(op, q, k, v, dout, params, draw_seed, **call) -> dict[str, 
 
 def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
             deterministic=False, dropout_p=0.0, shared_layout=False, scale=None,
-            kv_splits=None) -> dict:
+            kv_splits=None, lengths=None) -> dict:
     """Run the kernels and the references on one random call. Returns a report row:
-    {"case": label, <output>: error / bound, ..., "failures": [...]}."""
+    {"case": label, <output>: error / bound, ..., "failures": [...]}. lengths: (query
+    lengths, key lengths) of B packed sequences: a varlen call (Nq, Nk are ignored; the
+    tables are sized by the longest)."""
     gen = torch.Generator().manual_seed(seed)
+    if lengths is not None:
+        B, Nq, Nk = len(lengths[0]), max(lengths[0]), max(lengths[1])
     q, k, v, params, layout = example_inputs(op.spec, B, Hq, Hkv, Nq, Nk, head_dim=d,
                                              dtype=torch.float64, device="cuda", generator=gen)
     call = {} if scale is None else {"scale": scale}
@@ -130,6 +148,18 @@ def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
         call["layout"] = layout[:1].contiguous() if shared_layout else layout
     dt = DTYPES[dtype]
     dout = torch.randn(B, Hq, Nq, v.shape[-1], generator=gen, dtype=torch.float64).cuda()
+    packed = None
+    if lengths is not None:   # keep each sequence's first rows, packed [total, H, d]
+        def pack(t, lens):
+            return torch.cat([t[b, :, :n].transpose(0, 1) for b, n in enumerate(lens)])
+
+        def offsets(lens):
+            return torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32,
+                                device="cuda")
+        q, dout = pack(q, lengths[0]), pack(dout, lengths[0])
+        k, v = pack(k, lengths[1]), pack(v, lengths[1])
+        packed = (offsets(lengths[0]), offsets(lengths[1]))
+        call["packed"] = packed
     q, k, v, dout = (t.to(dt).double() for t in (q, k, v, dout))
     params = {n: (t.float().double() if isinstance(t, torch.Tensor) and t.is_floating_point()
                   else t) for n, t in params.items()}

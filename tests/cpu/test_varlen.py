@@ -1,0 +1,89 @@
+"""The packed (varlen) batch on the CPU: its reference is each sequence called alone
+(tables read at the sequence's own row, dropout drawn from its own stream), its arguments
+are checked with plain messages, and the kernels' view of a packed tensor."""
+import pytest
+import torch
+
+import flashgen
+from flashgen.runtime import launch
+from flashgen.runtime.arguments import ArgumentError, packed_view
+
+
+def _packed(lens, H, d, gen):
+    cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32)
+    return torch.randn(int(cu[-1]), H, d, generator=gen, dtype=torch.float64), cu
+
+
+def _alone(t, cu, b):
+    return t[cu[b]:cu[b + 1]].transpose(0, 1).unsqueeze(0)
+
+
+@pytest.mark.parametrize("spec", ["causal_bottom_right", "document", "dropout_causal", "bigbird"])
+def test_reference_varlen_is_each_sequence_alone(spec):
+    op = flashgen.compile(spec)
+    gen = torch.Generator().manual_seed(1)
+    lens_q, lens_k = [5, 40, 1, 0, 33], [5, 40, 1, 7, 33]
+    if spec == "causal_bottom_right":
+        lens_k = [9, 100, 3, 7, 33]
+    q, cu_q = _packed(lens_q, 4, 64, gen)
+    k, cu_k = _packed(lens_k, 2, 64, gen)
+    v, _ = _packed(lens_k, 2, 64, gen)
+    params, call = {}, {}
+    if spec == "document":       # [B, N]: the longest sequence's length
+        params["doc"] = torch.randint(0, 3, (5, 40), generator=gen).sort(-1).values.int()
+    if spec == "dropout_causal":
+        call = {"dropout_p": 0.3, "seed": (7, 0)}
+    out, lse = op.reference_varlen(q, k, v, cu_q, cu_k, return_lse=True, **call, **params)
+    assert out.shape == (sum(lens_q), 4, 64) and lse.shape == (4, sum(lens_q))
+    for b in range(5):
+        if lens_q[b] == 0:
+            continue
+        # alone, sequence b is batch entry 0: its table row and dropout stream move with it
+        alone = {n: t[b:b + 1, :lens_q[b]] for n, t in params.items()}
+        if spec == "dropout_causal":
+            from flashgen.reference.attention import run
+            from flashgen.runtime.arguments import bind
+            import dataclasses
+            one = bind(op.spec, _alone(q, cu_q, b), _alone(k, cu_k, b), _alone(v, cu_k, b), **call)
+            o, l = run(dataclasses.replace(one, first_batch=b), return_lse=True)
+        elif spec == "bigbird":   # the pattern is the longest sequences', cut short
+            o, l = None, None
+        else:
+            o, l = op.reference(_alone(q, cu_q, b), _alone(k, cu_k, b), _alone(v, cu_k, b),
+                                return_lse=True, **alone)
+        if o is not None:
+            torch.testing.assert_close(out[cu_q[b]:cu_q[b + 1]], o[0].transpose(0, 1))
+            torch.testing.assert_close(lse[:, cu_q[b]:cu_q[b + 1]], l[0])
+
+
+def test_dropout_streams_follow_the_batch_entry():
+    from flashgen.reference.philox import keep_mask
+    whole = keep_mask(3, 0, 0.5, 3, 2, 16, 16)
+    assert torch.equal(keep_mask(3, 0, 0.5, 1, 2, 16, 16, first_batch=2)[0], whole[2])
+
+
+def test_varlen_arguments_get_plain_messages():
+    op = flashgen.compile("causal")
+    q = torch.randn(10, 2, 64)
+    cu = torch.tensor([0, 4, 10], dtype=torch.int32)
+    with pytest.raises(ArgumentError, match=r"packed tensor \[total, heads, head_dim\]"):
+        op.reference_varlen(q[None], q, q, cu, cu)
+    with pytest.raises(ArgumentError, match="int32 tensor"):
+        op.reference_varlen(q, q, q, cu.long(), cu)
+    with pytest.raises(ArgumentError, match="must rise from 0 to the packed rows"):
+        op.reference_varlen(q, q, q, torch.tensor([0, 4, 9], dtype=torch.int32), cu)
+    with pytest.raises(ArgumentError, match="the same sequences"):
+        op.reference_varlen(q, q, q, cu[:2], cu)
+    with pytest.raises(ArgumentError, match="needs CUDA tensors"):
+        op.varlen(q.bfloat16(), q.bfloat16(), q.bfloat16(), cu, cu)
+
+
+def test_kernels_see_packed_tensors_with_batch_stride_zero():
+    q = torch.randn(10, 4, 64)
+    view = packed_view(q, 3)
+    assert view.shape == (3, 4, 10, 64) and view.stride()[:3] == (0, 64, 256)
+    n = launch.Sizes.of(q, torch.randn(12, 2, 64),
+                        launch.Varlen(torch.tensor([0, 3, 10], dtype=torch.int32),
+                                      torch.tensor([0, 5, 12], dtype=torch.int32), 7, 7))
+    assert (n.B, n.H, n.Hkv, n.Nq, n.Nk, n.rows) == (2, 4, 2, 7, 7, 10)
+    assert n.row_buffer(8, like=q).shape == (4, 10, 8)
