@@ -66,6 +66,11 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     dtype = dtype or call.q.dtype
     device = call.q.device
     q, k, v = (t.to(dtype) for t in (call.q, call.k, call.v))
+    if Nk == 0:      # rows with no key at all are fully masked rows: O = 0, lse = -inf
+        # an empty sum: exact zeros that keep q in the graph (its gradient is 0)
+        out = q[..., :0].sum(-1, keepdim=True).expand(B, H, Nq, v.shape[-1])
+        lse = q.new_full((B, H, Nq), float("-inf"))
+        return (out, lse) if return_lse else out
     params = {n: (p.to(dtype) if isinstance(p, torch.Tensor) and p.is_floating_point() else p)
               for n, p in call.params.items()}
     group = H // Hkv
