@@ -39,6 +39,13 @@ for spec in ("causal", "alibi"):
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
         rows.append((spec, mode, tf, tfb, peak))
 api._saved_for_backward = orig
+# FlashAttention-2 (SDPA's flash backend) in the same process: an anchor for comparing runs
+from torch.nn.attention import SDPBackend, sdpa_kernel
+import torch.nn.functional as F
+with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+    def fa2(): return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    def fa2_fb(): fa2().backward(dout)
+    rows.append(("FA2 causal", -1, timed(fa2), timed(fa2_fb), float("nan")))
 print(f"{'spec':8s} {'saved':>5s} {'fwd ms':>8s} {'f+b ms':>8s} {'f+b peak MiB':>12s}")
 for spec, mode, tf, tfb, peak in rows:
     print(f"{spec:8s} {mode:5d} {tf:8.3f} {tfb:8.3f} {peak:12.0f}")
