@@ -259,9 +259,10 @@ def _kernel_label(kernel: str) -> str:
     flags = [word or ("true" if digit == "1" else "false")
              for word, digit in re.findall(r"\b(true|false)\b|\(bool\)([01])", kernel)]
     if "forward_kernel" in kernel:
-        dropout, exact_p = flags[-2:]
+        dropout, exact_p, general = flags[-3:]
         return ("forward" + (" +dropout" if dropout == "true" else "")
-                + (" +exact P" if exact_p == "true" else ""))
+                + (" +exact P" if exact_p == "true" else "")
+                + (" (varlen / split-KV)" if general == "true" else ""))
     if "backward_kernel" in kernel:
         dq, dropout, param_grads = flags[-3:]
         return ("backward" + (" (dQ atomics)" if dq == "true" else " (dK, dV)")

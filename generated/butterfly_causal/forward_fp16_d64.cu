@@ -15,20 +15,26 @@ namespace {
 using T = __half;
 using Variant = fg_butterfly_causal::Variant;
 using Tiles = fg::ForwardTiles<64, 64, 128, 128, 4>;
-template <bool kDropout, bool kExactP>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 4, kDropout, kExactP>;
+template <bool kDropout, bool kExactP, bool kGeneral>
+constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 128, 4, kDropout, kExactP, kGeneral>;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
+template <bool kDropout, bool kGeneral>
+cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem,
+                           void* stream) {
+  if constexpr (Variant::kHasParamGrads) {
+    if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
+  }
+  return fg::launch(kKernel<kDropout, false, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
+}
+
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
-  cudaError_t status;
-  if constexpr (Variant::kHasParamGrads) {
-    if (args.exact_p) status = fg::launch(kKernel<kDropout, true>, grid, Tiles::kThreads, smem, stream, args, params);
-    else status = fg::launch(kKernel<kDropout, false>, grid, Tiles::kThreads, smem, stream, args, params);
-  } else {
-    status = fg::launch(kKernel<kDropout, false>, grid, Tiles::kThreads, smem, stream, args, params);
-  }
+  // a packed batch or split-KV runs the general instance, a padded batch the lean one
+  const cudaError_t status = args.shape.varlen() || args.splits > 1
+                                 ? launch_forward<kDropout, true>(args, params, grid, smem, stream)
+                                 : launch_forward<kDropout, false>(args, params, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;
   // split-KV: merge the parts by their lse (combine.cuh), one warp per query row
   const int64_t rows = args.shape.rows();

@@ -91,7 +91,12 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
 // missed by 2^-9 relative, which a parameter multiplying every score of a head (a
 // temperature) turned into twice the error of the bf16 reference (backward.cuh
 // delta_kernel). Only calls that want such gradients pay for it (launch.py SAVE_*).
-template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout, bool kExactP>
+// kGeneral: a packed (varlen) batch or split-KV. Their per-CTA work (the sequence's
+// Shape, offsets, a part of the row, the partial-output epilogue) cost the padded one-CTA
+// forward 8-11 % when it was always compiled in (PERF.md step 13), so the padded path is
+// an instance without it.
+template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout, bool kExactP,
+          bool kGeneral>
 __global__ void __launch_bounds__(32 * W, (ForwardTiles<D, Dv, BM, BN, W>::kMinBlocksPerSM))
 forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTiles<D, Dv, BM, BN, W>;
@@ -102,19 +107,21 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   // the last query tiles first: under a causal mask they have the most work
   const int m_block = gridDim.x - 1 - blockIdx.x;
   const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
-  const Shape n = a.shape.for_sequence(b);
+  const Shape sequence = kGeneral ? a.shape.for_sequence(b) : Shape{};
+  const Shape& n = kGeneral ? sequence : a.shape;
   const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
   const int q0 = m_block * BM;
-  if (q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
-  const Strided4<const T> q_in = a.q.from_row(n.q_start);
+  if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+  const Strided4<const T> q_in = kGeneral ? a.q.from_row(n.q_start) : a.q;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
   const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
   const typename Tiles::template Stream<V, T> kv{
-      sK, sV, p, n, a.sparse, a.k.from_row(n.kv_start), a.v.from_row(n.kv_start), b, h, hk, q0,
-      a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
+      sK, sV, p, n, a.sparse, kGeneral ? a.k.from_row(n.kv_start) : a.k,
+      kGeneral ? a.v.from_row(n.kv_start) : a.v, b, h, hk, q0,
+      kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
 
   load_tile<BM, D, Tiles::kThreads>(sQ, q_in.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 
@@ -188,8 +195,8 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     for (int r = 0; r < 2; ++r) {
       const int q = row0 + 16 * mt + g + 8 * r;
       if (q >= n.q_len) continue;
-      const int64_t at = n.row(b, h, q);
-      if (a.splits > 1) {        // a partial result: fp32, merged by combine_kernel
+      const int64_t at = kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
+      if (kGeneral && a.splits > 1) {  // a partial result: fp32, merged by combine_kernel
         const int64_t part = int64_t(blockIdx.z) * n.rows() + at;
         float* out = a.partial_out + part * Dv;
 #pragma unroll
@@ -200,7 +207,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
         if (t == 0) a.partial_lse[part] = lse[r];
         continue;
       }
-      T* out = a.out.at(b, h, n.q_start + q);
+      T* out = a.out.at(b, h, kGeneral ? n.q_start + q : q);
       float* out_f32 = a.out_f32 ? a.out_f32 + at * Dv : nullptr;
 #pragma unroll
       for (int dt = 0; dt < Dv / 8; ++dt) {

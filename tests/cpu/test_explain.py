@@ -201,8 +201,11 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
             "backward (dQ atomics)"
         assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {off}, {off}, {on}>(A)") == \
             "backward (dK, dV) +param grads"
-        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {on}, {off}>(A)") == "forward +dropout"
-        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {off}, {on}>(A)") == \
+        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {on}, {off}, {off}>(A)") == \
+            "forward +dropout"
+        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {off}, {on}, {off}>(A)") == \
             "forward +exact P"
+        assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {off}, {off}, {on}>(A)") == \
+            "forward (varlen / split-KV)"
         assert _kernel_label(f"void fg::dq_kernel<V, T, {off}>(A)") == "deterministic dQ"
     assert _kernel_label("void fg::combine_kernel<__half, 64>(A)").startswith("forward split-KV")

@@ -118,7 +118,8 @@ def test_every_shipped_kernel_compiles(name, arch):
     # with and without the dQ atomics (one instance runs per call)
     param_grads = 2 if differentiable_loads(spec) else 1
     backward = 2 * configs * param_grads
-    assert kernels == {"forward_kernel": configs * param_grads, "backward_kernel": backward,
+    # the forward also with and without the packed-batch / split-KV work (kGeneral)
+    assert kernels == {"forward_kernel": 2 * configs * param_grads, "backward_kernel": backward,
                        "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
                        "combine_kernel": units,           # split-KV's merge, one per unit
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec

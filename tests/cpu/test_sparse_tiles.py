@@ -132,12 +132,13 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
     assert launch.variant(op.key).mask_tiles_per == (True, False)
     q = torch.zeros(2, 3, 256, 64, dtype=torch.bfloat16)
     doc = torch.zeros(2, 256, dtype=torch.int32)
-    first = launch._mask_tiles(op.key, q, q, [doc], [])
+    sizes = launch.Sizes.of(q, q)
+    first = launch._mask_tiles(op.key, sizes, q, [doc], [])
     plan = plan_for(op.spec, 64)
     assert calls == [("flashgen_tile_classes", 2, 1, plan.forward.block_m, plan.forward.block_n),
                      ("flashgen_tile_classes", 2, 1, plan.backward.block_m, plan.backward.block_n)]
     assert first.by_q[0].shape == (2, 1, 256 // plan.forward.block_m)
-    assert launch._mask_tiles(op.key, q, q, [doc], []) is first and len(calls) == 2
+    assert launch._mask_tiles(op.key, sizes, q, [doc], []) is first and len(calls) == 2
     doc[:, 128:] = 1                                 # in place: rebuilt
-    assert launch._mask_tiles(op.key, q, q, [doc], []) is not first and len(calls) == 4
+    assert launch._mask_tiles(op.key, sizes, q, [doc], []) is not first and len(calls) == 4
     assert launch.variant(flashgen.compile("causal").key).mask_tiles_per is None
