@@ -202,7 +202,8 @@ def bind_varlen(spec: AttentionSpec, q, k, v, cu_seqlens_q, cu_seqlens_k, max_se
                                    ("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k)):
         if given is not None:
             if isinstance(given, bool) or not isinstance(given, int) or given < 0:
-                _fail(f"max_seqlen must be an int >= 0, got {given!r}")
+                _fail(f"max_seqlen_{name[-1]} must be an int >= 0 (the longest sequence's "
+                      f"length; None reads it from {name}), got {given!r}")
             maxes.append(given)
             continue
         starts = cu.tolist()

@@ -7,7 +7,8 @@ is written here once and read back in templates/kernels/args.cuh and by each
 variant's Params::read / Grads::read:
 
   ints:   B, H, Hkv, Nq, Nk, varlen's cu_seqlens_q and _k pointers (or 0) and the
-          rows per (batch, head) of the fp32 row buffers (Nq, or total_q); then per tensor of the pass (q, k, v, out | q, k, v, dO,
+          rows per (batch, head) of the fp32 row buffers (Nq, or total_q); then per
+          tensor of the pass (q, k, v, out | q, k, v, dO,
           out, then dK, dV) its pointer and batch, head, row strides; plain pointers
           (lse, fp32 out or 0, the exact-P flag, the split-KV count and its partial
           out and lse or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
@@ -353,19 +354,21 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     out is [total_q, H, Dv] and lse and the fp32 out [H, total_q(, Dv)]."""
     n = Sizes.of(q, k, varlen)
     Dv = v.shape[-1]
-    out = q.new_empty(*q.shape[:-1], Dv)
+    out_shape = (*q.shape[:-1], Dv)
     if q.numel() == 0 or k.numel() == 0:
         # nothing to launch: no rows, or rows with no key (O = 0, lse = -inf, as a fully
         # masked row)
-        return (out.zero_(), n.row_buffer(like=q).fill_(-math.inf),
+        return (q.new_zeros(out_shape), n.row_buffer(like=q).fill_(-math.inf),
                 n.row_buffer(Dv, like=q).zero_() if saved
                 else q.new_empty(0, dtype=torch.float32))
     var = variant(key)
-    out = _output(*out.shape, like=q)
+    out = _output(*out_shape, like=q)
     lse = n.row_buffer(like=q)
     out_f32 = n.row_buffer(Dv, like=q) if saved else q.new_empty(0, dtype=torch.float32)
     ints, floats = n.ints(), [scale]
-    for t in (*_as_kernel_sees(n, q, k, v), *_as_kernel_sees(n, out, outputs=True)):
+    # held until the launch: aligned() may have made copies, which must outlive it
+    views = [*_as_kernel_sees(n, q, k, v), *_as_kernel_sees(n, out, outputs=True)]
+    for t in views:
         ints += _strided(t)
     ints += [lse.data_ptr(), out_f32.data_ptr() if saved else 0,
              int(saved == SAVE_EXACT_F32_OUT)]
@@ -411,9 +414,12 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     dk = _output(*k.shape, like=k)
     dv = _output(*v.shape, like=v)
     ints, floats = n.ints(), [scale]
-    for t in _as_kernel_sees(n, q, k, v, dout):
+    # held until the launch: aligned() may have made copies, which must outlive it
+    views = _as_kernel_sees(n, q, k, v, dout) + ([] if out_f32 is not None
+                                                  else _as_kernel_sees(n, out))
+    for t in views[:4]:
         ints += _strided(t)
-    ints += [0, 0, 0, 0] if out_f32 is not None else _strided(_as_kernel_sees(n, out)[0])
+    ints += [0, 0, 0, 0] if out_f32 is not None else _strided(views[4])
     ints.append(0 if out_f32 is None else out_f32.data_ptr())
     dlse_ptr = 0 if dlse is None else dlse.data_ptr()
     ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(),

@@ -6,7 +6,7 @@ import torch
 
 import flashgen
 from flashgen.runtime import launch
-from flashgen.runtime.arguments import ArgumentError, packed_view
+from flashgen.runtime.arguments import ArgumentError, bind_varlen, packed_view
 
 
 def _packed(lens, H, d, gen):
@@ -72,6 +72,8 @@ def test_varlen_arguments_get_plain_messages():
         op.reference_varlen(q, q, q, cu.long(), cu)
     with pytest.raises(ArgumentError, match="must rise from 0 to the packed rows"):
         op.reference_varlen(q, q, q, torch.tensor([0, 4, 9], dtype=torch.int32), cu)
+    with pytest.raises(ArgumentError, match="max_seqlen_k must be an int >= 0"):
+        bind_varlen(op.spec, q, q, q, cu, cu, max_seqlen_q=6, max_seqlen_k=-1)
     with pytest.raises(ArgumentError, match="the same sequences"):
         op.reference_varlen(q, q, q, cu[:2], cu)
     with pytest.raises(ArgumentError, match="needs CUDA tensors"):
