@@ -1,6 +1,7 @@
 """The Python API: load a spec, compile it to an op, generate its CUDA sources."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from .build.cache import BuiltModule
 from .plan.tiles import TileOverride, TilePlan, check_override
 from .runtime import launch
 from .reference.philox import MASK32, resolve_seed
-from .runtime.arguments import bind, bind_varlen
+from .runtime.arguments import ArgumentError, bind, bind_paged, bind_varlen
 from .runtime.op import attention
 from .spec.errors import Diagnostic, SpecError, did_you_mean
 from .spec.parse import parse
@@ -172,10 +173,43 @@ class AttentionOp:
         varlen = launch.Varlen(cu_seqlens_q, cu_seqlens_k, *maxes)
         return self._run(call, seed, deterministic, kv_splits, return_lse, varlen)
 
-    def _run(self, call, seed, deterministic, kv_splits, return_lse,
-             varlen: launch.Varlen | None = None):
-        """The kernels on a bound call (padded, or packed with `varlen`)."""
-        q, k, v = call.q, call.k, call.v
+    def paged(self, q, k_cache, v_cache, block_table, kv_lens, *, scale=None, dropout_p=0.0,
+              seed=None, return_lse=False, layout=None, kv_splits=None, **params):
+        """Attention of q [B, H, Nq, d] against a paged KV cache, for decoding (forward
+        only): k_cache and v_cache [pages, page_size, Hkv, d]; entry b's key row r is row
+        r % page_size of page block_table[b, r // page_size] (int32 [B, pages_per_seq]),
+        and kv_lens[b] (int32 [B]) rows are valid. page_size must be a multiple of the
+        forward's K/V tile (64 or 128; 256 always works). Queries and keys are
+        bottom-right aligned only through the spec (`causal_bottom_right` for new tokens
+        at the end of the cache). Page numbers and lengths are trusted (no host sync),
+        as in FlashAttention; returns out [B, H, Nq, dv] (and lse [B, H, Nq])."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_cache, v_cache)):
+            raise ArgumentError("op.paged is forward only (a KV cache is for inference): "
+                                "call it under torch.no_grad(), or use op(...) to train")
+        var = launch.variant(self.key)
+        if var.mask_tiles_per is not None:
+            raise ArgumentError(f"'{self.spec.name}' has a mask whose tile lists come from its "
+                                "tables; a paged cache does not take it yet: use op.varlen")
+        call = bind_paged(self.spec, q, k_cache, v_cache, block_table, kv_lens, scale=scale,
+                          dropout_p=dropout_p, seed=seed, layout=layout, params=params,
+                          for_kernel=True)
+        block_n = var.plan(q.shape[-1], launch._arch(q.device.index)).forward.block_n
+        if k_cache.shape[1] % block_n:
+            raise ArgumentError(f"page_size is {k_cache.shape[1]}; the forward reads K/V in "
+                                f"tiles of {block_n} rows, so use a multiple of {block_n}")
+        paged = launch.Paged(kv_lens, block_table)
+        tensors, scalars = self._kernel_params(call)
+        rng = launch.rng_state(seed_words(seed), call.dropout_p, q.device)
+        with torch.no_grad():
+            out, lse, _ = launch.forward(self.key, q, k_cache, v_cache, tensors, scalars,
+                                         call.scale, call.dropout_p, rng, call.layout,
+                                         launch.SAVE_NOTHING,
+                                         launch.kv_splits(self.key, q, k_cache, kv_splits,
+                                                          paged=paged), paged=paged)
+        return (out, lse) if return_lse else out
+
+    def _kernel_params(self, call):
+        """The call's tensor parameters as the kernels read them, and its scalars."""
         tensors, scalars = [], []
         for p in self.spec.params:
             value = call.params[p.name]
@@ -183,6 +217,13 @@ class AttentionOp:
                 tensors.append(value.to(KERNEL_ELEMENT[p.element]))
             else:
                 scalars.append(float(value))
+        return tensors, scalars
+
+    def _run(self, call, seed, deterministic, kv_splits, return_lse,
+             varlen: launch.Varlen | None = None):
+        """The kernels on a bound call (padded, or packed with `varlen`)."""
+        q, k, v = call.q, call.k, call.v
+        tensors, scalars = self._kernel_params(call)
         grad_tables = [call.params[n] for n in launch.variant(self.key).grad_params]
         packed = ([varlen.cu_q, varlen.cu_k], [varlen.max_q, varlen.max_k]) if varlen else ((), ())
         out, lse, _, _ = attention(self.key, q, k, v, tensors, scalars, call.scale,
@@ -198,6 +239,29 @@ class AttentionOp:
         call = bind(self.spec, q, k, v, scale=scale, dropout_p=dropout_p, seed=seed,
                     layout=layout, params=params)
         return run_reference(call, dtype=dtype, return_lse=return_lse)
+
+    def reference_paged(self, q, k_cache, v_cache, block_table, kv_lens, *, scale=None,
+                        dropout_p=0.0, seed=None, return_lse=False, layout=None,
+                        dtype: torch.dtype | None = None, **params):
+        """op.paged's semantics in PyTorch: each entry's keys gathered from its pages, then
+        run as a packed batch (reference_varlen)."""
+        call = bind_paged(self.spec, q, k_cache, v_cache, block_table, kv_lens, scale=scale,
+                          dropout_p=dropout_p, seed=seed, layout=layout, params=params)
+        B, H, Nq, _ = q.shape
+        ps = k_cache.shape[1]
+        rows = [block_table[b, r // ps].long() * ps + r % ps
+                for b in range(B) for r in [torch.arange(int(kv_lens[b]), device=q.device)]]
+        k, v = (t.reshape(-1, *t.shape[2:])[torch.cat(rows)] for t in (k_cache, v_cache))
+
+        def offsets(lengths):
+            return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()],
+                                dtype=torch.int32, device=q.device)
+        cu_q, cu_k = offsets([Nq] * B), offsets([len(r) for r in rows])
+        packed = dataclasses.replace(call, q=q.transpose(1, 2).reshape(B * Nq, H, -1), k=k, v=v)
+        out, lse = run_varlen_reference(packed, cu_q, cu_k, dtype=dtype, return_lse=True)
+        out = out.view(B, Nq, H, -1).transpose(1, 2)
+        lse = lse.view(H, B, Nq).transpose(0, 1)
+        return (out, lse) if return_lse else out
 
     def reference_varlen(self, q, k, v, cu_seqlens_q, cu_seqlens_k, *, scale=None,
                          dropout_p=0.0, seed=None, return_lse=False, layout=None,

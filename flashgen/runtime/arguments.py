@@ -219,6 +219,42 @@ def bind_varlen(spec: AttentionSpec, q, k, v, cu_seqlens_q, cu_seqlens_k, max_se
     return call, (maxes[0], maxes[1])
 
 
+def bind_paged(spec: AttentionSpec, q, k_cache, v_cache, block_table, kv_lens, *, scale=None,
+               dropout_p=0.0, seed=None, layout=None, params: dict | None = None,
+               for_kernel: bool = False) -> BoundCall:
+    """bind() for a paged KV cache: q [B, H, Nq, d]; k_cache and v_cache [pages, page_size,
+    Hkv, d]; block_table int32 [B, pages_per_seq] (the pages of each batch entry, in
+    order); kv_lens int32 [B] (its valid keys). Tables and layouts are sized as for a
+    padded batch with Nk = pages_per_seq * page_size. The call's k and v are the caches.
+    The page numbers and lengths are trusted (no host sync), as in FlashAttention."""
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            _fail(f"{name} must be [pages, page_size, kv_heads, head_dim], got "
+                  f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if k_cache.shape[:3] != v_cache.shape[:3]:
+        _fail(f"k_cache and v_cache must have the same pages, page size and heads, got "
+              f"{tuple(k_cache.shape)} and {tuple(v_cache.shape)}")
+    if not isinstance(q, torch.Tensor) or q.dim() != 4:
+        _fail("q must be [batch, heads, q_len, head_dim]")
+    B = q.shape[0]
+    for name, t, dims in (("block_table", block_table, (B, None)), ("kv_lens", kv_lens, (B,))):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int32 or t.dim() != len(dims) \
+                or t.shape[0] != B:
+            _fail(f"{name} must be an int32 tensor [{', '.join('batch' if d else 'pages' for d in dims)}]"
+                  f" with batch = {B}, got "
+                  f"{(t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.device != q.device:
+            _fail(f"{name} is on {t.device}, q is on {q.device}")
+    page_size, Hkv = k_cache.shape[1], k_cache.shape[2]
+    Nk = block_table.shape[1] * page_size
+
+    def as_padded(t):     # a view with the padded batch's shape, for the checks only
+        return t.as_strided((B, Hkv, Nk, t.shape[-1]), (0, t.stride(2), t.stride(1), 1))
+    sizes = _check_qkv(spec, q, as_padded(k_cache), as_padded(v_cache), for_kernel)
+    return _bind_rest(spec, sizes, q, k_cache, v_cache, scale, dropout_p, seed, layout, params,
+                      for_kernel)
+
+
 def _bind_rest(spec: AttentionSpec, sizes: dict, q, k, v, scale, dropout_p, seed, layout,
                params: dict | None, for_kernel: bool) -> BoundCall:
     params = dict(params or {})

@@ -66,6 +66,19 @@ class Varlen:
 
 
 @dataclass(frozen=True)
+class Paged:
+    """A paged KV cache (forward only): k and v are [pages, page_size, Hkv, d]; key row r
+    of batch entry b is row r % page_size of page block_table[b, r // page_size], and
+    kv_lens[b] rows are valid (templates/kernels/args.cuh Shape)."""
+    kv_lens: torch.Tensor       # int32 [B], on the device
+    block_table: torch.Tensor   # int32 [B, pages_per_seq], on the device
+
+    @property
+    def pages_per_seq(self) -> int:
+        return self.block_table.shape[1]
+
+
+@dataclass(frozen=True)
 class Sizes:
     """B, H, Hkv, Nq, Nk of a call as the kernels' grid and tables see them (a packed
     batch: its sequence count and longest lengths), and the fp32 row buffers' rows per
@@ -77,9 +90,14 @@ class Sizes:
     Nk: int
     rows: int
     varlen: Varlen | None = None
+    paged: Paged | None = None
 
     @staticmethod
-    def of(q, k, varlen: Varlen | None = None) -> "Sizes":
+    def of(q, k, varlen: Varlen | None = None, paged: Paged | None = None) -> "Sizes":
+        if paged is not None:      # k: [pages, page_size, Hkv, d]
+            B, H, Nq, _ = q.shape
+            return Sizes(B, H, k.shape[2], Nq, paged.pages_per_seq * k.shape[1], Nq,
+                         paged=paged)
         if varlen is None:
             B, H, Nq, _ = q.shape
             return Sizes(B, H, k.shape[1], Nq, k.shape[2], Nq)
@@ -88,7 +106,10 @@ class Sizes:
 
     def ints(self) -> list[int]:
         cu = [self.varlen.cu_q.data_ptr(), self.varlen.cu_k.data_ptr()] if self.varlen else [0, 0]
-        return [self.B, self.H, self.Hkv, self.Nq, self.Nk, *cu, self.rows]
+        pg = self.paged
+        paging = ([pg.kv_lens.data_ptr(), pg.block_table.data_ptr(), pg.pages_per_seq,
+                   self.Nk // pg.pages_per_seq] if pg else [0, 0, 0, 0])
+        return [self.B, self.H, self.Hkv, self.Nq, self.Nk, *cu, self.rows, *paging]
 
     def row_buffer(self, *inner, like, dtype=torch.float32) -> torch.Tensor:
         """An fp32 buffer of Shape::row's rows: [B, H, Nq, *inner], or [H, total_q, *inner]."""
@@ -310,7 +331,8 @@ SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and P's rounding 
 MAX_KV_SPLITS = 64
 
 
-def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None = None) -> int:
+def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None = None,
+              paged: Paged | None = None) -> int:
     """How many CTAs share each Q tile's K/V tiles (split-KV, templates/kernels/combine.cuh).
     None: chosen by shape. One CTA per Q tile fills the GPU when there are enough Q tiles;
     decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so the K/V
@@ -319,7 +341,7 @@ def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None =
     capped at the number of K/V tiles and at MAX_KV_SPLITS. A packed batch counts as its
     longest sequences."""
     var = variant(key)
-    n = Sizes.of(q, k, varlen)
+    n = Sizes.of(q, k, varlen, paged)
     plan = var.plan(q.shape[-1], _arch(q.device.index)).forward
     kv_tiles = -(-n.Nk // plan.block_n)
     if splits is not None:
@@ -346,13 +368,15 @@ def _as_kernel_sees(n: Sizes, *tensors, outputs: bool = False):
 
 def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
-            saved: int = SAVE_NOTHING, splits: int = 1, varlen: Varlen | None = None):
+            saved: int = SAVE_NOTHING, splits: int = 1, varlen: Varlen | None = None,
+            paged: Paged | None = None):
     """out [B, H, Nq, Dv] (q's dtype), lse [B, H, Nq] (fp32) and, for a backward pass
     (`saved`, SAVE_*), out in fp32 (else an empty tensor). rng: see rng_state; layout: a
     runtime block layout (None for a built-in pattern or a dense spec); splits: CTAs per
     Q tile over its K/V tiles (kv_splits). varlen: q, k, v are packed [total, H, d]; then
-    out is [total_q, H, Dv] and lse and the fp32 out [H, total_q(, Dv)]."""
-    n = Sizes.of(q, k, varlen)
+    out is [total_q, H, Dv] and lse and the fp32 out [H, total_q(, Dv)]. paged: k and v
+    are a paged cache [pages, page_size, Hkv, d] (inference only)."""
+    n = Sizes.of(q, k, varlen, paged)
     Dv = v.shape[-1]
     out_shape = (*q.shape[:-1], Dv)
     if q.numel() == 0 or k.numel() == 0:
@@ -367,7 +391,10 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     out_f32 = n.row_buffer(Dv, like=q) if saved else q.new_empty(0, dtype=torch.float32)
     ints, floats = n.ints(), [scale]
     # held until the launch: aligned() may have made copies, which must outlive it
-    views = [*_as_kernel_sees(n, q, k, v), *_as_kernel_sees(n, out, outputs=True)]
+    inputs = _as_kernel_sees(n, q, k, v)
+    if paged:      # pages as the batch dim: [pages, Hkv, page_size, d]
+        inputs[1:] = [t.permute(0, 2, 1, 3) for t in inputs[1:]]
+    views = [*inputs, *_as_kernel_sees(n, out, outputs=True)]
     for t in views:
         ints += _strided(t)
     ints += [lse.data_ptr(), out_f32.data_ptr() if saved else 0,

@@ -31,8 +31,8 @@ cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params
 
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
-  // a packed batch or split-KV runs the general instance, a padded batch the lean one
-  const cudaError_t status = args.shape.varlen() || args.splits > 1
+  // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
+  const cudaError_t status = args.shape.varlen() || args.shape.paged() || args.splits > 1
                                  ? launch_forward<kDropout, true>(args, params, grid, smem, stream)
                                  : launch_forward<kDropout, false>(args, params, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;

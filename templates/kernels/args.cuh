@@ -61,6 +61,12 @@ struct Shape {
   const int* cu_q;   // varlen: [batch + 1] first query row of each sequence; null: padded
   const int* cu_k;   // varlen: [batch + 1] first key row of each sequence
   int q_rows;        // rows per (batch, head) of the fp32 row buffers: q_len, or total_q
+  // A paged KV cache (forward only): K/V row r of batch entry b is row r % page_size of
+  // page block_table[b][r / page_size] (k and v are then [pages, Hkv, page_size, d] views);
+  // kv_lens[b] keys of it are valid, kv_len being the table's extent. Null: no paging.
+  const int* kv_lens;
+  const int* block_table;
+  int pages_per_seq, page_size;
   int q_start = 0, kv_start = 0;  // this sequence's first query and key row (for_sequence)
   static Shape read(ArgReader& in) {
     Shape s;
@@ -74,8 +80,13 @@ struct Shape {
     s.cu_q = in.ptr<const int>();
     s.cu_k = in.ptr<const int>();
     s.q_rows = in.i32();
+    s.kv_lens = in.ptr<const int>();
+    s.block_table = in.ptr<const int>();
+    s.pages_per_seq = in.i32();
+    s.page_size = in.i32();
     return s;
   }
+  __host__ __device__ __forceinline__ bool paged() const { return block_table != nullptr; }
   __host__ __device__ __forceinline__ bool varlen() const { return cu_q != nullptr; }
   // The shape as sequence b's CTAs see it (a padded batch: unchanged).
   __device__ __forceinline__ Shape for_sequence(int b) const {
@@ -86,6 +97,7 @@ struct Shape {
       s.kv_start = cu_k[b];
       s.kv_len = cu_k[b + 1] - s.kv_start;
     }
+    if (kv_lens) s.kv_len = kv_lens[b];
     return s;
   }
   // Row q of (b, h) in the fp32 row buffers (lse, delta, out_f32, split-KV partials):

@@ -27,8 +27,8 @@ struct ForwardTiles {
   static constexpr int kMinBlocksPerSM = W <= 4 ? 2 : 1;
   static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad;
   static constexpr int kQ = BM * kLdQK, kK = BN * kLdQK, kV = BN * kLdV;  // elements
-  template <class V, class T>
-  using Stream = KvStream<V, T, D, Dv, BM, BN, kThreads>;
+  template <class V, class T, bool kGeneral>
+  using Stream = KvStream<V, T, D, Dv, BM, BN, kThreads, kGeneral>;
   template <class T>
   static constexpr int smem_bytes() { return (kQ + 2 * (kK + kV)) * int(sizeof(T)); }
   static_assert(BM % (16 * W) == 0, "each warp owns whole m16 tiles of query rows");
@@ -91,7 +91,7 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
 // missed by 2^-9 relative, which a parameter multiplying every score of a head (a
 // temperature) turned into twice the error of the bf16 reference (backward.cuh
 // delta_kernel). Only calls that want such gradients pay for it (launch.py SAVE_*).
-// kGeneral: a packed (varlen) batch or split-KV. Their per-CTA work (the sequence's
+// kGeneral: a packed (varlen) batch, a paged KV cache or split-KV. Their per-CTA work (the sequence's
 // Shape, offsets, a part of the row, the partial-output epilogue) cost the padded one-CTA
 // forward 8-11 % when it was always compiled in (PERF.md step 13), so the padded path is
 // an instance without it.
@@ -118,7 +118,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
   const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
-  const typename Tiles::template Stream<V, T> kv{
+  const typename Tiles::template Stream<V, T, kGeneral> kv{
       sK, sV, p, n, a.sparse, kGeneral ? a.k.from_row(n.kv_start) : a.k,
       kGeneral ? a.v.from_row(n.kv_start) : a.v, b, h, hk, q0,
       kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};

@@ -64,7 +64,8 @@ __device__ __forceinline__ TileWalk<RowOf, Classify> tile_walk(RowOf row_of, Cla
   return walk;
 }
 
-template <class V, class T, int D, int Dv, int BM, int BN, int Threads>
+// kGeneral (forward.cuh): the stream may read a paged KV cache (args.cuh Shape).
+template <class V, class T, int D, int Dv, int BM, int BN, int Threads, bool kGeneral = false>
 struct KvStream {
   static constexpr int kLdK = D + kSmemPad, kLdV = Dv + kSmemPad;
   static constexpr int kK = BN * kLdK, kV = BN * kLdV;  // elements per stage
@@ -85,6 +86,15 @@ struct KvStream {
   }
   __device__ __forceinline__ void load(int entry, int stage) const {
     const int k0 = TileRow::tile_of(entry) * BN, rows = n.kv_len - k0;
+    if constexpr (kGeneral) {
+      if (n.paged()) {  // a tile lies in one page: the host checks page_size % BN == 0
+        const int page = n.block_table[int64_t(b) * n.pages_per_seq + k0 / n.page_size];
+        const int r = k0 % n.page_size;
+        load_tile<BN, D, Threads>(sK + stage * kK, k.at(page, hk, r), k.row, rows, k.data);
+        load_tile<BN, Dv, Threads>(sV + stage * kV, v.at(page, hk, r), v.row, rows, v.data);
+        return;
+      }
+    }
     load_tile<BN, D, Threads>(sK + stage * kK, k.at(b, hk, k0), k.row, rows, k.at(b, hk, 0));
     load_tile<BN, Dv, Threads>(sV + stage * kV, v.at(b, hk, k0), v.row, rows, v.at(b, hk, 0));
   }

@@ -89,3 +89,50 @@ def test_kernels_see_packed_tensors_with_batch_stride_zero():
                                       torch.tensor([0, 5, 12], dtype=torch.int32), 7, 7))
     assert (n.B, n.H, n.Hkv, n.Nq, n.Nk, n.rows) == (2, 4, 2, 7, 7, 10)
     assert n.row_buffer(8, like=q).shape == (4, 10, 8)
+
+
+def _paged_cache(lens, page_size, Hkv, d, gen):
+    """A shuffled pool of pages holding each entry's keys, and its block table."""
+    per = [-(-n // page_size) for n in lens]
+    pages = torch.randperm(sum(per) + 3, generator=gen)          # spare pages, out of order
+    table = torch.zeros(len(lens), max(per), dtype=torch.int32)
+    at = 0
+    for b, n in enumerate(per):
+        table[b, :n] = pages[at:at + n]
+        at += n
+    cache = torch.randn(sum(per) + 3, page_size, Hkv, d, generator=gen, dtype=torch.float64)
+    return cache, table
+
+
+def test_reference_paged_reads_each_entry_from_its_pages():
+    op = flashgen.compile("causal_bottom_right")
+    gen = torch.Generator().manual_seed(2)
+    lens, ps = [300, 5, 128], 128
+    k_cache, table = _paged_cache(lens, ps, 2, 64, gen)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(3, 4, 2, 64, generator=gen, dtype=torch.float64)
+    kv_lens = torch.tensor(lens, dtype=torch.int32)
+    out, lse = op.reference_paged(q, k_cache, v_cache, table, kv_lens, return_lse=True)
+    assert out.shape == (3, 4, 2, 64) and lse.shape == (3, 4, 2)
+    for b, n in enumerate(lens):
+        rows = torch.arange(n)
+        k = k_cache.reshape(-1, 2, 64)[table[b, rows // ps].long() * ps + rows % ps]
+        v = v_cache.reshape(-1, 2, 64)[table[b, rows // ps].long() * ps + rows % ps]
+        o, l = op.reference(q[b:b + 1], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                            return_lse=True)
+        torch.testing.assert_close(out[b], o[0])
+        torch.testing.assert_close(lse[b], l[0])
+
+
+def test_paged_arguments_get_plain_messages():
+    op = flashgen.compile("causal_bottom_right")
+    q = torch.randn(2, 4, 1, 64)
+    cache = torch.randn(6, 128, 2, 64)
+    table = torch.zeros(2, 3, dtype=torch.int32)
+    lens = torch.tensor([10, 20], dtype=torch.int32)
+    with pytest.raises(ArgumentError, match=r"k_cache must be \[pages, page_size"):
+        op.reference_paged(q, cache[0], cache, table, lens)
+    with pytest.raises(ArgumentError, match="block_table must be an int32 tensor"):
+        op.reference_paged(q, cache, cache, table.long(), lens)
+    with pytest.raises(ArgumentError, match="forward only"):
+        op.paged(q.requires_grad_(), cache, cache, table, lens)
