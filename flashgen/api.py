@@ -208,6 +208,34 @@ class AttentionOp:
                                                           paged=paged), paged=paged)
         return (out, lse) if return_lse else out
 
+    def ring(self, q, k, v, group=None, *, zigzag=True, scale=None, dropout_p=0.0, seed=None,
+             return_lse=False, layout=None, deterministic=False, **params):
+        """Context parallelism: attention over one long sequence whose rows are spread over
+        the ranks of a torch.distributed group (ring attention, NCCL; autograd included).
+        q [B, H, n, d], k [B, Hkv, n, d], v [B, Hkv, n, dv] are this rank's rows, as
+        flashgen.runtime.ring.shard cuts them (zigzag: rank r holds chunks r and
+        2W - 1 - r of 2W, which balances a causal mask; else chunk r of W); the
+        sequence is n x W rows, a multiple of 16 x the chunk count. Tables and a layout
+        are the whole sequence's: the spec sees global q_idx, kv_idx, q_len and kv_len,
+        so the result is the one-GPU result's rows. Returns this rank's out [B, H, n, dv]
+        (and lse [B, H, n]). Every rank must call it with the same arguments but its
+        rows; dropout's seed (None: drawn on rank 0) is shared. Gradients of learnable
+        tables are this rank's share: reduce them over the group."""
+        from .runtime.ring import ring_attention
+        return ring_attention(self, q, k, v, group, zigzag=zigzag, scale=scale,
+                              dropout_p=dropout_p, seed=seed, return_lse=return_lse,
+                              layout=layout, deterministic=deterministic, **params)
+
+    def reference_ring(self, q, k, v, group=None, *, zigzag=True, scale=None, dropout_p=0.0,
+                       seed=None, return_lse=False, layout=None,
+                       dtype: torch.dtype | None = None, **params):
+        """op.ring's protocol with the spec's reference for each step's pair of chunks
+        instead of the kernels: any device and backend (e.g. CPU processes over gloo)."""
+        from .runtime.ring import ring_attention
+        return ring_attention(self, q, k, v, group, zigzag=zigzag, scale=scale,
+                              dropout_p=dropout_p, seed=seed, return_lse=return_lse,
+                              layout=layout, reference=True, dtype=dtype, **params)
+
     def _kernel_params(self, call):
         """The call's tensor parameters as the kernels read them, and its scalars."""
         tensors, scalars = [], []
@@ -325,9 +353,11 @@ def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
 
 def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
           arch: str | None = None, forward_tile: tuple[int, int] | None = None,
-          backward_tile: tuple[int, int, int] | None = None) -> list[tuple[str, int, BuiltModule]]:
+          backward_tile: tuple[int, int, int] | None = None,
+          shards: bool = False) -> list[tuple[str, int, BuiltModule]]:
     """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
-    current GPU's arch or `arch` (e.g. "sm_90a"). Returns (dtype, head dim, module)s."""
+    current GPU's arch or `arch` (e.g. "sm_90a"); shards: the modules op.ring calls.
+    Returns (dtype, head dim, module)s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .build.cache import device_arch
@@ -335,8 +365,8 @@ def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head
     arch = arch or (device_arch() if torch.cuda.is_available() else "sm_90a")
     configs = _configs(op.spec, dtypes, head_dims)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        modules = pool.map(lambda c: launch.module(op.key, launch.TORCH_DTYPES[c[0]], c[1], arch),
-                           configs)
+        modules = pool.map(lambda c: launch.module(op.key, launch.TORCH_DTYPES[c[0]], c[1], arch,
+                                                   shards), configs)
         return [(t, d, m) for (t, d), m in zip(configs, modules)]
 
 

@@ -103,7 +103,8 @@ def cmd_build(args) -> int:
     import time
     start = time.perf_counter()
     built = api.build(args.spec, args.name, dtypes=args.dtype and args.dtype.split(","),
-                      head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch)
+                      head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch,
+                      shards=args.shards)
     for dtype, d, m in built:
         how = "cached" if m.cached else f"built in {m.seconds:.1f} s"
         print(f"{dtype} d{d}: {how}  {m.path}")
@@ -343,6 +344,8 @@ def main(argv=None) -> int:
                        help="sm_80, sm_90a, ... (build: default the GPU's)")
         if command == "build":
             p.add_argument("--load", action="store_true", help="also time loading each module")
+            p.add_argument("--shards", action="store_true",
+                           help="the kernels for shards of a sequence (op.ring), not whole calls")
         if command == "explain":
             p.add_argument("--sizes", type=_sizes, default=(4096, 4096),
                            help="NQ or NQxNK for the tile map and IO model (default 4096)")

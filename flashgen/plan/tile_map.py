@@ -30,6 +30,7 @@ from ..reference.patterns import fixed_layout
 from ..render.kernels import support_headers
 from ..render.tile_class import mask_reads
 from ..render.variant import render_variant
+from ..runtime.arguments import WHOLE, Frame
 from ..runtime.examples import example_layout, example_params
 from ..runtime.sparse import tile_lists
 
@@ -64,7 +65,7 @@ struct HostReader {
 extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, int batches,
                                       int heads, int q_len, int kv_len, int block_m,
                                       int block_n, int8_t* out) {
-  using V = NAMESPACE::Variant;
+  using V = NAMESPACE::FramedVariant;  // frame 0: a whole call
   HostReader in{ints, floats};
   const V::Params p = V::Params::read(in);
   const int q_tiles = (q_len + block_m - 1) / block_m, kv_tiles = (kv_len + block_n - 1) / block_n;
@@ -81,7 +82,7 @@ extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, 
 // column parts where the mask is split, variant.cuh): out[batches][heads][q_len][kv_len].
 extern "C" void flashgen_mask_values(const int64_t* ints, const float* floats, int batches,
                                      int heads, int q_len, int kv_len, int8_t* out) {
-  using V = NAMESPACE::Variant;
+  using V = NAMESPACE::FramedVariant;  // frame 0: a whole call
   HostReader in{ints, floats};
   const V::Params p = V::Params::read(in);
   for (int b = 0; b < batches; ++b)
@@ -122,11 +123,13 @@ def _host_library(spec: AttentionSpec) -> ctypes.CDLL:
     return library
 
 
-def _pack_params(spec: AttentionSpec, params: dict) -> tuple[list[int], list[float], list]:
-    """The spec's parameters as the launchers pass them (flashgen/runtime/launch.py): a
-    tensor as pointer, sizes, strides; an i32/bool scalar in the ints, an f32 one in the
-    floats. Also the converted tensors, which must outlive the call."""
-    ints, floats, tensors = [], [], []
+def _pack_params(spec: AttentionSpec, params: dict, frame: Frame = WHOLE
+                 ) -> tuple[list[int], list[float], list]:
+    """The call's frame and the spec's parameters as the launchers pass them
+    (flashgen/runtime/launch.py): a tensor as pointer, sizes, strides; an i32/bool scalar
+    in the ints, an f32 one in the floats. Also the converted tensors, which must outlive
+    the call."""
+    ints, floats, tensors = frame.ints(), [], []
     for p in spec.params:
         value = params[p.name]
         if p.is_tensor:
@@ -141,15 +144,16 @@ def _pack_params(spec: AttentionSpec, params: dict) -> tuple[list[int], list[flo
 
 
 def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
-                 kv_len: int, block_m: int, block_n: int) -> torch.Tensor:
+                 kv_len: int, block_m: int, block_n: int, frame: Frame = WHOLE) -> torch.Tensor:
     """What tile_class() says of every (Q tile, KV tile) pair: int8 [batches, heads,
     q_tiles, kv_tiles] of SKIP / FULL / PARTIAL, from the mask alone (no bounds or
-    block-sparse rules). Compiles the spec's host library on first use (needs nvcc)."""
+    block-sparse rules), of a call of q_len x kv_len rows placed by `frame`. Compiles the
+    spec's host library on first use (needs nvcc)."""
     q_tiles, kv_tiles = -(-q_len // block_m), -(-kv_len // block_n)
     if spec.mask is None:
         return torch.full((batches, heads, q_tiles, kv_tiles), FULL, dtype=torch.int8)
     library = _host_library(spec)
-    ints, floats, _kept_alive = _pack_params(spec, params)
+    ints, floats, _kept_alive = _pack_params(spec, params, frame)
     out = torch.empty(batches, heads, q_tiles, kv_tiles, dtype=torch.int8)
     library.flashgen_tile_classes((ctypes.c_int64 * max(1, len(ints)))(*ints),
                                   (ctypes.c_float * max(1, len(floats)))(*floats),
@@ -159,11 +163,11 @@ def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
 
 
 def mask_values(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
-                kv_len: int) -> torch.Tensor:
+                kv_len: int, frame: Frame = WHOLE) -> torch.Tensor:
     """The variant's compiled mask() at every element: bool [batches, heads, q_len, kv_len]
     (a check of the rendered mask against the reference; needs nvcc)."""
     library = _host_library(spec)
-    ints, floats, _kept_alive = _pack_params(spec, params)
+    ints, floats, _kept_alive = _pack_params(spec, params, frame)
     out = torch.empty(batches, heads, q_len, kv_len, dtype=torch.int8)
     library.flashgen_mask_values((ctypes.c_int64 * max(1, len(ints)))(*ints),
                                  (ctypes.c_float * max(1, len(floats)))(*floats),

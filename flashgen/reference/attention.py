@@ -16,19 +16,22 @@ import dataclasses
 import torch
 
 from ..ir.nodes import AttentionSpec
-from ..runtime.arguments import BoundCall, bind
+from ..runtime.arguments import WHOLE, BoundCall, Frame, bind
 from .evaluate import Evaluator
 from .philox import keep_mask, resolve_seed
 
 
-def grid_variables(B: int, H: int, Nq: int, Nk: int, device) -> dict[str, torch.Tensor]:
-    """The built-in index variables, shaped to broadcast over [B, H, Nq, Nk]."""
-    def ar(n, shape):
-        return torch.arange(n, dtype=torch.int32, device=device).view(shape)
+def grid_variables(B: int, H: int, Nq: int, Nk: int, device,
+                   frame: Frame = WHOLE) -> dict[str, torch.Tensor]:
+    """The built-in index variables, shaped to broadcast over [B, H, Nq, Nk]: the spec's
+    indices and lengths of the call's rows (frame: a shard of longer sequences)."""
+    def ar(n, shape, first=0):
+        return torch.arange(first, first + n, dtype=torch.int32, device=device).view(shape)
     return {"b": ar(B, (B, 1, 1, 1)), "h": ar(H, (1, H, 1, 1)),
-            "q_idx": ar(Nq, (1, 1, Nq, 1)), "kv_idx": ar(Nk, (1, 1, 1, Nk)),
-            "q_len": torch.tensor(Nq, dtype=torch.int32, device=device),
-            "kv_len": torch.tensor(Nk, dtype=torch.int32, device=device)}
+            "q_idx": ar(Nq, (1, 1, Nq, 1), frame.q_first),
+            "kv_idx": ar(Nk, (1, 1, 1, Nk), frame.kv_first),
+            "q_len": torch.tensor(Nq + frame.q_extra, dtype=torch.int32, device=device),
+            "kv_len": torch.tensor(Nk + frame.kv_extra, dtype=torch.int32, device=device)}
 
 
 def rows_evaluator(spec: AttentionSpec, params: dict, B: int, H: int, q_rows: torch.Tensor,
@@ -41,14 +44,15 @@ def rows_evaluator(spec: AttentionSpec, params: dict, B: int, H: int, q_rows: to
 
 
 def visible_rows(spec: AttentionSpec, layout: torch.Tensor | None, evaluator: Evaluator,
-                 q_rows: torch.Tensor, Nk: int) -> torch.Tensor | None:
+                 q_rows: torch.Tensor, Nk: int, kv_first: int = 0) -> torch.Tensor | None:
     """bool, broadcastable to [B, H, R, Nk]: the mask and block layout together at the
-    evaluator's query rows q_rows (None: all visible)."""
+    evaluator's query rows q_rows (the layout's indices) and keys kv_first.. (None: all
+    visible)."""
     keep = evaluator(spec.mask) if spec.mask is not None else None
     if layout is not None:
         bs = spec.block_sparse
         rows = q_rows.to(layout.device).long() // bs.block_q
-        cols = torch.arange(Nk, device=layout.device) // bs.block_k
+        cols = torch.arange(kv_first, kv_first + Nk, device=layout.device) // bs.block_k
         blocks = layout[:, rows][:, :, cols].unsqueeze(0)           # [1, H or 1, R, Nk]
         keep = blocks if keep is None else keep & blocks
     return keep
@@ -57,7 +61,10 @@ def visible_rows(spec: AttentionSpec, layout: torch.Tensor | None, evaluator: Ev
 def visible(spec: AttentionSpec, call: BoundCall, evaluator: Evaluator) -> torch.Tensor | None:
     """bool [B or 1, H or 1, Nq, Nk]: the mask and block layout together (None: all visible)."""
     _, _, _, Nq, Nk = call.shape
-    return visible_rows(spec, call.layout, evaluator, torch.arange(Nq, device=call.q.device), Nk)
+    f = call.frame
+    return visible_rows(spec, call.layout, evaluator,
+                        torch.arange(f.q_first, f.q_first + Nq, device=call.q.device), Nk,
+                        f.kv_first)
 
 
 def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = False):
@@ -79,7 +86,7 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
         v = v.repeat_interleave(group, dim=1)
     s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
     # one evaluator for mask and score, so the `let`s are computed once
-    variables = grid_variables(B, H, Nq, Nk, device)
+    variables = grid_variables(B, H, Nq, Nk, device, call.frame)
     variables["b"] = variables["b"] + call.first_batch   # a packed sequence run alone
     hidden = _HiddenPairs((B, H, Nq, Nk))
     evaluator = Evaluator(spec, variables, params, dtype, device, load_hook=hidden.guard)
@@ -101,7 +108,7 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
     if call.dropout_p > 0:
         seed, offset = resolve_seed(call.seed, device)
         drop_keep = keep_mask(seed, offset, call.dropout_p, B, H, Nq, Nk, device,
-                              first_batch=call.first_batch)
+                              first_batch=call.first_batch, frame=call.frame)
         p = p * drop_keep.to(dtype) / (1.0 - call.dropout_p)
     out = torch.matmul(p, v)
     if not return_lse:

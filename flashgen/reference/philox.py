@@ -75,16 +75,18 @@ def threshold(p: float) -> int:
 
 
 def keep_mask(seed: int, offset: int, p: float, batch: int, heads: int, nq: int, nk: int,
-              device=None, first_batch: int = 0) -> torch.Tensor:
+              device=None, first_batch: int = 0, frame=None) -> torch.Tensor:
     """bool [batch, heads, nq, nk]: True where dropout keeps the element. first_batch: the
-    batch index of entry 0 (a packed sequence drawn alone keeps its own stream)."""
+    batch index of entry 0 (a packed sequence drawn alone keeps its own stream); frame
+    (runtime.arguments.Frame): the rows are a shard, drawn at their global indices."""
     t = threshold(p)
     device = torch.device(device or "cpu")
     if t == 0:
         return torch.ones(batch, heads, nq, nk, dtype=torch.bool, device=device)
     key = (seed & MASK32, (seed >> 32) & MASK32)
-    q = torch.arange(nq, dtype=torch.int64, device=device).view(nq, 1)
-    k = torch.arange(nk, dtype=torch.int64, device=device).view(1, nk)
+    q_first, kv_first = (frame.q_first, frame.kv_first) if frame is not None else (0, 0)
+    q = torch.arange(q_first, q_first + nq, dtype=torch.int64, device=device).view(nq, 1)
+    k = torch.arange(kv_first, kv_first + nk, dtype=torch.int64, device=device).view(1, nk)
     c0, c1 = k >> 1, ((q >> 4) << 3) | (q & 7)
     word = ((q >> 3) & 1) * 2 + (k & 1)
     out = torch.empty(batch, heads, nq, nk, dtype=torch.bool, device=device)

@@ -31,6 +31,8 @@ class KernelView:
     dropout: bool
     runtime_tiles: bool   # export flashgen_tile_classes (tile_class.scans_tables)
     arch: str
+    variant: str          # Variant, or FramedVariant for shards of a sequence (frame.cuh)
+    variant_note: str
     fwd: ForwardPlan
     bwd: BackwardPlan
     plan: tuple[str, ...]
@@ -40,17 +42,23 @@ def unit_name(pass_name: str, dtype: str, head_dim: int) -> str:
     return f"{pass_name}_{dtype}_d{head_dim}.cu"
 
 
+VARIANTS = {False: ("Variant", "whole sequences"),
+            True: ("FramedVariant", "shards of longer sequences (common/frame.cuh)")}
+
+
 def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int,
-                 tiles: TileOverride | None = None, arch: str = DEFAULT_ARCH) -> dict[str, str]:
+                 tiles: TileOverride | None = None, arch: str = DEFAULT_ARCH,
+                 framed: bool = False) -> dict[str, str]:
     """{file name: text} of the forward and backward units of one (dtype, head dim),
-    planned for `arch` (its shared memory decides the backward's Q/dO stages)."""
+    planned for `arch` (its shared memory decides the backward's Q/dO stages). framed:
+    the kernels of shards (context parallelism), which map indices through a Frame."""
     dv = spec.value_dim_for(head_dim)
     plan = plan_for(spec, head_dim, tiles, arch)
     units = {}
     for pass_name in PASSES:
         view = KernelView(spec.name, f"fg_{spec.name}", source_path, pass_name, dtype,
                           C_DTYPES[dtype], head_dim, dv, spec.dropout, scans_tables(spec), arch,
-                          plan.forward,
+                          *VARIANTS[framed], plan.forward,
                           plan.backward, tuple(plan.describe()))
         text = environment().get_template(f"kernels/{pass_name}.cu.j2").render(k=view)
         units[unit_name(pass_name, dtype, head_dim)] = text.rstrip() + "\n"
@@ -68,7 +76,8 @@ def support_headers() -> dict[str, str]:
 
 
 def render_module(spec: AttentionSpec, source_path: str, dtype: str, head_dim: int,
-                  tiles: TileOverride | None = None, arch: str = DEFAULT_ARCH) -> dict[str, str]:
+                  tiles: TileOverride | None = None, arch: str = DEFAULT_ARCH,
+                  framed: bool = False) -> dict[str, str]:
     """Every source of one build module, headers included (they are part of its hash)."""
     return {**support_headers(), "variant.cuh": render_variant(spec, source_path),
-            **render_units(spec, source_path, dtype, head_dim, tiles, arch)}
+            **render_units(spec, source_path, dtype, head_dim, tiles, arch, framed)}

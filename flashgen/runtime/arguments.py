@@ -23,6 +23,24 @@ class ArgumentError(ValueError):
     """A call's arguments do not fit the spec; the message says which and how."""
 
 
+@dataclass(frozen=True)
+class Frame:
+    """Where a call's rows sit in the sequences the spec describes
+    (templates/common/frame.cuh): the spec sees query row i as q_idx = q_first + i and
+    q_len = the call's rows + q_extra, keys likewise. Context parallelism
+    (flashgen/runtime/ring.py) runs shards of one sequence this way."""
+    q_first: int = 0
+    kv_first: int = 0
+    q_extra: int = 0
+    kv_extra: int = 0
+
+    def ints(self) -> list[int]:
+        return [self.q_first, self.kv_first, self.q_extra, self.kv_extra]
+
+
+WHOLE = Frame()      # a plain call: the whole sequences
+
+
 @dataclass
 class BoundCall:
     spec: AttentionSpec
@@ -38,6 +56,9 @@ class BoundCall:
     # The b of this call's first batch entry: a packed (varlen) sequence run alone by the
     # reference keeps its index into the tables and its dropout stream.
     first_batch: int = 0
+    # Where its rows sit in the spec's sequences (a shard of a longer one: ring.py). The
+    # tables and the layout are then the whole sequences'.
+    frame: Frame = WHOLE
 
     @property
     def shape(self):
@@ -161,6 +182,22 @@ def bind(spec: AttentionSpec, q, k, v, *, scale=None, dropout_p=0.0, seed=None, 
     """Check every argument of a call against the spec and bind the shape symbols."""
     sizes = _check_qkv(spec, q, k, v, for_kernel)
     return _bind_rest(spec, sizes, q, k, v, scale, dropout_p, seed, layout, params, for_kernel)
+
+
+def bind_shards(spec: AttentionSpec, q, k, v, length: int, *, scale=None, dropout_p=0.0,
+                seed=None, layout=None, params: dict | None = None,
+                for_kernel: bool = False) -> BoundCall:
+    """A rank's shards of one sequence of `length` rows (ring attention,
+    flashgen/runtime/ring.py): q, k and v hold the same rows; tables and the layout are
+    the whole sequence's (the spec sees global indices)."""
+    sizes = _check_qkv(spec, q, k, v, for_kernel)
+    if sizes["Nq"] != sizes["Nk"]:
+        _fail(f"ring attention shards one sequence: q has {sizes['Nq']} rows and k "
+              f"{sizes['Nk']} on this rank; give each rank the same rows of q, k and v "
+              "(flashgen.ring.shard)")
+    whole = {**sizes, "Nq": length, "Nk": length}
+    call = _bind_rest(spec, whole, q, k, v, scale, dropout_p, seed, layout, params, for_kernel)
+    return call
 
 
 def packed_view(t: torch.Tensor, batch: int) -> torch.Tensor:

@@ -14,9 +14,9 @@ variant's Params::read / Grads::read:
           out and lse or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
           args.cuh reads them; backward's
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
-          threshold; all 0 without dropout); the block-sparse lists (14 ints,
-          flashgen/runtime/sparse.py; all 0 for a dense spec); then the spec's
-          parameters in order: a tensor as pointer, sizes, strides; an i32/bool scalar
+          threshold, then the frame's q_first and kv_first; all 0 without dropout); the
+          block-sparse lists (14 ints, flashgen/runtime/sparse.py; all 0 for a dense
+          spec); then the call's Frame (4 ints) and the spec's parameters in order: a tensor as pointer, sizes, strides; an i32/bool scalar
           as its value. Backward then adds one gradient per differentiable table
           (pointer or 0, sizes, strides).
   floats: the softmax scale, the dropout's 1 / (1 - p), then each f32 scalar parameter
@@ -40,7 +40,7 @@ from ..reference.philox import MASK32, resolve_seed, threshold
 from ..render.kernels import render_module
 from ..render.tile_class import mask_reads, scans_tables
 from ..render.variant import differentiable_loads
-from .arguments import packed_view
+from .arguments import WHOLE, Frame, packed_view
 from .sparse import DENSE, MaskTiles, sparse_tiles
 
 
@@ -169,13 +169,19 @@ TORCH_DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}
 
 
 @functools.cache
-def module(key: str, dtype: torch.dtype, head_dim: int, arch: str) -> BuiltModule:
+def module(key: str, dtype: torch.dtype, head_dim: int, arch: str,
+           framed: bool = False) -> BuiltModule:
+    """The build module of one (dtype, head dim); framed: its kernels for shards of a
+    sequence (context parallelism, flashgen/runtime/ring.py), built only when used."""
     v = variant(key)
-    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim, v.tiles, arch)
+    sources = render_module(v.spec, v.source_path, DTYPE_NAMES[dtype], head_dim, v.tiles, arch,
+                            framed)
     tiles = "" if v.tiles is None else f"_{v.tiles.label()}"
     dtype_name = DTYPE_NAMES[dtype]
-    return build(sources, name=f"{v.spec.name}_{dtype_name}_d{head_dim}{tiles}", arch=arch,
-                 label=f"{v.spec.name} fwd+bwd ({dtype_name}, d{head_dim}{tiles.replace('_', ', ')})")
+    shards = "_shards" if framed else ""
+    return build(sources, name=f"{v.spec.name}_{dtype_name}_d{head_dim}{tiles}{shards}",
+                 arch=arch, label=f"{v.spec.name} fwd+bwd ({dtype_name}, d{head_dim}"
+                                  f"{tiles.replace('_', ', ')}{', shards' if framed else ''})")
 
 
 @functools.cache
@@ -183,8 +189,8 @@ def _arch(device_index: int) -> str:
     return device_arch(device_index)
 
 
-def _library(key: str, q: torch.Tensor) -> ctypes.CDLL:
-    return module(key, q.dtype, q.shape[-1], _arch(q.device.index)).library()
+def _library(key: str, q: torch.Tensor, frame: Frame = WHOLE) -> ctypes.CDLL:
+    return module(key, q.dtype, q.shape[-1], _arch(q.device.index), frame != WHOLE).library()
 
 
 def _output(*shape, like: torch.Tensor, dtype=None) -> torch.Tensor:
@@ -200,9 +206,11 @@ def _strided(t: torch.Tensor) -> list[int]:
     return [t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)]
 
 
-def _params(v: Variant, tensors: list[torch.Tensor], scalars: list[float]):
-    """The spec's parameters as ints and floats, in declaration order."""
-    ints, floats = [], []
+def _params(v: Variant, tensors: list[torch.Tensor], scalars: list[float],
+            frame: Frame = WHOLE):
+    """The call's frame, then the spec's parameters, as ints and floats in declaration
+    order (the variant's Params::read)."""
+    ints, floats = frame.ints(), []
     tensor_at, scalar_at = iter(tensors), iter(scalars)
     for p in v.spec.params:
         if p.is_tensor:
@@ -247,17 +255,19 @@ def rng_state(seed: list[int], dropout_p: float, device) -> torch.Tensor:
     return torch.tensor(list(seed) or [0, 0, 0], dtype=torch.int64)
 
 
-def _dropout(dropout_p: float, rng: torch.Tensor) -> tuple[list[int], list[float]]:
+def _dropout(dropout_p: float, rng: torch.Tensor, frame: Frame) -> tuple[list[int], list[float]]:
     """Dropout's ints and float (templates/kernels/dropout.cuh Dropout::read)."""
     if dropout_p == 0:
-        return [0, 0, 0, 0], [1.0]
-    return [*rng.tolist(), threshold(dropout_p)], [1.0 / (1.0 - dropout_p)]
+        return [0] * 6, [1.0]
+    return ([*rng.tolist(), threshold(dropout_p), frame.q_first, frame.kv_first],
+            [1.0 / (1.0 - dropout_p)])
 
 
 _MASK_TILES = WeakTensorKeyDictionary()
 
 
-def _mask_tiles(key: str, sizes: Sizes, q, tensors, scalars) -> MaskTiles:
+def _mask_tiles(key: str, sizes: Sizes, q, tensors, scalars, frame: Frame = WHOLE
+                ) -> MaskTiles:
     """The tile lists of a data-dependent mask (tile_class.scans_tables) for this call:
     every tile pair classified on the GPU at the forward's and the backward's tile sizes,
     then compacted. Kept on the tensor when the spec has one (as runtime layouts are),
@@ -275,8 +285,8 @@ def _mask_tiles(key: str, sizes: Sizes, q, tensors, scalars) -> MaskTiles:
         out = torch.empty(batches, heads, -(-Nq // block_m), -(-Nk // block_n), dtype=torch.int8,
                           device=q.device)
         ints = [batches, heads, Nq, Nk, block_m, block_n, out.data_ptr(), *cu]
-        p_ints, p_floats = _params(var, tensors, scalars)
-        _call(_library(key, q), "flashgen_tile_classes", ints + p_ints, p_floats, q.device)
+        p_ints, p_floats = _params(var, tensors, scalars, frame)
+        _call(_library(key, q, frame), "flashgen_tile_classes", ints + p_ints, p_floats, q.device)
         return out
 
     def build() -> MaskTiles:
@@ -286,19 +296,19 @@ def _mask_tiles(key: str, sizes: Sizes, q, tensors, scalars) -> MaskTiles:
     if len(tensors) != 1 or vl is not None:
         return build()
     entries = _MASK_TILES.setdefault(tensors[0], {})
-    entry = (key, tensors[0]._version, plan, B, H, Nq, Nk, tuple(scalars))
+    entry = (key, tensors[0]._version, plan, B, H, Nq, Nk, tuple(scalars), frame)
     if entry not in entries:
         entries.clear()             # an older version of the tensor is never asked again
         entries[entry] = build()
     return entries[entry]
 
 
-def _sparse(key: str, sizes: Sizes, q, layout, tensors, scalars) -> list[int]:
+def _sparse(key: str, sizes: Sizes, q, layout, tensors, scalars, frame: Frame) -> list[int]:
     var = variant(key)
     if var.spec.block_sparse is None:
         if var.mask_tiles_per is None:
             return DENSE
-        return _mask_tiles(key, sizes, q, tensors, scalars).ints()
+        return _mask_tiles(key, sizes, q, tensors, scalars, frame).ints()
     plan = var.plan(q.shape[-1], _arch(q.device.index))
     # a packed batch: the lists of the longest sequences, which shorter ones cut short
     # (sparse.cuh tile_row)
@@ -306,11 +316,11 @@ def _sparse(key: str, sizes: Sizes, q, layout, tensors, scalars) -> list[int]:
 
 
 def _dropout_and_sparse(key: str, sizes: Sizes, q, dropout_p, rng, layout, tensors, scalars,
-                        ints, floats) -> None:
+                        frame: Frame, ints, floats) -> None:
     """Append what both passes pass after their fixed part: dropout, then the tile lists
     (block-sparse, or a data-dependent mask's)."""
-    d_ints, d_floats = _dropout(dropout_p, rng)
-    ints += d_ints + _sparse(key, sizes, q, layout, tensors, scalars)
+    d_ints, d_floats = _dropout(dropout_p, rng, frame)
+    ints += d_ints + _sparse(key, sizes, q, layout, tensors, scalars, frame)
     floats += d_floats
 
 
@@ -369,13 +379,14 @@ def _as_kernel_sees(n: Sizes, *tensors, outputs: bool = False):
 def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float = 0.0,
             rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
             saved: int = SAVE_NOTHING, splits: int = 1, varlen: Varlen | None = None,
-            paged: Paged | None = None):
+            paged: Paged | None = None, frame: Frame = WHOLE):
     """out [B, H, Nq, Dv] (q's dtype), lse [B, H, Nq] (fp32) and, for a backward pass
     (`saved`, SAVE_*), out in fp32 (else an empty tensor). rng: see rng_state; layout: a
     runtime block layout (None for a built-in pattern or a dense spec); splits: CTAs per
     Q tile over its K/V tiles (kv_splits). varlen: q, k, v are packed [total, H, d]; then
     out is [total_q, H, Dv] and lse and the fp32 out [H, total_q(, Dv)]. paged: k and v
-    are a paged cache [pages, page_size, Hkv, d] (inference only)."""
+    are a paged cache [pages, page_size, Hkv, d] (inference only). frame: the call's
+    rows as the spec sees them (a shard of a longer sequence)."""
     n = Sizes.of(q, k, varlen, paged)
     Dv = v.shape[-1]
     out_shape = (*q.shape[:-1], Dv)
@@ -405,20 +416,20 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
         partial_lse = torch.empty(splits, lse.numel(), dtype=torch.float32, device=q.device)
     ints += [splits, 0 if partial_out is None else partial_out.data_ptr(),
              0 if partial_lse is None else partial_lse.data_ptr()]
-    _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, ints, floats)
-    p_ints, p_floats = _params(var, tensors, scalars)
-    _call(_library(key, q), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
+    _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, frame, ints, floats)
+    p_ints, p_floats = _params(var, tensors, scalars, frame)
+    _call(_library(key, q, frame), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)
     return out, lse, out_f32
 
 
 def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: float,
              param_grads_wanted: list[bool], deterministic: bool = False, dropout_p: float = 0.0,
              rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
-             varlen: Varlen | None = None):
+             varlen: Varlen | None = None, frame: Frame = WHOLE):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
     gradients, in the order of Variant.grad_params. out (the forward's fp32 out where it
-    kept one, else its out), lse, dropout_p, rng, layout and varlen are the forward
-    call's; dlse (or None) the gradient flowing into lse."""
+    kept one, else its out), lse, dropout_p, rng, layout, varlen and frame are the
+    forward call's; dlse (or None) the gradient flowing into lse."""
     var = variant(key)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0
@@ -454,14 +465,14 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     for t in _as_kernel_sees(n, dq, dk, dv, outputs=True):
         ints += _strided(t)
     ints.append(int(deterministic))
-    _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, ints, floats)
-    p_ints, p_floats = _params(var, tensors, scalars)
+    _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, frame, ints, floats)
+    p_ints, p_floats = _params(var, tensors, scalars, frame)
     g_ints, at = [], 0
     for name, size in zip(var.grad_params, sizes):
         shape = by_name[name].shape
         g_ints += [flat.data_ptr() + 4 * at if size else 0, *shape,
                    *torch.empty(shape, device="meta").stride()]
         at += size
-    _call(_library(key, q), "flashgen_backward", ints + p_ints + g_ints, floats + p_floats,
+    _call(_library(key, q, frame), "flashgen_backward", ints + p_ints + g_ints, floats + p_floats,
           q.device)
     return dq, dk, dv, flat

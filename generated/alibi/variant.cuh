@@ -7,18 +7,21 @@
 //   score = score + slopes[h] * (kv_idx - q_idx)
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_alibi {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   fg::TensorRef<float, 1> slopes;  // param slopes: f32[H]  (flashgen/specs/alibi.attn:4)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.slopes = fg::TensorRef<float, 1>::read(in);
     return p;
   }
@@ -43,8 +46,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_alibi::Params;
   using Grads = fg_alibi::Grads;
   static constexpr bool kHasMask = true;
@@ -59,6 +66,7 @@ struct Variant {
 
   // flashgen/specs/alibi.attn:5: mask  = causal
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return (q_idx >= kv_idx);
   }
 
@@ -66,18 +74,21 @@ struct Variant {
   // flashgen/specs/alibi.attn:5: mask  = causal
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Tri visible = fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 
   // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return (score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx))));
   }
 
   // d score / d score, derived by flashgen from:
   // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
   static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return 1.0f;
   }
 
@@ -90,14 +101,19 @@ struct Variant {
   // dt * d score / d param, for each read of a float tensor parameter in:
   // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
   static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, GradSums& sums, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     sums.v0 += dt * float(fg::wrap_sub(kv_idx, q_idx));
   }
 
   // The sums of the warp's lanes into the gradients (every lane calls this), then zero.
   static __device__ __forceinline__ void flush_param_grads(const Params& p, const Grads& g, GradSums& sums, int b, int h, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.lengths_to_spec(q_len, kv_len);
     if (g.slopes.data) g.slopes.add_warp(sums.v0, h);
     sums = GradSums{};
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_alibi

@@ -7,12 +7,14 @@
 //   score = cap * tanh((score + slopes[h] * (kv_idx - q_idx)) / cap)
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_alibi_window_softcap {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   fg::TensorRef<float, 1> slopes;  // param slopes: f32[H]  (flashgen/specs/alibi_window_softcap.attn:5)
   int window;  // param window: i32  (flashgen/specs/alibi_window_softcap.attn:6)
   float cap;  // param cap: f32  (flashgen/specs/alibi_window_softcap.attn:7)
@@ -21,6 +23,7 @@ struct Params {
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.slopes = fg::TensorRef<float, 1>::read(in);
     p.window = in.i32();
     p.cap = in.f32();
@@ -47,8 +50,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_alibi_window_softcap::Params;
   using Grads = fg_alibi_window_softcap::Grads;
   static constexpr bool kHasMask = true;
@@ -63,6 +70,7 @@ struct Variant {
 
   // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return ((q_idx >= kv_idx) && (fg::wrap_sub(q_idx, kv_idx) < p.window));
   }
 
@@ -70,6 +78,7 @@ struct Variant {
   // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Tri visible = fg::tri_and_then(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), [&] { return fg::iv_lt(fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv(p.window)); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
@@ -77,6 +86,7 @@ struct Variant {
   // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return (p.cap * fg::tanh(fg::fdiv((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))), p.cap)));
   }
 
@@ -84,6 +94,7 @@ struct Variant {
   // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     const float t0 = fg::tanh(fg::fdiv((score + (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)))), p.cap));
     return (p.cap * ((1.0f - (t0 * t0)) * fg::fdiv(1.0f, p.cap)));
   }
@@ -98,6 +109,7 @@ struct Variant {
   // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, GradSums& sums, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     const float t0 = float(fg::wrap_sub(kv_idx, q_idx));
     const float t1 = fg::tanh(fg::fdiv((score + (p.slopes.at(h) * t0)), p.cap));
     sums.v0 += dt * (p.cap * ((1.0f - (t1 * t1)) * fg::fdiv(t0, p.cap)));
@@ -105,9 +117,13 @@ struct Variant {
 
   // The sums of the warp's lanes into the gradients (every lane calls this), then zero.
   static __device__ __forceinline__ void flush_param_grads(const Params& p, const Grads& g, GradSums& sums, int b, int h, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.lengths_to_spec(q_len, kv_len);
     if (g.slopes.data) g.slopes.add_warp(sums.v0, h);
     sums = GradSums{};
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_alibi_window_softcap

@@ -12,7 +12,7 @@
 
 namespace {
 using T = __nv_bfloat16;
-using Variant = fg_block_layout::Variant;
+using Variant = fg_block_layout::Variant;  // whole sequences
 using Tiles = fg::BackwardTiles<128, 128, 64, 128, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 128, 128, 64, 128, 8, 2, kDq, kDropout, kParamGrads>;

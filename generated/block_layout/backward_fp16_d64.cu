@@ -12,7 +12,7 @@
 
 namespace {
 using T = __half;
-using Variant = fg_block_layout::Variant;
+using Variant = fg_block_layout::Variant;  // whole sequences
 using Tiles = fg::BackwardTiles<64, 64, 128, 128, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 128, 128, 8, 2, kDq, kDropout, kParamGrads>;

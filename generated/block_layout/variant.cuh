@@ -6,19 +6,20 @@
 //   block_sparse = layout (128 x 128)
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_block_layout {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
-  int unused;  // the spec has no parameters
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
-    p.unused = 0;
+    p.frame = fg::Frame::read(in);
     return p;
   }
 };
@@ -42,8 +43,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_block_layout::Params;
   using Grads = fg_block_layout::Grads;
   static constexpr bool kHasMask = false;
@@ -58,5 +63,8 @@ struct Variant {
   static constexpr int kBlockQ = 128;
   static constexpr int kBlockK = 128;
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_block_layout

@@ -6,19 +6,20 @@
 //   mask  = q_idx >= kv_idx
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_causal {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
-  int unused;  // the spec has no parameters
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
-    p.unused = 0;
+    p.frame = fg::Frame::read(in);
     return p;
   }
 };
@@ -42,8 +43,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_causal::Params;
   using Grads = fg_causal::Grads;
   static constexpr bool kHasMask = true;
@@ -58,6 +63,7 @@ struct Variant {
 
   // flashgen/specs/causal.attn:4: mask = causal
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return (q_idx >= kv_idx);
   }
 
@@ -65,9 +71,13 @@ struct Variant {
   // flashgen/specs/causal.attn:4: mask = causal
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Tri visible = fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_causal

@@ -13,7 +13,7 @@
 
 namespace {
 using T = __nv_bfloat16;
-using Variant = fg_dense::Variant;
+using Variant = fg_dense::Variant;  // whole sequences
 using Tiles = fg::ForwardTiles<128, 128, 128, 64, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 128, 128, 128, 64, 4, kDropout, kExactP, kGeneral>;

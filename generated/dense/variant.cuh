@@ -5,19 +5,20 @@
 //   head_dim 16, 32, 64, 96, 128, 192, 256; dtype fp16, bf16
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_dense {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
-  int unused;  // the spec has no parameters
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
-    p.unused = 0;
+    p.frame = fg::Frame::read(in);
     return p;
   }
 };
@@ -41,8 +42,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_dense::Params;
   using Grads = fg_dense::Grads;
   static constexpr bool kHasMask = false;
@@ -55,5 +60,8 @@ struct Variant {
   // the mask's table reads split by row and column: mask_row, mask_col, mask_at
   static constexpr bool kSplitMask = false;
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_dense

@@ -6,12 +6,14 @@
 //   mask  = q_idx >= kv_idx && q_idx - kv_idx < width * step && (q_idx - kv_idx) % step == 0
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_dilated {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   int width;  // param width: i32  (flashgen/specs/dilated.attn:4)
   int step;  // param step: i32  (flashgen/specs/dilated.attn:5)
 
@@ -19,6 +21,7 @@ struct Params {
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.width = in.i32();
     p.step = in.i32();
     return p;
@@ -44,8 +47,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_dilated::Params;
   using Grads = fg_dilated::Grads;
   static constexpr bool kHasMask = true;
@@ -60,6 +67,7 @@ struct Variant {
 
   // flashgen/specs/dilated.attn:6: mask = dilated_window(width, step)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     const int t0 = fg::wrap_sub(q_idx, kv_idx);
     return (((q_idx >= kv_idx) && (t0 < fg::wrap_mul(p.width, p.step))) && (fg::mod(t0, p.step) == 0));
   }
@@ -68,10 +76,14 @@ struct Variant {
   // flashgen/specs/dilated.attn:6: mask = dilated_window(width, step)
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Iv r0 = fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi});
     const fg::Tri visible = fg::tri_and_then(fg::tri_and_then(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), [&] { return fg::iv_lt(r0, fg::iv_mul(fg::iv(p.width), fg::iv(p.step))); }), [&] { return fg::iv_eq(fg::iv_mod(r0, fg::iv(p.step)), fg::iv(0)); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_dilated

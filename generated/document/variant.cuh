@@ -6,18 +6,21 @@
 //   mask  = q_idx >= kv_idx && doc[b, q_idx] == doc[b, kv_idx]
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_document {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   fg::TensorRef<int, 2> doc;  // param doc: i32[B, N]  (flashgen/specs/document.attn:4)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.doc = fg::TensorRef<int, 2>::read(in);
     return p;
   }
@@ -42,8 +45,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_document::Params;
   using Grads = fg_document::Grads;
   static constexpr bool kHasMask = true;
@@ -63,6 +70,10 @@ struct Variant {
     int v0;  // doc[b, q_idx]
   };
   static FG_HD MaskRow mask_row(const Params& p, int b, int h, int q_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) {
+      q_idx += p.frame.q_first;
+      p.frame.lengths_to_spec(q_len, kv_len);
+    }
     return {p.doc.at(b, q_idx)};
   }
 
@@ -70,15 +81,20 @@ struct Variant {
     int v0;  // doc[b, kv_idx]
   };
   static FG_HD MaskCol mask_col(const Params& p, int b, int h, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) {
+      kv_idx += p.frame.kv_first;
+      p.frame.lengths_to_spec(q_len, kv_len);
+    }
     return {p.doc.at(b, kv_idx)};
   }
 
   // flashgen/specs/document.attn:5: mask = causal && document(doc)
   static FG_HD bool mask_at(const Params& p, const MaskRow& row, const MaskCol& col, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return ((q_idx >= kv_idx) && (row.v0 == col.v0));
   }
 
-  // the mask at one element
+  // the mask at one element (the parts map the call's indices to the spec's)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     return mask_at(p, mask_row(p, b, h, q_idx, q_len, kv_len), mask_col(p, b, h, kv_idx, q_len, kv_len), b, h, q_idx, kv_idx, q_len, kv_len);
   }
@@ -87,9 +103,13 @@ struct Variant {
   // flashgen/specs/document.attn:5: mask = causal && document(doc)
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Tri visible = fg::tri_and_then(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), [&] { return fg::iv_eq(fg::iv_load(p.doc, fg::iv(b), fg::Iv{q_lo, q_hi}), fg::iv_load(p.doc, fg::iv(b), fg::Iv{kv_lo, kv_hi})); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_document

@@ -6,18 +6,21 @@
 //   mask  = kv_idx < kv_lengths[b]
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_key_padding {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   fg::TensorRef<int, 1> kv_lengths;  // param kv_lengths: i32[B]  (flashgen/specs/key_padding.attn:4)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.kv_lengths = fg::TensorRef<int, 1>::read(in);
     return p;
   }
@@ -42,8 +45,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_key_padding::Params;
   using Grads = fg_key_padding::Grads;
   static constexpr bool kHasMask = true;
@@ -61,6 +68,10 @@ struct Variant {
   // (kernels/mask.cuh FragmentMask), and mask_at the rest per element.
   struct MaskRow {};  // no table read varies with q_idx alone
   static FG_HD MaskRow mask_row(const Params& p, int b, int h, int q_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) {
+      q_idx += p.frame.q_first;
+      p.frame.lengths_to_spec(q_len, kv_len);
+    }
     return {};
   }
 
@@ -68,15 +79,20 @@ struct Variant {
     bool v0;  // kv_idx < kv_lengths[b]
   };
   static FG_HD MaskCol mask_col(const Params& p, int b, int h, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) {
+      kv_idx += p.frame.kv_first;
+      p.frame.lengths_to_spec(q_len, kv_len);
+    }
     return {(kv_idx < p.kv_lengths.at(b))};
   }
 
   // flashgen/specs/key_padding.attn:5: mask = key_padding(kv_lengths)
   static FG_HD bool mask_at(const Params& p, const MaskRow& row, const MaskCol& col, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return col.v0;
   }
 
-  // the mask at one element
+  // the mask at one element (the parts map the call's indices to the spec's)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     return mask_at(p, mask_row(p, b, h, q_idx, q_len, kv_len), mask_col(p, b, h, kv_idx, q_len, kv_len), b, h, q_idx, kv_idx, q_len, kv_len);
   }
@@ -85,9 +101,13 @@ struct Variant {
   // flashgen/specs/key_padding.attn:5: mask = key_padding(kv_lengths)
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Tri visible = fg::iv_lt(fg::Iv{kv_lo, kv_hi}, fg::iv_load(p.kv_lengths, fg::iv(b)));
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_key_padding

@@ -6,18 +6,21 @@
 //   mask  = kv_idx < prefix || q_idx >= kv_idx
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_prefix_lm {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   int prefix;  // param prefix: i32  (flashgen/specs/prefix_lm.attn:4)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.prefix = in.i32();
     return p;
   }
@@ -42,8 +45,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_prefix_lm::Params;
   using Grads = fg_prefix_lm::Grads;
   static constexpr bool kHasMask = true;
@@ -58,6 +65,7 @@ struct Variant {
 
   // flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
   static FG_HD bool mask(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return ((kv_idx < p.prefix) || (q_idx >= kv_idx));
   }
 
@@ -65,9 +73,13 @@ struct Variant {
   // flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
   // kSkip (0): false for every element; kFull (1): true for every element; else kPartial (2).
   static FG_HD int tile_class(const Params& p, int b, int h, int q_lo, int q_hi, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
     const fg::Tri visible = fg::tri_or_else(fg::iv_lt(fg::Iv{kv_lo, kv_hi}, fg::iv(p.prefix)), [&] { return fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_prefix_lm

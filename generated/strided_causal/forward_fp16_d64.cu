@@ -13,7 +13,7 @@
 
 namespace {
 using T = __half;
-using Variant = fg_strided_causal::Variant;
+using Variant = fg_strided_causal::Variant;  // whole sequences
 using Tiles = fg::ForwardTiles<64, 64, 64, 64, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 64, 64, 4, kDropout, kExactP, kGeneral>;

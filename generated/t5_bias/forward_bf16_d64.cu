@@ -13,7 +13,7 @@
 
 namespace {
 using T = __nv_bfloat16;
-using Variant = fg_t5_bias::Variant;
+using Variant = fg_t5_bias::Variant;  // whole sequences
 using Tiles = fg::ForwardTiles<64, 64, 128, 64, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 128, 64, 4, kDropout, kExactP, kGeneral>;

@@ -6,18 +6,21 @@
 //   score = score + bias[h, (if kv_idx > q_idx then 16 else 0) + (if abs(kv_idx - q_idx) < 8 then abs(kv_idx - q_idx) else min(8 + floor(log(abs(kv_idx - q_idx) / 8.0) / 2.772588722239781 * 8.0), 15))]
 #pragma once
 #include "expr.cuh"
+#include "frame.cuh"
 #include "interval.cuh"
 
 namespace fg_t5_bias {
 
 // Runtime parameters, passed by value to every kernel.
 struct Params {
+  fg::Frame frame;  // where the call's rows sit in the spec's sequences (frame.cuh)
   fg::TensorRef<float, 2> bias;  // param bias: f32[H, 32]  (flashgen/specs/t5_bias.attn:5)
 
   // in the order flashgen/runtime/launch.py packs them
   template <class Reader>
   static Params read(Reader& in) {
     Params p;
+    p.frame = fg::Frame::read(in);
     p.bias = fg::TensorRef<float, 2>::read(in);
     return p;
   }
@@ -42,8 +45,12 @@ struct Grads {
 };
 
 
-// What the kernels (templates/kernels/*.cuh) see of this spec.
-struct Variant {
+// What the kernels (templates/kernels/*.cuh) see of this spec. kFramed: the call may be
+// a shard of longer sequences, whose indices each function maps through p.frame on entry
+// (frame.cuh); its kernels are a build module of their own (flashgen/runtime/ring.py),
+// so that whole-sequence kernels carry no frame arithmetic.
+template <bool kFramed>
+struct VariantOf {
   using Params = fg_t5_bias::Params;
   using Grads = fg_t5_bias::Grads;
   static constexpr bool kHasMask = false;
@@ -58,6 +65,7 @@ struct Variant {
 
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
     return (score + p.bias.at(h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int((fg::fdiv(fg::log(fg::fdiv(float(t0), 8.0f)), 2.772588722239781f) * 8.0f))), 15)))));
   }
@@ -65,6 +73,7 @@ struct Variant {
   // d score / d score, derived by flashgen from:
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static FG_HD float score_grad(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return 1.0f;
   }
 
@@ -77,14 +86,19 @@ struct Variant {
   // dt * d score / d param, for each read of a float tensor parameter in:
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static __device__ __forceinline__ void add_param_grads(const Params& p, const Grads& g, GradSums& sums, float dt, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     const int t0 = fg::abs(fg::wrap_sub(kv_idx, q_idx));
     if (g.bias.data) g.bias.add(dt, h, fg::wrap_add(((kv_idx > q_idx) ? 16 : 0), ((t0 < 8) ? t0 : fg::min(fg::wrap_add(8, fg::floor_to_int((fg::fdiv(fg::log(fg::fdiv(float(t0), 8.0f)), 2.772588722239781f) * 8.0f))), 15))));
   }
 
   // The sums of the warp's lanes into the gradients (every lane calls this), then zero.
   static __device__ __forceinline__ void flush_param_grads(const Params& p, const Grads& g, GradSums& sums, int b, int h, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.lengths_to_spec(q_len, kv_len);
     sums = GradSums{};
   }
 };
+
+using Variant = VariantOf<false>;
+using FramedVariant = VariantOf<true>;
 
 }  // namespace fg_t5_bias

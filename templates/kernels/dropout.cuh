@@ -7,6 +7,8 @@
 //   key     = (seed lo, seed hi)
 //   counter = (kv >> 1, ((q >> 4) << 3) | (q & 7), b * Hq + h, offset)
 //   word    = ((q >> 3) & 1) * 2 + (kv & 1);   keep iff draw[word] >= threshold
+// q and kv are the spec's indices: a shard of a longer sequence (common/frame.cuh) draws
+// its elements' global draws, which is why shards start at multiples of 16 rows.
 // One call covers the 2 x 2 elements (rows q, q + 8; columns kv, kv + 1) that a thread
 // holds in an m16n8 accumulator fragment, so a kernel calls it once per fragment,
 // whatever its tile sizes.
@@ -20,6 +22,7 @@ struct Dropout {
   uint32_t offset;            // counter word 3: a fresh stream per call
   uint32_t threshold;         // min(floor(p * 2^32), 2^32 - 1): drop a draw below it
   float keep_scale;           // 1 / (1 - p)
+  int q_first, kv_first;      // the call's first rows in the spec's sequences (Frame)
   // p > 0 (a p below 2^-32 drops nothing but still scales, as the reference does)
   bool active() const { return threshold != 0 || keep_scale != 1.0f; }
   template <class Reader>
@@ -29,6 +32,8 @@ struct Dropout {
     d.seed_hi = static_cast<uint32_t>(in.i64());
     d.offset = static_cast<uint32_t>(in.i64());
     d.threshold = static_cast<uint32_t>(in.i64());
+    d.q_first = in.i32();
+    d.kv_first = in.i32();
     d.keep_scale = in.f32();
     return d;
   }
@@ -36,6 +41,8 @@ struct Dropout {
 
 // The four draws of the fragment whose top-left element is (q, kv): q % 16 < 8, kv even.
 __device__ __forceinline__ uint4 dropout_draws(const Dropout& d, int bh, int q, int kv) {
+  q += d.q_first;
+  kv += d.kv_first;
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;  // round multipliers
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;  // key schedule
   uint32_t c0 = uint32_t(kv) >> 1, c1 = ((uint32_t(q) >> 4) << 3) | (uint32_t(q) & 7u);

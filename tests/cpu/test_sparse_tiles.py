@@ -125,7 +125,7 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
         return t
 
     monkeypatch.setattr(launch, "_call", fake_call)
-    monkeypatch.setattr(launch, "_library", lambda key, q: None)
+    monkeypatch.setattr(launch, "_library", lambda key, q, frame=None: None)
     monkeypatch.setattr(launch, "_arch", lambda index: "sm_90a")
     monkeypatch.setattr(launch.torch, "empty", tracking_empty)
     op = flashgen.compile("document")
