@@ -296,9 +296,13 @@ def _mask_tiles(key: str, sizes: Sizes, q, tensors, scalars, frame: Frame = WHOL
     if len(tensors) != 1 or vl is not None:
         return build()
     entries = _MASK_TILES.setdefault(tensors[0], {})
-    entry = (key, tensors[0]._version, plan, B, H, Nq, Nk, tuple(scalars), frame)
+    version = tensors[0]._version
+    entry = (key, version, plan, B, H, Nq, Nk, tuple(scalars), frame)
     if entry not in entries:
-        entries.clear()             # an older version of the tensor is never asked again
+        # an older version of the tensor is never asked again; other calls of this one
+        # (ring attention's chunk pairs, each with its frame) are
+        for old in [e for e in entries if e[1] != version]:
+            del entries[old]
         entries[entry] = build()
     return entries[entry]
 
