@@ -61,7 +61,7 @@ def visible_rows(spec: AttentionSpec, layout: torch.Tensor | None, evaluator: Ev
 def visible(spec: AttentionSpec, call: BoundCall, evaluator: Evaluator) -> torch.Tensor | None:
     """bool [B or 1, H or 1, Nq, Nk]: the mask and block layout together (None: all visible)."""
     _, _, _, Nq, Nk = call.shape
-    f = call.frame
+    f = call.frame or WHOLE
     return visible_rows(spec, call.layout, evaluator,
                         torch.arange(f.q_first, f.q_first + Nq, device=call.q.device), Nk,
                         f.kv_first)
@@ -86,7 +86,7 @@ def run(call: BoundCall, dtype: torch.dtype | None = None, return_lse: bool = Fa
         v = v.repeat_interleave(group, dim=1)
     s = torch.matmul(q, k.transpose(-1, -2)) * call.scale
     # one evaluator for mask and score, so the `let`s are computed once
-    variables = grid_variables(B, H, Nq, Nk, device, call.frame)
+    variables = grid_variables(B, H, Nq, Nk, device, call.frame or WHOLE)
     variables["b"] = variables["b"] + call.first_batch   # a packed sequence run alone
     hidden = _HiddenPairs((B, H, Nq, Nk))
     evaluator = Evaluator(spec, variables, params, dtype, device, load_hook=hidden.guard)

@@ -56,9 +56,10 @@ class BoundCall:
     # The b of this call's first batch entry: a packed (varlen) sequence run alone by the
     # reference keeps its index into the tables and its dropout stream.
     first_batch: int = 0
-    # Where its rows sit in the spec's sequences (a shard of a longer one: ring.py). The
-    # tables and the layout are then the whole sequences'.
-    frame: Frame = WHOLE
+    # Where its rows sit in the spec's sequences (a shard of a longer one: ring.py; the
+    # tables and the layout are then the whole sequence's). None: the whole sequences (a
+    # Frame default would be a constant torch.compile cannot trace into a call).
+    frame: Frame | None = None
 
     @property
     def shape(self):

@@ -156,7 +156,11 @@ def register(spec: AttentionSpec, source_path: str, tiles: TileOverride | None =
     digest = hashlib.sha256(f"{source_path}\n{spec.source.text}\n{spec.name}\n"
                             f"{tiles}".encode())
     key = f"{spec.name}:{digest.hexdigest()[:16]}"
-    _VARIANTS.setdefault(key, Variant(spec, source_path, tiles))
+    if key not in _VARIANTS:
+        v = _VARIANTS[key] = Variant(spec, source_path, tiles)
+        # derived now, not on a first call that torch.compile may be tracing: a cached
+        # property filled in during tracing fails the guard made before it
+        v.grad_params, v.mask_tiles_per
     return key
 
 
