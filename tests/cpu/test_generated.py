@@ -123,3 +123,23 @@ def test_every_shipped_kernel_compiles(name, arch):
                        "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
                        "combine_kernel": units,           # split-KV's merge, one per unit
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", ["document", "alibi", "dropout_causal", "bigbird"])
+def test_framed_kernels_compile(name):
+    """The kernels of shards (op.ring's build module: FramedVariant, common/frame.cuh) of
+    specs covering split masks with runtime tile lists, learned tables, dropout and a block
+    pattern compile for sm_90a within the spill bound, one (dtype, head dim) each."""
+    from flashgen.build.cache import ptxas_report
+    from flashgen.render.kernels import render_module
+    spec = flashgen.load(name)
+    sources = render_module(spec, f"flashgen/specs/{name}.attn", spec.dtypes[0],
+                            spec.head_dims[0], framed=True)
+    assert all("::FramedVariant;" in text for file, text in sources.items()
+               if file.endswith(".cu"))
+    report = ptxas_report(sources, "sm_90a")
+    assert report
+    for kernel, r in report.items():
+        assert r["spill_stores"] <= SPILL_BYTES and r["spill_loads"] <= SPILL_BYTES, \
+            f"{kernel} spills: {r}"
