@@ -195,7 +195,7 @@ def bind_shards(spec: AttentionSpec, q, k, v, length: int, *, scale=None, dropou
     if sizes["Nq"] != sizes["Nk"]:
         _fail(f"ring attention shards one sequence: q has {sizes['Nq']} rows and k "
               f"{sizes['Nk']} on this rank; give each rank the same rows of q, k and v "
-              "(flashgen.ring.shard)")
+              "(flashgen.runtime.ring.shard)")
     whole = {**sizes, "Nq": length, "Nk": length}
     call = _bind_rest(spec, whole, q, k, v, scale, dropout_p, seed, layout, params, for_kernel)
     return call

@@ -21,8 +21,10 @@ work at every step (the first chunk's early rows with the last chunk's late ones
 
 Backward: the same ring again. Each pair's backward pass recomputes P from the merged
 lse and takes delta = rowsum(dO * O) - dlse from the merged O, which is exactly the
-one-GPU backward's; dQ adds up locally, while dK and dV (fp32) travel with their shard
-and reach its owner after the last step. Gradients of learnable tables are this rank's
+one-GPU backward's; dQ adds up locally, while dK and dV travel with their shard (fp32
+sums of the pairs' results, which leave the kernel in the input dtype) and reach its
+owner after the last step. Under torch.compile a ring call is a graph break: it runs
+eagerly. Gradients of learnable tables are this rank's
 share; reduce them over the group, as for any parameter replicated across context-parallel
 ranks (DDP over the group does).
 
@@ -32,10 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import shutil
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.utils.weak import WeakTensorKeyDictionary
 
 from ..ir.nodes import Load
 from ..plan.tile_map import SKIP, tile_classes
@@ -95,8 +99,9 @@ def shard(x: torch.Tensor, rank: int, world: int, dim: int = 2, zigzag: bool = T
 def unshard(local: torch.Tensor, group=None, dim: int = 2, zigzag: bool = True) -> torch.Tensor:
     """The whole-sequence tensor from every rank's shard (an all-gather over the group)."""
     world = dist.get_world_size(group)
+    local = local.contiguous()
     parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local.contiguous(), group=group)
+    dist.all_gather(parts, local, group=group)
     s = Sharding(world, local.shape[dim] * world, zigzag)
     chunks = {}
     for rank, part in enumerate(parts):
@@ -120,8 +125,8 @@ class _Ring:
     def pass_on(self, *tensors: torch.Tensor):
         """Start sending `tensors` on; returns (the buffers that receive the previous
         rank's, a wait function)."""
-        received = [torch.empty_like(t) for t in tensors]
         sent = [t.contiguous() for t in tensors]     # alive until the sends complete
+        received = [torch.empty_like(t) for t in sent]   # contiguous, as P2P wants
         ops = [dist.P2POp(dist.isend, t, self.next, self.group) for t in sent]
         ops += [dist.P2POp(dist.irecv, r, self.prev, self.group) for r in received]
         works = dist.batch_isend_irecv(ops)
@@ -152,7 +157,7 @@ class _Plan:
         c, n = s.chunk, s.length
         layout = call.layout
         if call.spec.block_sparse is not None and layout is None:
-            layout = fixed_layout(call.spec.block_sparse, n, n, call.q.device)
+            layout = _pattern_layout(call.spec.block_sparse, n, str(call.q.device))
         hidden = _hidden_chunk_pairs(op, call, s, scalars)
         self.steps = []
         for step in range(s.world):
@@ -164,17 +169,35 @@ class _Plan:
                         continue
                     frame = Frame(s.first_row(qc), s.first_row(kc), n - c, n - c)
                     pairs.append(_Pair(slice(i * c, (i + 1) * c), slice(j * c, (j + 1) * c),
-                                       frame, _layout_of(call, layout, frame, c)))
+                                       frame, _layout_of(call.spec, layout, frame, c)))
             self.steps.append(pairs)
 
 
-def _layout_of(call: BoundCall, layout, frame: Frame, c: int):
-    """A pair's blocks of the whole sequence's layout (the kernels index it locally)."""
+@functools.lru_cache(maxsize=16)
+def _pattern_layout(bs, n: int, device: str) -> torch.Tensor:
+    """A built-in pattern's layout of the whole sequence, kept: its pairs' slices (below)
+    are then the same tensors call after call, and so are their cached tile lists."""
+    return fixed_layout(bs, n, n, device)
+
+
+_SLICES = WeakTensorKeyDictionary()
+
+
+def _layout_of(spec, layout, frame: Frame, c: int):
+    """A pair's blocks of the whole sequence's layout (the kernels index it locally),
+    kept with the layout (rebuilt when it is modified in place)."""
     if layout is None:
         return None
-    bs = call.spec.block_sparse
-    return layout[:, frame.q_first // bs.block_q:(frame.q_first + c) // bs.block_q,
-                  frame.kv_first // bs.block_k:(frame.kv_first + c) // bs.block_k].contiguous()
+    bs = spec.block_sparse
+    slices = _SLICES.setdefault(layout, {})
+    key = (layout._version, frame, c)
+    if key not in slices:
+        for old in [k for k in slices if k[0] != layout._version]:
+            del slices[old]
+        slices[key] = layout[:, frame.q_first // bs.block_q:(frame.q_first + c) // bs.block_q,
+                             frame.kv_first // bs.block_k:(frame.kv_first + c) // bs.block_k
+                             ].contiguous()
+    return slices[key]
 
 
 def _mask_reads_tables(spec) -> bool:
@@ -183,10 +206,12 @@ def _mask_reads_tables(spec) -> bool:
 
 def _hidden_chunk_pairs(op, call: BoundCall, s: Sharding, scalars) -> frozenset:
     """(query chunk, key chunk) pairs with no visible element, by the mask's interval
-    analysis over the whole chunk pair as one tile (the kernels' rule, run on the host).
-    A mask that reads tables is not analysed here: its kernels skip its tiles anyway."""
+    analysis over the whole chunk pair as one tile (the kernels' rule, run on the host by
+    a library nvcc builds; without nvcc, as for reference_ring on a bare CPU machine,
+    every pair runs). A mask that reads tables is not analysed here: its kernels skip its
+    tiles anyway."""
     spec = call.spec
-    if spec.mask is None or _mask_reads_tables(spec):
+    if spec.mask is None or _mask_reads_tables(spec) or shutil.which("nvcc") is None:
         return frozenset()
     B, H = call.sizes["B"], call.sizes["H"]
     return _hidden_by_mask(op.key, s, tuple(scalars), B if mask_reads(spec, "b") else 1,
@@ -309,14 +334,15 @@ class _RingAttention(torch.autograd.Function):
                 k_now, v_now = wait()
         ctx.state = state
         ctx.save_for_backward(q, k, v, acc, lse, *tables)
-        return acc.to(q.dtype), lse
+        # a copy even in acc's dtype: the saved acc must not be the output a caller may modify
+        return acc.to(q.dtype, copy=True), lse
 
     @staticmethod
     def backward(ctx, dout, dlse):
         state = ctx.state
         plan, pairs, ring = state.plan, state.pairs, state.ring
         q, k, v, out, lse, *tables = ctx.saved_tensors
-        wanted = [t.requires_grad for t in tables]
+        wanted = list(ctx.needs_input_grad[4:])
         dout = dout.contiguous()
         dq = torch.zeros(q.shape, dtype=state.acc_dtype, device=q.device)
         flat = None
@@ -368,6 +394,10 @@ def ring_attention(op, q, k, v, group=None, *, zigzag=True, scale=None, dropout_
                    reference=False, dtype=None, **params):
     """op.ring / op.reference_ring: see AttentionOp.ring."""
     from .arguments import bind_shards
+    if not dist.is_available() or not dist.is_initialized():
+        raise ArgumentError("ring attention runs over a torch.distributed process group: start "
+                            "the ranks with torchrun and call "
+                            "torch.distributed.init_process_group() first")
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
     sharding = Sharding(world, q.shape[2] * world, zigzag)

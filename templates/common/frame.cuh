@@ -9,7 +9,9 @@
 // FramedVariant (variant.cuh) maps its arguments through it on entry; the kernels' own
 // bounds (rows past the call's end) stay in the call's indices. Whole-sequence kernels
 // (Variant) ignore it: its adds cost the causal forward 16 B of spills and ALiBi's dK/dV
-// kernel 64 B (ptxas, sm_90a bf16 d128), so frames have kernels of their own.
+// kernel 64 B (ptxas, sm_90a bf16 d128), so frames have kernels of their own. (Dropout's
+// draws add the frame's first rows in every kernel, dropout.cuh: two adds per fragment
+// beside a 10-round Philox, with the frame read from the dropout arguments.)
 #pragma once
 #include "expr.cuh"
 

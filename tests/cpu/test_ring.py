@@ -170,3 +170,5 @@ def test_ring_argument_errors():
     from flashgen.runtime.arguments import bind_shards
     with pytest.raises(flashgen.ArgumentError, match="same rows"):
         bind_shards(op.spec, q, q[:, :, :32], q[:, :, :32], 128)
+    with pytest.raises(flashgen.ArgumentError, match="init_process_group"):
+        op.reference_ring(q, q, q)
