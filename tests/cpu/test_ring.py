@@ -52,7 +52,8 @@ def _inputs(case):
 
 
 def _worker(rank, world, port, case, results):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    # loopback only: gloo would otherwise pick an interface from the host name
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         spec, *_, zigzag, _, p = case
