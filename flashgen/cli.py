@@ -256,9 +256,12 @@ def cmd_explain(args) -> int:
 def _kernel_label(kernel: str) -> str:
     """A ptxas kernel name as `explain` shows it: the pass and its compile-time flags
     (the trailing bool template arguments of templates/kernels/*.cuh)."""
-    # nvcc writes bool template arguments as true/false or (bool)1/(bool)0, by version
+    # nvcc writes bool template arguments as true/false or (bool)1/(bool)0, by version;
+    # only the template arguments count, not the parameter list after them (whose
+    # Params type names VariantOf<false>)
+    template_args = kernel.split(">(", 1)[0]
     flags = [word or ("true" if digit == "1" else "false")
-             for word, digit in re.findall(r"\b(true|false)\b|\(bool\)([01])", kernel)]
+             for word, digit in re.findall(r"\b(true|false)\b|\(bool\)([01])", template_args)]
     if "forward_kernel" in kernel:
         dropout, exact_p, general = flags[-3:]
         return ("forward" + (" +dropout" if dropout == "true" else "")

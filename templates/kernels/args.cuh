@@ -161,6 +161,9 @@ struct BackwardArgs {
                        // fragment order (backward.cuh DqFragments); null when deterministic
   Strided4<T> dq;      // [B, H, Nq, D]
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
+  // The same in fp32 (data non-null: written instead of dk, dv): ring attention sums
+  // several calls' dK/dV, which must not each be rounded (flashgen/runtime/ring.py).
+  Strided4<float> dk_f32, dv_f32;
   int deterministic;   // 1: dQ without atomics (dq_kernel), bit-identical run to run
   Dropout dropout;
   BlockSparseArgs sparse;
@@ -180,6 +183,8 @@ struct BackwardArgs {
     a.dq = Strided4<T>::read(in);
     a.dk = Strided4<T>::read(in);
     a.dv = Strided4<T>::read(in);
+    a.dk_f32 = Strided4<float>::read(in);
+    a.dv_f32 = Strided4<float>::read(in);
     a.deterministic = in.i32();
     a.dropout = Dropout::read(in);
     a.sparse = BlockSparseArgs::read(in);

@@ -398,6 +398,13 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   }
 
   // dK (times the softmax scale) and dV, rows past the sequence dropped
+  if (a.dk_f32.data) {  // unrounded, for a caller that sums several calls' (args.cuh)
+    store_accumulator(a.dk_f32.from_row(n.kv_start), b, hk, k0, KK::row0(warp), KK::col0(warp),
+                      n.kv_len, dk, n.scale);
+    store_accumulator(a.dv_f32.from_row(n.kv_start), b, hk, k0, KV::row0(warp), KV::col0(warp),
+                      n.kv_len, dv, 1.0f);
+    return;
+  }
   store_accumulator(a.dk.from_row(n.kv_start), b, hk, k0, KK::row0(warp), KK::col0(warp), n.kv_len,
                     dk, n.scale);
   store_accumulator(a.dv.from_row(n.kv_start), b, hk, k0, KV::row0(warp), KV::col0(warp), n.kv_len,

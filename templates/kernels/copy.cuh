@@ -7,6 +7,7 @@
 // NaN garbage. Requires 16-byte aligned rows (flashgen/runtime checks this on the host).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "args.cuh"
 #include "mma.cuh"
@@ -83,8 +84,9 @@ __device__ __forceinline__ void load_rows_f32(float* smem, const float* gmem, in
 
 // A warp's fp32 accumulator block acc[MT][NT][4] (first element at row r0, column c0 of
 // a tile whose first row is `row_base`; mma.cuh has the layout) to rows of a [B, H, N, C]
-// tensor of T, times `factor`; rows >= rows_valid are left out. Each thread forms one
-// row address per row and reaches its columns by constant offsets.
+// tensor of T (fp16 / bf16, or float, unrounded), times `factor`; rows >= rows_valid are
+// left out. Each thread forms one row address per row and reaches its columns by
+// constant offsets.
 template <class T, int MT, int NT>
 __device__ __forceinline__ void store_accumulator(const Strided4<T>& out, int b, int h, int row_base,
                                                   int r0, int c0, int rows_valid,
@@ -98,9 +100,14 @@ __device__ __forceinline__ void store_accumulator(const Strided4<T>& out, int b,
       if (row >= rows_valid) continue;
       T* dst = out.at(b, h, row) + c0 + 2 * t;
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        *reinterpret_cast<uint32_t*>(dst + 8 * nt) =
-            pack2<T>(acc[mt][nt][2 * half] * factor, acc[mt][nt][2 * half + 1] * factor);
+      for (int nt = 0; nt < NT; ++nt) {
+        const float x = acc[mt][nt][2 * half] * factor, y = acc[mt][nt][2 * half + 1] * factor;
+        if constexpr (std::is_same_v<T, float>) {
+          *reinterpret_cast<float2*>(dst + 8 * nt) = make_float2(x, y);
+        } else {
+          *reinterpret_cast<uint32_t*>(dst + 8 * nt) = pack2<T>(x, y);
+        }
+      }
     }
 }
 

@@ -199,6 +199,10 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
     for on, off in (("true", "false"), ("(bool)1", "(bool)0")):
         assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {on}, {off}, {off}>(A)") == \
             "backward (dQ atomics)"
+        # the parameter list after the template arguments names VariantOf<false>
+        assert _kernel_label(f"void fg::forward_kernel<fg_a::VariantOf<{off}>, T, 64, {off}, "
+                             f"{on}, {off}>(A, fg_a::VariantOf<{off}>::Params)") == \
+            "forward +exact P"
         assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {off}, {off}, {on}>(A)") == \
             "backward (dK, dV) +param grads"
         assert _kernel_label(f"void fg::forward_kernel<V, T, 64, {on}, {off}, {off}>(A)") == \
