@@ -9,8 +9,8 @@ variant's Params::read / Grads::read:
   ints:   B, H, Hkv, Nq, Nk, varlen's cu_seqlens_q and _k pointers (or 0) and the
           rows per (batch, head) of the fp32 row buffers (Nq, or total_q); then per
           tensor of the pass (q, k, v, out | q, k, v, dO,
-          out, then dK, dV, then dK and dV in fp32 (or 0)) its pointer and batch, head,
-          row strides; plain pointers
+          out, then dQ, dK, dV, then dQ, dK, dV in fp32 (or 0)) its pointer and batch,
+          head, row strides; plain pointers
           (lse, fp32 out or 0, the exact-P flag, the split-KV count and its partial
           out and lse or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
           args.cuh reads them; backward's
@@ -434,26 +434,27 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
 def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: float,
              param_grads_wanted: list[bool], deterministic: bool = False, dropout_p: float = 0.0,
              rng: torch.Tensor | None = None, layout: torch.Tensor | None = None,
-             varlen: Varlen | None = None, frame: Frame = WHOLE, f32_dkv: bool = False):
+             varlen: Varlen | None = None, frame: Frame = WHOLE, f32_grads: bool = False):
     """dq, dk, dv (input dtypes) and one flat fp32 tensor with the wanted parameter
     gradients, in the order of Variant.grad_params. out (the forward's fp32 out where it
     kept one, else its out), lse, dropout_p, rng, layout, varlen and frame are the
-    forward call's; dlse (or None) the gradient flowing into lse. f32_dkv: dk and dv
-    come back in fp32, unrounded (ring attention sums several calls')."""
+    forward call's; dlse (or None) the gradient flowing into lse. f32_grads: dq, dk and
+    dv come back in fp32, unrounded (ring attention sums several calls')."""
     var = variant(key)
     by_name = dict(zip([p.name for p in var.spec.params if p.is_tensor], tensors))
     sizes = [by_name[n].numel() if want else 0
              for n, want in zip(var.grad_params, param_grads_wanted)]
     flat = torch.zeros(sum(sizes), dtype=torch.float32, device=q.device)
     if q.numel() == 0 or k.numel() == 0:      # no query or no key: every gradient is 0
-        kv_dtype = torch.float32 if f32_dkv else None
-        return (torch.zeros_like(q), torch.zeros_like(k, dtype=kv_dtype),
-                torch.zeros_like(v, dtype=kv_dtype), flat)
+        grad_dtype = torch.float32 if f32_grads else None
+        return (torch.zeros_like(q, dtype=grad_dtype), torch.zeros_like(k, dtype=grad_dtype),
+                torch.zeros_like(v, dtype=grad_dtype), flat)
     n = Sizes.of(q, k, varlen)
     out_f32 = out.contiguous() if out.dtype == torch.float32 else None
     D = q.shape[-1]
     delta = n.row_buffer(like=q)
-    dq = _output(*q.shape, like=q)
+    grad_dtype = torch.float32 if f32_grads else None
+    dq = _output(*q.shape, like=q, dtype=grad_dtype)
     dq_accum = None  # the atomic path's fp32 dQ, row blocks of whole tiles in fragment order
     if not deterministic:
         bm = var.plan(D, _arch(q.device.index)).backward.block_m
@@ -461,7 +462,6 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
         tiles = (n.rows // bm + n.B + 1) if varlen else -(-n.Nq // bm)
         lead = (n.H,) if varlen else (n.B, n.H)
         dq_accum = torch.zeros(*lead, tiles * bm, D, dtype=torch.float32, device=q.device)
-    grad_dtype = torch.float32 if f32_dkv else None
     dk = _output(*k.shape, like=k, dtype=grad_dtype)
     dv = _output(*v.shape, like=v, dtype=grad_dtype)
     ints, floats = n.ints(), [scale]
@@ -475,11 +475,9 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
     dlse_ptr = 0 if dlse is None else dlse.data_ptr()
     ints += [lse.data_ptr(), dlse_ptr, delta.data_ptr(),
              0 if dq_accum is None else dq_accum.data_ptr()]
-    grads = _as_kernel_sees(n, dq, dk, dv, outputs=True)
-    ints += _strided(grads[0])
-    # dk, dv: in the input dtype, or in fp32 in the second pair of slots
-    kv_grads = sum(map(_strided, grads[1:]), [])
-    ints += [0] * 8 + kv_grads if f32_dkv else kv_grads + [0] * 8
+    # dq, dk, dv: in the input dtype, or in fp32 in the second three slots
+    grads = sum(map(_strided, _as_kernel_sees(n, dq, dk, dv, outputs=True)), [])
+    ints += [0] * 12 + grads if f32_grads else grads + [0] * 12
     ints.append(int(deterministic))
     _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, frame, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars, frame)

@@ -21,9 +21,9 @@ work at every step (the first chunk's early rows with the last chunk's late ones
 
 Backward: the same ring again. Each pair's backward pass recomputes P from the merged
 lse and takes delta = rowsum(dO * O) - dlse from the merged O, which is exactly the
-one-GPU backward's; dQ adds up locally, while dK and dV (fp32 sums of the pairs' fp32
-results, rounded once at the end) travel with their shard and reach its owner after the
-last step. Under torch.compile a ring call is a graph break: it runs
+one-GPU backward's. Each pair's gradients leave the kernels in fp32 and add up in fp32,
+rounded once at the end: dQ locally, while dK and dV travel with their shard and reach
+its owner after the last step. Under torch.compile a ring call is a graph break: it runs
 eagerly. Gradients of learnable tables are this rank's
 share; reduce them over the group, as for any parameter replicated across context-parallel
 ranks (DDP over the group does).
@@ -259,7 +259,7 @@ class _KernelPairs:
         c = self.call
         return launch.backward(self.key, dout, q, k, v, out, lse, dlse, self.tensors,
                                self.scalars, c.scale, wanted, self.deterministic, c.dropout_p,
-                               self.rng, pair.layout, frame=pair.frame, f32_dkv=True)
+                               self.rng, pair.layout, frame=pair.frame, f32_grads=True)
 
 
 class _ReferencePairs:

@@ -161,9 +161,9 @@ struct BackwardArgs {
                        // fragment order (backward.cuh DqFragments); null when deterministic
   Strided4<T> dq;      // [B, H, Nq, D]
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]
-  // The same in fp32 (data non-null: written instead of dk, dv): ring attention sums
-  // several calls' dK/dV, which must not each be rounded (flashgen/runtime/ring.py).
-  Strided4<float> dk_f32, dv_f32;
+  // dQ, dK, dV in fp32 (data non-null: written instead of dq, dk, dv): ring attention
+  // sums several calls' gradients, which must not each be rounded (runtime/ring.py).
+  Strided4<float> dq_f32, dk_f32, dv_f32;
   int deterministic;   // 1: dQ without atomics (dq_kernel), bit-identical run to run
   Dropout dropout;
   BlockSparseArgs sparse;
@@ -183,6 +183,7 @@ struct BackwardArgs {
     a.dq = Strided4<T>::read(in);
     a.dk = Strided4<T>::read(in);
     a.dv = Strided4<T>::read(in);
+    a.dq_f32 = Strided4<float>::read(in);
     a.dk_f32 = Strided4<float>::read(in);
     a.dv_f32 = Strided4<float>::read(in);
     a.deterministic = in.i32();

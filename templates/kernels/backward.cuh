@@ -229,6 +229,11 @@ dq_convert_kernel(const BackwardArgs<T> a) {
   if (q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
   float dq[Rows::kMT][Rows::kNT][4];
   DqFragments<Rows, BM, D>::read(a, n, b, h, q0, warp, dq);
+  if (a.dq_f32.data) {  // unrounded (args.cuh)
+    store_accumulator(a.dq_f32.from_row(n.q_start), b, h, q0, Rows::row0(warp), Rows::col0(warp),
+                      n.q_len, dq, n.scale);
+    return;
+  }
   store_accumulator(a.dq.from_row(n.q_start), b, h, q0, Rows::row0(warp), Rows::col0(warp),
                     n.q_len, dq, n.scale);
 }
@@ -506,6 +511,10 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
     accumulator_to_a<T>(ds[0], s[0]);
     warp_gemm_rA<1, BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
   });
+  if (a.dq_f32.data) {  // unrounded (args.cuh)
+    store_accumulator(a.dq_f32.from_row(n.q_start), b, h, q0, 16 * warp, 0, n.q_len, dq, n.scale);
+    return;
+  }
   store_accumulator(a.dq.from_row(n.q_start), b, h, q0, 16 * warp, 0, n.q_len, dq, n.scale);
 }
 
