@@ -17,7 +17,8 @@ variant's Params::read / Grads::read:
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
           threshold, then the frame's q_first and kv_first; all 0 without dropout); the
           block-sparse lists (14 ints, flashgen/runtime/sparse.py; all 0 for a dense
-          spec); then the call's Frame (4 ints) and the spec's parameters in order: a tensor as pointer, sizes, strides; an i32/bool scalar
+          spec); then the call's Frame (4 ints) and the spec's parameters in order: a
+          tensor as pointer, sizes, strides; an i32/bool scalar
           as its value. Backward then adds one gradient per differentiable table
           (pointer or 0, sizes, strides).
   floats: the softmax scale, the dropout's 1 / (1 - p), then each f32 scalar parameter
