@@ -193,8 +193,10 @@ class AttentionOp:
         call = bind_paged(self.spec, q, k_cache, v_cache, block_table, kv_lens, scale=scale,
                           dropout_p=dropout_p, seed=seed, layout=layout, params=params,
                           for_kernel=True)
-        block_n = var.plan(q.shape[-1], launch._arch(q.device.index)).forward.block_n
-        if k_cache.shape[1] % block_n:
+        forward = var.plan(q.shape[-1], launch._arch(q.device.index)).forward
+        block_n = forward.block_n
+        # the sm90 family finds each row's page (schedule.cuh); mma.sync's tiles lie in one
+        if forward.family != "wgmma" and k_cache.shape[1] % block_n:
             raise ArgumentError(f"page_size is {k_cache.shape[1]}; the forward reads K/V in "
                                 f"tiles of {block_n} rows, so use a multiple of {block_n}")
         paged = launch.Paged(kv_lens, block_table)
@@ -303,18 +305,22 @@ class AttentionOp:
 
 def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001
             forward_tile: tuple[int, int] | None = None,
-            backward_tile: tuple[int, int, int] | None = None) -> AttentionOp:
+            backward_tile: tuple[int, int, int] | None = None,
+            family: str | None = None) -> AttentionOp:
     """Check a spec (a path, spec text, or a shipped spec's name) and return its op.
 
     forward_tile=(BM, BN) and backward_tile=(BM, BN, warps) replace the planner's tiles
     (the benchmark's block-size sweep); shared memory and warp layouts are checked per
-    head dim when a module builds."""
+    head dim when a module builds. family picks the forward's kernel family: "wgmma"
+    (Hopper's warpgroup MMA, the default on sm_90a where the head dims allow it) or
+    "mma" (mma.sync, every arch)."""
     spec_ = load(spec, name)
     tiles = None
-    if forward_tile is not None or backward_tile is not None:
+    if forward_tile is not None or backward_tile is not None or family is not None:
         tiles = check_override(TileOverride(
             forward=None if forward_tile is None else tuple(map(int, forward_tile)),
-            backward=None if backward_tile is None else tuple(map(int, backward_tile))))
+            backward=None if backward_tile is None else tuple(map(int, backward_tile)),
+            family=family))
     return AttentionOp(spec_, _source_of(spec)[1], tiles)
 
 

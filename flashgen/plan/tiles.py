@@ -35,17 +35,23 @@ ELEMENT_BYTES = 2              # fp16 / bf16
 FORWARD_WARPS = 4
 
 
+FAMILIES = ("mma", "wgmma")     # mma.sync (sm_80 and up) and warpgroup MMA (sm_90a)
+
+
 @dataclass(frozen=True)
 class ForwardPlan:
     block_m: int
     block_n: int
     warps: int
+    family: str = "mma"
 
     @property
     def rows_per_warp(self) -> int:
         return self.block_m // self.warps
 
     def smem_bytes(self, d: int, dv: int) -> int:
+        if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them
+            return (self.block_m * d + 2 * self.block_n * (d + dv)) * ELEMENT_BYTES + 1024
         q = self.block_m * (d + PAD)
         kv = 2 * self.block_n * (d + PAD + dv + PAD)
         return (q + kv) * ELEMENT_BYTES
@@ -75,9 +81,11 @@ class TilePlan:
 
     def describe(self) -> list[str]:
         f, b, d, dv = self.forward, self.backward, self.head_dim, self.value_dim
+        how = (f"{f.warps // 4} warpgroup{'s' if f.warps > 4 else ''} of 64 rows (wgmma)"
+               if f.family == "wgmma" else f"{f.warps} warps ({f.rows_per_warp} rows each)")
         return [
-            f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {f.warps} warps "
-            f"({f.rows_per_warp} rows each), 2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
+            f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
+            f"2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
             f"backward: {b.block_n} keys x {b.block_m} query rows per tile, {b.warps} warps, "
             f"{b.stages} Q/dO stage{'s' if b.stages > 1 else ''}, "
             f"{b.smem_bytes(d, dv) // 1024} KiB shared memory",
@@ -94,9 +102,10 @@ class TileOverride:
     forward (BM, BN); backward (BM, BN, warps). None keeps the planner's."""
     forward: tuple[int, int] | None = None
     backward: tuple[int, int, int] | None = None
+    family: str | None = None  # the forward's kernel family (FAMILIES); None: the arch's best
 
     def label(self) -> str:
-        parts = []
+        parts = [self.family] if self.family else []
         if self.forward:
             parts.append("f{}x{}".format(*self.forward))
         if self.backward:
@@ -116,6 +125,8 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
                    value_dim: int | None = None) -> TileOverride:
     """Check hand-picked tiles against what the kernels can instantiate; their shared
     memory and warp layouts too when the head dims are given."""
+    if tiles.family is not None and tiles.family not in FAMILIES:
+        raise TileError(f"family must be one of {', '.join(FAMILIES)}, not {tiles.family!r}")
     if tiles.forward is not None:
         block_m, block_n = tiles.forward
         if block_m not in (64, 128):
@@ -195,13 +206,43 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     backward = _backward_plan(*backward_tile, head_dim, value_dim, smem_limit(arch))
     assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     assert backward.smem_bytes(head_dim, value_dim) <= smem_limit(arch)
+    family = override.family if override is not None else None
+    if family is None:
+        family = "wgmma" if wgmma_fits(arch, head_dim, value_dim) else "mma"
+    elif family == "wgmma" and not wgmma_fits(arch, head_dim, value_dim):
+        raise TileError(f"the wgmma family needs sm_90a and head dims of 64, 128 or 256, "
+                        f"not {arch} with d = {head_dim}, dv = {value_dim}")
+    if family == "wgmma":
+        forward = _wgmma_forward(head_dim, value_dim, blocks)
     if override is not None:
         check_override(override, head_dim, value_dim)
         if override.forward is not None:
-            forward = ForwardPlan(*override.forward, FORWARD_WARPS)
+            block_m, block_n = override.forward
+            forward = ForwardPlan(block_m, block_n, block_m // 16, "wgmma") \
+                if family == "wgmma" else ForwardPlan(block_m, block_n, FORWARD_WARPS)
         if override.backward is not None:
             backward = _backward_plan(*override.backward, head_dim, value_dim, SM90_SMEM_LIMIT)
     return TilePlan(head_dim, value_dim, forward, backward)
+
+
+def wgmma_fits(arch: str, head_dim: int, value_dim: int) -> bool:
+    """Can the sm90 family (templates/kernels/forward_sm90.cuh) run these head dims on
+    `arch`? It needs wgmma (sm_90a) and rows of whole 128-byte swizzle blocks that its
+    loads and wgmma shapes cover: d and dv of 64, 128 or 256."""
+    return arch.startswith("sm_90") and all(x in (64, 128, 256) for x in (head_dim, value_dim))
+
+
+def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None) -> ForwardPlan:
+    """The sm90 forward: two warpgroups of 64 query rows. Per thread the output takes
+    Dv / 2 registers and a score tile BN / 2, a quarter of the mma.sync family's 32-row
+    warps at the same tile, so 128 keys fit up to d = 128. Above, 32: the deterministic
+    dQ kernel walks the forward's tile lists at the forward's tiles, and its Q, dO and
+    two padded K/V stages fit 227 KiB at d = 256 only with 32 keys (64: 264 KiB)."""
+    block_m, block_n = 128, 128 if max(head_dim, value_dim) <= 128 else 32
+    if blocks is not None:
+        block_m = min(block_m, max(64, blocks[0]))
+        block_n = min(block_n, max(32, blocks[1]))
+    return ForwardPlan(block_m, block_n, block_m // 16, "wgmma")
 
 
 def plan_for(spec, head_dim: int, override: TileOverride | None = None,

@@ -3,7 +3,7 @@
 //
 // attention alibi: backward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 64 keys per tile, 4 warps (32 rows each), 2 K/V stages, 54 KiB shared memory
+//   forward:  128 query rows x 128 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 81 KiB shared memory
 //   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 178 KiB shared memory
 
 #include "variant.cuh"
@@ -18,9 +18,9 @@ template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 128, 128, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 128, 64, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
-using DqTiles = fg::DqTiles<64, 64, 128, 64, 8>;
+using DqTiles = fg::DqTiles<64, 64, 128, 128, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 64, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 128, 8, kDropout>;
 
 template <bool kDropout, bool kParamGrads>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,

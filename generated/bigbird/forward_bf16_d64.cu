@@ -3,20 +3,21 @@
 //
 // attention bigbird: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  64 query rows x 64 keys per tile, 4 warps (16 rows each), 2 K/V stages, 45 KiB shared memory
+//   forward:  64 query rows x 64 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 41 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 73 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/forward.cuh"
+#include "kernels/forward_sm90.cuh"
 #include "kernels/combine.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_bigbird::Variant;  // whole sequences
-using Tiles = fg::ForwardTiles<64, 64, 64, 64, 4>;
+// the sm90 family: warpgroup MMA, 1 warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90<64, 64, 64, 64>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 64, 64, 64, 64, 4, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 64, 64, 64, 64, kDropout, kExactP, kGeneral>;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it

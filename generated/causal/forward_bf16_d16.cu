@@ -14,6 +14,7 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_causal::Variant;  // whole sequences
+// the mma.sync family
 using Tiles = fg::ForwardTiles<16, 16, 128, 128, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 16, 16, 128, 128, 4, kDropout, kExactP, kGeneral>;

@@ -14,6 +14,7 @@
 namespace {
 using T = __half;
 using Variant = fg_causal::Variant;  // whole sequences
+// the mma.sync family
 using Tiles = fg::ForwardTiles<192, 192, 64, 64, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 192, 192, 64, 64, 4, kDropout, kExactP, kGeneral>;

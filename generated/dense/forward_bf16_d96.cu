@@ -14,6 +14,7 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_dense::Variant;  // whole sequences
+// the mma.sync family
 using Tiles = fg::ForwardTiles<96, 96, 128, 64, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel<Variant, T, 96, 96, 128, 64, 4, kDropout, kExactP, kGeneral>;

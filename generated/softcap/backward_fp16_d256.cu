@@ -3,7 +3,7 @@
 //
 // attention softcap: backward pass, fp16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  64 query rows x 32 keys per tile, 4 warps (16 rows each), 2 K/V stages, 99 KiB shared memory
+//   forward:  128 query rows x 32 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 129 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 217 KiB shared memory
 
 #include "variant.cuh"
@@ -18,9 +18,9 @@ template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 256, 256, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 256, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
-using DqTiles = fg::DqTiles<256, 256, 64, 32, 4>;
+using DqTiles = fg::DqTiles<256, 256, 128, 32, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 64, 32, 4, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 32, 8, kDropout>;
 
 template <bool kDropout, bool kParamGrads>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
@@ -39,7 +39,7 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   }
   status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
   if (status != cudaSuccess) return status;
-  const dim3 dq_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
+  const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
   return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
 }
 

@@ -3,20 +3,21 @@
 //
 // attention softcap: forward pass, bf16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  64 query rows x 32 keys per tile, 4 warps (16 rows each), 2 K/V stages, 99 KiB shared memory
+//   forward:  128 query rows x 32 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 129 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 217 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/forward.cuh"
+#include "kernels/forward_sm90.cuh"
 #include "kernels/combine.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_softcap::Variant;  // whole sequences
-using Tiles = fg::ForwardTiles<256, 256, 64, 32, 4>;
+// the sm90 family: warpgroup MMA, 2 warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90<256, 256, 128, 32>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel<Variant, T, 256, 256, 64, 32, 4, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 256, 256, 128, 32, kDropout, kExactP, kGeneral>;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
@@ -48,7 +49,7 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  const dim3 grid((args.shape.q_len + 64 - 1) / 64, args.shape.batch * args.shape.heads,
+  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads,
                   args.splits > 1 ? args.splits : 1);
   return run<false>(args, params, grid, smem, stream);
 }

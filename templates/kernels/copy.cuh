@@ -11,6 +11,7 @@
 
 #include "args.cuh"
 #include "mma.cuh"
+#include "wgmma.cuh"
 
 namespace fg {
 
@@ -64,6 +65,32 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
       const int r = i / kChunks, c = i % kChunks;
       const bool valid = r < rows_valid;
       cp_async_16(smem + r * kLd + c * 8, valid ? gmem + r * stride + c * 8 : fallback, valid);
+    }
+  }
+}
+
+// rows x COLS elements into a 128-byte-swizzled shared tile (wgmma.cuh SwizzledTile),
+// for the sm90 family, whose wgmma reads operands in that layout. row_ptr(r) is row r's
+// first element in global memory (a strided tensor, or a page of a paged cache); rows >=
+// rows_valid become zero. Each thread keeps one 16-byte column chunk and walks down the
+// rows: 8 neighbouring threads fill one 128-byte row, which the swizzle spreads over all
+// banks.
+template <int ROWS, int COLS, int THREADS, class T, class RowPtr>
+__device__ __forceinline__ void load_tile_swizzled(T* smem, RowPtr row_ptr, int rows_valid,
+                                                   const T* fallback) {
+  using Tile = SwizzledTile<ROWS, COLS>;
+  constexpr int kChunks = COLS / 8;
+  static_assert(THREADS % kChunks == 0 && (THREADS / kChunks) % 8 == 0,
+                "each pass covers whole swizzle atoms of 8 rows");
+  constexpr int kRowsPerPass = THREADS / kChunks;
+  const int r0 = threadIdx.x / kChunks, c = threadIdx.x % kChunks;
+  unsigned char* dst = reinterpret_cast<unsigned char*>(smem) + Tile::chunk_offset(r0, 8 * c);
+#pragma unroll
+  for (int i = 0; i < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++i) {
+    const int r = r0 + i * kRowsPerPass;
+    if (ROWS % kRowsPerPass == 0 || r < ROWS) {
+      const bool valid = r < rows_valid;
+      cp_async_16(dst + i * kRowsPerPass * 128, valid ? row_ptr(r) + 8 * c : fallback, valid);
     }
   }
 }

@@ -80,6 +80,86 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
   }
 }
 
+// After score_and_mask: the online softmax of a warp's MT m16 row tiles (leaving P in s),
+// dropout's zeros, and the rescale of the output accumulated so far. The row sums count
+// every visible key, dropped or not; 1 / (1 - p) is applied with 1 / rowsum at the end.
+template <bool kDropout, class V, int MT, int NT, int DT>
+__device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
+                                             OnlineSoftmax<NT> (&softmax)[MT], const Shape& n,
+                                             const Dropout& dropout, int row0, int k0) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float alpha[2];
+    softmax[mt].step(s[mt], score_mult<V>(n), alpha);
+    if constexpr (kDropout) {  // P -> P * keep
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        float keep[4];
+        dropout_factors(dropout, blockIdx.y, row0 + 16 * mt + (lane >> 2),
+                        k0 + 8 * nt + 2 * (lane & 3), keep);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[mt][nt][i] = keep[i] != 0.0f ? s[mt][nt][i] : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int dt = 0; dt < DT; ++dt) {
+      o[mt][dt][0] *= alpha[0];
+      o[mt][dt][1] *= alpha[0];
+      o[mt][dt][2] *= alpha[1];
+      o[mt][dt][3] *= alpha[1];
+    }
+  }
+}
+
+// After the last tile: O / rowsum and lse to memory, rows past the end left out. A split
+// (split-KV) writes its normalised partial O and lse in fp32 for combine_kernel; a call
+// under autograd also writes O in fp32 (out_f32) for the backward's delta. Serves both
+// kernel families: their accumulators share mma.sync's fragment layout (wgmma.cuh).
+template <bool kDropout, bool kGeneral, class T, int MT, int DT, int NT>
+__device__ __forceinline__ void store_output(const float (&o)[MT][DT][4],
+                                             const OnlineSoftmax<NT> (&softmax)[MT],
+                                             const ForwardArgs<T>& a, const Shape& n, int b, int h,
+                                             int row0) {
+  constexpr int Dv = 8 * DT;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    float inv_sum[2], lse[2];
+    softmax[mt].finish(inv_sum, lse);
+    if constexpr (kDropout) {
+      inv_sum[0] *= a.dropout.keep_scale;
+      inv_sum[1] *= a.dropout.keep_scale;
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = row0 + 16 * mt + g + 8 * r;
+      if (q >= n.q_len) continue;
+      const int64_t at = kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
+      if (kGeneral && a.splits > 1) {  // a partial result: fp32, merged by combine_kernel
+        const int64_t part = int64_t(blockIdx.z) * n.rows() + at;
+        float* out = a.partial_out + part * Dv;
+#pragma unroll
+        for (int dt = 0; dt < Dv / 8; ++dt) {
+          *reinterpret_cast<float2*>(out + 8 * dt + 2 * t) =
+              make_float2(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
+        }
+        if (t == 0) a.partial_lse[part] = lse[r];
+        continue;
+      }
+      T* out = a.out.at(b, h, kGeneral ? n.q_start + q : q);
+      float* out_f32 = a.out_f32 ? a.out_f32 + at * Dv : nullptr;
+#pragma unroll
+      for (int dt = 0; dt < Dv / 8; ++dt) {
+        const float x = o[mt][dt][2 * r] * inv_sum[r], y = o[mt][dt][2 * r + 1] * inv_sum[r];
+        *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) = pack2<T>(x, y);
+        if (out_f32) *reinterpret_cast<float2*>(out_f32 + 8 * dt + 2 * t) = make_float2(x, y);
+      }
+      if (t == 0) a.lse[at] = lse[r];
+    }
+  }
+}
+
 // kDropout: the spec has dropout and this call's p > 0 (p = 0 runs the kernel without).
 // kExactP: P V also multiplies what rounding P to T lost (a second MMA), so that O in
 // fp32 is P V with P close to the fp32 P the backward pass recomputes. Close, not exact:
@@ -139,28 +219,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     } else {
       score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
     }
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-      float alpha[2];
-      softmax[mt].step(s[mt], score_mult<V>(n), alpha);  // the row sums count every visible key, dropped or not
-      if constexpr (kDropout) {        // P -> P * keep; 1 / (1 - p) is applied with 1 / rowsum
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-          float keep[4];
-          dropout_factors(a.dropout, blockIdx.y, row0 + 16 * mt + (lane >> 2),
-                          k0 + 8 * nt + 2 * (lane & 3), keep);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) s[mt][nt][i] = keep[i] != 0.0f ? s[mt][nt][i] : 0.0f;
-        }
-      }
-#pragma unroll
-      for (int dt = 0; dt < Dv / 8; ++dt) {
-        o[mt][dt][0] *= alpha[0];
-        o[mt][dt][1] *= alpha[0];
-        o[mt][dt][2] *= alpha[1];
-        o[mt][dt][3] *= alpha[1];
-      }
-    }
+    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
     uint32_t pa[MT][BN / 16][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) accumulator_to_a<T>(pa[mt], s[mt]);
@@ -182,42 +241,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     }
   });
 
-  const int g = lane >> 2, t = lane & 3;
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-    float inv_sum[2], lse[2];
-    softmax[mt].finish(inv_sum, lse);
-    if constexpr (kDropout) {
-      inv_sum[0] *= a.dropout.keep_scale;
-      inv_sum[1] *= a.dropout.keep_scale;
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q = row0 + 16 * mt + g + 8 * r;
-      if (q >= n.q_len) continue;
-      const int64_t at = kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
-      if (kGeneral && a.splits > 1) {  // a partial result: fp32, merged by combine_kernel
-        const int64_t part = int64_t(blockIdx.z) * n.rows() + at;
-        float* out = a.partial_out + part * Dv;
-#pragma unroll
-        for (int dt = 0; dt < Dv / 8; ++dt) {
-          *reinterpret_cast<float2*>(out + 8 * dt + 2 * t) =
-              make_float2(o[mt][dt][2 * r] * inv_sum[r], o[mt][dt][2 * r + 1] * inv_sum[r]);
-        }
-        if (t == 0) a.partial_lse[part] = lse[r];
-        continue;
-      }
-      T* out = a.out.at(b, h, kGeneral ? n.q_start + q : q);
-      float* out_f32 = a.out_f32 ? a.out_f32 + at * Dv : nullptr;
-#pragma unroll
-      for (int dt = 0; dt < Dv / 8; ++dt) {
-        const float x = o[mt][dt][2 * r] * inv_sum[r], y = o[mt][dt][2 * r + 1] * inv_sum[r];
-        *reinterpret_cast<uint32_t*>(out + 8 * dt + 2 * t) = pack2<T>(x, y);
-        if (out_f32) *reinterpret_cast<float2*>(out_f32 + 8 * dt + 2 * t) = make_float2(x, y);
-      }
-      if (t == 0) a.lse[at] = lse[r];
-    }
-  }
+  store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
 }
 
 }  // namespace fg

@@ -64,14 +64,41 @@ __device__ __forceinline__ TileWalk<RowOf, Classify> tile_walk(RowOf row_of, Cla
   return walk;
 }
 
-// kGeneral (forward.cuh): the stream may read a paged KV cache (args.cuh Shape).
-template <class V, class T, int D, int Dv, int BM, int BN, int Threads, bool kGeneral = false>
-struct KvStream {
-  static constexpr int kLdK = D + kSmemPad, kLdV = Dv + kSmemPad;
-  static constexpr int kK = BN * kLdK, kV = BN * kLdV;  // elements per stage
+// How a stream's tiles lie in shared memory. PaddedRows: rows padded by 16 bytes for
+// ldmatrix (the mma.sync family). SwizzledRows: 128-byte-swizzled 64-column blocks for
+// wgmma (the sm90 family), which reads them through the async proxy, so the threads'
+// cp.async writes need a proxy fence before the barrier that publishes them.
+struct PaddedRows {
+  template <int ROWS, int COLS>
+  static constexpr int kElements = ROWS * (COLS + kSmemPad);
+  static constexpr bool kAsyncProxy = false;
+  template <int ROWS, int COLS, int THREADS, class T>
+  __device__ __forceinline__ static void load(T* smem, const T* gmem, int64_t stride,
+                                              int rows_valid, const T* fallback) {
+    load_tile<ROWS, COLS, THREADS>(smem, gmem, stride, rows_valid, fallback);
+  }
+};
+struct SwizzledRows {
+  template <int ROWS, int COLS>
+  static constexpr int kElements = ROWS * COLS;
+  static constexpr bool kAsyncProxy = true;
+  template <int ROWS, int COLS, int THREADS, class T>
+  __device__ __forceinline__ static void load(T* smem, const T* gmem, int64_t stride,
+                                              int rows_valid, const T* fallback) {
+    load_tile_swizzled<ROWS, COLS, THREADS>(
+        smem, [=](int r) { return gmem + r * stride; }, rows_valid, fallback);
+  }
+};
 
-  T* sK;  // [2][BN][D + pad]
-  T* sV;  // [2][BN][Dv + pad]
+// kGeneral (forward.cuh): the stream may read a paged KV cache (args.cuh Shape).
+template <class V, class T, int D, int Dv, int BM, int BN, int Threads, bool kGeneral = false,
+          class Layout = PaddedRows>
+struct KvStream {
+  static constexpr int kK = Layout::template kElements<BN, D>;  // elements per stage
+  static constexpr int kV = Layout::template kElements<BN, Dv>;
+
+  T* sK;  // [2][kK]
+  T* sV;  // [2][kV]
   const typename V::Params& p;
   const Shape& n;
   const BlockSparseArgs& sparse;
@@ -87,16 +114,31 @@ struct KvStream {
   __device__ __forceinline__ void load(int entry, int stage) const {
     const int k0 = TileRow::tile_of(entry) * BN, rows = n.kv_len - k0;
     if constexpr (kGeneral) {
-      if (n.paged()) {  // a tile lies in one page: the host checks page_size % BN == 0
+      if (n.paged()) {
+        if constexpr (std::is_same_v<Layout, SwizzledRows>) {
+          if (n.page_size < BN) {  // pages shorter than a tile: each row finds its page
+            auto page_row = [&](const Strided4<const T>& x, int r) {
+              const int row = k0 + r;
+              const int page = n.block_table[int64_t(b) * n.pages_per_seq + row / n.page_size];
+              return x.at(page, hk, row % n.page_size);
+            };
+            load_tile_swizzled<BN, D, Threads>(
+                sK + stage * kK, [&](int r) { return page_row(k, r); }, rows, k.data);
+            load_tile_swizzled<BN, Dv, Threads>(
+                sV + stage * kV, [&](int r) { return page_row(v, r); }, rows, v.data);
+            return;
+          }
+        }
+        // a tile lies in one page: the host checks page_size % BN == 0 (mma.sync family)
         const int page = n.block_table[int64_t(b) * n.pages_per_seq + k0 / n.page_size];
         const int r = k0 % n.page_size;
-        load_tile<BN, D, Threads>(sK + stage * kK, k.at(page, hk, r), k.row, rows, k.data);
-        load_tile<BN, Dv, Threads>(sV + stage * kV, v.at(page, hk, r), v.row, rows, v.data);
+        Layout::template load<BN, D, Threads>(sK + stage * kK, k.at(page, hk, r), k.row, rows, k.data);
+        Layout::template load<BN, Dv, Threads>(sV + stage * kV, v.at(page, hk, r), v.row, rows, v.data);
         return;
       }
     }
-    load_tile<BN, D, Threads>(sK + stage * kK, k.at(b, hk, k0), k.row, rows, k.at(b, hk, 0));
-    load_tile<BN, Dv, Threads>(sV + stage * kV, v.at(b, hk, k0), v.row, rows, v.at(b, hk, 0));
+    Layout::template load<BN, D, Threads>(sK + stage * kK, k.at(b, hk, k0), k.row, rows, k.at(b, hk, 0));
+    Layout::template load<BN, Dv, Threads>(sV + stage * kV, v.at(b, hk, k0), v.row, rows, v.at(b, hk, 0));
   }
 
   // body(kv0, tile, sK stage, sV stage) for every tile visited, in order. Loads issued
@@ -111,6 +153,7 @@ struct KvStream {
       const int entry = walk.entry;
       const TileMask tile = walk.mask;
       cp_async_wait<0>();
+      if constexpr (Layout::kAsyncProxy) fence_proxy_async();
       __syncthreads();  // this stage has landed, and every warp is done with the other one
       walk.advance();
       if (!walk.done()) load(walk.entry, stage ^ 1);

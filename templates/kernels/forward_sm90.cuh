@@ -1,0 +1,108 @@
+// The forward pass on Hopper (sm_90a): the FlashAttention-2 algorithm of forward.cuh with
+// its two GEMMs on warpgroup MMA (wgmma.cuh) instead of mma.sync.
+//
+// One CTA per (BM query rows, batch * head), BM / 64 warpgroups of 128 threads; each
+// warpgroup owns 64 query rows. S = Q K^T is one chain of wgmmas with both operands in
+// shared memory (no ldmatrix: the tensor cores read the swizzled tiles themselves), and
+// O += P V takes P straight from the registers the softmax left it in. The score, mask,
+// online softmax, dropout and epilogue are the mma.sync family's own functions: a
+// wgmma accumulator is, per warp, the m16n8 fragment layout they were written for, so
+// every variant the spec language can express runs here unchanged.
+//
+// K/V tiles stream through two shared-memory stages with cp.async (schedule.cuh KvStream,
+// SwizzledRows), as in forward.cuh. What this first Hopper kernel does not do yet
+// (templates/kernels/PERF.md): TMA loads, warp specialisation with a producer warpgroup,
+// and overlapping one tile's softmax with the next tile's GEMMs.
+#pragma once
+#include "forward.cuh"
+#include "wgmma.cuh"
+
+namespace fg {
+
+template <int D, int Dv, int BM, int BN>
+struct ForwardTilesSm90 {
+  static constexpr int kWarpgroups = BM / 64;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  using Q = SwizzledTile<BM, D>;
+  using K = SwizzledTile<BN, D>;
+  using V = SwizzledTile<BN, Dv>;
+  template <class Variant, class T, bool kGeneral>
+  using Stream = KvStream<Variant, T, D, Dv, BM, BN, kThreads, kGeneral, SwizzledRows>;
+  // Q, then two K/V stages; +1024 to align the start on a swizzle pattern (1024 bytes)
+  static constexpr int kSmemBytes = Q::kBytes + 2 * (K::kBytes + V::kBytes) + 1024;
+  template <class T>
+  static constexpr int smem_bytes() { return kSmemBytes; }
+  static_assert(BM % 64 == 0 && BN % 16 == 0 && BN <= 256, "m64 warpgroups, k16 steps of P V");
+  static_assert(D % 64 == 0 && Dv % 64 == 0 && Dv <= 256, "whole 128-byte rows; wgmma's N <= 256");
+};
+
+// Template arguments as forward_kernel's (forward.cuh), without W: the warps are BM / 16.
+template <class V, class T, int D, int Dv, int BM, int BN, bool kDropout, bool kExactP,
+          bool kGeneral>
+__global__ void __launch_bounds__(ForwardTilesSm90<D, Dv, BM, BN>::kThreads, 1)
+forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
+  using Tiles = ForwardTilesSm90<D, Dv, BM, BN>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
+  T* sQ = reinterpret_cast<T*>(smem);
+
+  // the last query tiles first: under a causal mask they have the most work
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
+  const Shape sequence = kGeneral ? a.shape.for_sequence(b) : Shape{};
+  const Shape& n = kGeneral ? sequence : a.shape;
+  const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
+  const int q0 = m_block * BM;
+  if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+  const Strided4<const T> q_in = kGeneral ? a.q.from_row(n.q_start) : a.q;
+  const int warp = threadIdx.x >> 5, warpgroup = warp / 4;
+  const int kv_tiles = (n.kv_len + BN - 1) / BN;
+  T* sK = reinterpret_cast<T*>(smem + Tiles::Q::kBytes);  // [2] K tiles
+  T* sV = reinterpret_cast<T*>(smem + Tiles::Q::kBytes + 2 * Tiles::K::kBytes);
+  const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
+  const typename Tiles::template Stream<V, T, kGeneral> kv{
+      sK, sV, p, n, a.sparse, kGeneral ? a.k.from_row(n.kv_start) : a.k,
+      kGeneral ? a.v.from_row(n.kv_start) : a.v, b, h, hk, q0,
+      kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
+
+  SwizzledRows::load<BM, D, Tiles::kThreads>(sQ, q_in.at(b, h, q0), a.q.row, n.q_len - q0,
+                                             a.q.data);
+
+  float o[1][Dv / 8][4];
+  zero(o);
+  OnlineSoftmax<BN / 8> softmax[1];
+  const int row0 = q0 + 16 * warp;  // this warp's first query row
+  // this warpgroup's 64 rows of Q: rows are 128 bytes apart inside each 64-column block
+  const uint32_t q_rows = smem_address(sQ) + warpgroup * 64 * 128;
+  kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
+    float s[1][BN / 8][4];
+    warpgroup_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK_tile),
+                                Tiles::K::kBlockBytes);
+    if (tile.partial()) {
+      score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+    } else {
+      score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+    }
+    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
+    uint32_t pa[BN / 16][4];
+    accumulator_to_a<T>(pa, s[0]);
+    const uint32_t v_tile = smem_address(sV_tile);
+    if constexpr (kExactP) {  // forward.cuh: P V plus the MMA of what rounding P lost
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[0][nt][i] = rounding_residual<T>(s[0][nt][i]);
+      }
+      uint32_t pa_lost[BN / 16][4];
+      accumulator_to_a<T>(pa_lost, s[0]);
+      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
+    } else {
+      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+    }
+  });
+
+  store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+}
+
+}  // namespace fg

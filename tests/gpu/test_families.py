@@ -1,0 +1,72 @@
+"""The two forward kernel families against each other on Hopper: the sm90 family
+(warpgroup MMA, templates/kernels/forward_sm90.cuh) and the mma.sync family
+(forward.cuh), compiled from one spec, run on the same inputs. Each must be within the
+oracle's bound of the float64 reference, and the two within the sum of their bounds of
+each other (they add in different orders). Dropout draws the same keep mask in both
+(the Philox counter is the element's index), so dropout cases compare too."""
+import zlib
+
+import pytest
+import torch
+
+import flashgen
+from flashgen.runtime import launch
+from flashgen.runtime.examples import example_inputs
+
+from .oracle import DTYPES, bound, error
+
+pytestmark = pytest.mark.gpu
+
+# spec, dtype, head dim, B, H, Hkv, Nq, Nk, call options
+CASES = [
+    ("dense", "bf16", 128, 2, 4, 4, 1000, 1000, {}),
+    ("causal", "fp16", 64, 2, 4, 2, 777, 777, {}),
+    ("causal", "bf16", 256, 1, 2, 1, 300, 300, {}),
+    ("alibi", "bf16", 128, 2, 4, 4, 500, 700, {}),
+    ("softcap", "fp16", 128, 1, 4, 4, 640, 640, {}),
+    ("sliding_window", "bf16", 64, 1, 4, 4, 2000, 2000, {}),
+    ("document", "bf16", 128, 2, 4, 4, 600, 600, {}),
+    ("bigbird", "bf16", 64, 1, 4, 2, 900, 1100, {}),
+    ("dropout_causal", "bf16", 128, 1, 4, 2, 513, 513, {"dropout_p": 0.3}),
+]
+
+
+def _hopper():
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _hopper(), reason="the sm90 family needs an sm_90 GPU")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-d{c[2]}")
+def test_families_agree(case, monkeypatch):
+    monkeypatch.setenv("FLASHGEN_POISON", "1")
+    name, dtype, d, B, H, Hkv, Nq, Nk, options = case
+    sm90, mma = flashgen.compile(name), flashgen.compile(name, family="mma")
+    arch = launch._arch(torch.cuda.current_device())
+    assert launch.variant(sm90.key).plan(d, arch).forward.family == "wgmma"
+    assert launch.variant(mma.key).plan(d, arch).forward.family == "mma"
+
+    gen = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
+    q, k, v, params, layout = example_inputs(sm90.spec, B, H, Hkv, Nq, Nk, head_dim=d,
+                                             dtype=torch.float64, device="cuda", generator=gen)
+    call = dict(options, **({} if layout is None else {"layout": layout}))
+    if "dropout_p" in call:
+        call["seed"] = (11, 12)
+    dt = DTYPES[dtype]
+    q, k, v = (t.to(dt) for t in (q, k, v))
+    floats = [n for n, t in params.items() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    params = {n: t.float() if n in floats else t for n, t in params.items()}
+    params64 = {n: t.double() if n in floats else t for n, t in params.items()}
+    with torch.no_grad():
+        ref = sm90.reference(q.double(), k.double(), v.double(), return_lse=True,
+                             dtype=torch.float64, **call, **params64)
+        low = sm90.reference(q, k, v, return_lse=True, dtype=dt, **call, **params)
+        got = {f: op(q, k, v, return_lse=True, **call, **params) for f, op in
+               (("sm90", sm90), ("mma", mma))}
+    for i, what in enumerate(("out", "lse")):
+        limit = bound(low[i], ref[i])
+        for family, result in got.items():
+            assert not torch.isnan(result[i]).any(), f"{family} {what}: NaN"
+            err = error(result[i], ref[i])
+            assert err <= limit, f"{family} {what}: error {err:.3g} > bound {limit:.3g}"
+        between = error(got["sm90"][i], got["mma"][i].double())
+        assert between <= 2 * limit, f"{what}: the families differ by {between:.3g} > {2 * limit:.3g}"
