@@ -78,6 +78,32 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
     assert (dense.forward.block_m, dense.forward.block_n) == (128, 128)
 
 
+def test_forward_family_by_arch_and_head_dim():
+    """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
+    64, 128, 256); everything else, and any arch before Hopper, on mma.sync. A family
+    can be asked for by name; the wgmma one only where it fits."""
+    from flashgen.plan.tiles import TileError, TileOverride
+    from flashgen.render.kernels import render_units
+    causal = flashgen.load("causal")
+    for d, tile in ((64, (128, 128)), (128, (128, 128)), (256, (128, 32))):
+        f = plan_for(causal, d, arch="sm_90a").forward
+        assert (f.family, f.block_m, f.block_n, f.warps) == ("wgmma", *tile, 8), d
+        assert plan_for(causal, d, arch="sm_80").forward.family == "mma"
+    for d in (16, 32, 96, 192):
+        assert plan_for(causal, d, arch="sm_90a").forward.family == "mma"
+    mma = plan_for(causal, 128, TileOverride(family="mma"), "sm_90a").forward
+    assert (mma.family, mma.block_m, mma.block_n, mma.warps) == ("mma", 128, 64, 4)
+    with pytest.raises(TileError, match="sm_90a"):
+        plan_for(causal, 128, TileOverride(family="wgmma"), "sm_80")
+    with pytest.raises(TileError, match="family must be one of"):
+        flashgen.compile("causal", family="tcgen05")
+    # the rendered forward unit instantiates the family's kernel
+    assert "forward_kernel_sm90" in render_units(causal, "x", "bf16", 128, arch="sm_90a")[
+        "forward_bf16_d128.cu"]
+    assert "forward_kernel_sm90" not in render_units(causal, "x", "bf16", 128, arch="sm_80")[
+        "forward_bf16_d128.cu"]
+
+
 def test_mask_class_lists_keep_unskipped_tiles_in_order_with_partial_bits():
     # int8 classes [batches 2, heads 1, q tiles 2, kv tiles 3]: 0 skip, 1 full, 2 partial
     fwd = torch.tensor([[[[1, 0, 2], [0, 0, 1]]], [[[0, 0, 0], [2, 1, 0]]]], dtype=torch.int8)
