@@ -160,6 +160,37 @@ __device__ __forceinline__ void store_output(const float (&o)[MT][DT][4],
   }
 }
 
+// Where a forward CTA works, for both kernel families: its Q tile (the last ones first:
+// under a causal mask they have the most work), batch, head, the K/V head of its GQA
+// group, and its sequence: for kGeneral (packed batches) the CTA's own lengths and Q/K/V
+// from its first rows. Held by value so that the K/V stream's references bind to it.
+template <class T, bool kGeneral>
+struct ForwardCta {
+  int m_block, b, h, hk, q0;
+  Shape sequence;  // kGeneral only; use shape()
+  Strided4<const T> q, k, v;
+
+  __device__ __forceinline__ ForwardCta(const ForwardArgs<T>& a, int block_m)
+      : m_block(gridDim.x - 1 - blockIdx.x),
+        b(blockIdx.y / a.shape.heads),
+        h(blockIdx.y % a.shape.heads),
+        hk(h / (a.shape.heads / a.shape.kv_heads)),
+        q0(m_block * block_m),
+        sequence(kGeneral ? a.shape.for_sequence(b) : Shape{}),
+        q(kGeneral ? a.q.from_row(sequence.q_start) : a.q),
+        k(kGeneral ? a.k.from_row(sequence.kv_start) : a.k),
+        v(kGeneral ? a.v.from_row(sequence.kv_start) : a.v) {}
+  __device__ __forceinline__ const Shape& shape(const ForwardArgs<T>& a) const {
+    return kGeneral ? sequence : a.shape;
+  }
+  // the CTA's row of candidate K/V tiles; a split (split-KV) takes its part of it
+  template <class V, int BN>
+  __device__ __forceinline__ TileRow tiles(const ForwardArgs<T>& a, const Shape& n) const {
+    const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, (n.kv_len + BN - 1) / BN);
+    return kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row;
+  }
+};
+
 // kDropout: the spec has dropout and this call's p > 0 (p = 0 runs the kernel without).
 // kExactP: P V also multiplies what rounding P to T lost (a second MMA), so that O in
 // fp32 is P V with P close to the fp32 P the backward pass recomputes. Close, not exact:
@@ -184,26 +215,17 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
 
-  // the last query tiles first: under a causal mask they have the most work
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
-  const Shape sequence = kGeneral ? a.shape.for_sequence(b) : Shape{};
-  const Shape& n = kGeneral ? sequence : a.shape;
-  const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
-  const int q0 = m_block * BM;
+  const ForwardCta<T, kGeneral> cta(a, BM);
+  const Shape& n = cta.shape(a);
+  const int b = cta.b, h = cta.h, q0 = cta.q0;
   if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
-  const Strided4<const T> q_in = kGeneral ? a.q.from_row(n.q_start) : a.q;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int kv_tiles = (n.kv_len + BN - 1) / BN;
+  const int warp = threadIdx.x >> 5;
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
-  const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
   const typename Tiles::template Stream<V, T, kGeneral> kv{
-      sK, sV, p, n, a.sparse, kGeneral ? a.k.from_row(n.kv_start) : a.k,
-      kGeneral ? a.v.from_row(n.kv_start) : a.v, b, h, hk, q0,
-      kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
+      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BN>(a, n)};
 
-  load_tile<BM, D, Tiles::kThreads>(sQ, q_in.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
+  load_tile<BM, D, Tiles::kThreads>(sQ, cta.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 
   float o[MT][Dv / 8][4];
   zero(o);

@@ -46,26 +46,17 @@ forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   T* sQ = reinterpret_cast<T*>(smem);
 
-  // the last query tiles first: under a causal mask they have the most work
-  const int m_block = gridDim.x - 1 - blockIdx.x;
-  const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
-  const Shape sequence = kGeneral ? a.shape.for_sequence(b) : Shape{};
-  const Shape& n = kGeneral ? sequence : a.shape;
-  const int hk = h / (n.heads / n.kv_heads);  // GQA: the K/V head this query head reads
-  const int q0 = m_block * BM;
+  const ForwardCta<T, kGeneral> cta(a, BM);
+  const Shape& n = cta.shape(a);
+  const int b = cta.b, h = cta.h, q0 = cta.q0;
   if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
-  const Strided4<const T> q_in = kGeneral ? a.q.from_row(n.q_start) : a.q;
   const int warp = threadIdx.x >> 5, warpgroup = warp / 4;
-  const int kv_tiles = (n.kv_len + BN - 1) / BN;
   T* sK = reinterpret_cast<T*>(smem + Tiles::Q::kBytes);  // [2] K tiles
   T* sV = reinterpret_cast<T*>(smem + Tiles::Q::kBytes + 2 * Tiles::K::kBytes);
-  const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles);
   const typename Tiles::template Stream<V, T, kGeneral> kv{
-      sK, sV, p, n, a.sparse, kGeneral ? a.k.from_row(n.kv_start) : a.k,
-      kGeneral ? a.v.from_row(n.kv_start) : a.v, b, h, hk, q0,
-      kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row};
+      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BN>(a, n)};
 
-  SwizzledRows::load<BM, D, Tiles::kThreads>(sQ, q_in.at(b, h, q0), a.q.row, n.q_len - q0,
+  SwizzledRows::load<BM, D, Tiles::kThreads>(sQ, cta.q.at(b, h, q0), a.q.row, n.q_len - q0,
                                              a.q.data);
 
   float o[1][Dv / 8][4];

@@ -75,9 +75,11 @@ __device__ __forceinline__ void fence_proxy_async() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// The instructions, one wrapper per shape (inline asm names every accumulator register,
-// so the lists are spelled out): c (m64 x N, fp32) = A B + (accumulate ? c : 0). wgmma_ss: A and B in
-// shared memory, both K-major. wgmma_rs: A from registers, B MN-major (transposed).
+// The instructions: c (m64 x N, fp32) = A B + (accumulate ? c : 0), one wrapper per N
+// (64-bit descriptors, the accumulate flag as a predicate). wgmma_ss: A and B in shared
+// memory, both K-major. wgmma_rs: A from registers, B MN-major (the transpose bit).
+// Inline asm names every accumulator register, so the macros below spell out the lists:
+// FG_D<n> the PTX operands %0 .. %n-1, FG_ACC<n> their constraints.
 #define FG_ACC4(c, i) "+f"(c[i][0]), "+f"(c[i][1]), "+f"(c[i][2]), "+f"(c[i][3])
 #define FG_ACC16(c, i) FG_ACC4(c, i), FG_ACC4(c, i + 1), FG_ACC4(c, i + 2), FG_ACC4(c, i + 3)
 #define FG_ACC32(c, i) FG_ACC16(c, i), FG_ACC16(c, i + 4)
@@ -85,111 +87,40 @@ __device__ __forceinline__ void fence_proxy_async() {
 #define FG_D32 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}"
 #define FG_D64 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}"
 #define FG_D128 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
-template <class T>
-__device__ __forceinline__ void wgmma_ss(float (&c)[4][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 " FG_D16 ", %16, %17, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC16(c, 0)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#define FG_SS_IN "l"(desc_a), "l"(desc_b), "r"(accumulate)
+#define FG_RS_IN "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate)
+// One instruction. AB: its A and B operands; PRED: the accumulate flag's operand; TAIL:
+// the immediate scale and transpose arguments; then the inputs and the accumulators.
+#define FG_WGMMA_ASM(TY, SHAPE, DREGS, AB, PRED, TAIL, INPUTS, ...)                       \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " PRED ", 0;\n"                          \
+               "wgmma.mma_async.sync.aligned." SHAPE ".f32." TY "." TY " " DREGS ", " AB \
+               ", p, " TAIL ";\n}\n"                                                      \
+               : __VA_ARGS__ : INPUTS)
+#define FG_WGMMA_SS(NT, SHAPE, DREGS, AB, PRED, ...)                                      \
+  template <class T>                                                                      \
+  __device__ __forceinline__ void wgmma_ss(float (&c)[NT][4], uint64_t desc_a,             \
+                                           uint64_t desc_b, int accumulate) {              \
+    if constexpr (std::is_same_v<T, __half>)                                              \
+      FG_WGMMA_ASM("f16", SHAPE, DREGS, AB, PRED, "1, 1, 0, 0", FG_SS_IN, __VA_ARGS__);    \
+    else                                                                                  \
+      FG_WGMMA_ASM("bf16", SHAPE, DREGS, AB, PRED, "1, 1, 0, 0", FG_SS_IN, __VA_ARGS__);   \
   }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 " FG_D16 ", %16, %17, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC16(c, 0)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+#define FG_WGMMA_RS(NT, SHAPE, DREGS, AB, PRED, ...)                                      \
+  template <class T>                                                                      \
+  __device__ __forceinline__ void wgmma_rs(float (&c)[NT][4], const uint32_t (&a)[4],     \
+                                           uint64_t desc_b, int accumulate) {              \
+    if constexpr (std::is_same_v<T, __half>)                                              \
+      FG_WGMMA_ASM("f16", SHAPE, DREGS, AB, PRED, "1, 1, 1", FG_RS_IN, __VA_ARGS__);       \
+    else                                                                                  \
+      FG_WGMMA_ASM("bf16", SHAPE, DREGS, AB, PRED, "1, 1, 1", FG_RS_IN, __VA_ARGS__);      \
   }
-}
-template <class T>
-__device__ __forceinline__ void wgmma_ss(float (&c)[8][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FG_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC32(c, 0)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FG_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC32(c, 0)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-}
-template <class T>
-__device__ __forceinline__ void wgmma_rs(float (&c)[8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " FG_D32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : FG_ACC32(c, 0)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-  }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " FG_D32 ", {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-                 : FG_ACC32(c, 0)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-  }
-}
-template <class T>
-__device__ __forceinline__ void wgmma_ss(float (&c)[16][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FG_D64 ", %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-}
-template <class T>
-__device__ __forceinline__ void wgmma_rs(float (&c)[16][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 " FG_D64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-  }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 " FG_D64 ", {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-  }
-}
-template <class T>
-__device__ __forceinline__ void wgmma_ss(float (&c)[32][4], uint64_t desc_a, uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " FG_D128 ", %128, %129, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " FG_D128 ", %128, %129, p, 1, 1, 0, 0;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24)
-                 : "l"(desc_a), "l"(desc_b), "r"(accumulate));
-  }
-}
-template <class T>
-__device__ __forceinline__ void wgmma_rs(float (&c)[32][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
-  if constexpr (std::is_same_v<T, __half>) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 " FG_D128 ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-  }
-  else {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " FG_D128 ", {%128, %129, %130, %131}, %132, p, 1, 1, 1;\n}\n"
-                 : FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24)
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate));
-  }
-}
+FG_WGMMA_SS(4, "m64n32k16", FG_D16, "%16, %17", "%18", FG_ACC16(c, 0))
+FG_WGMMA_SS(8, "m64n64k16", FG_D32, "%32, %33", "%34", FG_ACC32(c, 0))
+FG_WGMMA_SS(16, "m64n128k16", FG_D64, "%64, %65", "%66", FG_ACC32(c, 0), FG_ACC32(c, 8))
+FG_WGMMA_SS(32, "m64n256k16", FG_D128, "%128, %129", "%130", FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24))
+FG_WGMMA_RS(8, "m64n64k16", FG_D32, "{%32, %33, %34, %35}, %36", "%37", FG_ACC32(c, 0))
+FG_WGMMA_RS(16, "m64n128k16", FG_D64, "{%64, %65, %66, %67}, %68", "%69", FG_ACC32(c, 0), FG_ACC32(c, 8))
+FG_WGMMA_RS(32, "m64n256k16", FG_D128, "{%128, %129, %130, %131}, %132", "%133", FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24))
 
 // c[64 x N] = A[64 x K] B[N x K]^T: A at a_addr, B at b_addr, both SwizzledTile-laid
 // (K-major) with their 64-column blocks a_block / b_block bytes apart. A k16 step moves
