@@ -193,12 +193,8 @@ class AttentionOp:
         call = bind_paged(self.spec, q, k_cache, v_cache, block_table, kv_lens, scale=scale,
                           dropout_p=dropout_p, seed=seed, layout=layout, params=params,
                           for_kernel=True)
-        forward = var.plan(q.shape[-1], launch._arch(q.device.index)).forward
-        block_n = forward.block_n
-        # the sm90 family finds each row's page (schedule.cuh); mma.sync's tiles lie in one
-        if forward.family != "wgmma" and k_cache.shape[1] % block_n:
-            raise ArgumentError(f"page_size is {k_cache.shape[1]}; the forward reads K/V in "
-                                f"tiles of {block_n} rows, so use a multiple of {block_n}")
+        check_page_size(var.plan(q.shape[-1], launch._arch(q.device.index)).forward,
+                        k_cache.shape[1])
         paged = launch.Paged(kv_lens, block_table)
         tensors, scalars = self._kernel_params(call)
         rng = launch.rng_state(seed_words(seed), call.dropout_p, q.device)
@@ -301,6 +297,19 @@ class AttentionOp:
                               dropout_p=dropout_p, seed=seed, layout=layout, params=params)
         return run_varlen_reference(call, cu_seqlens_q, cu_seqlens_k, dtype=dtype,
                                     return_lse=return_lse)
+
+
+def check_page_size(forward, page_size: int) -> None:
+    """A paged cache's pages against the forward's K/V tiles (`forward`: a ForwardPlan). A
+    tile must lie in one page (page_size a multiple of the tile), except that the sm90
+    family also takes pages shorter than a tile: there each row finds its own page
+    (templates/kernels/schedule.cuh)."""
+    block_n = forward.block_n
+    if page_size % block_n == 0 or (forward.family == "wgmma" and page_size < block_n):
+        return
+    shorter = f" or below {block_n}" if forward.family == "wgmma" else ""
+    raise ArgumentError(f"page_size is {page_size}; the forward reads K/V in tiles of "
+                        f"{block_n} rows, so use a multiple of {block_n}{shorter}")
 
 
 def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001

@@ -129,7 +129,7 @@ struct KvStream {
             return;
           }
         }
-        // a tile lies in one page: the host checks page_size % BN == 0 (mma.sync family)
+        // a tile lies in one page: the host checks page_size % BN == 0 (api.check_page_size)
         const int page = n.block_table[int64_t(b) * n.pages_per_seq + k0 / n.page_size];
         const int r = k0 % n.page_size;
         Layout::template load<BN, D, Threads>(sK + stage * kK, k.at(page, hk, r), k.row, rows, k.data);

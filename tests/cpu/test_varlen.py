@@ -136,3 +136,19 @@ def test_paged_arguments_get_plain_messages():
         op.reference_paged(q, cache, cache, table.long(), lens)
     with pytest.raises(ArgumentError, match="forward only"):
         op.paged(q.requires_grad_(), cache, cache, table, lens)
+
+
+def test_page_sizes_the_kernels_take():
+    """A K/V tile lies in one page, or (sm90 family) each row finds its page when pages are
+    shorter than a tile; a page longer than a tile but not a multiple of it would put a tile
+    across two pages, and is refused with the sizes that work."""
+    from flashgen.api import check_page_size
+    from flashgen.plan.tiles import ForwardPlan
+    wgmma, mma = ForwardPlan(128, 128, 8, "wgmma"), ForwardPlan(128, 64, 4, "mma")
+    for ok in (16, 64, 128, 256):
+        check_page_size(wgmma, ok)
+    check_page_size(mma, 128)
+    with pytest.raises(ArgumentError, match="page_size is 192.*multiple of 128 or below 128"):
+        check_page_size(wgmma, 192)
+    with pytest.raises(ArgumentError, match="page_size is 32.*multiple of 64$"):
+        check_page_size(mma, 32)
