@@ -74,8 +74,10 @@ def _worker(rank, world, port, case, results):
             if isinstance(t, torch.Tensor) and t.requires_grad:
                 dist.all_reduce(t.grad)
                 got.append(t.grad)
-        if rank == 0:
-            results.put([g.clone() for g in got])
+        if rank == 0:   # numpy arrays travel by value: a tensor would travel as a shared-
+            # memory handle that this process must outlive (it sometimes did not: CI saw
+            # "Connection reset by peer" in the parent's get)
+            results.put([g.numpy() for g in got])
     finally:
         dist.destroy_process_group()
 
@@ -106,6 +108,7 @@ def test_ring_protocol_matches_one_process(case):
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
+    got = [torch.from_numpy(g) for g in got]
 
     op = flashgen.compile(spec)
     q, k, v, dout, dlse, params = _inputs(case)
