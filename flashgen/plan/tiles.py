@@ -17,6 +17,10 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   dQ atomics and the Q/dO traffic of 64 (measured: f+b 0.47 -> 0.65x FA2 at d = 128,
   PERF.md). Q/dO are double-buffered unless two stages would not fit the arch's shared
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
+sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward in two
+  warpgroups of 64 query rows (_wgmma_forward); up to d = 128 the backward too, 128 keys
+  in two warpgroups of 64 with 64-row Q tiles (_wgmma_backward). d = 256's backward, and
+  every other arch and head dim, stay mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
   backward not below 64 x 64), so a tile lies inside one block and is all visible or
   all skipped; smaller blocks read the layout per element in the tiles whose blocks
@@ -63,8 +67,13 @@ class BackwardPlan:
     block_n: int
     warps: int
     stages: int                # Q/dO buffers
+    family: str = "mma"
 
     def smem_bytes(self, d: int, dv: int) -> int:
+        if self.family == "wgmma":  # swizzled K, V, two Q/dO stages, dS^T, lse and delta
+            tiles = (self.block_n * (d + dv) + 2 * self.block_m * (d + dv)
+                     + self.block_n * self.block_m)
+            return tiles * ELEMENT_BYTES + 2 * 2 * self.block_m * 4 + 1024
         kv = self.block_n * (d + PAD + dv + PAD)
         q_do = self.stages * self.block_m * (d + PAD + dv + PAD)
         p_ds = 2 * self.block_m * (self.block_n + PAD)
@@ -86,7 +95,9 @@ class TilePlan:
         return [
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
             f"2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
-            f"backward: {b.block_n} keys x {b.block_m} query rows per tile, {b.warps} warps, "
+            f"backward: {b.block_n} keys x {b.block_m} query rows per tile, "
+            + (f"{b.warps // 4} warpgroup{'s' if b.warps > 4 else ''} of 64 keys (wgmma), "
+               if b.family == "wgmma" else f"{b.warps} warps, ") +
             f"{b.stages} Q/dO stage{'s' if b.stages > 1 else ''}, "
             f"{b.smem_bytes(d, dv) // 1024} KiB shared memory",
         ]
@@ -214,6 +225,8 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks)
+        if widest <= 128:
+            backward = _wgmma_backward(blocks)
     if override is not None:
         check_override(override, head_dim, value_dim)
         if override.forward is not None:
@@ -243,6 +256,15 @@ def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None
         block_m = min(block_m, max(64, blocks[0]))
         block_n = min(block_n, max(32, blocks[1]))
     return ForwardPlan(block_m, block_n, block_m // 16, "wgmma")
+
+
+def _wgmma_backward(blocks: tuple[int, int] | None) -> BackwardPlan:
+    """The sm90 backward (templates/kernels/backward_sm90.cuh): 128 keys per CTA in two
+    warpgroups of 64, whose dK and dV take D / 2 + Dv / 2 registers per thread (128 at
+    d = 128); Q tiles of 64 rows, the M of the dQ wgmma each warpgroup runs over all
+    of them. A block-sparse layout with blocks under 128 keys takes 64 (one warpgroup)."""
+    block_n = 128 if blocks is None or blocks[1] >= 128 else 64
+    return BackwardPlan(64, block_n, block_n // 16, 2, "wgmma")
 
 
 def plan_for(spec, head_dim: int, override: TileOverride | None = None,

@@ -13,6 +13,7 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_causal::Variant;  // whole sequences
+// the mma.sync family
 using Tiles = fg::BackwardTiles<192, 192, 64, 64, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 192, 192, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;

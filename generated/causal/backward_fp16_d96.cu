@@ -13,6 +13,7 @@
 namespace {
 using T = __half;
 using Variant = fg_causal::Variant;  // whole sequences
+// the mma.sync family
 using Tiles = fg::BackwardTiles<96, 96, 64, 128, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 96, 96, 64, 128, 8, 2, kDq, kDropout, kParamGrads>;

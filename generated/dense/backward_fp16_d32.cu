@@ -13,6 +13,7 @@
 namespace {
 using T = __half;
 using Variant = fg_dense::Variant;  // whole sequences
+// the mma.sync family
 using Tiles = fg::BackwardTiles<32, 32, 128, 128, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 32, 32, 128, 128, 8, 2, kDq, kDropout, kParamGrads>;

@@ -4,18 +4,19 @@
 // attention document: backward pass, fp16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 128 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 161 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 171 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, 2 warpgroups of 64 keys (wgmma), 2 Q/dO stages, 146 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/backward.cuh"
+#include "kernels/backward_sm90.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __half;
 using Variant = fg_document::Variant;  // whole sequences
-using Tiles = fg::BackwardTiles<128, 128, 64, 128, 8, 2>;
+// the sm90 family: warpgroup MMA, 2 warpgroups of 64 keys
+using Tiles = fg::BackwardTilesSm90<128, 128, 64, 128>;
 template <bool kDq, bool kDropout, bool kParamGrads>
-constexpr auto kKernel = fg::backward_kernel<Variant, T, 128, 128, 64, 128, 8, 2, kDq, kDropout, kParamGrads>;
+constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 128, 128, 64, 128, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 128, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<128, 128, 128, 128, 8>;

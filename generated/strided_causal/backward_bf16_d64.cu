@@ -4,19 +4,20 @@
 // attention strided_causal: backward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  64 query rows x 64 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 41 KiB shared memory
-//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 73 KiB shared memory
+//   backward: 64 keys x 64 query rows per tile, 1 warpgroup of 64 keys (wgmma), 2 Q/dO stages, 58 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/backward.cuh"
+#include "kernels/backward_sm90.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_strided_causal::Variant;  // whole sequences
-using Tiles = fg::BackwardTiles<64, 64, 64, 64, 8, 2>;
+// the sm90 family: warpgroup MMA, 1 warpgroups of 64 keys
+using Tiles = fg::BackwardTilesSm90<64, 64, 64, 64>;
 template <bool kDq, bool kDropout, bool kParamGrads>
-constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
-constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 8>;
+constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 64, 64, 64, 64, kDq, kDropout, kParamGrads>;
+constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 4>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<64, 64, 64, 64, 4>;
 template <bool kDropout>

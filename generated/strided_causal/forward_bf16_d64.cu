@@ -4,7 +4,7 @@
 // attention strided_causal: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  64 query rows x 64 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 41 KiB shared memory
-//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 73 KiB shared memory
+//   backward: 64 keys x 64 query rows per tile, 1 warpgroup of 64 keys (wgmma), 2 Q/dO stages, 58 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward_sm90.cuh"

@@ -4,19 +4,20 @@
 // attention temperature: backward pass, fp16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 128 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 81 KiB shared memory
-//   backward: 128 keys x 128 query rows per tile, 8 warps, 2 Q/dO stages, 178 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, 2 warpgroups of 64 keys (wgmma), 2 Q/dO stages, 82 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/backward.cuh"
+#include "kernels/backward_sm90.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __half;
 using Variant = fg_temperature::Variant;  // whole sequences
-using Tiles = fg::BackwardTiles<64, 64, 128, 128, 8, 2>;
+// the sm90 family: warpgroup MMA, 2 warpgroups of 64 keys
+using Tiles = fg::BackwardTilesSm90<64, 64, 64, 128>;
 template <bool kDq, bool kDropout, bool kParamGrads>
-constexpr auto kKernel = fg::backward_kernel<Variant, T, 64, 64, 128, 128, 8, 2, kDq, kDropout, kParamGrads>;
-constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 128, 64, 8>;
+constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 64, 64, 64, 128, kDq, kDropout, kParamGrads>;
+constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<64, 64, 128, 128, 8>;
 template <bool kDropout>
@@ -34,7 +35,7 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   if (!args.deterministic) {
     status = fg::launch(kKernel<true, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
     if (status != cudaSuccess) return status;
-    const dim3 convert_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
+    const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
     return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
   }
   status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);

@@ -238,6 +238,58 @@ dq_convert_kernel(const BackwardArgs<T> a) {
                     n.q_len, dq, n.scale);
 }
 
+// A Q tile's operands, laid out as Layout (schedule.cuh) says: Q, dO, and its rows' lse and
+// delta, which land with them (read from global memory after the GEMMs, their latency sat
+// on every tile's path).
+template <class Layout, int BM, int D, int Dv, int Threads, class T>
+__device__ __forceinline__ void load_query_tile(const BackwardArgs<T>& a, const Shape& n,
+                                                const Strided4<const T>& q_in,
+                                                const Strided4<const T>& do_in, int b, int h,
+                                                int q0, T* sQ, T* sdO, float* sLse, float* sDelta) {
+  Layout::template load<BM, D, Threads>(sQ, q_in.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
+  Layout::template load<BM, Dv, Threads>(sdO, do_in.at(b, h, q0), a.dout.row, n.q_len - q0,
+                                         a.dout.data);
+  const int64_t rows = n.row(b, h, q0);
+  load_rows_f32<BM, Threads>(sLse, a.lse + rows, n.q_len - q0, a.lse);
+  load_rows_f32<BM, Threads>(sDelta, a.delta + rows, n.q_len - q0, a.delta);
+}
+
+// The walk of a backward CTA over the Q tiles of KV tile n_block: its rows are the GQA
+// group's query heads; each row's candidates are all Q tiles, or this KV tile's
+// block-sparse list for that head, minus those the mask skips.
+template <class V, int BM, int BN, class T>
+__device__ __forceinline__ auto key_tile_walk(const BackwardArgs<T>& a, const typename V::Params& p,
+                                              const Shape& n, int b, int hk, int n_block) {
+  const int group = n.heads / n.kv_heads, q_tiles = (n.q_len + BM - 1) / BM;
+  const int k0 = n_block * BN, q_len = n.q_len, kv_len = n.kv_len;
+  return tile_walk(
+      [&a, b, hk, group, n_block, q_tiles](int r) {
+        return tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles);
+      },
+      [&a, &p, b, hk, group, k0, q_len, kv_len](int r, int entry) {
+        return classify_entry<V, BM, BN>(p, a.sparse, b, hk * group + r,
+                                         TileRow::tile_of(entry) * BM, k0, q_len, kv_len, entry);
+      },
+      group);
+}
+
+// A KV tile's dK (times the softmax scale) and dV from a warp's accumulator blocks (first
+// elements at (rk, ck) and (rv, cv) of the tile), rows past the sequence dropped; in
+// fp32, unrounded, for a caller that sums several calls' (args.cuh).
+template <class T, int MK, int NK, int MV, int NV>
+__device__ __forceinline__ void store_key_gradients(const BackwardArgs<T>& a, const Shape& n, int b,
+                                                    int hk, int k0, int rk, int ck,
+                                                    const float (&dk)[MK][NK][4], int rv, int cv,
+                                                    const float (&dv)[MV][NV][4]) {
+  if (a.dk_f32.data) {
+    store_accumulator(a.dk_f32.from_row(n.kv_start), b, hk, k0, rk, ck, n.kv_len, dk, n.scale);
+    store_accumulator(a.dv_f32.from_row(n.kv_start), b, hk, k0, rv, cv, n.kv_len, dv, 1.0f);
+    return;
+  }
+  store_accumulator(a.dk.from_row(n.kv_start), b, hk, k0, rk, ck, n.kv_len, dk, n.scale);
+  store_accumulator(a.dv.from_row(n.kv_start), b, hk, k0, rv, cv, n.kv_len, dv, 1.0f);
+}
+
 // kDq = false (deterministic mode): dQ is left to dq_kernel below. kDropout: the spec
 // has dropout and the call's p > 0. kParamGrads: the call wants gradients of the
 // score's float tables (V::Grads::any()); without them the kernel carries none of that
@@ -269,29 +321,11 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   if (k0 >= n.kv_len) return;  // varlen: past a shorter sequence's keys
   const Strided4<const T> q_in = a.q.from_row(n.q_start), do_in = a.dout.from_row(n.q_start);
   const int warp = threadIdx.x >> 5;
-  const int q_tiles = (n.q_len + BM - 1) / BM;
-
-  // The walk's rows are the group's query heads; each row's candidates are all Q tiles,
-  // or this KV tile's block-sparse list for that head.
-  auto walk = tile_walk(
-      [&](int r) { return tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles); },
-      [&](int r, int entry) {
-        return classify_entry<V, BM, BN>(p, a.sparse, b, hk * group + r,
-                                         TileRow::tile_of(entry) * BM, k0, n.q_len, n.kv_len,
-                                         entry);
-      },
-      group);
-  // A Q tile's operands: Q, dO, and its rows' lse and delta, which land with them
-  // (read from global memory after the GEMMs, their latency sat on every tile's path).
+  auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, n_block);
   auto load_q_do = [&](int h, int q0, int stage) {
-    load_tile<BM, D, Tiles::kThreads>(sQ + stage * Tiles::kQ, q_in.at(b, h, q0), a.q.row,
-                                      n.q_len - q0, a.q.data);
-    load_tile<BM, Dv, Tiles::kThreads>(sdO + stage * Tiles::kDO, do_in.at(b, h, q0), a.dout.row,
-                                       n.q_len - q0, a.dout.data);
-    const int64_t rows = n.row(b, h, q0);
-    load_rows_f32<BM, Tiles::kThreads>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
-    load_rows_f32<BM, Tiles::kThreads>(sDelta + stage * BM, a.delta + rows, n.q_len - q0,
-                                       a.delta);
+    load_query_tile<PaddedRows, BM, D, Dv, Tiles::kThreads>(
+        a, n, q_in, do_in, b, h, q0, sQ + stage * Tiles::kQ, sdO + stage * Tiles::kDO,
+        sLse + stage * BM, sDelta + stage * BM);
   };
 
   load_tile<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, n.kv_start + k0), a.k.row, n.kv_len - k0,
@@ -402,18 +436,8 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
     if (Stages == 2) stage ^= 1;
   }
 
-  // dK (times the softmax scale) and dV, rows past the sequence dropped
-  if (a.dk_f32.data) {  // unrounded, for a caller that sums several calls' (args.cuh)
-    store_accumulator(a.dk_f32.from_row(n.kv_start), b, hk, k0, KK::row0(warp), KK::col0(warp),
-                      n.kv_len, dk, n.scale);
-    store_accumulator(a.dv_f32.from_row(n.kv_start), b, hk, k0, KV::row0(warp), KV::col0(warp),
-                      n.kv_len, dv, 1.0f);
-    return;
-  }
-  store_accumulator(a.dk.from_row(n.kv_start), b, hk, k0, KK::row0(warp), KK::col0(warp), n.kv_len,
-                    dk, n.scale);
-  store_accumulator(a.dv.from_row(n.kv_start), b, hk, k0, KV::row0(warp), KV::col0(warp), n.kv_len,
-                    dv, 1.0f);
+  store_key_gradients(a, n, b, hk, k0, KK::row0(warp), KK::col0(warp), dk, KV::row0(warp),
+                      KV::col0(warp), dv);
 }
 
 // Deterministic dQ: one CTA per (BM query rows, batch * head), shaped like the

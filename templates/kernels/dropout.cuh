@@ -72,4 +72,21 @@ __device__ __forceinline__ void dropout_factors(const Dropout& d, int bh, int q,
   factor[3] = r.w >= d.threshold ? d.keep_scale : 0.0f;
 }
 
+// The same factors for a transposed fragment (the sm90 backward holds S^T): element i is
+// key kv + 8 (i >> 1), query row q + (i & 1), with kv % 16 < 8 and q even. Each of the
+// four lies in a different draw (rows q and q + 1 differ in the counter's q & 7, keys kv
+// and kv + 8 in kv >> 1), so this costs four Philox calls where dropout_factors costs one.
+__device__ __forceinline__ void dropout_factors_transposed(const Dropout& d, int bh, int q, int kv,
+                                                           float (&factor)[4]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int row = q + (i & 1), key = kv + 8 * (i >> 1);
+    const uint4 r = dropout_draws(d, bh, row, key);
+    // the word of (row, key) in its draw, by the spec's (global) indices
+    const int word = (((row + d.q_first) >> 3) & 1) * 2 + ((key + d.kv_first) & 1);
+    const uint32_t draw = word == 0 ? r.x : word == 1 ? r.y : word == 2 ? r.z : r.w;
+    factor[i] = draw >= d.threshold ? d.keep_scale : 0.0f;
+  }
+}
+
 }  // namespace fg

@@ -180,4 +180,33 @@ struct FragmentMask {
   }
 };
 
+// FragmentMask for a transposed block (the sm90 backward holds S^T, keys x query rows):
+// the thread's rows are keys kv0 and kv0 + 8, its columns query rows q0 + 8 nt + j, and
+// element i of fragment nt is key kv0 + 8 (i >> 1), query q0 + 8 nt + (i & 1). The row
+// and column parts are the same functions, each held where it varies.
+template <class V, int NT>
+struct TransposedFragmentMask {
+  using Split = MaskSplit<V>;
+  typename Split::Col keys[2];
+  typename Split::Row queries[NT][2];
+
+  __device__ __forceinline__ TransposedFragmentMask(const typename V::Params& p, int b, int h,
+                                                    int kv0, int q0, int q_len, int kv_len) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) keys[half] = Split::col(p, b, h, kv0 + 8 * half, q_len, kv_len);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int j = 0; j < 2; ++j) queries[nt][j] = Split::row(p, b, h, q0 + 8 * nt + j, q_len, kv_len);
+  }
+
+  __device__ __forceinline__ bool visible(const typename V::Params& p, bool block_visible, int b,
+                                          int h, int nt, int i, int q, int kv, int q_len,
+                                          int kv_len) const {
+    if (kv >= kv_len) return false;
+    if (!Split::at(p, queries[nt][i & 1], keys[i >> 1], b, h, q, kv, q_len, kv_len)) return false;
+    return block_visible;
+  }
+};
+
 }  // namespace fg

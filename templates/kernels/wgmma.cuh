@@ -77,7 +77,9 @@ __device__ __forceinline__ void fence_proxy_async() {
 
 // The instructions: c (m64 x N, fp32) = A B + (accumulate ? c : 0), one wrapper per N
 // (64-bit descriptors, the accumulate flag as a predicate). wgmma_ss: A and B in shared
-// memory, both K-major. wgmma_rs: A from registers, B MN-major (the transpose bit).
+// memory, both K-major; wgmma_ss_mn_major: both MN-major (the two transpose bits: the
+// backward's dQ = dS K reads dS^T and K as they lie). wgmma_rs: A from registers, B
+// MN-major.
 // Inline asm names every accumulator register, so the macros below spell out the lists:
 // FG_D<n> the PTX operands %0 .. %n-1, FG_ACC<n> their constraints.
 #define FG_ACC4(c, i) "+f"(c[i][0]), "+f"(c[i][1]), "+f"(c[i][2]), "+f"(c[i][3])
@@ -97,13 +99,16 @@ __device__ __forceinline__ void fence_proxy_async() {
                ", p, " TAIL ";\n}\n"                                                      \
                : __VA_ARGS__ : INPUTS)
 #define FG_WGMMA_SS(NT, SHAPE, DREGS, AB, PRED, ...)                                      \
+  FG_WGMMA_SS_AS(wgmma_ss, "1, 1, 0, 0", NT, SHAPE, DREGS, AB, PRED, __VA_ARGS__)         \
+  FG_WGMMA_SS_AS(wgmma_ss_mn_major, "1, 1, 1, 1", NT, SHAPE, DREGS, AB, PRED, __VA_ARGS__)
+#define FG_WGMMA_SS_AS(NAME, TRANSPOSE, NT, SHAPE, DREGS, AB, PRED, ...)                  \
   template <class T>                                                                      \
-  __device__ __forceinline__ void wgmma_ss(float (&c)[NT][4], uint64_t desc_a,             \
-                                           uint64_t desc_b, int accumulate) {              \
+  __device__ __forceinline__ void NAME(float (&c)[NT][4], uint64_t desc_a, uint64_t desc_b, \
+                                       int accumulate) {                                  \
     if constexpr (std::is_same_v<T, __half>)                                              \
-      FG_WGMMA_ASM("f16", SHAPE, DREGS, AB, PRED, "1, 1, 0, 0", FG_SS_IN, __VA_ARGS__);    \
+      FG_WGMMA_ASM("f16", SHAPE, DREGS, AB, PRED, TRANSPOSE, FG_SS_IN, __VA_ARGS__);       \
     else                                                                                  \
-      FG_WGMMA_ASM("bf16", SHAPE, DREGS, AB, PRED, "1, 1, 0, 0", FG_SS_IN, __VA_ARGS__);   \
+      FG_WGMMA_ASM("bf16", SHAPE, DREGS, AB, PRED, TRANSPOSE, FG_SS_IN, __VA_ARGS__);      \
   }
 #define FG_WGMMA_RS(NT, SHAPE, DREGS, AB, PRED, ...)                                      \
   template <class T>                                                                      \
@@ -122,13 +127,18 @@ FG_WGMMA_RS(8, "m64n64k16", FG_D32, "{%32, %33, %34, %35}, %36", "%37", FG_ACC32
 FG_WGMMA_RS(16, "m64n128k16", FG_D64, "{%64, %65, %66, %67}, %68", "%69", FG_ACC32(c, 0), FG_ACC32(c, 8))
 FG_WGMMA_RS(32, "m64n256k16", FG_D128, "{%128, %129, %130, %131}, %132", "%133", FG_ACC32(c, 0), FG_ACC32(c, 8), FG_ACC32(c, 16), FG_ACC32(c, 24))
 
-// c[64 x N] = A[64 x K] B[N x K]^T: A at a_addr, B at b_addr, both SwizzledTile-laid
-// (K-major) with their 64-column blocks a_block / b_block bytes apart. A k16 step moves
-// 32 bytes along a 128-byte row; the swizzle is applied by the hardware on the address
-// bits, so the start address just advances. Waits for the result.
+// The GEMMs. issue_*: the chain of one GEMM's wgmmas, committed as one group; the caller
+// waits for it (wgmma_wait<n>: all but the newest n groups done) and then calls
+// fence_operand on the result, so that independent GEMMs can run back to back.
+// warpgroup_gemm_*: issue and wait.
+
+// c[64 x N] (=, or += with accumulate) A[64 x K] B[N x K]^T: A at a_addr, B at b_addr,
+// both SwizzledTile-laid (K-major) with their 64-column blocks a_block / b_block bytes
+// apart. A k16 step moves 32 bytes along a 128-byte row; the swizzle is applied by the
+// hardware on the address bits, so the start address just advances.
 template <class T, int N, int K>
-__device__ __forceinline__ void warpgroup_gemm_ss(float (&c)[N / 8][4], uint32_t a_addr, int a_block,
-                                                  uint32_t b_addr, int b_block) {
+__device__ __forceinline__ void issue_gemm_ss(float (&c)[N / 8][4], uint32_t a_addr, int a_block,
+                                              uint32_t b_addr, int b_block, bool accumulate = false) {
   static_assert(K % 16 == 0, "whole k16 steps");
   fence_operand(c);
   wgmma_fence();
@@ -137,19 +147,35 @@ __device__ __forceinline__ void warpgroup_gemm_ss(float (&c)[N / 8][4], uint32_t
     const uint32_t offset = (kk % 4) * 32;
     const uint64_t da = smem_descriptor(a_addr + (kk / 4) * a_block + offset, 16, 1024);
     const uint64_t db = smem_descriptor(b_addr + (kk / 4) * b_block + offset, 16, 1024);
-    wgmma_ss<T>(c, da, db, kk > 0);
+    wgmma_ss<T>(c, da, db, accumulate || kk > 0);
   }
   wgmma_commit();
-  wgmma_wait<0>();
+}
+
+// c[64 x N] = A[64 x K] B[K x N], both MN-major: A at a_addr laid as SwizzledTile<K, 64>
+// (M contiguous), B at b_addr as SwizzledTile<K, N> with its 64-column blocks b_block
+// bytes apart. A k16 step is two 8-row groups: 2048 bytes in each.
+template <class T, int N, int K>
+__device__ __forceinline__ void issue_gemm_ss_mn_major(float (&c)[N / 8][4], uint32_t a_addr,
+                                                       uint32_t b_addr, int b_block) {
+  static_assert(K % 16 == 0, "whole k16 steps");
   fence_operand(c);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    const uint64_t da = smem_descriptor(a_addr + kk * 2048, 64 * 128, 1024);
+    const uint64_t db = smem_descriptor(b_addr + kk * 2048, b_block, 1024);
+    wgmma_ss_mn_major<T>(c, da, db, kk > 0);
+  }
+  wgmma_commit();
 }
 
 // c[64 x N] += A[64 x K] B[K x N]: A from registers (a[kt] covers k = 16kt .. 16kt + 15),
 // B at b_addr laid as SwizzledTile<K, N> (N contiguous: MN-major) with its 64-column blocks
-// b_block bytes apart. A k16 step is two 8-row groups: 2048 bytes. Waits for the result.
+// b_block bytes apart. The registers of a must hold still until the group is waited for.
 template <class T, int N, int K>
-__device__ __forceinline__ void warpgroup_gemm_rs(float (&c)[N / 8][4], const uint32_t (&a)[K / 16][4],
-                                                  uint32_t b_addr, int b_block) {
+__device__ __forceinline__ void issue_gemm_rs(float (&c)[N / 8][4], const uint32_t (&a)[K / 16][4],
+                                              uint32_t b_addr, int b_block) {
   fence_operand(c);
   wgmma_fence();
 #pragma unroll
@@ -157,6 +183,20 @@ __device__ __forceinline__ void warpgroup_gemm_rs(float (&c)[N / 8][4], const ui
     wgmma_rs<T>(c, a[kk], smem_descriptor(b_addr + kk * 2048, b_block, 1024), 1);
   }
   wgmma_commit();
+}
+
+template <class T, int N, int K>
+__device__ __forceinline__ void warpgroup_gemm_ss(float (&c)[N / 8][4], uint32_t a_addr, int a_block,
+                                                  uint32_t b_addr, int b_block) {
+  issue_gemm_ss<T, N, K>(c, a_addr, a_block, b_addr, b_block);
+  wgmma_wait<0>();
+  fence_operand(c);
+}
+
+template <class T, int N, int K>
+__device__ __forceinline__ void warpgroup_gemm_rs(float (&c)[N / 8][4], const uint32_t (&a)[K / 16][4],
+                                                  uint32_t b_addr, int b_block) {
+  issue_gemm_rs<T, N, K>(c, a, b_addr, b_block);
   wgmma_wait<0>();
   fence_operand(c);
 }

@@ -90,8 +90,8 @@ SPILL_BYTES = 512
 @pytest.mark.parametrize("name", list(flashgen.shipped()))
 def test_every_shipped_kernel_compiles(name, arch):
     """Every (dtype, head dim) of every shipped spec, forward and backward, planned for
-    the arch (on sm_90a the forward of d = 64/128/256 is the wgmma family, elsewhere
-    mma.sync), compiles with the local nvcc (no GPU, no torch headers). Spills stay under SPILL_BYTES: the
+    the arch (on sm_90a the forward of d = 64/128/256 and the backward of d = 64/128
+    are the wgmma family, elsewhere mma.sync), compiles with the local nvcc (no GPU, no torch headers). Spills stay under SPILL_BYTES: the
     FA2-sized tiles sit at the 255-register limit and ptxas spills up to ~400 bytes in
     some (the dropout forward, score specs' 128-key backward), measured faster than the
     spill-free smaller tiles (templates/kernels/PERF.md); the bound catches a blow-up."""

@@ -104,6 +104,29 @@ def test_forward_family_by_arch_and_head_dim():
         "forward_bf16_d128.cu"]
 
 
+def test_backward_family_by_arch_and_head_dim():
+    """The backward follows the forward onto warpgroup MMA up to d = 128: 128 keys in two
+    warpgroups, 64-row Q tiles; 64 keys (one warpgroup) under a layout of narrower
+    blocks. d = 256, other archs, a family asked as "mma" and hand-picked backward tiles
+    (the block-size sweep's) stay mma.sync."""
+    from flashgen.plan.tiles import TileOverride
+    from flashgen.render.kernels import render_units
+    causal = flashgen.load("causal")
+    for d in (64, 128):
+        b = plan_for(causal, d, arch="sm_90a").backward
+        assert (b.family, b.block_m, b.block_n, b.warps, b.stages) == ("wgmma", 64, 128, 8, 2)
+        assert b.smem_bytes(d, d) <= 227 * 1024
+        assert plan_for(causal, d, arch="sm_80").backward.family == "mma"
+        assert plan_for(causal, d, TileOverride(family="mma"), "sm_90a").backward.family == "mma"
+    assert plan_for(causal, 256, arch="sm_90a").backward.family == "mma"
+    assert plan_for(causal, 128, TileOverride(backward=(64, 128, 8)),
+                    "sm_90a").backward.family == "mma"
+    bigbird = plan_for(flashgen.load("bigbird"), 64, arch="sm_90a").backward   # 64 x 64 blocks
+    assert (bigbird.family, bigbird.block_n, bigbird.warps) == ("wgmma", 64, 4)
+    unit = render_units(causal, "x", "bf16", 128, arch="sm_90a")["backward_bf16_d128.cu"]
+    assert "backward_kernel_sm90" in unit and "BackwardTilesSm90<128, 128, 64, 128>" in unit
+
+
 def test_mask_class_lists_keep_unskipped_tiles_in_order_with_partial_bits():
     # int8 classes [batches 2, heads 1, q tiles 2, kv tiles 3]: 0 skip, 1 full, 2 partial
     fwd = torch.tensor([[[[1, 0, 2], [0, 0, 1]]], [[[0, 0, 0], [2, 1, 0]]]], dtype=torch.int8)

@@ -1,9 +1,11 @@
-"""The two forward kernel families against each other on Hopper: the sm90 family
-(warpgroup MMA, templates/kernels/forward_sm90.cuh) and the mma.sync family
-(forward.cuh), compiled from one spec, run on the same inputs. Each must be within the
+"""The two kernel families against each other on Hopper: the sm90 family (warpgroup
+MMA, templates/kernels/forward_sm90.cuh and backward_sm90.cuh) and the mma.sync family
+(forward.cuh, backward.cuh), compiled from one spec, run on the same inputs. Each must be within the
 oracle's bound of the float64 reference, and the two within the sum of their bounds of
 each other (they add in different orders). Dropout draws the same keep mask in both
-(the Philox counter is the element's index), so dropout cases compare too."""
+(the Philox counter is the element's index), so dropout cases compare too. The
+backward passes are judged by the oracle's `compare` (gradients of q, k, v and float
+tables), deterministic mode included."""
 import zlib
 
 import pytest
@@ -13,7 +15,7 @@ import flashgen
 from flashgen.runtime import launch
 from flashgen.runtime.examples import example_inputs
 
-from .oracle import DTYPES, bound, error
+from .oracle import DTYPES, bound, compare, error
 
 pytestmark = pytest.mark.gpu
 
@@ -70,3 +72,35 @@ def test_families_agree(case, monkeypatch):
             assert err <= limit, f"{family} {what}: error {err:.3g} > bound {limit:.3g}"
         between = error(got["sm90"][i], got["mma"][i].double())
         assert between <= 2 * limit, f"{what}: the families differ by {between:.3g} > {2 * limit:.3g}"
+
+
+# spec, dtype, head dim, B, H, Hkv, Nq, Nk, compare options: the backward's cases (the
+# sm90 backward covers d <= 128)
+BACKWARD_CASES = [
+    ("dense", "bf16", 128, 2, 4, 4, 1000, 1000, {}),
+    ("causal", "fp16", 64, 2, 4, 2, 777, 777, {}),
+    ("causal", "bf16", 128, 1, 4, 4, 640, 640, {"deterministic": True}),
+    ("alibi", "bf16", 128, 2, 4, 4, 500, 700, {}),
+    ("softcap", "fp16", 128, 1, 4, 4, 640, 640, {}),
+    ("sliding_window", "bf16", 64, 1, 4, 4, 2000, 2000, {}),
+    ("document", "bf16", 128, 2, 4, 4, 600, 600, {}),
+    ("bigbird", "bf16", 64, 1, 4, 2, 900, 1100, {}),
+    ("temperature", "bf16", 64, 2, 4, 2, 300, 333, {}),
+    ("dropout_causal", "bf16", 128, 1, 4, 2, 513, 513, {"dropout_p": 0.3}),
+    ("prefix_lm", "fp16", 128, 2, 4, 4, 257, 1025, {"lengths": ([257, 100], [1025, 300])}),
+]
+
+
+@pytest.mark.skipif(not _hopper(), reason="the sm90 family needs an sm_90 GPU")
+@pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: f"{c[0]}-{c[1]}-d{c[2]}")
+def test_backward_families(case, monkeypatch):
+    monkeypatch.setenv("FLASHGEN_POISON", "1")
+    name, dtype, d, B, H, Hkv, Nq, Nk, options = case
+    sm90, mma = flashgen.compile(name), flashgen.compile(name, family="mma")
+    arch = launch._arch(torch.cuda.current_device())
+    assert launch.variant(sm90.key).plan(d, arch).backward.family == "wgmma"
+    assert launch.variant(mma.key).plan(d, arch).backward.family == "mma"
+    seed = zlib.crc32(repr(case).encode())
+    for family, op in (("sm90", sm90), ("mma", mma)):
+        row = compare(op, dtype, d, B, H, Hkv, Nq, Nk, seed, f"{name} {family}", **options)
+        assert not row["failures"], f"{family}: {row}"

@@ -1,0 +1,216 @@
+// The backward pass on Hopper (sm_90a): backward.cuh's algorithm (FlashAttention-2, by
+// recomputation; one CTA per BN keys) with its five GEMMs on warpgroup MMA (wgmma.cuh).
+//
+// The CTA has BN / 64 warpgroups; each owns 64 of the keys and holds their dK and dV
+// accumulators for the whole walk. Per Q tile of BM = 64 query rows:
+//   1. S^T = K Q^T and dP^T = V dO^T, both operands in shared memory (two wgmma chains
+//      in flight together). The scores come out transposed, keys x query rows, because
+//      the next two GEMMs contract over the query rows: P^T and dS^T in registers are
+//      then already their A operands, and never go through shared memory.
+//   2. P = exp2(score(S) - lse) and dS, element by element: backward.cuh's
+//      score_gradient on the transposed fragments (lse and delta are per column here).
+//   3. dV += P^T dO and dK += dS^T Q: A from registers, B MN-major (Q and dO as they lie).
+//   4. dS^T to shared memory, then dQ = dS K, both operands MN-major: each warpgroup
+//      makes D / (BN / 64) of dQ's columns, added to the fp32 buffer with atomics
+//      (backward.cuh DqFragments; the deterministic mode leaves dQ to dq_kernel).
+// Loads are cp.async into 128-byte-swizzled tiles, the next Q/dO tile landing while this
+// one computes, as in the mma.sync backward. Not yet: TMA, warp specialisation, and
+// overlapping one tile's elementwise step with another's GEMMs (PERF.md).
+#pragma once
+#include "backward.cuh"
+#include "wgmma.cuh"
+
+namespace fg {
+
+template <int D, int Dv, int BM, int BN>
+struct BackwardTilesSm90 {
+  static constexpr int kWarpgroups = BN / 64;
+  static constexpr int kThreads = 128 * kWarpgroups;
+  static constexpr int kWarps = 4 * kWarpgroups;
+  using K = SwizzledTile<BN, D>;
+  using V = SwizzledTile<BN, Dv>;
+  using Q = SwizzledTile<BM, D>;
+  using DO = SwizzledTile<BM, Dv>;
+  using DS = SwizzledTile<BN, BM>;  // dS^T: keys x query rows
+  static constexpr int kDqCols = D / kWarpgroups;  // dQ's columns per warpgroup
+  // K, V, two Q/dO stages, dS^T, then each stage's lse and delta (fp32); +1024 to align
+  // the start on a swizzle pattern
+  static constexpr int kStatsOffset = K::kBytes + V::kBytes + 2 * (Q::kBytes + DO::kBytes) + DS::kBytes;
+  static constexpr int kSmemBytes = kStatsOffset + 2 * 2 * BM * int(sizeof(float)) + 1024;
+  template <class T>
+  static constexpr int smem_bytes() { return kSmemBytes; }
+  // dQ's warps for DqFragments and dq_convert_kernel: warp w holds rows 16 (w % 4) ..
+  // + 15 and columns (w / 4) kDqCols .. + kDqCols - 1 of the BM x D tile
+  struct Rows {
+    static constexpr int kMT = 1, kNT = kDqCols / 8;
+    static __device__ __forceinline__ int row0(int warp) { return 16 * (warp % 4); }
+    static __device__ __forceinline__ int col0(int warp) { return (warp / 4) * kDqCols; }
+  };
+  static_assert(BM == 64, "every warpgroup makes all BM rows of dQ: wgmma's M is 64");
+  static_assert(BN == 64 || BN == 128, "one or two warpgroups of 64 keys");
+  static_assert(D % 64 == 0 && Dv % 64 == 0 && Dv <= 128 && D <= 128,
+                "whole 128-byte rows; dK and dV of 64 keys in registers");
+  static_assert(kDqCols % 32 == 0, "dQ's wgmma is n32 or wider");
+};
+
+// Template arguments as backward_kernel's (backward.cuh), without W and Stages: the warps
+// are BN / 16, and Q/dO always have two stages.
+template <class V, class T, int D, int Dv, int BM, int BN, bool kDq, bool kDropout,
+          bool kParamGrads>
+__global__ void __launch_bounds__(BackwardTilesSm90<D, Dv, BM, BN>::kThreads, 1)
+backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
+                     const typename V::Grads g) {
+  using Tiles = BackwardTilesSm90<D, Dv, BM, BN>;
+  using Rows = typename Tiles::Rows;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = reinterpret_cast<T*>(smem + Tiles::K::kBytes);
+  unsigned char* stages = smem + Tiles::K::kBytes + Tiles::V::kBytes;
+  auto sQ = [&](int stage) { return reinterpret_cast<T*>(stages + stage * Tiles::Q::kBytes); };
+  auto sdO = [&](int stage) {
+    return reinterpret_cast<T*>(stages + 2 * Tiles::Q::kBytes + stage * Tiles::DO::kBytes);
+  };
+  unsigned char* sdS = stages + 2 * (Tiles::Q::kBytes + Tiles::DO::kBytes);
+  float* sLse = reinterpret_cast<float*>(smem + Tiles::kStatsOffset);  // [2][BM]
+  float* sDelta = sLse + 2 * BM;                                        // [2][BM]
+
+  const int n_block = blockIdx.x;
+  const int b = blockIdx.y / a.shape.kv_heads, hk = blockIdx.y % a.shape.kv_heads;
+  const Shape n = a.shape.for_sequence(b);
+  const int group = n.heads / n.kv_heads;
+  const int k0 = n_block * BN;
+  if (k0 >= n.kv_len) return;  // varlen: past a shorter sequence's keys
+  const Strided4<const T> q_in = a.q.from_row(n.q_start), do_in = a.dout.from_row(n.q_start);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warpgroup = warp / 4;
+  auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, n_block);
+  auto load_q_do = [&](int h, int q0, int stage) {
+    load_query_tile<SwizzledRows, BM, D, Dv, Tiles::kThreads>(
+        a, n, q_in, do_in, b, h, q0, sQ(stage), sdO(stage), sLse + stage * BM,
+        sDelta + stage * BM);
+  };
+
+  SwizzledRows::load<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, n.kv_start + k0), a.k.row,
+                                             n.kv_len - k0, a.k.data);
+  SwizzledRows::load<BN, Dv, Tiles::kThreads>(sV, a.v.at(b, hk, n.kv_start + k0), a.v.row,
+                                              n.kv_len - k0, a.v.data);
+  if (!walk.done()) load_q_do(hk * group + walk.r, TileRow::tile_of(walk.entry) * BM, 0);
+  cp_async_commit();
+
+  // This warpgroup's 64 keys (A of S^T and dP^T: rows 128 bytes apart in each block), and
+  // this thread's first key and query column of the transposed fragments.
+  const uint32_t k_rows = smem_address(sK) + warpgroup * 64 * 128;
+  const uint32_t v_rows = smem_address(sV) + warpgroup * 64 * 128;
+  const int key0 = 64 * warpgroup + 16 * (warp % 4) + (lane >> 2);  // in the tile; and + 8
+  const int col0 = 2 * (lane & 3);                                   // + 8 nt, and + 1
+  // dQ's B: this warpgroup's columns of K, MN-major (a column offset inside a 128-byte
+  // row is an address offset: the swizzle acts on the address bits)
+  constexpr int kDqCols = Tiles::kDqCols;
+  const int dq_col0 = warpgroup * kDqCols;
+  const uint32_t k_cols = smem_address(sK) + (dq_col0 >> 6) * Tiles::K::kBlockBytes +
+                          (dq_col0 & 63) * int(sizeof(T));
+
+  float dk[1][D / 8][4], dv[1][Dv / 8][4];
+  zero(dk);
+  zero(dv);
+  typename GradSumsOf<V>::type sums{};
+  for (int stage = 0; !walk.done(); stage ^= 1) {
+    const int h = hk * group + walk.r, q0 = TileRow::tile_of(walk.entry) * BM;
+    const TileMask tile = walk.mask;
+    cp_async_wait<0>();
+    fence_proxy_async();  // the cp.async writes, for the wgmmas that read them
+    __syncthreads();      // this stage has landed; the last tile's dQ GEMMs are done with dS^T
+    walk.advance();
+    const int h_next = hk * group + walk.r, q0_next = TileRow::tile_of(walk.entry) * BM;
+    if (!walk.done()) load_q_do(h_next, q0_next, stage ^ 1);
+    cp_async_commit();
+    const uint32_t q_tile = smem_address(sQ(stage)), do_tile = smem_address(sdO(stage));
+
+    // 1. S^T and dP^T for this warpgroup's keys x the tile's query rows
+    float s[1][BM / 8][4], dp[1][BM / 8][4];
+    issue_gemm_ss<T, BM, D>(s[0], k_rows, Tiles::K::kBlockBytes, q_tile, Tiles::Q::kBlockBytes);
+    issue_gemm_ss<T, BM, Dv>(dp[0], v_rows, Tiles::V::kBlockBytes, do_tile, Tiles::DO::kBlockBytes);
+    wgmma_wait<0>();
+    fence_operand(s[0]);
+    fence_operand(dp[0]);
+
+    // 2. P^T (times the dropout factor) into s, dS^T into dp, element by element
+    const float* lse_tile = sLse + stage * BM;
+    const float* delta_tile = sDelta + stage * BM;
+    auto p_and_ds = [&](auto partial) {
+      constexpr bool kPartial = decltype(partial)::value;
+      const TransposedFragmentMask<V, BM / 8> mask(p, b, h, k0 + key0, q0 + col0, n.q_len,
+                                                   n.kv_len);
+#pragma unroll
+      for (int nt = 0; nt < BM / 8; ++nt) {
+        const int c = col0 + 8 * nt;  // this thread's query rows: c and c + 1
+        const float2 lse = *reinterpret_cast<const float2*>(lse_tile + c);
+        const float2 delta = *reinterpret_cast<const float2*>(delta_tile + c);
+        const float lse2[2] = {row_lse2(lse.x, q0 + c < n.q_len), row_lse2(lse.y, q0 + c + 1 < n.q_len)};
+        const float row_delta[2] = {delta.x, delta.y};
+        bool block = true;
+        if constexpr (kPartial)
+          block = fragment_block_visible<V>(tile, a.sparse, h, q0 + c, k0 + key0, n.q_len,
+                                            n.kv_len);
+        float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+        if constexpr (kDropout)
+          dropout_factors_transposed(a.dropout, b * n.heads + h, q0 + c, k0 + key0, keep);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {  // keys key0, key0, key0 + 8, key0 + 8; rows c, c + 1, c, c + 1
+          const int q = q0 + c + (i & 1), kv_idx = k0 + key0 + 8 * (i >> 1);
+          const bool visible =
+              !kPartial || mask.visible(p, block, b, h, nt, i, q, kv_idx, n.q_len, n.kv_len);
+          score_gradient<V, kPartial, kParamGrads>(p, g, sums, n, visible, lse2[i & 1],
+                                                   row_delta[i & 1], b, h, q, kv_idx,
+                                                   s[0][nt][i], dp[0][nt][i], keep[i],
+                                                   s[0][nt][i], dp[0][nt][i]);
+        }
+      }
+    };
+    if (tile.partial()) {
+      p_and_ds(std::true_type{});
+    } else {
+      p_and_ds(std::false_type{});
+    }
+    if constexpr (kParamGrads && V::kHasParamGrads) {  // at each change of head (uniform)
+      if (walk.done() || h_next != h) V::flush_param_grads(p, g, sums, b, h, n.q_len, n.kv_len);
+    }
+    uint32_t pt[BM / 16][4], dst[BM / 16][4];
+    accumulator_to_a<T>(pt, s[0]);
+    accumulator_to_a<T>(dst, dp[0]);
+
+    // 3. dV += P^T dO, dK += dS^T Q, running while dS^T goes to shared memory
+    issue_gemm_rs<T, Dv, BM>(dv[0], pt, do_tile, Tiles::DO::kBlockBytes);
+    issue_gemm_rs<T, D, BM>(dk[0], dst, q_tile, Tiles::Q::kBlockBytes);
+
+    // 4. dQ += dS K (unscaled; the host multiplies by the softmax scale)
+    if constexpr (kDq) {
+      // dst[kt] holds keys key0 and key0 + 8 at query rows 16 kt + col0 (+1) and + 8 (+1)
+#pragma unroll
+      for (int kt = 0; kt < BM / 16; ++kt)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int r = key0 + 8 * (j & 1), c = 16 * kt + 8 * (j >> 1) + col0;
+          *reinterpret_cast<uint32_t*>(sdS + Tiles::DS::chunk_offset(r, c & ~7) + (c & 7) * 2) =
+              dst[kt][j];
+        }
+      fence_proxy_async();
+      __syncthreads();  // every warpgroup's keys of dS^T are in
+      float dq[1][kDqCols / 8][4];
+      issue_gemm_ss_mn_major<T, kDqCols, BN>(dq[0], smem_address(sdS), k_cols,
+                                             Tiles::K::kBlockBytes);
+      wgmma_wait<0>();
+      fence_operand(dq[0]);
+      DqFragments<Rows, BM, D>::add(a, n, b, h, q0, warp, dq);
+    } else {
+      wgmma_wait<0>();
+    }
+    fence_operand(dv[0]);
+    fence_operand(dk[0]);
+  }
+
+  const int key_row = 64 * warpgroup + 16 * (warp % 4);
+  store_key_gradients(a, n, b, hk, k0, key_row, 0, dk, key_row, 0, dv);
+}
+
+}  // namespace fg
