@@ -18,7 +18,7 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   PERF.md). Q/dO are double-buffered unless two stages would not fit the arch's shared
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
 sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward in two
-  warpgroups of 64 query rows (_wgmma_forward); up to d = 128 the backward too, 128 keys
+  warpgroups of 64 query rows, at d = 64 one per CTA and three CTAs per SM (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles (_wgmma_backward). d = 256's backward, and
   every other arch and head dim, stay mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
@@ -110,7 +110,9 @@ class TileError(ValueError):
 @dataclass(frozen=True)
 class TileOverride:
     """Tiles picked by hand instead of by the planner (the benchmark's block-size sweep):
-    forward (BM, BN); backward (BM, BN, warps). None keeps the planner's."""
+    forward (BM, BN); backward (BM, BN, warps). None keeps the planner's. Under the
+    wgmma family a backward tile of its shapes, (64, 64, 4) or (64, 128, 8), runs the
+    sm90 backward; any other runs mma.sync."""
     forward: tuple[int, int] | None = None
     backward: tuple[int, int, int] | None = None
     family: str | None = None  # the forward's kernel family (FAMILIES); None: the arch's best
@@ -224,7 +226,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
         raise TileError(f"the wgmma family needs sm_90a and head dims of 64, 128 or 256, "
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
     if family == "wgmma":
-        forward = _wgmma_forward(head_dim, value_dim, blocks)
+        forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
         if widest <= 128:
             backward = _wgmma_backward(blocks)
     if override is not None:
@@ -235,6 +237,10 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                 if family == "wgmma" else ForwardPlan(block_m, block_n, FORWARD_WARPS)
         if override.backward is not None:
             backward = _backward_plan(*override.backward, head_dim, value_dim, SM90_SMEM_LIMIT)
+            block_m, block_n, warps = override.backward
+            if (family == "wgmma" and widest <= 128 and block_m == 64
+                    and warps == block_n // 16):  # the sm90 backward's shapes (_wgmma_backward)
+                backward = BackwardPlan(64, block_n, warps, 2, "wgmma")
     return TilePlan(head_dim, value_dim, forward, backward)
 
 
@@ -245,13 +251,24 @@ def wgmma_fits(arch: str, head_dim: int, value_dim: int) -> bool:
     return arch.startswith("sm_90") and all(x in (64, 128, 256) for x in (head_dim, value_dim))
 
 
-def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None) -> ForwardPlan:
-    """The sm90 forward: two warpgroups of 64 query rows. Per thread the output takes
+def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
+                   score_reads_tables: bool = False) -> ForwardPlan:
+    """The sm90 forward: two warpgroups of 64 query rows (one at d = 64, with 64 keys when
+    the score reads tables). Per thread the output takes
     Dv / 2 registers and a score tile BN / 2, a quarter of the mma.sync family's 32-row
     warps at the same tile, so 128 keys fit up to d = 128. Above, 32: the deterministic
     dQ kernel walks the forward's tile lists at the forward's tiles, and its Q, dO and
     two padded K/V stages fit 227 KiB at d = 256 only with 32 keys (64: 264 KiB)."""
     block_m, block_n = 128, 128 if max(head_dim, value_dim) <= 128 else 32
+    if max(head_dim, value_dim) <= 64:
+        # one warpgroup of 64 rows per CTA, three CTAs per SM (73 KiB of shared memory
+        # each): independent CTAs fill the tensor cores during each other's softmax, where
+        # a CTA's two warpgroups run in lockstep. Measured 1.12-1.31x the two-warpgroup
+        # CTA's forward at d = 64; at d = 128 two CTAs of 64 x 64 tiles were 0.86-0.97x
+        # (PERF.md, issue 8's third step)
+        block_m = 64
+        if score_reads_tables:  # ptxas spilled 56-180 B under the 168 registers at 128 keys (t5_bias)
+            block_n = 64
     if blocks is not None:
         block_m = min(block_m, max(64, blocks[0]))
         block_n = min(block_n, max(32, blocks[1]))

@@ -3,7 +3,7 @@
 //
 // attention dropout_causal: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 81 KiB shared memory
+//   forward:  64 query rows x 128 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 73 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, 2 warpgroups of 64 keys (wgmma), 2 Q/dO stages, 82 KiB shared memory
 
 #include "variant.cuh"
@@ -14,10 +14,10 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_dropout_causal::Variant;  // whole sequences
-// the sm90 family: warpgroup MMA, 2 warpgroups of 64 query rows
-using Tiles = fg::ForwardTilesSm90<64, 64, 128, 128>;
+// the sm90 family: warpgroup MMA, 1 warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90<64, 64, 64, 128>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 64, 64, 128, 128, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 64, 64, 64, 128, kDropout, kExactP, kGeneral>;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
@@ -49,7 +49,7 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads,
+  const dim3 grid((args.shape.q_len + 64 - 1) / 64, args.shape.batch * args.shape.heads,
                   args.splits > 1 ? args.splits : 1);
   // dropout_p = 0 runs the kernel without dropout: it costs nothing
   if (args.dropout.active()) return run<true>(args, params, grid, smem, stream);

@@ -32,6 +32,13 @@ struct ForwardTilesSm90 {
   static constexpr int kSmemBytes = Q::kBytes + 2 * (K::kBytes + V::kBytes) + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
+  // CTAs per SM that shared memory allows (228 KiB per SM, 1 KiB of it reserved per CTA),
+  // at most 3, for a CTA of one warpgroup: its warpgroup waits on its own GEMMs and runs
+  // its softmax with the tensor cores idle unless other CTAs on the SM fill them, and two
+  // warpgroups of one CTA, meeting at every tile's barrier, do not (PERF.md). Given to
+  // __launch_bounds__, so that ptxas keeps the registers of that many CTAs (168 for 3).
+  static constexpr int kMinBlocksPerSM =
+      kWarpgroups > 1 ? 1 : (228 * 1024 / (kSmemBytes + 1024) < 3 ? 228 * 1024 / (kSmemBytes + 1024) : 3);
   static_assert(BM % 64 == 0 && BN % 16 == 0 && BN <= 256, "m64 warpgroups, k16 steps of P V");
   static_assert(D % 64 == 0 && Dv % 64 == 0 && Dv <= 256, "whole 128-byte rows; wgmma's N <= 256");
 };
@@ -39,7 +46,8 @@ struct ForwardTilesSm90 {
 // Template arguments as forward_kernel's (forward.cuh), without W: the warps are BM / 16.
 template <class V, class T, int D, int Dv, int BM, int BN, bool kDropout, bool kExactP,
           bool kGeneral>
-__global__ void __launch_bounds__(ForwardTilesSm90<D, Dv, BM, BN>::kThreads, 1)
+__global__ void __launch_bounds__(ForwardTilesSm90<D, Dv, BM, BN>::kThreads,
+                                  ForwardTilesSm90<D, Dv, BM, BN>::kMinBlocksPerSM)
 forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTilesSm90<D, Dv, BM, BN>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];

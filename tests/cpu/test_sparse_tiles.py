@@ -74,20 +74,22 @@ def test_runtime_layout_lists_follow_in_place_edits():
 def test_plan_shrinks_the_forward_tile_to_the_blocks():
     bigbird = plan_for(flashgen.load("bigbird"), 64)          # 64 x 64 blocks
     assert (bigbird.forward.block_m, bigbird.forward.block_n, bigbird.forward.warps) == (64, 64, 4)
-    dense = plan_for(flashgen.load("dense"), 64)
-    assert (dense.forward.block_m, dense.forward.block_n) == (128, 128)
+    dense = flashgen.load("dense")
+    assert (plan_for(dense, 64).forward.block_m, plan_for(dense, 64).forward.block_n) == (64, 128)
+    mma = plan_for(dense, 64, arch="sm_80").forward
+    assert (mma.block_m, mma.block_n) == (128, 128)
 
 
 def test_forward_family_by_arch_and_head_dim():
     """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
-    64, 128, 256); everything else, and any arch before Hopper, on mma.sync. A family
+    64, 128, 256): two warpgroups per CTA, one at d = 64; everything else, and any arch before Hopper, on mma.sync. A family
     can be asked for by name; the wgmma one only where it fits."""
     from flashgen.plan.tiles import TileError, TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
-    for d, tile in ((64, (128, 128)), (128, (128, 128)), (256, (128, 32))):
+    for d, tile, warps in ((64, (64, 128), 4), (128, (128, 128), 8), (256, (128, 32), 8)):
         f = plan_for(causal, d, arch="sm_90a").forward
-        assert (f.family, f.block_m, f.block_n, f.warps) == ("wgmma", *tile, 8), d
+        assert (f.family, f.block_m, f.block_n, f.warps) == ("wgmma", *tile, warps), d
         assert plan_for(causal, d, arch="sm_80").forward.family == "mma"
     for d in (16, 32, 96, 192):
         assert plan_for(causal, d, arch="sm_90a").forward.family == "mma"
@@ -97,6 +99,10 @@ def test_forward_family_by_arch_and_head_dim():
         plan_for(causal, 128, TileOverride(family="wgmma"), "sm_80")
     with pytest.raises(TileError, match="family must be one of"):
         flashgen.compile("causal", family="tcgen05")
+    # d = 64: one warpgroup per CTA, three CTAs per SM; 64 keys where the score reads tables
+    assert plan_for(causal, 64, arch="sm_90a").forward.smem_bytes(64, 64) * 3 <= 227 * 1024
+    t5 = plan_for(flashgen.load("t5_bias"), 64, arch="sm_90a").forward
+    assert (t5.block_m, t5.block_n) == (64, 64)
     # the rendered forward unit instantiates the family's kernel
     assert "forward_kernel_sm90" in render_units(causal, "x", "bf16", 128, arch="sm_90a")[
         "forward_bf16_d128.cu"]
@@ -108,7 +114,7 @@ def test_backward_family_by_arch_and_head_dim():
     """The backward follows the forward onto warpgroup MMA up to d = 128: 128 keys in two
     warpgroups, 64-row Q tiles; 64 keys (one warpgroup) under a layout of narrower
     blocks. d = 256, other archs, a family asked as "mma" and hand-picked backward tiles
-    (the block-size sweep's) stay mma.sync."""
+    of other shapes stay mma.sync."""
     from flashgen.plan.tiles import TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
@@ -119,8 +125,10 @@ def test_backward_family_by_arch_and_head_dim():
         assert plan_for(causal, d, arch="sm_80").backward.family == "mma"
         assert plan_for(causal, d, TileOverride(family="mma"), "sm_90a").backward.family == "mma"
     assert plan_for(causal, 256, arch="sm_90a").backward.family == "mma"
-    assert plan_for(causal, 128, TileOverride(backward=(64, 128, 8)),
+    assert plan_for(causal, 128, TileOverride(backward=(128, 64, 8)),
                     "sm_90a").backward.family == "mma"
+    one_warpgroup = plan_for(causal, 128, TileOverride(backward=(64, 64, 4)), "sm_90a").backward
+    assert (one_warpgroup.family, one_warpgroup.block_n, one_warpgroup.warps) == ("wgmma", 64, 4)
     bigbird = plan_for(flashgen.load("bigbird"), 64, arch="sm_90a").backward   # 64 x 64 blocks
     assert (bigbird.family, bigbird.block_n, bigbird.warps) == ("wgmma", 64, 4)
     unit = render_units(causal, "x", "bf16", 128, arch="sm_90a")["backward_bf16_d128.cu"]
