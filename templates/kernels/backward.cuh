@@ -254,6 +254,28 @@ __device__ __forceinline__ void load_query_tile(const BackwardArgs<T>& a, const 
   load_rows_f32<BM, Threads>(sDelta, a.delta + rows, n.q_len - q0, a.delta);
 }
 
+// A backward CTA's place: KV tile blockIdx.x of (batch, KV head) blockIdx.y, its
+// sequence's shape, and Q and dO from the sequence's first row.
+template <class T>
+struct BackwardCta {
+  int n_block, b, hk;
+  Shape n;
+  int group, k0;
+  Strided4<const T> q, dout;
+
+  __device__ __forceinline__ BackwardCta(const BackwardArgs<T>& a, int block_n)
+      : n_block(blockIdx.x),
+        b(blockIdx.y / a.shape.kv_heads),
+        hk(blockIdx.y % a.shape.kv_heads),
+        n(a.shape.for_sequence(b)),
+        group(n.heads / n.kv_heads),
+        k0(n_block * block_n),
+        q(a.q.from_row(n.q_start)),
+        dout(a.dout.from_row(n.q_start)) {}
+  // varlen: a CTA past a shorter sequence's keys has nothing to do
+  __device__ __forceinline__ bool past_keys() const { return k0 >= n.kv_len; }
+};
+
 // The walk of a backward CTA over the Q tiles of KV tile n_block: its rows are the GQA
 // group's query heads; each row's candidates are all Q tiles, or this KV tile's
 // block-sparse list for that head, minus those the mask skips.
@@ -313,18 +335,15 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
   float* sLse = reinterpret_cast<float*>(sdS + Tiles::kP);  // [Stages][BM]
   float* sDelta = sLse + Stages * BM;                       // [Stages][BM]
 
-  const int n_block = blockIdx.x;
-  const int b = blockIdx.y / a.shape.kv_heads, hk = blockIdx.y % a.shape.kv_heads;
-  const Shape n = a.shape.for_sequence(b);
-  const int group = n.heads / n.kv_heads;
-  const int k0 = n_block * BN;
-  if (k0 >= n.kv_len) return;  // varlen: past a shorter sequence's keys
-  const Strided4<const T> q_in = a.q.from_row(n.q_start), do_in = a.dout.from_row(n.q_start);
+  const BackwardCta<T> cta(a, BN);
+  if (cta.past_keys()) return;
+  const Shape& n = cta.n;
+  const int b = cta.b, hk = cta.hk, group = cta.group, k0 = cta.k0;
   const int warp = threadIdx.x >> 5;
-  auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, n_block);
+  auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);
   auto load_q_do = [&](int h, int q0, int stage) {
     load_query_tile<PaddedRows, BM, D, Dv, Tiles::kThreads>(
-        a, n, q_in, do_in, b, h, q0, sQ + stage * Tiles::kQ, sdO + stage * Tiles::kDO,
+        a, n, cta.q, cta.dout, b, h, q0, sQ + stage * Tiles::kQ, sdO + stage * Tiles::kDO,
         sLse + stage * BM, sDelta + stage * BM);
   };
 

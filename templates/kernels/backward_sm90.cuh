@@ -75,18 +75,15 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   float* sLse = reinterpret_cast<float*>(smem + Tiles::kStatsOffset);  // [2][BM]
   float* sDelta = sLse + 2 * BM;                                        // [2][BM]
 
-  const int n_block = blockIdx.x;
-  const int b = blockIdx.y / a.shape.kv_heads, hk = blockIdx.y % a.shape.kv_heads;
-  const Shape n = a.shape.for_sequence(b);
-  const int group = n.heads / n.kv_heads;
-  const int k0 = n_block * BN;
-  if (k0 >= n.kv_len) return;  // varlen: past a shorter sequence's keys
-  const Strided4<const T> q_in = a.q.from_row(n.q_start), do_in = a.dout.from_row(n.q_start);
+  const BackwardCta<T> cta(a, BN);
+  if (cta.past_keys()) return;
+  const Shape& n = cta.n;
+  const int b = cta.b, hk = cta.hk, group = cta.group, k0 = cta.k0;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warpgroup = warp / 4;
-  auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, n_block);
+  auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);
   auto load_q_do = [&](int h, int q0, int stage) {
     load_query_tile<SwizzledRows, BM, D, Dv, Tiles::kThreads>(
-        a, n, q_in, do_in, b, h, q0, sQ(stage), sdO(stage), sLse + stage * BM,
+        a, n, cta.q, cta.dout, b, h, q0, sQ(stage), sdO(stage), sLse + stage * BM,
         sDelta + stage * BM);
   };
 

@@ -37,15 +37,22 @@ def _hopper():
     return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 
 
+def _families(name, d, which):
+    """The spec's op on each family, checked to plan `which` pass ("forward" or "backward")
+    on the family asked for."""
+    sm90, mma = flashgen.compile(name), flashgen.compile(name, family="mma")
+    arch = launch._arch(torch.cuda.current_device())
+    assert getattr(launch.variant(sm90.key).plan(d, arch), which).family == "wgmma"
+    assert getattr(launch.variant(mma.key).plan(d, arch), which).family == "mma"
+    return sm90, mma
+
+
 @pytest.mark.skipif(not _hopper(), reason="the sm90 family needs an sm_90 GPU")
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[1]}-d{c[2]}")
 def test_families_agree(case, monkeypatch):
     monkeypatch.setenv("FLASHGEN_POISON", "1")
     name, dtype, d, B, H, Hkv, Nq, Nk, options = case
-    sm90, mma = flashgen.compile(name), flashgen.compile(name, family="mma")
-    arch = launch._arch(torch.cuda.current_device())
-    assert launch.variant(sm90.key).plan(d, arch).forward.family == "wgmma"
-    assert launch.variant(mma.key).plan(d, arch).forward.family == "mma"
+    sm90, mma = _families(name, d, "forward")
 
     gen = torch.Generator().manual_seed(zlib.crc32(repr(case).encode()))
     q, k, v, params, layout = example_inputs(sm90.spec, B, H, Hkv, Nq, Nk, head_dim=d,
@@ -96,10 +103,7 @@ BACKWARD_CASES = [
 def test_backward_families(case, monkeypatch):
     monkeypatch.setenv("FLASHGEN_POISON", "1")
     name, dtype, d, B, H, Hkv, Nq, Nk, options = case
-    sm90, mma = flashgen.compile(name), flashgen.compile(name, family="mma")
-    arch = launch._arch(torch.cuda.current_device())
-    assert launch.variant(sm90.key).plan(d, arch).backward.family == "wgmma"
-    assert launch.variant(mma.key).plan(d, arch).backward.family == "mma"
+    sm90, mma = _families(name, d, "backward")
     seed = zlib.crc32(repr(case).encode())
     for family, op in (("sm90", sm90), ("mma", mma)):
         row = compare(op, dtype, d, B, H, Hkv, Nq, Nk, seed, f"{name} {family}", **options)
