@@ -369,14 +369,15 @@ def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
 def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
           arch: str | None = None, forward_tile: tuple[int, int] | None = None,
           backward_tile: tuple[int, int, int] | None = None,
-          shards: bool = False) -> list[tuple[str, int, BuiltModule]]:
+          shards: bool = False, family: str | None = None) -> list[tuple[str, int, BuiltModule]]:
     """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
     current GPU's arch or `arch` (e.g. "sm_90a"); shards: the modules op.ring calls.
     Returns (dtype, head dim, module)s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .build.cache import device_arch
-    op = compile(spec, name, forward_tile=forward_tile, backward_tile=backward_tile)
+    op = compile(spec, name, forward_tile=forward_tile, backward_tile=backward_tile,
+                 family=family)
     arch = arch or (device_arch() if torch.cuda.is_available() else "sm_90a")
     configs = _configs(op.spec, dtypes, head_dims)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:

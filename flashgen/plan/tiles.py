@@ -39,7 +39,9 @@ ELEMENT_BYTES = 2              # fp16 / bf16
 FORWARD_WARPS = 4
 
 
-FAMILIES = ("mma", "wgmma")     # mma.sync (sm_80 and up) and warpgroup MMA (sm_90a)
+# mma.sync (sm_80 and up), warpgroup MMA (sm_90a), and warpgroup MMA with a producer
+# warpgroup feeding two consumers (forward_sm90_ws.cuh; the forward only, d <= 128)
+FAMILIES = ("mma", "wgmma", "wgmma_ws")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class ForwardPlan:
     block_n: int
     warps: int
     family: str = "mma"
+    kv_stages: int = 2         # wgmma: K/V stages
+    producer: bool = False     # wgmma: a producer warpgroup and two consumers (wgmma_ws)
 
     @property
     def rows_per_warp(self) -> int:
@@ -55,7 +59,8 @@ class ForwardPlan:
 
     def smem_bytes(self, d: int, dv: int) -> int:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them
-            return (self.block_m * d + 2 * self.block_n * (d + dv)) * ELEMENT_BYTES + 1024
+            return ((self.block_m * d + self.kv_stages * self.block_n * (d + dv)) * ELEMENT_BYTES
+                    + 1024)
         q = self.block_m * (d + PAD)
         kv = 2 * self.block_n * (d + PAD + dv + PAD)
         return (q + kv) * ELEMENT_BYTES
@@ -92,6 +97,8 @@ class TilePlan:
         f, b, d, dv = self.forward, self.backward, self.head_dim, self.value_dim
         how = (f"{f.warps // 4} warpgroup{'s' if f.warps > 4 else ''} of 64 rows (wgmma)"
                if f.family == "wgmma" else f"{f.warps} warps ({f.rows_per_warp} rows each)")
+        if f.producer:
+            how = "a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma)"
         return [
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
             f"2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
@@ -220,6 +227,11 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     assert backward.smem_bytes(head_dim, value_dim) <= smem_limit(arch)
     family = override.family if override is not None else None
+    producer = family == "wgmma_ws"
+    if producer:
+        family = "wgmma"
+        if widest > 128:
+            raise TileError(f"the wgmma_ws forward takes head dims up to 128, not {widest}")
     if family is None:
         family = "wgmma" if wgmma_fits(arch, head_dim, value_dim) else "mma"
     elif family == "wgmma" and not wgmma_fits(arch, head_dim, value_dim):
@@ -227,6 +239,9 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
+        if producer:  # 128 x 128 tiles, two K/V stages, 3 warpgroups (forward_sm90_ws.cuh)
+            forward = ForwardPlan(128, 128 if blocks is None else min(128, max(32, blocks[1])),
+                                  12, "wgmma", 2, True)
         if widest <= 128:
             backward = _wgmma_backward(blocks)
     if override is not None:

@@ -112,41 +112,48 @@ struct KvStream {
                                      n.kv_len, entry);
   }
   __device__ __forceinline__ void load(int entry, int stage) const {
+    load_rows<D>(k, sK + stage * kK, entry);
+    load_rows<Dv>(v, sV + stage * kV, entry);
+  }
+  // The rows of tile `entry` of x (K or V, COLS wide) into smem.
+  template <int COLS>
+  __device__ __forceinline__ void load_rows(const Strided4<const T>& x, T* smem, int entry) const {
     const int k0 = TileRow::tile_of(entry) * BN, rows = n.kv_len - k0;
     if constexpr (kGeneral) {
       if (n.paged()) {
         if constexpr (std::is_same_v<Layout, SwizzledRows>) {
           if (n.page_size < BN) {  // pages shorter than a tile: each row finds its page
-            auto page_row = [&](const Strided4<const T>& x, int r) {
-              const int row = k0 + r;
-              const int page = n.block_table[int64_t(b) * n.pages_per_seq + row / n.page_size];
-              return x.at(page, hk, row % n.page_size);
-            };
-            load_tile_swizzled<BN, D, Threads>(
-                sK + stage * kK, [&](int r) { return page_row(k, r); }, rows, k.data);
-            load_tile_swizzled<BN, Dv, Threads>(
-                sV + stage * kV, [&](int r) { return page_row(v, r); }, rows, v.data);
+            load_tile_swizzled<BN, COLS, Threads>(
+                smem,
+                [&](int r) {
+                  const int row = k0 + r;
+                  const int page = n.block_table[int64_t(b) * n.pages_per_seq + row / n.page_size];
+                  return x.at(page, hk, row % n.page_size);
+                },
+                rows, x.data);
             return;
           }
         }
         // a tile lies in one page: the host checks page_size % BN == 0 (api.check_page_size)
         const int page = n.block_table[int64_t(b) * n.pages_per_seq + k0 / n.page_size];
-        const int r = k0 % n.page_size;
-        Layout::template load<BN, D, Threads>(sK + stage * kK, k.at(page, hk, r), k.row, rows, k.data);
-        Layout::template load<BN, Dv, Threads>(sV + stage * kV, v.at(page, hk, r), v.row, rows, v.data);
+        Layout::template load<BN, COLS, Threads>(smem, x.at(page, hk, k0 % n.page_size), x.row,
+                                                 rows, x.data);
         return;
       }
     }
-    Layout::template load<BN, D, Threads>(sK + stage * kK, k.at(b, hk, k0), k.row, rows, k.at(b, hk, 0));
-    Layout::template load<BN, Dv, Threads>(sV + stage * kV, v.at(b, hk, k0), v.row, rows, v.at(b, hk, 0));
+    Layout::template load<BN, COLS, Threads>(smem, x.at(b, hk, k0), x.row, rows, x.at(b, hk, 0));
   }
 
-  // body(kv0, tile, sK stage, sV stage) for every tile visited, in order. Loads issued
-  // before the call (the Q tile) land with the first K/V tile.
+  // The walk over this Q tile's K/V tiles (a warp-specialised kernel walks it in its
+  // producer and in its consumers alike).
+  __device__ __forceinline__ auto walk() const {
+    return tile_walk([this](int) { return row; },
+                     [this](int, int entry) { return classify(entry); }, 1);
+  }
+
   template <class Body>
   __device__ __forceinline__ void for_each(Body&& body) const {
-    auto walk = tile_walk([&](int) { return row; },
-                          [&](int, int entry) { return classify(entry); }, 1);
+    auto walk = this->walk();
     if (!walk.done()) load(walk.entry, 0);
     cp_async_commit();
     for (int stage = 0; !walk.done(); stage ^= 1) {

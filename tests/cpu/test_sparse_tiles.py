@@ -199,3 +199,18 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
     doc[:, 128:] = 1                                 # in place: rebuilt
     assert launch._mask_tiles(op.key, sizes, q, [doc], []) is not first and len(calls) == 4
     assert launch.variant(flashgen.compile("causal").key).mask_tiles_per is None
+
+
+def test_warp_specialised_forward_plan():
+    """family="wgmma_ws": 128 x 128 tiles on a producer warpgroup and two consumers, two
+    K/V stages, d <= 128; the backward stays the wgmma family's."""
+    from flashgen.plan.tiles import TileError, TileOverride
+    causal = flashgen.load("causal")
+    plan = plan_for(causal, 128, TileOverride(family="wgmma_ws"), "sm_90a")
+    f = plan.forward
+    assert (f.family, f.producer, f.block_m, f.block_n, f.warps, f.kv_stages) == \
+        ("wgmma", True, 128, 128, 12, 2)
+    assert plan.backward.family == "wgmma"
+    assert "producer warpgroup" in plan.describe()[0]
+    with pytest.raises(TileError, match="up to 128"):
+        plan_for(causal, 256, TileOverride(family="wgmma_ws"), "sm_90a")

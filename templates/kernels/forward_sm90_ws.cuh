@@ -1,0 +1,180 @@
+// The warp-specialised forward on Hopper (sm_90a): forward_sm90.cuh's math, with the
+// loads moved to a producer warpgroup and the per-tile CTA barrier replaced by mbarriers
+// (pipeline.cuh), so that the two consumer warpgroups stop running in lockstep.
+//
+// Why (PERF.md, issue 8): in forward_sm90.cuh both warpgroups of a CTA meet at the
+// barrier that hands each K/V stage over, so they issue their GEMMs together and run
+// their softmax together, and the tensor cores idle through every softmax. Here:
+//   - warpgroup 0 (the producer) walks the K/V tiles and fills Stages shared-memory
+//     stages with cp.async (every load path of KvStream: paged, varlen, swizzled), each
+//     stage's `full` mbarrier completing when its copies have landed; it keeps 56
+//     registers and hands the rest to the consumers (setmaxnreg);
+//   - warpgroups 1 and 2 (the consumers, 64 query rows each, 224 registers) wait for a
+//     stage's `full` barrier, compute S = Q K^T, mask, softmax and O += P V as
+//     forward_sm90.cuh does, and arrive on its `empty` barrier;
+//   - the consumers take turns to issue Q K^T (two named barriers, ping-pong): one's
+//     softmax runs while the other's GEMMs run.
+// Not yet: TMA for the producer (one thread instead of 128, no address math), and
+// softmax overlapped with the next GEMM inside a warpgroup.
+#pragma once
+#include "forward.cuh"
+#include "pipeline.cuh"
+#include "wgmma.cuh"
+
+namespace fg {
+
+template <int D, int Dv, int BN, int Stages>
+struct ForwardTilesSm90Ws {
+  static constexpr int kConsumers = 2;
+  static constexpr int BM = 64 * kConsumers;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
+  using Q = SwizzledTile<64, D>;  // one per consumer
+  using K = SwizzledTile<BN, D>;
+  using V = SwizzledTile<BN, Dv>;
+  template <class Variant, class T, bool kGeneral>
+  using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
+  static constexpr int kBarrierOffset = kConsumers * Q::kBytes + Stages * (K::kBytes + V::kBytes);
+  // the tiles, then a full and an empty mbarrier per stage; +1024 to align the start on
+  // a swizzle pattern
+  static constexpr int kSmemBytes = kBarrierOffset + 2 * Stages * 8 + 1024;
+  template <class T>
+  static constexpr int smem_bytes() { return kSmemBytes; }
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 65536,
+                "the register file holds the reallocated warpgroups");
+  static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
+  static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 128 && Dv <= 128,
+                "128-byte rows; a producer pass of 128 threads covers whole swizzle atoms");
+};
+
+// Named barriers: 1 and 2, a consumer's Q rows; 3 and 4, whose turn it is to issue Q K^T.
+constexpr int kQBarrier = 1, kTurnBarrier = 3;
+
+// Template arguments as forward_kernel_sm90's, with Stages (K/V stages) instead of BM
+// (always two consumers of 64 rows).
+template <class V, class T, int D, int Dv, int BN, int Stages, bool kDropout, bool kExactP,
+          bool kGeneral>
+__global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages>::kThreads, 1)
+forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
+  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages>;
+  constexpr int BM = Tiles::BM;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
+  T* sK = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes);  // [Stages]
+  T* sV = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes +
+                               Stages * Tiles::K::kBytes);                    // [Stages]
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
+  uint64_t* empty = full + Stages;                                             // [Stages]
+
+  const ForwardCta<T, kGeneral> cta(a, BM);
+  const Shape& n = cta.shape(a);
+  const int b = cta.b, h = cta.h, q0 = cta.q0;
+  if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < Stages; ++s) {
+      mbarrier_init(&full[s], 128);                      // the producer's threads
+      mbarrier_init(&empty[s], 128 * Tiles::kConsumers);  // the consumers' threads
+    }
+  }
+  __syncthreads();  // the barriers are initialised; the CTA never meets again
+
+  const typename Tiles::template Stream<V, T, kGeneral> kv{
+      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BN>(a, n)};
+  constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
+  const int warpgroup = threadIdx.x / 128;
+  auto walk = kv.walk();
+
+  if (warpgroup == 0) {  // the producer
+    release_registers<Tiles::kProducerRegisters>();
+    for (int i = 0; !walk.done(); ++i, walk.advance()) {
+      const int stage = i % Stages, round = i / Stages;
+      mbarrier_wait(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
+      kv.template load_rows<D>(kv.k, sK + stage * kK, walk.entry);
+      kv.template load_rows<Dv>(kv.v, sV + stage * kV, walk.entry);
+      mbarrier_arrive_on_copies(&full[stage]);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();  // no copy outlives the thread that issued it
+    return;
+  }
+
+  set_registers<Tiles::kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' 8 warps
+  T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
+  {  // this consumer's 64 query rows
+    const int rows = q0 + 64 * consumer;
+    const int tid = threadIdx.x & 127;
+    using QTile = SwizzledTile<64, D>;
+    unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
+    // load_tile_swizzled for 128 threads that are not threads 0..127 of the CTA
+    constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
+    const int r0 = tid / kChunks, c = tid % kChunks;
+#pragma unroll
+    for (int i = 0; i < 64 / kRowsPerPass; ++i) {
+      const int r = r0 + i * kRowsPerPass;
+      const bool valid = rows + r < n.q_len;
+      cp_async_16(dst + QTile::chunk_offset(r, 8 * c),
+                  valid ? cta.q.at(b, h, rows + r) + 8 * c : a.q.data, valid);
+    }
+    cp_async_commit();
+    cp_async_wait<0>();
+    fence_proxy_async();
+    bar_sync(kQBarrier + consumer, 128);
+  }
+
+  float o[1][Dv / 8][4];
+  zero(o);
+  OnlineSoftmax<BN / 8> softmax[1];
+  const int row0 = q0 + 16 * warp;  // this warp's first query row
+  const uint32_t q_rows = smem_address(sQ);
+  // Turns: consumer 0 issues first; each hands the turn over once its Q K^T is issued.
+  // The last hand-over of consumer 1 is left out, so that every arrival is waited for.
+  if (consumer == 1 && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
+  for (int i = 0; !walk.done(); ++i) {
+    const int stage = i % Stages, round = i / Stages;
+    const int k0 = TileRow::tile_of(walk.entry) * BN;
+    const TileMask tile = walk.mask;
+    walk.advance();
+    mbarrier_wait(&full[stage], round & 1);
+    fence_proxy_async();  // the producer's cp.async writes, for this thread's wgmmas
+    const T* sK_tile = sK + stage * kK;
+    const T* sV_tile = sV + stage * kV;
+
+    float s[1][BN / 8][4];
+    bar_sync(kTurnBarrier + consumer, 256);
+    issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK_tile),
+                            Tiles::K::kBlockBytes);
+    if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
+    wgmma_wait<0>();
+    fence_operand(s[0]);
+    if (tile.partial()) {
+      score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+    } else {
+      score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+    }
+    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
+    uint32_t pa[BN / 16][4];
+    accumulator_to_a<T>(pa, s[0]);
+    const uint32_t v_tile = smem_address(sV_tile);
+    if constexpr (kExactP) {  // forward.cuh: P V plus the MMA of what rounding P lost
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][nt][e] = rounding_residual<T>(s[0][nt][e]);
+      }
+      uint32_t pa_lost[BN / 16][4];
+      accumulator_to_a<T>(pa_lost, s[0]);
+      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
+    } else {
+      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+    }
+    mbarrier_arrive(&empty[stage]);  // this thread's reads of the stage are done
+  }
+
+  store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+}
+
+}  // namespace fg

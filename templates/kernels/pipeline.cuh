@@ -1,0 +1,63 @@
+// Synchronisation inside a warp-specialised CTA (sm_90): shared-memory mbarriers between
+// a producer warpgroup that fills pipeline stages and the consumer warpgroups that read
+// them, named barriers between consumer warpgroups, and the register reallocation
+// (setmaxnreg) that gives the consumers the producer's unused registers.
+//
+// An mbarrier completes a phase when its expected number of arrivals has arrived; a
+// waiter names the phase by its parity. A stage used for the r-th time is full in
+// phase r of its `full` barrier and free again in phase r of its `empty` barrier; the
+// producer's first wait on `empty` names parity 1, which a fresh barrier reports as
+// complete, so every stage starts free.
+#pragma once
+#include <cstdint>
+
+#include "mma.cuh"
+
+namespace fg {
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(smem_address(bar)), "r"(arrivals));
+}
+
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n"
+               :: "r"(smem_address(bar)) : "memory");
+}
+
+// One arrival, made when all of this thread's earlier cp.async copies have landed (the
+// barrier's expected count includes it: .noinc).
+__device__ __forceinline__ void mbarrier_arrive_on_copies(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n"
+               :: "r"(smem_address(bar)) : "memory");
+}
+
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra wait;\n}\n" :: "r"(smem_address(bar)), "r"(parity) : "memory");
+}
+
+// Named barriers 1..15 (0 is __syncthreads): `threads` threads in all, of which some
+// wait (bar_sync) and the others only arrive (bar_arrive).
+__device__ __forceinline__ void bar_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" :: "r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" :: "r"(id), "r"(threads) : "memory");
+}
+
+// The warpgroup's registers per thread from here on (a multiple of 8, 24..256); every
+// warp of the warpgroup executes it.
+template <int N>
+__device__ __forceinline__ void set_registers() {
+  static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes 24..256, multiples of 8");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" :: "n"(N));
+}
+template <int N>
+__device__ __forceinline__ void release_registers() {
+  static_assert(N % 8 == 0 && N >= 24 && N <= 256, "setmaxnreg takes 24..256, multiples of 8");
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" :: "n"(N));
+}
+
+}  // namespace fg
