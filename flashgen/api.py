@@ -320,9 +320,9 @@ def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001
 
     forward_tile=(BM, BN) and backward_tile=(BM, BN, warps) replace the planner's tiles
     (the benchmark's block-size sweep); shared memory and warp layouts are checked per
-    head dim when a module builds. family picks the forward's kernel family: "wgmma"
-    (Hopper's warpgroup MMA, the default on sm_90a where the head dims allow it) or
-    "mma" (mma.sync, every arch)."""
+    head dim when a module builds. family picks the kernel family: "wgmma" (Hopper's
+    warpgroup MMA, the default on sm_90a where the head dims allow it; the backward's up
+    to d = 128) or "mma" (mma.sync, every arch)."""
     spec_ = load(spec, name)
     tiles = None
     if forward_tile is not None or backward_tile is not None or family is not None:
@@ -369,14 +369,15 @@ def _configs(spec: AttentionSpec, dtypes, head_dims) -> list[tuple[str, int]]:
 def build(spec: str | os.PathLike, name: str | None = None, *, dtypes=None, head_dims=None,
           arch: str | None = None, forward_tile: tuple[int, int] | None = None,
           backward_tile: tuple[int, int, int] | None = None,
-          shards: bool = False) -> list[tuple[str, int, BuiltModule]]:
+          shards: bool = False, family: str | None = None) -> list[tuple[str, int, BuiltModule]]:
     """Build (or find in the cache) the kernel modules of a spec, in parallel, for the
     current GPU's arch or `arch` (e.g. "sm_90a"); shards: the modules op.ring calls.
     Returns (dtype, head dim, module)s."""
     from concurrent.futures import ThreadPoolExecutor
 
     from .build.cache import device_arch
-    op = compile(spec, name, forward_tile=forward_tile, backward_tile=backward_tile)
+    op = compile(spec, name, forward_tile=forward_tile, backward_tile=backward_tile,
+                 family=family)
     arch = arch or (device_arch() if torch.cuda.is_available() else "sm_90a")
     configs = _configs(op.spec, dtypes, head_dims)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
