@@ -320,9 +320,9 @@ def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001
 
     forward_tile=(BM, BN) and backward_tile=(BM, BN, warps) replace the planner's tiles
     (the benchmark's block-size sweep); shared memory and warp layouts are checked per
-    head dim when a module builds. family picks the forward's kernel family: "wgmma"
-    (Hopper's warpgroup MMA, the default on sm_90a where the head dims allow it) or
-    "mma" (mma.sync, every arch)."""
+    head dim when a module builds. family picks the kernel family: "wgmma" (Hopper's
+    warpgroup MMA, the default on sm_90a where the head dims allow it; the backward's up
+    to d = 128) or "mma" (mma.sync, every arch)."""
     spec_ = load(spec, name)
     tiles = None
     if forward_tile is not None or backward_tile is not None or family is not None:

@@ -10,7 +10,8 @@ from pathlib import Path
 from .. import api
 from . import BenchError, report
 from .flops import DIRECTIONS
-from .peers import PEERS, sweep_peer
+from ..plan.tiles import FAMILIES
+from .peers import PEERS, family_peer, sweep_peer
 from .suite import (
     DECODE_ROWS,
     DECODE_SIZES,
@@ -60,6 +61,8 @@ def add_bench_arguments(p) -> None:
                    help=f"{','.join(PEERS)} (default: all; flashgen always runs)")
     p.add_argument("--kv-blocks", help="the block-size sweep: also run flashgen with these "
                                        "forward KV tiles, e.g. 32,64,128 (peers flashgen@kvBN)")
+    p.add_argument("--families", help=f"also run flashgen on these kernel families, e.g. mma "
+                                      f"(of {', '.join(FAMILIES)}; peers flashgen/FAMILY)")
     p.add_argument("--out", help="results folder (default: flashgen/bench/results/DATE-GPU); "
                                  "a folder with results resumes: measured rows are kept")
     p.add_argument("--warmup", type=int, help="untimed runs per measurement (default 3)")
@@ -102,6 +105,8 @@ def make_plan(args) -> Plan:
         if bad:
             raise BenchError(f"--kv-blocks: {', '.join(map(str, bad))} is not a power of two >= 16")
         peers += tuple(sweep_peer(b) for b in blocks)
+    if args.families:
+        peers += tuple(family_peer(f) for f in _names(args.families, FAMILIES, "family"))
     # decoding is inference: forward only unless asked
     default_directions = "fwd" if args.decode else ",".join(DIRECTIONS)
     directions = _names(args.directions or default_directions, DIRECTIONS, "direction")

@@ -26,6 +26,9 @@ FLASHGEN = "flashgen"
 # tile set to BN keys (the planner's query tile kept), as a peer named "flashgen@kvBN", so
 # that every row gets its ratio to the planner's choice.
 SWEEP_PREFIX = "flashgen@kv"
+# flashgen on another kernel family than the planner's (plan/tiles.py FAMILIES), as a peer
+# named "flashgen/FAMILY": on Hopper, "flashgen/mma" is the mma.sync family in the same run.
+FAMILY_PREFIX = "flashgen/"
 SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION",
                  "efficient": "EFFICIENT_ATTENTION"}
 PEERS = (*SDPA_BACKENDS, "flex", "standard")
@@ -207,12 +210,39 @@ def sweep_runner(peer: str, subject: Subject) -> Runner:
     return Runner(lambda: swept(call.q, call.k, call.v, **kwargs))
 
 
+def family_peer(family: str) -> str:
+    return f"{FAMILY_PREFIX}{family}"
+
+
+def family_runner(peer: str, subject: Subject) -> Runner:
+    """flashgen with its kernels from the peer's family; a family that cannot run the case
+    (an arch or head dim it does not cover) is NotExpressible."""
+    from ..plan.tiles import TileError, TileOverride, plan_for
+    op, call, kwargs = subject.op, subject.call, subject.op_kwargs
+    d = call.q.shape[-1]
+    tiles = TileOverride(family=peer[len(FAMILY_PREFIX):])
+    try:
+        plan_for(op.spec, d, tiles, _arch(call.q.device))
+    except TileError as why:
+        raise NotExpressible(str(why)) from None
+    other = AttentionOp(op.spec, op.source_path, tiles)
+    return Runner(lambda: other(call.q, call.k, call.v, **kwargs))
+
+
+def _arch(device: torch.device) -> str:
+    from ..build.cache import device_arch
+    return device_arch(device.index)
+
+
 def runner(peer: str, subject: Subject) -> Runner:
-    """The runner of `peer` (flashgen, one of PEERS, or a sweep peer) for the subject's case."""
+    """The runner of `peer` (flashgen, one of PEERS, a sweep or a family peer) for the
+    subject's case."""
     if peer == FLASHGEN:
         return flashgen_runner(subject)
     if peer.startswith(SWEEP_PREFIX):
         return sweep_runner(peer, subject)
+    if peer.startswith(FAMILY_PREFIX):
+        return family_runner(peer, subject)
     if peer in SDPA_BACKENDS:
         return sdpa_runner(peer, subject)
     if peer == "flex":

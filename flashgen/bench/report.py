@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from .flops import DIRECTIONS
-from .peers import FLASHGEN, PEERS, SWEEP_PREFIX
+from .peers import FAMILY_PREFIX, FLASHGEN, PEERS, SWEEP_PREFIX
 
 CASE_FIELDS = ("sweep", "spec", "dtype", "d", "B", "H", "Hkv", "N", "Nq")  # N: keys
 KEY_FIELDS = (*CASE_FIELDS, "peer", "direction")
@@ -230,7 +230,9 @@ def table(rows: list[dict]) -> str:
         cases = {k: v for k, v in _cases(rows).items() if k[0] == sweep}
         if not cases:
             continue
-        peers = [p for p in PEER_ORDER if any(p in by_peer for by_peer in cases.values())]
+        present = {p for by_peer in cases.values() for p in by_peer}
+        peers = [p for p in PEER_ORDER if p in present] + sorted(
+            p for p in present if p.startswith(FAMILY_PREFIX))
         header = ["spec", "dtype", "d", "N", *(["Nq"] if sweep == "decode" else []), "BxH",
                   "visible", "dir", *peers]
         lines = []

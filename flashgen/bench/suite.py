@@ -23,7 +23,7 @@ from ..runtime.examples import example_layout, example_params
 from . import NotExpressible
 from .flops import attention_flops, tflops
 from .grid import visibility
-from .peers import FLASHGEN, SWEEP_PREFIX, Subject, runner
+from .peers import FAMILY_PREFIX, FLASHGEN, SWEEP_PREFIX, Subject, runner
 from ..progress import Progress
 from .report import Results
 from .timing import peak_extra_bytes, time_ms
@@ -145,31 +145,42 @@ def _sweep_tile(source: str, d: int, kv_block: int) -> tuple[int, int] | None:
     return tile
 
 
-def build_kernels(cases: list[Case], progress: Progress, kv_blocks: tuple[int, ...] = ()
-                  ) -> dict[tuple[str, str, int], str]:
+def _family_fits(source: str, d: int, family: str) -> bool:
+    try:
+        plan_for(api.load(source), d, TileOverride(family=family))
+    except TileError:
+        return False
+    return True
+
+
+def build_kernels(cases: list[Case], progress: Progress, kv_blocks: tuple[int, ...] = (),
+                  families: tuple[str, ...] = ()) -> dict[tuple[str, str, int], str]:
     """Build (or find in the cache) every flashgen module the cases need, in parallel, and
-    those of the block-size sweep's tiles. Returns the failures of the planner's modules:
-    (source, dtype, d) -> the build error's first line (a sweep tile's failure shows in
-    its own rows)."""
+    those of the block-size sweep's tiles and of the other kernel families. Returns the
+    failures of the planner's modules: (source, dtype, d) -> the build error's first line
+    (a sweep tile's or a family's failure shows in its own rows)."""
     configs = sorted({(c.source, c.dtype, c.d) for c in cases})
-    jobs = {(source, dtype, d, None): None for source, dtype, d in configs}
+    jobs = {(source, dtype, d, None, None): None for source, dtype, d in configs}
     for source, dtype, d in configs:
         for kv_block in kv_blocks:
             tile = _sweep_tile(source, d, kv_block)
             if tile is not None:
-                jobs[(source, dtype, d, tile)] = None
+                jobs[(source, dtype, d, tile, None)] = None
+        for family in families:
+            if _family_fits(source, d, family):
+                jobs[(source, dtype, d, None, family)] = None
     failed = {}
     start = time.perf_counter()
     # a module is two nvcc processes (forward, backward): half the cores' worth of modules;
     # the progress line below stands for their own build lines
     with quiet(), ThreadPoolExecutor(max_workers=max(1, (os.cpu_count() or 2) // 2)) as pool:
         futures = {pool.submit(api.build, source, dtypes=[dtype], head_dims=[d],
-                               forward_tile=tile): (source, dtype, d, tile)
-                   for source, dtype, d, tile in jobs}
+                               forward_tile=tile, family=family): (source, dtype, d, tile, family)
+                   for source, dtype, d, tile, family in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             error = future.exception()
-            source, dtype, d, tile = futures[future]
-            if error is not None and tile is None:
+            source, dtype, d, tile, family = futures[future]
+            if error is not None and tile is None and family is None:
                 failed[source, dtype, d] = str(error).splitlines()[0]
             progress.update(f"building flashgen kernels {done}/{len(jobs)} "
                             f"({time.perf_counter() - start:.0f} s)")
@@ -343,7 +354,9 @@ def run(cases: list[Case], settings: Settings, results: Results, progress: Progr
                                         for peer in peers for direction in settings.directions)]
     kv_blocks = tuple(int(p[len(SWEEP_PREFIX):]) for p in settings.peers
                       if p.startswith(SWEEP_PREFIX))
-    failures = build_kernels(todo, progress, kv_blocks) if todo else {}
+    families = tuple(p[len(FAMILY_PREFIX):] for p in settings.peers
+                     if p.startswith(FAMILY_PREFIX))
+    failures = build_kernels(todo, progress, kv_blocks, families) if todo else {}
     loop = _Run(settings, results, progress, failures,
                 torch.device("cuda", torch.cuda.current_device()))
     for index, case in enumerate(todo, 1):

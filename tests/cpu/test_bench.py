@@ -456,3 +456,22 @@ def test_results_from_before_the_decoding_sweep_read_nq_as_n(tmp_path):
     rows = report.read_rows(tmp_path / "results.csv")
     assert rows[0]["Nq"] == rows[0]["N"] == 8192 and rows[0]["ms"] == 1.5
     assert report.Results(tmp_path).has({**report_case(rows[0])}, "flashgen", "fwd")
+
+
+def test_families_run_flashgen_on_other_kernel_families_as_peers():
+    """--families adds flashgen on another kernel family as a peer (flashgen/mma: the
+    mma.sync kernels beside the sm90 ones, in the same run); the grid table gets its
+    column; a family that cannot take a head dim is not built."""
+    from flashgen.bench.suite import _family_fits
+    plan = make_plan(_args("causal", "--families", "mma", "--peers", "flash"))
+    assert plan.settings.peers == ("flash", "flashgen/mma")
+    assert _family_fits("causal", 128, "mma") and _family_fits("causal", 128, "wgmma")
+    assert not _family_fits("causal", 96, "wgmma")              # sm90: d of 64, 128, 256
+    with pytest.raises(BenchError, match="unknown family 'tcgen05'"):
+        make_plan(_args("causal", "--families", "tcgen05"))
+    row = dict(sweep="grid", spec="causal", dtype="bf16", d=128, B=1, H=2, Hkv=2, N=1024,
+               Nq=1024, direction="fwd", status="ok", note="", ms=1.0, tflops=100.0,
+               visible=0.5)
+    text = report.table([dict(row, peer="flashgen"), dict(row, peer="flashgen/mma", ms=2.0,
+                                                          tflops=50.0)])
+    assert "flashgen/mma" in text.splitlines()[1]
