@@ -239,17 +239,23 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
-        if producer:  # 128 x 128 tiles, two K/V stages, 3 warpgroups (forward_sm90_ws.cuh)
-            forward = ForwardPlan(128, 128 if blocks is None else min(128, max(32, blocks[1])),
-                                  12, "wgmma", 2, True)
+        if producer:
+            forward = _wgmma_ws_forward(head_dim, value_dim,
+                                        128 if blocks is None else min(128, max(32, blocks[1])))
         if widest <= 128:
             backward = _wgmma_backward(blocks)
     if override is not None:
         check_override(override, head_dim, value_dim)
         if override.forward is not None:
             block_m, block_n = override.forward
-            forward = ForwardPlan(block_m, block_n, block_m // 16, "wgmma") \
-                if family == "wgmma" else ForwardPlan(block_m, block_n, FORWARD_WARPS)
+            if producer:
+                if block_m != 128:
+                    raise TileError(f"the wgmma_ws forward has two consumers of 64 query rows: "
+                                    f"BM is 128, not {block_m}")
+                forward = _wgmma_ws_forward(head_dim, value_dim, block_n)
+            else:
+                forward = ForwardPlan(block_m, block_n, block_m // 16, "wgmma") \
+                    if family == "wgmma" else ForwardPlan(block_m, block_n, FORWARD_WARPS)
         if override.backward is not None:
             backward = _backward_plan(*override.backward, head_dim, value_dim, SM90_SMEM_LIMIT)
             block_m, block_n, warps = override.backward
@@ -288,6 +294,18 @@ def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None
         block_m = min(block_m, max(64, blocks[0]))
         block_n = min(block_n, max(32, blocks[1]))
     return ForwardPlan(block_m, block_n, block_m // 16, "wgmma")
+
+
+def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int) -> ForwardPlan:
+    """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
+    consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128, 224 KiB):
+    a stage is released only after its P V, so two stages leave the producer one softmax's
+    time to refill one."""
+    for stages in (4, 3, 2):
+        plan = ForwardPlan(128, block_n, 12, "wgmma", stages, True)
+        if plan.smem_bytes(head_dim, value_dim) + 2 * stages * 8 <= SM90_SMEM_LIMIT:
+            return plan
+    raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")
 
 
 def _wgmma_backward(blocks: tuple[int, int] | None) -> BackwardPlan:

@@ -12,7 +12,8 @@
 //   - warpgroups 1 and 2 (the consumers, 64 query rows each, 224 registers) wait for a
 //     stage's `full` barrier, compute S = Q K^T, mask, softmax and O += P V as
 //     forward_sm90.cuh does, and arrive on its `empty` barrier;
-//   - the consumers take turns to issue Q K^T (two named barriers, ping-pong): one's
+//   - the consumers take turns to issue their GEMMs (two named barriers, ping-pong): a
+//     turn issues P V of the previous tile and Q K^T of this one, and one consumer's
 //     softmax runs while the other's GEMMs run.
 // Not yet: TMA for the producer (one thread instead of 128, no address math), and
 // softmax overlapped with the next GEMM inside a warpgroup.
@@ -40,9 +41,13 @@ struct ForwardTilesSm90Ws {
   static constexpr int kSmemBytes = kBarrierOffset + 2 * Stages * 8 + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
-  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <= 65536,
-                "the register file holds the reallocated warpgroups");
+  // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384); asking for
+  // more than it holds leaves setmaxnreg.inc waiting for ever
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <=
+                    (65536 / kThreads) / 8 * 8 * kThreads,
+                "the reallocated registers fit the CTA's pool");
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
+  static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 128 && Dv <= 128,
                 "128-byte rows; a producer pass of 128 threads covers whole swizzle atoms");
 };
@@ -85,6 +90,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
   const int warpgroup = threadIdx.x / 128;
   auto walk = kv.walk();
 
+  // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
+  // threads by threadIdx.x, 0..127.
   if (warpgroup == 0) {  // the producer
     release_registers<Tiles::kProducerRegisters>();
     for (int i = 0; !walk.done(); ++i, walk.advance()) {
@@ -129,9 +136,21 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
   OnlineSoftmax<BN / 8> softmax[1];
   const int row0 = q0 + 16 * warp;  // this warp's first query row
   const uint32_t q_rows = smem_address(sQ);
-  // Turns: consumer 0 issues first; each hands the turn over once its Q K^T is issued.
-  // The last hand-over of consumer 1 is left out, so that every arrival is waited for.
+  // Turns: a consumer's GEMMs of one step (P V of the previous tile, Q K^T of this one)
+  // are issued in its turn, so that the two consumers' GEMMs alternate and each one's
+  // softmax runs under the other's GEMMs. Consumer 0 goes first; each hands the turn over
+  // once its GEMMs are issued. The last hand-over of consumer 1 is left out, so that every
+  // arrival is waited for.
   if (consumer == 1 && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
+  uint32_t pa[BN / 16][4];       // P of the previous tile, the A of its P V
+  uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
+  int pending = -1;              // the stage whose V the pending P V reads
+  auto issue_pv = [&](int stage) {
+    const uint32_t v_tile = smem_address(sV + stage * kV);
+    issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+    if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
+      issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
+  };
   for (int i = 0; !walk.done(); ++i) {
     const int stage = i % Stages, round = i / Stages;
     const int k0 = TileRow::tile_of(walk.entry) * BN;
@@ -139,39 +158,39 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
     walk.advance();
     mbarrier_wait(&full[stage], round & 1);
     fence_proxy_async();  // the producer's cp.async writes, for this thread's wgmmas
-    const T* sK_tile = sK + stage * kK;
-    const T* sV_tile = sV + stage * kV;
 
     float s[1][BN / 8][4];
     bar_sync(kTurnBarrier + consumer, 256);
-    issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK_tile),
+    if (pending >= 0) issue_pv(pending);
+    issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK + stage * kK),
                             Tiles::K::kBlockBytes);
     if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
     wgmma_wait<0>();
     fence_operand(s[0]);
+    fence_operand(o[0]);
+    if (pending >= 0) mbarrier_arrive(&empty[pending]);  // its V has been read
     if (tile.partial()) {
       score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
     } else {
       score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
     }
     softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
-    uint32_t pa[BN / 16][4];
     accumulator_to_a<T>(pa, s[0]);
-    const uint32_t v_tile = smem_address(sV_tile);
-    if constexpr (kExactP) {  // forward.cuh: P V plus the MMA of what rounding P lost
+    if constexpr (kExactP) {
 #pragma unroll
       for (int nt = 0; nt < BN / 8; ++nt) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[0][nt][e] = rounding_residual<T>(s[0][nt][e]);
       }
-      uint32_t pa_lost[BN / 16][4];
       accumulator_to_a<T>(pa_lost, s[0]);
-      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
-      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
-    } else {
-      warpgroup_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
     }
-    mbarrier_arrive(&empty[stage]);  // this thread's reads of the stage are done
+    pending = stage;
+  }
+  if (pending >= 0) {  // the last tile's P V
+    issue_pv(pending);
+    wgmma_wait<0>();
+    fence_operand(o[0]);
+    mbarrier_arrive(&empty[pending]);
   }
 
   store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);

@@ -202,14 +202,21 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
 
 
 def test_warp_specialised_forward_plan():
-    """family="wgmma_ws": 128 x 128 tiles on a producer warpgroup and two consumers, two
-    K/V stages, d <= 128; the backward stays the wgmma family's."""
+    """family="wgmma_ws": 128 x 128 tiles on a producer warpgroup and two consumers, as
+    many K/V stages as fit, d <= 128; hand-picked KV tiles keep the producer; the backward
+    stays the wgmma family's."""
     from flashgen.plan.tiles import TileError, TileOverride
     causal = flashgen.load("causal")
     plan = plan_for(causal, 128, TileOverride(family="wgmma_ws"), "sm_90a")
     f = plan.forward
     assert (f.family, f.producer, f.block_m, f.block_n, f.warps, f.kv_stages) == \
-        ("wgmma", True, 128, 128, 12, 2)
+        ("wgmma", True, 128, 128, 12, 3)
+    assert f.smem_bytes(128, 128) <= 227 * 1024
+    assert plan_for(causal, 64, TileOverride(family="wgmma_ws"), "sm_90a").forward.kv_stages == 4
+    tile = plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(128, 64)), "sm_90a")
+    assert (tile.forward.producer, tile.forward.block_n) == (True, 64)
+    with pytest.raises(TileError, match="BM is 128"):
+        plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(64, 64)), "sm_90a")
     assert plan.backward.family == "wgmma"
     assert "producer warpgroup" in plan.describe()[0]
     with pytest.raises(TileError, match="up to 128"):
