@@ -40,8 +40,9 @@ FORWARD_WARPS = 4
 
 
 # mma.sync (sm_80 and up), warpgroup MMA (sm_90a), and warpgroup MMA with a producer
-# warpgroup feeding two consumers (forward_sm90_ws.cuh; the forward only, d <= 128)
-FAMILIES = ("mma", "wgmma", "wgmma_ws")
+# warpgroup feeding two consumers (forward_sm90_ws.cuh; the forward only, d <= 128), one
+# Q tile per CTA or persistent (one CTA per SM looping over Q tiles)
+FAMILIES = ("mma", "wgmma", "wgmma_ws", "wgmma_ws_persistent")
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class ForwardPlan:
     family: str = "mma"
     kv_stages: int = 2         # wgmma: K/V stages
     producer: bool = False     # wgmma: a producer warpgroup and two consumers (wgmma_ws)
+    persistent: bool = False   # producer: one CTA per SM, looping over the Q tiles
 
     @property
     def rows_per_warp(self) -> int:
@@ -98,7 +100,8 @@ class TilePlan:
         how = (f"{f.warps // 4} warpgroup{'s' if f.warps > 4 else ''} of 64 rows (wgmma)"
                if f.family == "wgmma" else f"{f.warps} warps ({f.rows_per_warp} rows each)")
         if f.producer:
-            how = "a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma)"
+            how = (("persistent (one CTA per SM), " if f.persistent else "")
+                   + "a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma)")
         return [
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
             f"2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
@@ -227,11 +230,12 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     assert backward.smem_bytes(head_dim, value_dim) <= smem_limit(arch)
     family = override.family if override is not None else None
-    producer = family == "wgmma_ws"
+    producer = family in ("wgmma_ws", "wgmma_ws_persistent")
+    persistent = family == "wgmma_ws_persistent"
     if producer:
         family = "wgmma"
         if widest > 128:
-            raise TileError(f"the wgmma_ws forward takes head dims up to 128, not {widest}")
+            raise TileError(f"the {family} forward takes head dims up to 128, not {widest}")
     if family is None:
         family = "wgmma" if wgmma_fits(arch, head_dim, value_dim) else "mma"
     elif family == "wgmma" and not wgmma_fits(arch, head_dim, value_dim):
@@ -241,7 +245,8 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
         forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
         if producer:
             forward = _wgmma_ws_forward(head_dim, value_dim,
-                                        128 if blocks is None else min(128, max(32, blocks[1])))
+                                        128 if blocks is None else min(128, max(32, blocks[1])),
+                                        persistent)
         if widest <= 128:
             backward = _wgmma_backward(blocks)
     if override is not None:
@@ -252,7 +257,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                 if block_m != 128:
                     raise TileError(f"the wgmma_ws forward has two consumers of 64 query rows: "
                                     f"BM is 128, not {block_m}")
-                forward = _wgmma_ws_forward(head_dim, value_dim, block_n)
+                forward = _wgmma_ws_forward(head_dim, value_dim, block_n, persistent)
             else:
                 forward = ForwardPlan(block_m, block_n, block_m // 16, "wgmma") \
                     if family == "wgmma" else ForwardPlan(block_m, block_n, FORWARD_WARPS)
@@ -296,13 +301,14 @@ def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None
     return ForwardPlan(block_m, block_n, block_m // 16, "wgmma")
 
 
-def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int) -> ForwardPlan:
+def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
+                      persistent: bool = False) -> ForwardPlan:
     """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
     consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128, 224 KiB):
     a stage is released only after its P V, so two stages leave the producer one softmax's
     time to refill one."""
     for stages in (4, 3, 2):
-        plan = ForwardPlan(128, block_n, 12, "wgmma", stages, True)
+        plan = ForwardPlan(128, block_n, 12, "wgmma", stages, True, persistent)
         if plan.smem_bytes(head_dim, value_dim) + 2 * stages * 8 <= SM90_SMEM_LIMIT:
             return plan
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")

@@ -171,9 +171,12 @@ struct ForwardCta {
   Strided4<const T> q, k, v;
 
   __device__ __forceinline__ ForwardCta(const ForwardArgs<T>& a, int block_m)
-      : m_block(gridDim.x - 1 - blockIdx.x),
-        b(blockIdx.y / a.shape.heads),
-        h(blockIdx.y % a.shape.heads),
+      : ForwardCta(a, block_m, gridDim.x - 1 - blockIdx.x, blockIdx.y) {}
+  // Q tile m_block of (batch, head) bh: a persistent CTA's unit of work
+  __device__ __forceinline__ ForwardCta(const ForwardArgs<T>& a, int block_m, int m_block, int bh)
+      : m_block(m_block),
+        b(bh / a.shape.heads),
+        h(bh % a.shape.heads),
         hk(h / (a.shape.heads / a.shape.kv_heads)),
         q0(m_block * block_m),
         sequence(kGeneral ? a.shape.for_sequence(b) : Shape{}),

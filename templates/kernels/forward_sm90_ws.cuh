@@ -15,6 +15,9 @@
 //   - the consumers take turns to issue their GEMMs (two named barriers, ping-pong): a
 //     turn issues P V of the previous tile and Q K^T of this one, and one consumer's
 //     softmax runs while the other's GEMMs run.
+// Persistent (kPersistent): one CTA per SM walks many Q tiles, and its producer loads the
+// next one's K/V while the consumers finish this one's, so short rows (a sliding window,
+// padded keys) stop paying each CTA's start and end with idle tensor cores (PERF.md).
 // Not yet: TMA for the producer (one thread instead of 128, no address math), and
 // softmax overlapped with the next GEMM inside a warpgroup.
 #pragma once
@@ -55,14 +58,33 @@ struct ForwardTilesSm90Ws {
 // Named barriers: 1 and 2, a consumer's Q rows; 3 and 4, whose turn it is to issue Q K^T.
 constexpr int kQBarrier = 1, kTurnBarrier = 3;
 
+// The units of work of a forward CTA: one Q tile (the grid's), or, persistent, every
+// gridDim.x-th of all (Q tile, batch * head) units, the Q tiles with the most keys under a
+// causal mask first. unit(cta) runs each; the caller keeps what must carry over.
+template <bool kPersistent, class T, bool kGeneral, class Unit>
+__device__ __forceinline__ void for_each_unit(const ForwardArgs<T>& a, int block_m, Unit&& unit) {
+  if constexpr (!kPersistent) {
+    unit(ForwardCta<T, kGeneral>(a, block_m));
+  } else {
+    const int q_tiles = (a.shape.q_len + block_m - 1) / block_m;
+    const int heads = a.shape.batch * a.shape.heads;
+    for (int u = blockIdx.x; u < q_tiles * heads; u += gridDim.x)
+      unit(ForwardCta<T, kGeneral>(a, block_m, q_tiles - 1 - u / heads, u % heads));
+  }
+}
+
 // Template arguments as forward_kernel_sm90's, with Stages (K/V stages) instead of BM
-// (always two consumers of 64 rows).
-template <class V, class T, int D, int Dv, int BN, int Stages, bool kDropout, bool kExactP,
-          bool kGeneral>
+// (always two consumers of 64 rows), and kPersistent: one CTA per SM, looping over the
+// units (for_each_unit), its producer loading the next unit's tiles while the consumers
+// finish this one's.
+template <class V, class T, int D, int Dv, int BN, int Stages, bool kPersistent, bool kDropout,
+          bool kExactP, bool kGeneral>
 __global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages>::kThreads, 1)
 forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages>;
   constexpr int BM = Tiles::BM;
+  using Cta = ForwardCta<T, kGeneral>;
+  using Stream = typename Tiles::template Stream<V, T, kGeneral>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   T* sK = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes);  // [Stages]
@@ -70,11 +92,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
                                Stages * Tiles::K::kBytes);                    // [Stages]
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
   uint64_t* empty = full + Stages;                                             // [Stages]
+  constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
 
-  const ForwardCta<T, kGeneral> cta(a, BM);
-  const Shape& n = cta.shape(a);
-  const int b = cta.b, h = cta.h, q0 = cta.q0;
-  if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < Stages; ++s) {
@@ -83,24 +102,26 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
     }
   }
   __syncthreads();  // the barriers are initialised; the CTA never meets again
-
-  const typename Tiles::template Stream<V, T, kGeneral> kv{
-      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BN>(a, n)};
-  constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
   const int warpgroup = threadIdx.x / 128;
-  auto walk = kv.walk();
+  int i = 0;  // K/V tiles so far, over all units: tile i is in stage i % Stages
 
   // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
   // threads by threadIdx.x, 0..127.
-  if (warpgroup == 0) {  // the producer
+  if (warpgroup == 0) {
     release_registers<Tiles::kProducerRegisters>();
-    for (int i = 0; !walk.done(); ++i, walk.advance()) {
-      const int stage = i % Stages, round = i / Stages;
-      mbarrier_wait(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
-      kv.template load_rows<D>(kv.k, sK + stage * kK, walk.entry);
-      kv.template load_rows<Dv>(kv.v, sV + stage * kV, walk.entry);
-      mbarrier_arrive_on_copies(&full[stage]);
-    }
+    for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
+      const Shape& n = cta.shape(a);
+      if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+      const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
+                      cta.template tiles<V, BN>(a, n)};
+      for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
+        const int stage = i % Stages, round = i / Stages;
+        mbarrier_wait(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
+        kv.template load_rows<D>(kv.k, sK + stage * kK, walk.entry);
+        kv.template load_rows<Dv>(kv.v, sV + stage * kV, walk.entry);
+        mbarrier_arrive_on_copies(&full[stage]);
+      }
+    });
     cp_async_commit();
     cp_async_wait<0>();  // no copy outlives the thread that issued it
     return;
@@ -110,90 +131,96 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
   const int consumer = warpgroup - 1;
   const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' 8 warps
   T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
-  {  // this consumer's 64 query rows
-    const int rows = q0 + 64 * consumer;
-    const int tid = threadIdx.x & 127;
-    using QTile = SwizzledTile<64, D>;
-    unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
-    // load_tile_swizzled for 128 threads that are not threads 0..127 of the CTA
-    constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
-    const int r0 = tid / kChunks, c = tid % kChunks;
-#pragma unroll
-    for (int i = 0; i < 64 / kRowsPerPass; ++i) {
-      const int r = r0 + i * kRowsPerPass;
-      const bool valid = rows + r < n.q_len;
-      cp_async_16(dst + QTile::chunk_offset(r, 8 * c),
-                  valid ? cta.q.at(b, h, rows + r) + 8 * c : a.q.data, valid);
-    }
-    cp_async_commit();
-    cp_async_wait<0>();
-    fence_proxy_async();
-    bar_sync(kQBarrier + consumer, 128);
-  }
-
-  float o[1][Dv / 8][4];
-  zero(o);
-  OnlineSoftmax<BN / 8> softmax[1];
-  const int row0 = q0 + 16 * warp;  // this warp's first query row
   const uint32_t q_rows = smem_address(sQ);
-  // Turns: a consumer's GEMMs of one step (P V of the previous tile, Q K^T of this one)
-  // are issued in its turn, so that the two consumers' GEMMs alternate and each one's
-  // softmax runs under the other's GEMMs. Consumer 0 goes first; each hands the turn over
-  // once its GEMMs are issued. The last hand-over of consumer 1 is left out, so that every
-  // arrival is waited for.
-  if (consumer == 1 && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
-  uint32_t pa[BN / 16][4];       // P of the previous tile, the A of its P V
-  uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
-  int pending = -1;              // the stage whose V the pending P V reads
-  auto issue_pv = [&](int stage) {
-    const uint32_t v_tile = smem_address(sV + stage * kV);
-    issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
-    if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
-      issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
-  };
-  for (int i = 0; !walk.done(); ++i) {
-    const int stage = i % Stages, round = i / Stages;
-    const int k0 = TileRow::tile_of(walk.entry) * BN;
-    const TileMask tile = walk.mask;
-    walk.advance();
-    mbarrier_wait(&full[stage], round & 1);
-    fence_proxy_async();  // the producer's cp.async writes, for this thread's wgmmas
-
-    float s[1][BN / 8][4];
-    bar_sync(kTurnBarrier + consumer, 256);
-    if (pending >= 0) issue_pv(pending);
-    issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK + stage * kK),
-                            Tiles::K::kBlockBytes);
-    if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
-    wgmma_wait<0>();
-    fence_operand(s[0]);
-    fence_operand(o[0]);
-    if (pending >= 0) mbarrier_arrive(&empty[pending]);  // its V has been read
-    if (tile.partial()) {
-      score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
-    } else {
-      score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
-    }
-    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
-    accumulator_to_a<T>(pa, s[0]);
-    if constexpr (kExactP) {
+  for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
+    const Shape& n = cta.shape(a);
+    const int b = cta.b, h = cta.h, q0 = cta.q0;
+    if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+    const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0,
+                    cta.template tiles<V, BN>(a, n)};
+    {  // this consumer's 64 query rows (the last unit's GEMMs have all been waited for)
+      const int rows = q0 + 64 * consumer;
+      const int tid = threadIdx.x & 127;
+      using QTile = SwizzledTile<64, D>;
+      unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
+      // load_tile_swizzled for 128 threads that are not threads 0..127 of the CTA
+      constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
+      const int r0 = tid / kChunks, c = tid % kChunks;
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) s[0][nt][e] = rounding_residual<T>(s[0][nt][e]);
+      for (int r = r0; r < 64; r += kRowsPerPass) {
+        const bool valid = rows + r < n.q_len;
+        cp_async_16(dst + QTile::chunk_offset(r, 8 * c),
+                    valid ? cta.q.at(b, h, rows + r) + 8 * c : a.q.data, valid);
       }
-      accumulator_to_a<T>(pa_lost, s[0]);
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();
+      bar_sync(kQBarrier + consumer, 128);
     }
-    pending = stage;
-  }
-  if (pending >= 0) {  // the last tile's P V
-    issue_pv(pending);
-    wgmma_wait<0>();
-    fence_operand(o[0]);
-    mbarrier_arrive(&empty[pending]);
-  }
 
-  store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+    float o[1][Dv / 8][4];
+    zero(o);
+    OnlineSoftmax<BN / 8> softmax[1];
+    const int row0 = q0 + 16 * warp;  // this warp's first query row
+    auto walk = kv.walk();
+    // Turns: a consumer's GEMMs of one step (P V of the previous tile, Q K^T of this
+    // one) are issued in its turn, so that the two consumers' GEMMs alternate and each
+    // one's softmax runs under the other's GEMMs. Consumer 0 goes first; each hands the
+    // turn over once its GEMMs are issued. The last hand-over of consumer 1 in a unit is
+    // left out, so that every arrival is waited for.
+    if (consumer == 1 && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
+    uint32_t pa[BN / 16][4];                     // P of the previous tile, the A of its P V
+    uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
+    int pending = -1;                            // the stage whose V the pending P V reads
+    auto issue_pv = [&](int stage) {
+      const uint32_t v_tile = smem_address(sV + stage * kV);
+      issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+      if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
+        issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
+    };
+    for (; !walk.done(); ++i) {
+      const int stage = i % Stages, round = i / Stages;
+      const int k0 = TileRow::tile_of(walk.entry) * BN;
+      const TileMask tile = walk.mask;
+      walk.advance();
+      mbarrier_wait(&full[stage], round & 1);
+      fence_proxy_async();  // the producer's cp.async writes, for this thread's wgmmas
+
+      float s[1][BN / 8][4];
+      bar_sync(kTurnBarrier + consumer, 256);
+      if (pending >= 0) issue_pv(pending);
+      issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes,
+                              smem_address(sK + stage * kK), Tiles::K::kBlockBytes);
+      if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
+      wgmma_wait<0>();
+      fence_operand(s[0]);
+      fence_operand(o[0]);
+      if (pending >= 0) mbarrier_arrive(&empty[pending]);  // its V has been read
+      if (tile.partial()) {
+        score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+      } else {
+        score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+      }
+      softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
+      accumulator_to_a<T>(pa, s[0]);
+      if constexpr (kExactP) {
+#pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[0][nt][e] = rounding_residual<T>(s[0][nt][e]);
+        }
+        accumulator_to_a<T>(pa_lost, s[0]);
+      }
+      pending = stage;
+    }
+    if (pending >= 0) {  // the last tile's P V
+      issue_pv(pending);
+      wgmma_wait<0>();
+      fence_operand(o[0]);
+      mbarrier_arrive(&empty[pending]);
+    }
+    store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+  });
 }
 
 }  // namespace fg

@@ -147,9 +147,11 @@ def test_framed_kernels_compile(name):
 
 
 @pytest.mark.nvcc
-@pytest.mark.parametrize("name, d", [("causal", 128), ("document", 64)])
-def test_warp_specialised_forward_compiles(name, d):
-    """The warp-specialised sm90 forward (family "wgmma_ws", forward_sm90_ws.cuh): its
+@pytest.mark.parametrize("name, d, family", [("causal", 128, "wgmma_ws"),
+                                             ("document", 64, "wgmma_ws_persistent")])
+def test_warp_specialised_forward_compiles(name, d, family):
+    """The warp-specialised sm90 forward (families "wgmma_ws" and "wgmma_ws_persistent",
+    forward_sm90_ws.cuh): its
     producer warpgroup keeps 56 registers and the consumers 224 (setmaxnreg), and ptxas
     allocates each region within its own limit, so nothing spills in either."""
     from flashgen.build.cache import ptxas_report
@@ -157,7 +159,7 @@ def test_warp_specialised_forward_compiles(name, d):
     from flashgen.render.kernels import render_module
     spec = flashgen.load(name)
     sources = render_module(spec, f"flashgen/specs/{name}.attn", "bf16", d,
-                            TileOverride(family="wgmma_ws"), "sm_90a")
+                            TileOverride(family=family), "sm_90a")
     assert "forward_kernel_sm90_ws" in sources[f"forward_bf16_d{d}.cu"]
     sources = {f: t for f, t in sources.items() if not f.startswith("backward")}
     report = {k: r for k, r in ptxas_report(sources, "sm_90a").items() if "forward_kernel" in k}

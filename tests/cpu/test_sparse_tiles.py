@@ -215,6 +215,9 @@ def test_warp_specialised_forward_plan():
     assert plan_for(causal, 64, TileOverride(family="wgmma_ws"), "sm_90a").forward.kv_stages == 4
     tile = plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(128, 64)), "sm_90a")
     assert (tile.forward.producer, tile.forward.block_n) == (True, 64)
+    persistent = plan_for(causal, 128, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
+    assert persistent.forward.producer and persistent.forward.persistent
+    assert "persistent" in persistent.describe()[0]
     with pytest.raises(TileError, match="BM is 128"):
         plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(64, 64)), "sm_90a")
     assert plan.backward.family == "wgmma"

@@ -70,8 +70,9 @@ def test_families_agree(case, monkeypatch):
                              dtype=torch.float64, **call, **params64)
         low = sm90.reference(q, k, v, return_lse=True, dtype=dt, **call, **params)
         ops = [("sm90", sm90), ("mma", mma)]
-        if d <= 128:  # the warp-specialised forward (forward_sm90_ws.cuh)
-            ops.append(("sm90_ws", flashgen.compile(name, family="wgmma_ws")))
+        if d <= 128:  # the warp-specialised forward (forward_sm90_ws.cuh), and persistent
+            ops += [(f, flashgen.compile(name, family=f))
+                    for f in ("wgmma_ws", "wgmma_ws_persistent")]
         got = {f: op(q, k, v, return_lse=True, **call, **params) for f, op in ops}
     for i, what in enumerate(("out", "lse")):
         limit = bound(low[i], ref[i])
