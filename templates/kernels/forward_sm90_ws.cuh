@@ -116,7 +116,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
                       cta.template tiles<V, BN>(a, n)};
       for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
         const int stage = i % Stages, round = i / Stages;
-        mbarrier_wait(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
+        mbarrier_wait<true>(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
         kv.template load_rows<D>(kv.k, sK + stage * kK, walk.entry);
         kv.template load_rows<Dv>(kv.v, sV + stage * kV, walk.entry);
         mbarrier_arrive_on_copies(&full[stage]);

@@ -10,6 +10,7 @@
 // complete, so every stage starts free.
 #pragma once
 #include <cstdint>
+#include <cstdio>
 
 #include "mma.cuh"
 
@@ -31,11 +32,30 @@ __device__ __forceinline__ void mbarrier_arrive_on_copies(uint64_t* bar) {
                :: "r"(smem_address(bar)) : "memory");
 }
 
+// Waits for the phase of `bar` with this parity. kWatchdog: a wait that has not ended
+// after 2^20 tries (each blocks for up to a hardware time limit; together seconds, where a
+// real wait takes microseconds) is a deadlock, and traps, so that a broken pipeline fails
+// the launch (an illegal-instruction error) instead of hanging the GPU; with
+// FG_DEBUG_PIPELINE defined it first prints the barrier. The counter costs a register,
+// which a consumer at its register limit cannot spare (ptxas then serialised its wgmmas),
+// so only the producer's waits keep one: in a deadlock it is waiting too.
+template <bool kWatchdog = false>
 __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
-  asm volatile(
-      "{\n.reg .pred done;\nwait:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra wait;\n}\n" :: "r"(smem_address(bar)), "r"(parity) : "memory");
+  for (uint32_t tries = 0;; ++tries) {
+    uint32_t done;
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done) : "r"(smem_address(bar)), "r"(parity) : "memory");
+    if (done) return;
+    if (kWatchdog && tries == (1u << 20)) {
+#ifdef FG_DEBUG_PIPELINE
+      printf("flashgen: mbarrier wait stuck: block %d thread %d barrier at smem %u, parity %d\n",
+             blockIdx.x, threadIdx.x, smem_address(bar), parity);
+#endif
+      __trap();
+    }
+  }
 }
 
 // Named barriers 1..15 (0 is __syncthreads): `threads` threads in all, of which some
