@@ -408,7 +408,8 @@ def _run_ninja(directory: Path, stem: str, verbose: bool):
 
 def ptxas_report(sources: dict[str, str], arch: str, flags: list[str] = ()) -> dict[str, dict]:
     """Per kernel: registers, spill_stores, spill_loads, smem_static, stack (bytes), barriers,
-    cubin_seconds (ptxas time for that kernel), file and mangled name, as ptxas reports them
+    cubin_seconds (ptxas time for that kernel), wgmma_serialized (the warning's code where
+    ptxas serialised the kernel's wgmmas, else None), file and mangled name, as ptxas reports them
     for each .cu compiled (not linked) with the flags `build` uses. Kernels are keyed by their
     demangled names where a demangler is found, else by their mangled names."""
     cu_files = _check_sources(sources)
@@ -445,6 +446,9 @@ _USED = re.compile(r"Used (\d+) registers")
 _BARRIERS = re.compile(r"used (\d+) barriers")
 _SMEM = re.compile(r"(\d+) bytes smem")
 _TIME = re.compile(r"Compile time = ([\d.]+) ms")
+# ptxas's warning that it serialised a kernel's wgmmas (C7510-C7520: "wgmma.mma_async
+# instructions are serialized due to ..."), which costs the overlap the kernels rely on
+_SERIALIZED = re.compile(r"\((C75\d\d)\)[^']*wgmma[^']*serialized[^']*function '([^']+)'")
 
 
 def _parse_ptxas(output: str) -> dict[str, dict]:
@@ -474,6 +478,10 @@ def _parse_ptxas(output: str) -> dict[str, dict]:
     for kernel, info in kernels.items():
         if kernel in frames:
             info["stack"], info["spill_stores"], info["spill_loads"] = frames[kernel]
+        info["wgmma_serialized"] = None
+    for code, kernel in _SERIALIZED.findall(output):
+        if kernel in kernels:
+            kernels[kernel]["wgmma_serialized"] = code
     return kernels
 
 

@@ -112,6 +112,7 @@ def test_every_shipped_kernel_compiles(name, arch):
         kernels[next(k for k in kernels if k in kernel)] += 1
         assert r["spill_stores"] <= SPILL_BYTES and r["spill_loads"] <= SPILL_BYTES, \
             f"{kernel} spills: {r}"
+        assert r["wgmma_serialized"] is None, f"{kernel}: ptxas serialised its wgmmas: {r}"
     units = len(spec.dtypes) * len(spec.head_dims)
     configs = units * (2 if spec.dropout else 1)       # with and without dropout
     # where the score reads float tables, forward and backward come with and without
