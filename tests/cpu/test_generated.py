@@ -167,3 +167,4 @@ def test_warp_specialised_forward_compiles(name, d, family):
     assert report
     for kernel, r in report.items():
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{kernel} spills: {r}"
+        assert r["wgmma_serialized"] is None, f"{kernel}: ptxas serialised its wgmmas: {r}"
