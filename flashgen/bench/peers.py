@@ -217,21 +217,17 @@ def family_peer(family: str) -> str:
 def family_runner(peer: str, subject: Subject) -> Runner:
     """flashgen with its kernels from the peer's family; a family that cannot run the case
     (an arch or head dim it does not cover) is NotExpressible."""
+    from ..build.cache import device_arch
     from ..plan.tiles import TileError, TileOverride, plan_for
     op, call, kwargs = subject.op, subject.call, subject.op_kwargs
     d = call.q.shape[-1]
     tiles = TileOverride(family=peer[len(FAMILY_PREFIX):])
     try:
-        plan_for(op.spec, d, tiles, _arch(call.q.device))
+        plan_for(op.spec, d, tiles, device_arch(call.q.device.index))
     except TileError as why:
         raise NotExpressible(str(why)) from None
     other = AttentionOp(op.spec, op.source_path, tiles)
     return Runner(lambda: other(call.q, call.k, call.v, **kwargs))
-
-
-def _arch(device: torch.device) -> str:
-    from ..build.cache import device_arch
-    return device_arch(device.index)
 
 
 def runner(peer: str, subject: Subject) -> Runner:

@@ -37,8 +37,8 @@ struct ForwardTilesSm90 {
   // its softmax with the tensor cores idle unless other CTAs on the SM fill them, and two
   // warpgroups of one CTA, meeting at every tile's barrier, do not (PERF.md). Given to
   // __launch_bounds__, so that ptxas keeps the registers of that many CTAs (168 for 3).
-  static constexpr int kMinBlocksPerSM =
-      kWarpgroups > 1 ? 1 : (228 * 1024 / (kSmemBytes + 1024) < 3 ? 228 * 1024 / (kSmemBytes + 1024) : 3);
+  static constexpr int kFitPerSM = 228 * 1024 / (kSmemBytes + 1024);
+  static constexpr int kMinBlocksPerSM = kWarpgroups > 1 ? 1 : (kFitPerSM < 3 ? kFitPerSM : 3);
   static_assert(BM % 64 == 0 && BN % 16 == 0 && BN <= 256, "m64 warpgroups, k16 steps of P V");
   static_assert(D % 64 == 0 && Dv % 64 == 0 && Dv <= 256, "whole 128-byte rows; wgmma's N <= 256");
 };
