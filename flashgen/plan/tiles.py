@@ -104,7 +104,7 @@ class TilePlan:
                    + "a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma)")
         return [
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
-            f"2 K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
+            f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
             f"backward: {b.block_n} keys x {b.block_m} query rows per tile, "
             + (f"{b.warps // 4} warpgroup{'s' if b.warps > 4 else ''} of 64 keys (wgmma), "
                if b.family == "wgmma" else f"{b.warps} warps, ") +
@@ -229,7 +229,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     backward = _backward_plan(*backward_tile, head_dim, value_dim, smem_limit(arch))
     assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     assert backward.smem_bytes(head_dim, value_dim) <= smem_limit(arch)
-    family = override.family if override is not None else None
+    family = override_family = override.family if override is not None else None
     producer = family in ("wgmma_ws", "wgmma_ws_persistent")
     persistent = family == "wgmma_ws_persistent"
     if producer:
@@ -241,6 +241,10 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     elif family == "wgmma" and not wgmma_fits(arch, head_dim, value_dim):
         raise TileError(f"the wgmma family needs sm_90a and head dims of 64, 128 or 256, "
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
+    if (family == "wgmma" and override_family is None
+            and (override is None or override.forward is None)  # a hand-picked tile: plain
+            and ws_by_default(head_dim, value_dim, blocks)):
+        producer = True
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
         if producer:
@@ -275,6 +279,16 @@ def wgmma_fits(arch: str, head_dim: int, value_dim: int) -> bool:
     `arch`? It needs wgmma (sm_90a) and rows of whole 128-byte swizzle blocks that its
     loads and wgmma shapes cover: d and dv of 64, 128 or 256."""
     return arch.startswith("sm_90") and all(x in (64, 128, 256) for x in (head_dim, value_dim))
+
+
+def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None) -> bool:
+    """Does the sm90 family's forward default to the warp-specialised kernel
+    (forward_sm90_ws.cuh)? At d = 128 it was 1.12-1.21x the two-warpgroup CTA at N = 8192
+    (PERF.md, issue 8's WS step). At d = 64 the one-warpgroup CTAs stay: WS was 0.94x on
+    dense there. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
+    the plain kernel, whose tiles follow the blocks."""
+    return (max(head_dim, value_dim) == 128 and min(head_dim, value_dim) >= 64
+            and (blocks is None or blocks[0] >= 128))
 
 
 def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,

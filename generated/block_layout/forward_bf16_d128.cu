@@ -3,21 +3,21 @@
 //
 // attention block_layout: forward pass, bf16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 161 KiB shared memory
+//   forward:  128 query rows x 128 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 3 K/V stages, 225 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, 2 warpgroups of 64 keys (wgmma), 2 Q/dO stages, 146 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/forward_sm90.cuh"
+#include "kernels/forward_sm90_ws.cuh"
 #include "kernels/combine.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_block_layout::Variant;  // whole sequences
-// the sm90 family: warpgroup MMA, 2 warpgroups of 64 query rows
-using Tiles = fg::ForwardTilesSm90<128, 128, 128, 128>;
+// the sm90 family, warp-specialised: a producer warpgroup, two consumer warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90Ws<128, 128, 128, 3>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 128, 128, 128, 128, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 128, 128, 128, 3, false, kDropout, kExactP, kGeneral>;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it

@@ -83,10 +83,13 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
 // After score_and_mask: the online softmax of a warp's MT m16 row tiles (leaving P in s),
 // dropout's zeros, and the rescale of the output accumulated so far. The row sums count
 // every visible key, dropped or not; 1 / (1 - p) is applied with 1 / rowsum at the end.
+// bh (batch * heads + head) picks the dropout stream; it is not blockIdx.y in a
+// persistent CTA, which loops over heads.
 template <bool kDropout, class V, int MT, int NT, int DT>
 __device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
                                              OnlineSoftmax<NT> (&softmax)[MT], const Shape& n,
-                                             const Dropout& dropout, int row0, int k0) {
+                                             const Dropout& dropout, int bh, int row0,
+                                             int k0) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
@@ -96,7 +99,7 @@ __device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[M
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         float keep[4];
-        dropout_factors(dropout, blockIdx.y, row0 + 16 * mt + (lane >> 2),
+        dropout_factors(dropout, bh, row0 + 16 * mt + (lane >> 2),
                         k0 + 8 * nt + 2 * (lane & 3), keep);
 #pragma unroll
         for (int i = 0; i < 4; ++i) s[mt][nt][i] = keep[i] != 0.0f ? s[mt][nt][i] : 0.0f;
@@ -244,7 +247,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
     } else {
       score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
     }
-    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
+    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, b * a.shape.heads + h, row0, k0);
     uint32_t pa[MT][BN / 16][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) accumulator_to_a<T>(pa[mt], s[mt]);

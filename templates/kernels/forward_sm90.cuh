@@ -82,7 +82,7 @@ forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
     } else {
       score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
     }
-    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
+    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, b * a.shape.heads + h, row0, k0);
     uint32_t pa[BN / 16][4];
     accumulator_to_a<T>(pa, s[0]);
     const uint32_t v_tile = smem_address(sV_tile);

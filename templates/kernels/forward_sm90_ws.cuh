@@ -201,7 +201,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
       } else {
         score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
       }
-      softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, row0, k0);
+      softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, b * a.shape.heads + h, row0, k0);
       accumulator_to_a<T>(pa, s[0]);
       if constexpr (kExactP) {
 #pragma unroll

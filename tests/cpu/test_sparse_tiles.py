@@ -82,15 +82,24 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
 
 def test_forward_family_by_arch_and_head_dim():
     """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
-    64, 128, 256): two warpgroups per CTA, one at d = 64; everything else, and any arch before Hopper, on mma.sync. A family
+    64, 128, 256): two warpgroups per CTA, one at d = 64, a producer and two consumers at
+    d = 128; everything else, and any arch before Hopper, on mma.sync. A family
     can be asked for by name; the wgmma one only where it fits."""
     from flashgen.plan.tiles import TileError, TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
-    for d, tile, warps in ((64, (64, 128), 4), (128, (128, 128), 8), (256, (128, 32), 8)):
+    for d, tile, warps, producer in ((64, (64, 128), 4, False), (128, (128, 128), 12, True),
+                                     (256, (128, 32), 8, False)):
         f = plan_for(causal, d, arch="sm_90a").forward
-        assert (f.family, f.block_m, f.block_n, f.warps) == ("wgmma", *tile, warps), d
+        assert (f.family, f.block_m, f.block_n, f.warps, f.producer) == \
+            ("wgmma", *tile, warps, producer), d
         assert plan_for(causal, d, arch="sm_80").forward.family == "mma"
+    # d = 128 defaults to the warp-specialised kernel; the family named "wgmma" and a
+    # hand-picked tile keep the two-warpgroup CTA, and so does a layout of 64-row blocks
+    plain = plan_for(causal, 128, TileOverride(family="wgmma"), "sm_90a").forward
+    assert (plain.producer, plain.warps) == (False, 8)
+    assert not plan_for(causal, 128, TileOverride(forward=(128, 64)), "sm_90a").forward.producer
+    assert not plan_for(flashgen.load("bigbird"), 128, arch="sm_90a").forward.producer
     for d in (16, 32, 96, 192):
         assert plan_for(causal, d, arch="sm_90a").forward.family == "mma"
     mma = plan_for(causal, 128, TileOverride(family="mma"), "sm_90a").forward
