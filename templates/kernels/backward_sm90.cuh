@@ -98,7 +98,8 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   // this thread's first key and query column of the transposed fragments.
   const uint32_t k_rows = smem_address(sK) + warpgroup * 64 * 128;
   const uint32_t v_rows = smem_address(sV) + warpgroup * 64 * 128;
-  const int key0 = 64 * warpgroup + 16 * (warp % 4) + (lane >> 2);  // in the tile; and + 8
+  const int warp_key0 = 64 * warpgroup + 16 * (warp % 4);          // the warp's 16 keys
+  const int key0 = warp_key0 + (lane >> 2);                          // in the tile; and + 8
   const int col0 = 2 * (lane & 3);                                   // + 8 nt, and + 1
   // dQ's B: this warpgroup's columns of K, MN-major (a column offset inside a 128-byte
   // row is an address offset: the swizzle acts on the address bits)
@@ -138,6 +139,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
       constexpr bool kPartial = decltype(partial)::value;
       const TransposedFragmentMask<V, BM / 8> mask(p, b, h, k0 + key0, q0 + col0, n.q_len,
                                                    n.kv_len);
+      float keep_pair[2][4];  // kDropout: the factors of fragments nt and nt + 1 (nt even)
 #pragma unroll
       for (int nt = 0; nt < BM / 8; ++nt) {
         const int c = col0 + 8 * nt;  // this thread's query rows: c and c + 1
@@ -150,8 +152,13 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
           block = fragment_block_visible<V>(tile, a.sparse, h, q0 + c, k0 + key0, n.q_len,
                                             n.kv_len);
         float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-        if constexpr (kDropout)
-          dropout_factors_transposed(a.dropout, b * n.heads + h, q0 + c, k0 + key0, keep);
+        if constexpr (kDropout) {
+          if (nt % 2 == 0)
+            dropout_factors_transposed(a.dropout, b * n.heads + h, q0 + 8 * nt, k0 + warp_key0,
+                                       keep_pair);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) keep[i] = keep_pair[nt % 2][i];
+        }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {  // keys key0, key0, key0 + 8, key0 + 8; rows c, c + 1, c, c + 1
           const int q = q0 + c + (i & 1), kv_idx = k0 + key0 + 8 * (i >> 1);

@@ -72,21 +72,38 @@ __device__ __forceinline__ void dropout_factors(const Dropout& d, int bh, int q,
   factor[3] = r.w >= d.threshold ? d.keep_scale : 0.0f;
 }
 
-// The same factors for a transposed fragment (the sm90 backward holds S^T): element i is
-// key kv + 8 (i >> 1), query row q + (i & 1), with kv % 16 < 8 and q even. Each of the
-// four lies in a different draw (rows q and q + 1 differ in the counter's q & 7, keys kv
-// and kv + 8 in kv >> 1), so this costs four Philox calls where dropout_factors costs one.
-__device__ __forceinline__ void dropout_factors_transposed(const Dropout& d, int bh, int q, int kv,
-                                                           float (&factor)[4]) {
+// The factors of a warp's transposed block (the sm90 backward holds S^T: keys x query
+// rows): 16 keys from kv0 (the warp's) by 16 query rows from q0, two n8 fragments of
+// which lane (r, t) = (lane / 4, lane % 4) holds keys kv0 + r, kv0 + r + 8 and rows
+// q0 + 8 c + 2 t, + 1 (c: the fragment): factor[c][i] for key kv0 + r + 8 (i >> 1), row
+// q0 + 8 c + 2 t + (i & 1). In this layout a lane's four elements of a fragment lie in
+// four different draws, so instead each lane draws two of the 64 that cover the block,
+// (row q0 + x, key pair m) and (q0 + x, m + 4) with x = lane % 8, m = lane / 8, packs their
+// eight keep bits, and the lanes exchange them: two shuffles, and one draw per lane and
+// fragment, as in the query-major layout. q0 and kv0 are multiples of 16 (so are the
+// frame's offsets), so a word's index bits are those of the block-relative indices.
+__device__ __forceinline__ void dropout_factors_transposed(const Dropout& d, int bh, int q0, int kv0,
+                                                           float (&factor)[2][4]) {
+  const int lane = threadIdx.x & 31;
+  uint32_t bits = 0;  // bit 4 u + w: word w of this lane's draw u
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int row = q + (i & 1), key = kv + 8 * (i >> 1);
-    const uint4 r = dropout_draws(d, bh, row, key);
-    // the word of (row, key) in its draw, by the spec's (global) indices
-    const int word = (((row + d.q_first) >> 3) & 1) * 2 + ((key + d.kv_first) & 1);
-    const uint32_t draw = word == 0 ? r.x : word == 1 ? r.y : word == 2 ? r.z : r.w;
-    factor[i] = draw >= d.threshold ? d.keep_scale : 0.0f;
+  for (int u = 0; u < 2; ++u) {
+    const uint4 r = dropout_draws(d, bh, q0 + (lane & 7), kv0 + 2 * ((lane >> 3) + 4 * u));
+    bits |= uint32_t(r.x >= d.threshold) << (4 * u) | uint32_t(r.y >= d.threshold) << (4 * u + 1) |
+            uint32_t(r.z >= d.threshold) << (4 * u + 2) | uint32_t(r.w >= d.threshold) << (4 * u + 3);
   }
+  const int r = lane >> 2, t = lane & 3;
+  const int from = (r >> 1) * 8 + 2 * t;  // the lanes that drew rows 2t and 2t + 1 of r's key pair
+  const uint32_t drawn[2] = {__shfl_sync(0xffffffffu, bits, from),
+                             __shfl_sync(0xffffffffu, bits, from + 1)};
+#pragma unroll
+  for (int c = 0; c < 2; ++c)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // word ((row >> 3) & 1) * 2 + (key & 1) of draw u = i >> 1 of the lane for row parity i & 1
+      const uint32_t keep = drawn[i & 1] >> (4 * (i >> 1) + 2 * c + (r & 1)) & 1u;
+      factor[c][i] = keep ? d.keep_scale : 0.0f;
+    }
 }
 
 }  // namespace fg
