@@ -283,8 +283,8 @@ def wgmma_fits(arch: str, head_dim: int, value_dim: int) -> bool:
 
 def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None) -> bool:
     """Does the sm90 family's forward default to the warp-specialised kernel
-    (forward_sm90_ws.cuh)? At d = 128 it was 1.12-1.21x the two-warpgroup CTA at N = 8192
-    (PERF.md, issue 8's WS step). At d = 64 the one-warpgroup CTAs stay: WS was 0.94x on
+    (forward_sm90_ws.cuh)? At d = 128 its forward was 1.06-1.21x the two-warpgroup CTA's
+    (dense and causal, N = 2048 and 8192: PERF.md, issue 8's WS step). At d = 64 the one-warpgroup CTAs stay: WS was 0.94x on
     dense there. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
     the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
     keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one)."""
