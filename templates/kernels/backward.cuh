@@ -292,7 +292,11 @@ __device__ __forceinline__ auto key_tile_walk(const BackwardArgs<T>& a, const ty
         return classify_entry<V, BM, BN>(p, a.sparse, b, hk * group + r,
                                          TileRow::tile_of(entry) * BM, k0, q_len, kv_len, entry);
       },
-      group);
+      group,
+      [&p, b, hk, group, k0, q_len, kv_len](int r, int tile, int tiles) {  // Q tiles here
+        return span_skipped<V>(p, b, hk * group + r, tile * BM, tiles * BM, k0, BN, q_len,
+                               kv_len);
+      });
 }
 
 // A KV tile's dK (times the softmax scale) and dV from a warp's accumulator blocks (first

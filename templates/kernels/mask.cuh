@@ -33,6 +33,20 @@ __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, i
   return {c, layout_partial};
 }
 
+// Does the mask skip every tile of [q0, q0 + q_span) x [k0, k0 + k_span), several tiles
+// along one side (TileWalk's spans, schedule.cuh)? Only a static mask can say so: a
+// data-dependent one's classes come from its lists, and a spec without a mask skips nothing.
+template <class V>
+__device__ __forceinline__ bool span_skipped(const typename V::Params& p, int b, int h, int q0,
+                                             int q_span, int k0, int k_span, int q_len,
+                                             int kv_len) {
+  if constexpr (V::kHasMask && !V::kRuntimeTiles) {
+    return mask_tile_class<V>(p, b, h, q0, k0, q_span, k_span, q_len, kv_len) == 0;
+  } else {
+    return false;
+  }
+}
+
 // The class of a listed tile (entry: sparse.cuh TileRow). A data-dependent mask's
 // class comes from its list; launched without lists (never by flashgen's launcher),
 // every tile runs as partial, which is always exact.
