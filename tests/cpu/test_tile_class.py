@@ -25,8 +25,9 @@ MUST_SKIP = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "ke
 MUST_FULL = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "key_padding",
              "alibi", "alibi_window_softcap", "softcap"}
 _sizes = random.Random(1)
-# the kernels' tile sizes, and odd ones: tiles start at many different offsets
-TILINGS = [(16, 16), (64, 32), (64, 64), (128, 64), (128, 128), (1, 1),
+# the kernels' tile sizes, the walk's spans of 8 tiles along either side (TileWalk,
+# schedule.cuh), and odd ones: tiles start at many different offsets
+TILINGS = [(16, 16), (64, 32), (64, 64), (128, 64), (128, 128), (1, 1), (16, 128), (128, 16),
            *((_sizes.randint(2, 50), _sizes.randint(2, 50)) for _ in range(12))]
 
 
