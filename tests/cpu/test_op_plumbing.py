@@ -76,3 +76,34 @@ def test_split_kv_count_by_shape(monkeypatch):
     assert launch.kv_splits(key, q, k, splits=1000) == launch.MAX_KV_SPLITS
     assert launch.kv_splits(key, q, k[:, :, :3 * block_n], splits=1000) == 3
     assert launch.kv_splits(key, q, k, splits=3) == 3
+
+
+def test_inference_skips_the_autograd_function(monkeypatch):
+    """Without a tensor that wants a gradient (or under no_grad) the eager path calls the
+    kernels directly: the same launch.forward arguments, no autograd node."""
+    calls = []
+
+    def fake_forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout, saved,
+                     splits, varlen=None):
+        calls.append((key, scale, dropout_p, rng.tolist(), layout, saved, splits))
+        B, H, Nq, _ = q.shape
+        return q * 1.0, torch.zeros(B, H, Nq), torch.zeros(0)
+
+    def no_function(*args):
+        raise AssertionError("the autograd Function ran for an inference call")
+
+    monkeypatch.setattr(launch, "forward", fake_forward)
+    key = flashgen.compile("dropout_causal").key
+    q, k, v = (torch.randn(1, 2, 8, 64) for _ in range(3))
+    args = (key, q, k, v, [], [], 0.125, 0.25, [5, 6, 7], None, False, launch.SAVE_NOTHING, 1)
+    from flashgen.runtime import op as op_module
+    monkeypatch.setattr(op_module._EagerAttention, "apply", no_function)
+    out, lse, rng, _ = attention(*args)
+    assert out.grad_fn is None and rng.tolist() == [5, 6, 7]
+    with torch.no_grad():
+        attention(key, q.requires_grad_(), k, v, *args[4:])
+    assert calls[0] == calls[1] == (key, 0.125, 0.25, [5, 6, 7], None, launch.SAVE_NOTHING, 1)
+    monkeypatch.undo()
+    monkeypatch.setattr(launch, "forward", fake_forward)
+    out, *_ = attention(key, q, k, v, *args[4:])      # q wants a gradient: the Function
+    assert out.grad_fn is not None
