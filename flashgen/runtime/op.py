@@ -21,6 +21,7 @@ parameters (ints and bools as floats, exact below 2**53)."""
 from __future__ import annotations
 
 import torch
+from torch.autograd import forward_ad
 
 from . import launch
 
@@ -179,15 +180,19 @@ def attention(key: str, q, k, v, tensors: list[torch.Tensor], scalars: list[floa
               saved: int, splits: int, cu_seqlens: list[torch.Tensor] = (),
               max_seqlens: list[int] = ()):
     """flashgen::forward with autograd: the custom op while torch.compile traces (one
-    graph node), the autograd.Function above otherwise. (out, lse, rng, out_f32).
+    graph node), the autograd.Function above when a gradient may be wanted, else the
+    kernels directly (inference). (out, lse, rng, out_f32).
     cu_seqlens / max_seqlens: [cu_q, cu_k] / [max_q, max_k] of a packed batch, else empty."""
     cu_seqlens, max_seqlens = list(cu_seqlens), list(max_seqlens)
     if torch.compiler.is_compiling():
         return forward_op(key, q, k, v, tensors, scalars, scale, dropout_p, seed, layout,
                           deterministic, saved, splits, cu_seqlens, max_seqlens)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors))):
+    if (not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, *tensors)))
+            and forward_ad._current_level < 0):
         # inference: no autograd node to build. The Function's apply and context were
-        # ~15 % of an inference call's profiled host time on an H200 machine (PERF.md)
+        # ~15 % of an inference call's profiled host time on an H200 machine (PERF.md).
+        # Under forward-mode AD (dual tensors do not set requires_grad) the Function
+        # still runs, and says it has no jvp rather than dropping the tangent.
         return _eager_forward(key, q, k, v, list(tensors), scalars, scale, dropout_p, seed,
                               layout, saved, splits, cu_seqlens, max_seqlens)
     return _EagerAttention.apply(key, q, k, v, scalars, scale, dropout_p, seed, layout,

@@ -27,7 +27,8 @@ namespace fg {
 // element; a span it cannot decide is walked tile by tile.
 constexpr int kSpanTiles = 8;
 
-// The span_skip of a walk that has none (block-sparse lists, data-dependent masks)
+// The default span_skip: none. Both kernels' walks pass span_skipped (mask.cuh), which
+// itself answers no for data-dependent masks; rows with a list (block-sparse) never ask.
 struct NoSpanSkip {
   __device__ __forceinline__ bool operator()(int, int, int) const { return false; }
 };

@@ -107,3 +107,24 @@ def test_inference_skips_the_autograd_function(monkeypatch):
     monkeypatch.setattr(launch, "forward", fake_forward)
     out, *_ = attention(key, q, k, v, *args[4:])      # q wants a gradient: the Function
     assert out.grad_fn is not None
+
+
+def test_forward_mode_ad_is_refused_not_dropped(monkeypatch):
+    """Dual tensors do not set requires_grad; the inference path must not take them (it
+    would drop the tangent): the Function runs and refuses, as it has no jvp."""
+    import pytest
+    import torch.autograd.forward_ad as fwAD
+
+    def fake_forward(key, q, k, v, tensors, scalars, scale, dropout_p, rng, layout, saved,
+                     splits, varlen=None):
+        B, H, Nq, _ = q.shape
+        return q * 1.0, torch.zeros(B, H, Nq), torch.zeros(0)
+
+    monkeypatch.setattr(launch, "forward", fake_forward)
+    key = flashgen.compile("causal").key
+    q, k, v = (torch.randn(1, 2, 8, 64) for _ in range(3))
+    with fwAD.dual_level():
+        dual = fwAD.make_dual(q, torch.ones_like(q))
+        with pytest.raises(Exception):
+            attention(key, dual, k, v, [], [], 0.125, 0.0, [], None, False,
+                      launch.SAVE_NOTHING, 1)
