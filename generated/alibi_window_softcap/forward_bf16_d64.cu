@@ -18,12 +18,13 @@ using Variant = fg_alibi_window_softcap::Variant;  // whole sequences
 using Tiles = fg::ForwardTilesSm90<64, 64, 64, 64>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 64, 64, 64, 64, kDropout, kExactP, kGeneral>;
+struct Maps {};  // only the warp-specialised kernel loads by TMA
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
 template <bool kDropout, bool kGeneral>
-cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem,
-                           void* stream) {
+cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, const Maps& maps,
+                           dim3 grid, int smem, void* stream) {
   if constexpr (Variant::kHasParamGrads) {
     if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
   }
@@ -33,9 +34,11 @@ cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
   // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
-  const cudaError_t status = args.shape.varlen() || args.shape.paged() || args.splits > 1
-                                 ? launch_forward<kDropout, true>(args, params, grid, smem, stream)
-                                 : launch_forward<kDropout, false>(args, params, grid, smem, stream);
+  Maps maps{};
+  const bool general = args.shape.varlen() || args.shape.paged() || args.splits > 1
+      ;
+  const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
+                                     : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;
   // split-KV: merge the parts by their lse (combine.cuh), one warp per query row
   const int64_t rows = args.shape.rows();

@@ -18,24 +18,30 @@ using Variant = fg_key_padding::Variant;  // whole sequences
 using Tiles = fg::ForwardTilesSm90Ws<128, 128, 128, 3>;
 template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 128, 128, 128, 3, false, kDropout, kExactP, kGeneral>;
+// the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
+// K and V the TMA engine can address: tma.cuh)
+using Maps = fg::KvTensorMaps;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
 template <bool kDropout, bool kGeneral>
-cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem,
-                           void* stream) {
+cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, const Maps& maps,
+                           dim3 grid, int smem, void* stream) {
   if constexpr (Variant::kHasParamGrads) {
-    if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
+    if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params, maps);
   }
-  return fg::launch(kKernel<kDropout, false, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
+  return fg::launch(kKernel<kDropout, false, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params, maps);
 }
 
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
   // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
-  const cudaError_t status = args.shape.varlen() || args.shape.paged() || args.splits > 1
-                                 ? launch_forward<kDropout, true>(args, params, grid, smem, stream)
-                                 : launch_forward<kDropout, false>(args, params, grid, smem, stream);
+  Maps maps{};
+  const bool general = args.shape.varlen() || args.shape.paged() || args.splits > 1
+                       || !Tiles::encode_maps(maps, args)  // K or V strides the TMA engine cannot address
+      ;
+  const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
+                                     : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;
   // split-KV: merge the parts by their lse (combine.cuh), one warp per query row
   const int64_t rows = args.shape.rows();

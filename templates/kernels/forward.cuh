@@ -80,21 +80,23 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
   }
 }
 
-// After score_and_mask: the online softmax of a warp's MT m16 row tiles (leaving P in s),
-// dropout's zeros, and the rescale of the output accumulated so far. The row sums count
-// every visible key, dropped or not; 1 / (1 - p) is applied with 1 / rowsum at the end.
-// bh (batch * heads + head) picks the dropout stream; it is not blockIdx.y in a
-// persistent CTA, which loops over heads.
-template <bool kDropout, class V, int MT, int NT, int DT>
-__device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
-                                             OnlineSoftmax<NT> (&softmax)[MT], const Shape& n,
-                                             const Dropout& dropout, int bh, int row0,
-                                             int k0) {
+// After score_and_mask: the online softmax of a warp's MT m16 row tiles (leaving P in s)
+// and dropout's zeros; alpha gets, per row, the factor the output accumulated so far must
+// be scaled by (rescale_output). The row sums count every visible key, dropped or not;
+// 1 / (1 - p) is applied with 1 / rowsum at the end. bh (batch * heads + head) picks the
+// dropout stream; it is not blockIdx.y in a persistent CTA, which loops over heads.
+// Apart from the rescale so that a kernel can run it while the previous tile's P V still
+// accumulates into the output (forward_sm90_ws.cuh).
+template <bool kDropout, class V, int MT, int NT>
+__device__ __forceinline__ void softmax_probabilities(float (&s)[MT][NT][4],
+                                                      OnlineSoftmax<NT> (&softmax)[MT],
+                                                      float (&alpha)[MT][2], const Shape& n,
+                                                      const Dropout& dropout, int bh, int row0,
+                                                      int k0) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    float alpha[2];
-    softmax[mt].step(s[mt], score_mult<V>(n), alpha);
+    softmax[mt].step(s[mt], score_mult<V>(n), alpha[mt]);
     if constexpr (kDropout) {  // P -> P * keep
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -105,14 +107,32 @@ __device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[M
         for (int i = 0; i < 4; ++i) s[mt][nt][i] = keep[i] != 0.0f ? s[mt][nt][i] : 0.0f;
       }
     }
+  }
+}
+
+template <int MT, int DT>
+__device__ __forceinline__ void rescale_output(float (&o)[MT][DT][4], const float (&alpha)[MT][2]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
     for (int dt = 0; dt < DT; ++dt) {
-      o[mt][dt][0] *= alpha[0];
-      o[mt][dt][1] *= alpha[0];
-      o[mt][dt][2] *= alpha[1];
-      o[mt][dt][3] *= alpha[1];
+      o[mt][dt][0] *= alpha[mt][0];
+      o[mt][dt][1] *= alpha[mt][0];
+      o[mt][dt][2] *= alpha[mt][1];
+      o[mt][dt][3] *= alpha[mt][1];
     }
   }
+}
+
+// Both: the step of a kernel whose output is not being accumulated meanwhile.
+template <bool kDropout, class V, int MT, int NT, int DT>
+__device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
+                                             OnlineSoftmax<NT> (&softmax)[MT], const Shape& n,
+                                             const Dropout& dropout, int bh, int row0,
+                                             int k0) {
+  float alpha[MT][2];
+  softmax_probabilities<kDropout, V>(s, softmax, alpha, n, dropout, bh, row0, k0);
+  rescale_output(o, alpha);
 }
 
 // After the last tile: O / rowsum and lse to memory, rows past the end left out. A split

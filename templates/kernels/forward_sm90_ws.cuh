@@ -6,23 +6,27 @@
 // barrier that hands each K/V stage over, so they issue their GEMMs together and run
 // their softmax together, and the tensor cores idle through every softmax. Here:
 //   - warpgroup 0 (the producer) walks the K/V tiles and fills Stages shared-memory
-//     stages with cp.async (every load path of KvStream: paged, varlen, swizzled), each
-//     stage's `full` mbarrier completing when its copies have landed; it keeps 56
-//     registers and hands the rest to the consumers (setmaxnreg);
-//   - warpgroups 1 and 2 (the consumers, 64 query rows each, 224 registers) wait for a
-//     stage's `full` barrier, compute S = Q K^T, mask, softmax and O += P V as
+//     stages, each stage's `full` mbarrier completing when its copies have landed. A
+//     padded batch's tiles are loaded by one thread with TMA (tma.cuh: one instruction
+//     per 64-column box, the engine swizzles and zero-fills), and the producer keeps 24
+//     registers; the general instance (paged, varlen, split-KV) and K / V that TMA cannot
+//     address load with cp.async from all 128 threads (every load path of KvStream),
+//     which needs 56. The rest go to the consumers (setmaxnreg);
+//   - warpgroups 1 and 2 (the consumers, 64 query rows each, 240 or 224 registers) wait
+//     for a stage's `full` barrier, compute S = Q K^T, mask, softmax and O += P V as
 //     forward_sm90.cuh does, and arrive on its `empty` barrier;
 //   - the consumers take turns to issue their GEMMs (two named barriers, ping-pong): a
-//     turn issues P V of the previous tile and Q K^T of this one, and one consumer's
-//     softmax runs while the other's GEMMs run.
+//     turn issues Q K^T of this tile and P V of the previous one, and one consumer's
+//     softmax runs while the other's GEMMs run;
+//   - inside a consumer, this tile's softmax waits for its Q K^T only and runs while
+//     the previous tile's P V still accumulates into O; O is rescaled after it.
 // Persistent (kPersistent): one CTA per SM walks many Q tiles, and its producer loads the
 // next one's K/V while the consumers finish this one's, so short rows (a sliding window,
 // padded keys) stop paying each CTA's start and end with idle tensor cores (PERF.md).
-// Not yet: TMA for the producer (one thread instead of 128, no address math), and
-// softmax overlapped with the next GEMM inside a warpgroup.
 #pragma once
 #include "forward.cuh"
 #include "pipeline.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace fg {
@@ -32,7 +36,12 @@ struct ForwardTilesSm90Ws {
   static constexpr int kConsumers = 2;
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kProducerRegisters = 56, kConsumerRegisters = 224;
+  // kTma: the producer is one thread issuing TMA loads, and needs few registers; loading
+  // with cp.async, its 128 threads' address math needs 56 (40 spilled)
+  template <bool kTma>
+  static constexpr int kProducerRegisters = kTma ? 24 : 56;
+  template <bool kTma>
+  static constexpr int kConsumerRegisters = kTma ? 240 : 224;
   using Q = SwizzledTile<64, D>;  // one per consumer
   using K = SwizzledTile<BN, D>;
   using V = SwizzledTile<BN, Dv>;
@@ -46,9 +55,19 @@ struct ForwardTilesSm90Ws {
   static constexpr int smem_bytes() { return kSmemBytes; }
   // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384); asking for
   // more than it holds leaves setmaxnreg.inc waiting for ever
-  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <=
-                    (65536 / kThreads) / 8 * 8 * kThreads,
+  static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <=
+                        (65536 / kThreads) / 8 * 8 * kThreads &&
+                    kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <=
+                        (65536 / kThreads) / 8 * 8 * kThreads,
                 "the reallocated registers fit the CTA's pool");
+  // Host: the tensor maps of a padded batch's K and V in boxes of BN rows; false where the
+  // TMA engine cannot address them (the call then runs the cp.async instance)
+  template <class T>
+  static bool encode_maps(KvTensorMaps& maps, const ForwardArgs<T>& a) {
+    const Shape& n = a.shape;
+    return encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
+           encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN);
+  }
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
   static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 128 && Dv <= 128,
@@ -80,8 +99,13 @@ __device__ __forceinline__ void for_each_unit(const ForwardArgs<T>& a, int block
 template <class V, class T, int D, int Dv, int BN, int Stages, bool kPersistent, bool kDropout,
           bool kExactP, bool kGeneral>
 __global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages>::kThreads, 1)
-forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
+forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
+                       const __grid_constant__ KvTensorMaps maps) {
   using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages>;
+  // A padded batch's K and V are loaded by TMA (tma.cuh; the host encodes `maps`); the
+  // general instance (a packed batch, a paged cache, split-KV) and any call whose K / V
+  // the engine cannot address load them with cp.async (KvStream), `maps` unused.
+  constexpr bool kTma = !kGeneral;
   constexpr int BM = Tiles::BM;
   using Cta = ForwardCta<T, kGeneral>;
   using Stream = typename Tiles::template Stream<V, T, kGeneral>;
@@ -97,7 +121,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < Stages; ++s) {
-      mbarrier_init(&full[s], 128);                      // the producer's threads
+      mbarrier_init(&full[s], kTma ? 1 : 128);           // the producer's threads
       mbarrier_init(&empty[s], 128 * Tiles::kConsumers);  // the consumers' threads
     }
   }
@@ -108,7 +132,23 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
   // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
   // threads by threadIdx.x, 0..127.
   if (warpgroup == 0) {
-    release_registers<Tiles::kProducerRegisters>();
+    release_registers<Tiles::template kProducerRegisters<kTma>>();
+    if constexpr (kTma) {
+      if (threadIdx.x != 0) return;  // one thread issues every load
+      for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
+        const Stream kv{sK, sV, p, a.shape, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
+                        cta.template tiles<V, BN>(a, a.shape)};
+        for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
+          const int stage = i % Stages, round = i / Stages;
+          const int k0 = TileRow::tile_of(walk.entry) * BN;
+          mbarrier_wait<true>(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
+          mbarrier_arrive_expecting(&full[stage], Tiles::K::kBytes + Tiles::V::kBytes);
+          tma_load_tile<BN, D>(sK + stage * kK, maps.k, k0, cta.hk, cta.b, &full[stage]);
+          tma_load_tile<BN, Dv>(sV + stage * kV, maps.v, k0, cta.hk, cta.b, &full[stage]);
+        }
+      });
+      return;
+    }
     for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
@@ -127,7 +167,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
     return;
   }
 
-  set_registers<Tiles::kConsumerRegisters>();
+  set_registers<Tiles::template kConsumerRegisters<kTma>>();
   const int consumer = warpgroup - 1;
   const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' 8 warps
   T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
@@ -163,7 +203,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
     OnlineSoftmax<BN / 8> softmax[1];
     const int row0 = q0 + 16 * warp;  // this warp's first query row
     auto walk = kv.walk();
-    // Turns: a consumer's GEMMs of one step (P V of the previous tile, Q K^T of this
+    // Turns: a consumer's GEMMs of one step (Q K^T of this tile, P V of the previous
     // one) are issued in its turn, so that the two consumers' GEMMs alternate and each
     // one's softmax runs under the other's GEMMs. Consumer 0 goes first; each hands the
     // turn over once its GEMMs are issued. The last hand-over of consumer 1 in a unit is
@@ -171,37 +211,52 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
     if (consumer == 1 && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
     uint32_t pa[BN / 16][4];                     // P of the previous tile, the A of its P V
     uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
-    int pending = -1;                            // the stage whose V the pending P V reads
+    int pending = 0;                             // the stage whose V the pending P V reads
     auto issue_pv = [&](int stage) {
       const uint32_t v_tile = smem_address(sV + stage * kV);
       issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
       if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
         issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
     };
-    for (; !walk.done(); ++i) {
+    // One K/V tile. Q K^T is issued before the previous tile's P V, so that it is done
+    // while that P V may still run: this tile's softmax overlaps this warpgroup's own P V
+    // (and the other consumer's GEMMs), and O is rescaled once the P V is waited for.
+    // kFirst (no P V pending) is a separate instance, not a runtime test: ptxas tracks
+    // which wgmma groups are in flight along each path, and across a runtime branch it
+    // assumed the worst and serialised them.
+    auto step = [&](auto first) {
+      constexpr bool kFirst = decltype(first)::value;
       const int stage = i % Stages, round = i / Stages;
       const int k0 = TileRow::tile_of(walk.entry) * BN;
       const TileMask tile = walk.mask;
       walk.advance();
       mbarrier_wait(&full[stage], round & 1);
-      fence_proxy_async();  // the producer's cp.async writes, for this thread's wgmmas
+      // the producer's cp.async writes, for this thread's wgmmas (TMA writes are made by
+      // the async proxy that wgmma reads through)
+      if constexpr (!kTma) fence_proxy_async();
 
       float s[1][BN / 8][4];
       bar_sync(kTurnBarrier + consumer, 256);
-      if (pending >= 0) issue_pv(pending);
       issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes,
                               smem_address(sK + stage * kK), Tiles::K::kBlockBytes);
+      if constexpr (!kFirst) issue_pv(pending);
       if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
-      wgmma_wait<0>();
+      wgmma_wait<kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
       fence_operand(s[0]);
-      fence_operand(o[0]);
-      if (pending >= 0) mbarrier_arrive(&empty[pending]);  // its V has been read
       if (tile.partial()) {
         score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
       } else {
         score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
       }
-      softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, b * a.shape.heads + h, row0, k0);
+      float alpha[1][2];
+      softmax_probabilities<kDropout, V>(s, softmax, alpha, n, a.dropout, b * a.shape.heads + h,
+                                         row0, k0);
+      if constexpr (!kFirst) {  // the previous P V: its V has been read; O may be rescaled
+        wgmma_wait<0>();
+        fence_operand(o[0]);
+        mbarrier_arrive(&empty[pending]);
+        rescale_output(o, alpha);
+      }
       accumulator_to_a<T>(pa, s[0]);
       if constexpr (kExactP) {
 #pragma unroll
@@ -212,9 +267,12 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p) {
         accumulator_to_a<T>(pa_lost, s[0]);
       }
       pending = stage;
-    }
-    if (pending >= 0) {  // the last tile's P V
-      issue_pv(pending);
+      ++i;
+    };
+    if (!walk.done()) {
+      step(std::true_type{});
+      while (!walk.done()) step(std::false_type{});
+      issue_pv(pending);  // the last tile's P V
       wgmma_wait<0>();
       fence_operand(o[0]);
       mbarrier_arrive(&empty[pending]);

@@ -32,6 +32,14 @@ __device__ __forceinline__ void mbarrier_arrive_on_copies(uint64_t* bar) {
                :: "r"(smem_address(bar)) : "memory");
 }
 
+// One arrival that also expects `bytes` more bytes of asynchronous copies (TMA,
+// tma.cuh) before the phase can complete: the producer's arrival on a stage it fills
+// with TMA loads, made before it issues them.
+__device__ __forceinline__ void mbarrier_arrive_expecting(uint64_t* bar, uint32_t bytes) {
+  asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.expect_tx.shared::cta.b64 state, [%0], %1;\n}\n"
+               :: "r"(smem_address(bar)), "r"(bytes) : "memory");
+}
+
 // Waits for the phase of `bar` with this parity. kWatchdog: a wait that has not ended
 // after 2^20 tries (each blocks for up to a hardware time limit; together seconds, where a
 // real wait takes microseconds) is a deadlock, and traps, so that a broken pipeline fails

@@ -1,0 +1,92 @@
+// The Tensor Memory Accelerator (TMA, sm_90): tiles copied from global into shared memory
+// by the copy engine, described once on the host by a tensor map, issued by one thread.
+//
+// Why (PERF.md, issue 8): the warp-specialised forward's producer loaded a 128 x 128 K/V
+// tile pair with 4096 cp.async from 128 threads, each with its own address math, and those
+// instructions took issue slots from the consumers' softmax on the same SM sub-partitions.
+// A TMA load is one instruction per 64-column box: the engine does the addressing, the
+// 128-byte swizzle (the layout wgmma.cuh's SwizzledTile and the descriptors expect), the
+// zero fill of rows past the tensor's end, and signals an mbarrier with the bytes written.
+//
+// Host: encode_tensor_map describes a [batch, heads, rows, cols] tensor of 2-byte elements
+// (a Strided4, any strides the engine can address) in boxes of `box_rows` rows by 64
+// columns. It returns false where the engine cannot address the tensor (a base or a stride
+// not a multiple of 16 bytes); the caller then runs a kernel that loads with cp.async.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "args.cuh"
+#include "mma.cuh"
+
+namespace fg {
+
+// The forward's K and V, as the warp-specialised kernel's producer loads them. Passed as a
+// __grid_constant__ kernel parameter: the engine reads a tensor map from parameter (or
+// global) memory, by its generic address.
+struct KvTensorMaps {
+  CUtensorMap k, v;
+};
+
+template <class T>
+inline bool encode_tensor_map(CUtensorMap* map, const Strided4<const T>& x, int batch, int heads,
+                              int rows, int cols, int box_rows) {
+  static_assert(sizeof(T) == 2, "fp16 / bf16 tiles");
+  // the driver's entry point, through the runtime (no link against libcuda)
+  static const auto encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      fn = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr || cols % 64 != 0) return false;
+  const int64_t bytes = sizeof(T);
+  const int64_t strides[3] = {x.row * bytes, x.head * bytes, x.batch * bytes};
+  if (reinterpret_cast<uintptr_t>(x.data) % 16 != 0) return false;
+  for (int64_t s : strides)
+    if (s <= 0 || s % 16 != 0 || s >= (int64_t(1) << 40)) return false;
+  const cuuint64_t dims[4] = {cuuint64_t(cols), cuuint64_t(rows), cuuint64_t(heads),
+                              cuuint64_t(batch)};
+  const cuuint64_t byte_strides[3] = {cuuint64_t(strides[0]), cuuint64_t(strides[1]),
+                                      cuuint64_t(strides[2])};
+  const cuuint32_t box[4] = {64, cuuint32_t(box_rows), 1, 1};  // 64 columns: one 128-byte row
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  const CUtensorMapDataType type = std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                             : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  return encode(map, type, 4, const_cast<T*>(x.data), dims, byte_strides, box, element_strides,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;  // out of bounds: zeros
+}
+
+// Device: one box (box_rows x 64 columns at column c, row r of (b, h)) into shared memory
+// at smem (1024-byte aligned: the swizzle pattern repeats every 8 rows of 128 bytes); the
+// mbarrier's transaction count drops by the box's bytes when they have landed.
+__device__ __forceinline__ void tma_load_box(void* smem, const CUtensorMap& map, int c, int r,
+                                             int h, int b, uint64_t* bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
+      :: "r"(smem_address(smem)), "l"(reinterpret_cast<uint64_t>(&map)), "r"(c), "r"(r), "r"(h),
+         "r"(b), "r"(smem_address(bar))
+      : "memory");
+}
+
+// The rows r .. r + ROWS - 1 of (b, h), every column, into a SwizzledTile<ROWS, COLS>:
+// one box per 64-column block.
+template <int ROWS, int COLS>
+__device__ __forceinline__ void tma_load_tile(void* smem, const CUtensorMap& map, int r, int h,
+                                              int b, uint64_t* bar) {
+#pragma unroll
+  for (int c = 0; c < COLS / 64; ++c)
+    tma_load_box(static_cast<unsigned char*>(smem) + c * ROWS * 128, map, 64 * c, r, h, b, bar);
+}
+
+}  // namespace fg
