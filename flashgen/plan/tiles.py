@@ -17,8 +17,10 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   dQ atomics and the Q/dO traffic of 64 (measured: f+b 0.47 -> 0.65x FA2 at d = 128,
   PERF.md). Q/dO are double-buffered unless two stages would not fit the arch's shared
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
-sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward in two
-  warpgroups of 64 query rows, at d = 64 one per CTA and three CTAs per SM (_wgmma_forward); up to d = 128 the backward too, 128 keys
+sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward at d = 64 and
+  128 warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows),
+  else in two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
+  (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles (_wgmma_backward). d = 256's backward, and
   every other arch and head dim, stay mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
@@ -243,7 +245,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
     if (family == "wgmma" and override_family is None
             and (override is None or override.forward is None)  # a hand-picked tile: plain
-            and ws_by_default(head_dim, value_dim, blocks)):
+            and ws_by_default(head_dim, value_dim, blocks, score_reads_tables)):
         producer = True
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
@@ -281,14 +283,19 @@ def wgmma_fits(arch: str, head_dim: int, value_dim: int) -> bool:
     return arch.startswith("sm_90") and all(x in (64, 128, 256) for x in (head_dim, value_dim))
 
 
-def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None) -> bool:
+def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
+                  score_reads_tables: bool = False) -> bool:
     """Does the sm90 family's forward default to the warp-specialised kernel
     (forward_sm90_ws.cuh)? At d = 128 its forward was 1.06-1.21x the two-warpgroup CTA's
-    (dense and causal, N = 2048 and 8192: PERF.md, issue 8's WS step). At d = 64 the one-warpgroup CTAs stay: WS was 0.94x on
-    dense there. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
+    (dense and causal, N = 2048 and 8192: PERF.md, issue 8's WS step). At d = 64 it lost to
+    the one-warpgroup CTAs (0.94x dense) while its producer loaded with cp.async; with TMA
+    it is 1.03-1.15x their forward and 1.00-1.03x their forward+backward (PERF.md, issue 8's
+    seventh step), except where the score reads tables (t5_bias): at 128 keys its consumers
+    spill 24-96 bytes, and the one-warpgroup CTA takes 64 keys. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
     the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
     keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one)."""
-    return head_dim == value_dim == 128 and (blocks is None or blocks[0] >= 128)
+    return (head_dim == value_dim and (head_dim == 128 or head_dim == 64 and not score_reads_tables)
+            and (blocks is None or blocks[0] >= 128))
 
 
 def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,

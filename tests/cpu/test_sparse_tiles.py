@@ -75,26 +75,28 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
     bigbird = plan_for(flashgen.load("bigbird"), 64)          # 64 x 64 blocks
     assert (bigbird.forward.block_m, bigbird.forward.block_n, bigbird.forward.warps) == (64, 64, 4)
     dense = flashgen.load("dense")
-    assert (plan_for(dense, 64).forward.block_m, plan_for(dense, 64).forward.block_n) == (64, 128)
+    # dense d64: the warp-specialised forward's 128-row Q tile (blocks shorter than 128
+    # rows, as bigbird's, keep the one-warpgroup CTA's 64)
+    assert (plan_for(dense, 64).forward.block_m, plan_for(dense, 64).forward.block_n) == (128, 128)
     mma = plan_for(dense, 64, arch="sm_80").forward
     assert (mma.block_m, mma.block_n) == (128, 128)
 
 
 def test_forward_family_by_arch_and_head_dim():
     """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
-    64, 128, 256): two warpgroups per CTA, one at d = 64, a producer and two consumers at
-    d = 128; everything else, and any arch before Hopper, on mma.sync. A family
+    64, 128, 256): a producer and two consumers at d = 64 and 128, two warpgroups per CTA
+    at d = 256; everything else, and any arch before Hopper, on mma.sync. A family
     can be asked for by name; the wgmma one only where it fits."""
     from flashgen.plan.tiles import TileError, TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
-    for d, tile, warps, producer in ((64, (64, 128), 4, False), (128, (128, 128), 12, True),
+    for d, tile, warps, producer in ((64, (128, 128), 12, True), (128, (128, 128), 12, True),
                                      (256, (128, 32), 8, False)):
         f = plan_for(causal, d, arch="sm_90a").forward
         assert (f.family, f.block_m, f.block_n, f.warps, f.producer) == \
             ("wgmma", *tile, warps, producer), d
         assert plan_for(causal, d, arch="sm_80").forward.family == "mma"
-    # d = 128 defaults to the warp-specialised kernel; the family named "wgmma" and a
+    # d = 64 and 128 default to the warp-specialised kernel; the family named "wgmma" and a
     # hand-picked tile keep the two-warpgroup CTA, and so does a layout of 64-row blocks
     plain = plan_for(causal, 128, TileOverride(family="wgmma"), "sm_90a").forward
     assert (plain.producer, plain.warps) == (False, 8)
@@ -108,10 +110,11 @@ def test_forward_family_by_arch_and_head_dim():
         plan_for(causal, 128, TileOverride(family="wgmma"), "sm_80")
     with pytest.raises(TileError, match="family must be one of"):
         flashgen.compile("causal", family="tcgen05")
-    # d = 64: one warpgroup per CTA, three CTAs per SM; 64 keys where the score reads tables
-    assert plan_for(causal, 64, arch="sm_90a").forward.smem_bytes(64, 64) * 3 <= 227 * 1024
+    # d = 64 where the score reads tables: one warpgroup per CTA of 64 keys, three CTAs
+    # per SM (the warp-specialised consumers spill there)
     t5 = plan_for(flashgen.load("t5_bias"), 64, arch="sm_90a").forward
-    assert (t5.block_m, t5.block_n) == (64, 64)
+    assert (t5.block_m, t5.block_n, t5.producer) == (64, 64, False)
+    assert t5.smem_bytes(64, 64) * 3 <= 227 * 1024
     # the rendered forward unit instantiates the family's kernel
     assert "forward_kernel_sm90" in render_units(causal, "x", "bf16", 128, arch="sm_90a")[
         "forward_bf16_d128.cu"]
