@@ -79,10 +79,10 @@ class BackwardPlan:
     family: str = "mma"
 
     def smem_bytes(self, d: int, dv: int) -> int:
-        if self.family == "wgmma":  # swizzled K, V, two Q/dO stages, dS^T, lse and delta
-            tiles = (self.block_n * (d + dv) + 2 * self.block_m * (d + dv)
-                     + self.block_n * self.block_m)
-            return tiles * ELEMENT_BYTES + 2 * 2 * self.block_m * 4 + 1024
+        if self.family == "wgmma":  # swizzled K, V, two Q/dO stages, dS^T, lse and delta,
+            tiles = (self.block_n * (d + dv) + 2 * self.block_m * (d + dv)  # the stages'
+                     + self.block_n * self.block_m)                         # TMA mbarriers
+            return tiles * ELEMENT_BYTES + 2 * 2 * self.block_m * 4 + 2 * 8 + 1024
         kv = self.block_n * (d + PAD + dv + PAD)
         q_do = self.stages * self.block_m * (d + PAD + dv + PAD)
         p_ds = 2 * self.block_m * (self.block_n + PAD)

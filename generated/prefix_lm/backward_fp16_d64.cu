@@ -17,6 +17,7 @@ using Variant = fg_prefix_lm::Variant;  // whole sequences
 using Tiles = fg::BackwardTilesSm90<64, 64, 64, 128>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 64, 64, 64, 128, kDq, kDropout, kParamGrads>;
+// Q and dO of a padded batch load by TMA (tma.cuh), through tensor maps encoded per call
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<64, 64, 128, 128, 8>;
@@ -33,12 +34,12 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   const dim3 grid((n.kv_len + 128 - 1) / 128, n.batch * n.kv_heads);
   constexpr int smem = Tiles::smem_bytes<T>();
   if (!args.deterministic) {
-    status = fg::launch(kKernel<true, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+    status = fg::launch(kKernel<true, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads, Tiles::encode_maps(args));
     if (status != cudaSuccess) return status;
     const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
     return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
   }
-  status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads, Tiles::encode_maps(args));
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
   return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);

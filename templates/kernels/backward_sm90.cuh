@@ -13,11 +13,18 @@
 //   4. dS^T to shared memory, then dQ = dS K, both operands MN-major: each warpgroup
 //      makes D / (BN / 64) of dQ's columns, added to the fp32 buffer with atomics
 //      (backward.cuh DqFragments; the deterministic mode leaves dQ to dq_kernel).
-// Loads are cp.async into 128-byte-swizzled tiles, the next Q/dO tile landing while this
-// one computes, as in the mma.sync backward. Not yet: TMA, warp specialisation, and
-// overlapping one tile's elementwise step with another's GEMMs (PERF.md).
+// Loads go into 128-byte-swizzled tiles, the next Q/dO tile landing while this one
+// computes, as in the mma.sync backward. A padded batch's Q and dO tiles are loaded by
+// TMA (tma.cuh), one thread issuing a box per 64 columns onto the stage's mbarrier, so
+// that the CTA's threads stop spending issue slots on 16-byte copies and their address
+// math (the forward's producer gained 20 % from the same change, PERF.md); a packed
+// batch, and Q / dO that TMA cannot address, load with cp.async from every thread. K, V
+// (once per CTA) and the per-row lse and delta (4-byte rows) stay cp.async. Not yet: warp
+// specialisation, and overlapping one tile's elementwise step with another's GEMMs.
 #pragma once
 #include "backward.cuh"
+#include "pipeline.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace fg {
@@ -33,10 +40,22 @@ struct BackwardTilesSm90 {
   using DO = SwizzledTile<BM, Dv>;
   using DS = SwizzledTile<BN, BM>;  // dS^T: keys x query rows
   static constexpr int kDqCols = D / kWarpgroups;  // dQ's columns per warpgroup
-  // K, V, two Q/dO stages, dS^T, then each stage's lse and delta (fp32); +1024 to align
-  // the start on a swizzle pattern
+  // K, V, two Q/dO stages, dS^T, then each stage's lse and delta (fp32) and its TMA
+  // mbarrier; +1024 to align the start on a swizzle pattern
   static constexpr int kStatsOffset = K::kBytes + V::kBytes + 2 * (Q::kBytes + DO::kBytes) + DS::kBytes;
-  static constexpr int kSmemBytes = kStatsOffset + 2 * 2 * BM * int(sizeof(float)) + 1024;
+  static constexpr int kBarrierOffset = kStatsOffset + 2 * 2 * BM * int(sizeof(float));
+  static constexpr int kSmemBytes = kBarrierOffset + 2 * 8 + 1024;
+  // Host: the tensor maps of a padded batch's Q and dO in boxes of BM rows (tma.cuh);
+  // inactive (the kernel loads with cp.async) for a packed batch or where TMA refuses
+  template <class T>
+  static QueryTensorMaps encode_maps(const BackwardArgs<T>& a) {
+    QueryTensorMaps maps{};
+    const Shape& n = a.shape;
+    maps.active = !n.varlen() &&
+                  encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, BM) &&
+                  encode_tensor_map(&maps.dout, a.dout, n.batch, n.heads, n.q_len, Dv, BM);
+    return maps;
+  }
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   // dQ's warps for DqFragments and dq_convert_kernel: warp w holds rows 16 (w % 4) ..
@@ -59,7 +78,7 @@ template <class V, class T, int D, int Dv, int BM, int BN, bool kDq, bool kDropo
           bool kParamGrads>
 __global__ void __launch_bounds__(BackwardTilesSm90<D, Dv, BM, BN>::kThreads, 1)
 backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
-                     const typename V::Grads g) {
+                     const typename V::Grads g, const __grid_constant__ QueryTensorMaps maps) {
   using Tiles = BackwardTilesSm90<D, Dv, BM, BN>;
   using Rows = typename Tiles::Rows;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -74,6 +93,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   unsigned char* sdS = stages + 2 * (Tiles::Q::kBytes + Tiles::DO::kBytes);
   float* sLse = reinterpret_cast<float*>(smem + Tiles::kStatsOffset);  // [2][BM]
   float* sDelta = sLse + 2 * BM;                                        // [2][BM]
+  uint64_t* q_full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [2]
 
   const BackwardCta<T> cta(a, BN);
   if (cta.past_keys()) return;
@@ -81,10 +101,28 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   const int b = cta.b, hk = cta.hk, group = cta.group, k0 = cta.k0;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warpgroup = warp / 4;
   auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);
+  const bool tma = maps.active;  // uniform over the grid
+  if (tma && threadIdx.x == 0) {
+    mbarrier_init(&q_full[0], 1);  // the issuing thread's arrival, plus the boxes' bytes
+    mbarrier_init(&q_full[1], 1);
+  }
+  if (tma) __syncthreads();  // the barriers are initialised before anyone waits on them
   auto load_q_do = [&](int h, int q0, int stage) {
-    load_query_tile<SwizzledRows, BM, D, Dv, Tiles::kThreads>(
-        a, n, cta.q, cta.dout, b, h, q0, sQ(stage), sdO(stage), sLse + stage * BM,
-        sDelta + stage * BM);
+    if (tma) {
+      if (threadIdx.x == 0) {
+        mbarrier_arrive_expecting(&q_full[stage], Tiles::Q::kBytes + Tiles::DO::kBytes);
+        tma_load_tile<BM, D>(sQ(stage), maps.q, q0, h, b, &q_full[stage]);
+        tma_load_tile<BM, Dv>(sdO(stage), maps.dout, q0, h, b, &q_full[stage]);
+      }
+      const int64_t rows = n.row(b, h, q0);
+      load_rows_f32<BM, Tiles::kThreads>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
+      load_rows_f32<BM, Tiles::kThreads>(sDelta + stage * BM, a.delta + rows, n.q_len - q0,
+                                         a.delta);
+    } else {
+      load_query_tile<SwizzledRows, BM, D, Dv, Tiles::kThreads>(
+          a, n, cta.q, cta.dout, b, h, q0, sQ(stage), sdO(stage), sLse + stage * BM,
+          sDelta + stage * BM);
+    }
   };
 
   SwizzledRows::load<BN, D, Tiles::kThreads>(sK, a.k.at(b, hk, n.kv_start + k0), a.k.row,
@@ -112,10 +150,12 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   zero(dk);
   zero(dv);
   typename GradSumsOf<V>::type sums{};
-  for (int stage = 0; !walk.done(); stage ^= 1) {
+  for (int stage = 0, tile_count = 0; !walk.done(); stage ^= 1, ++tile_count) {
     const int h = hk * group + walk.r, q0 = TileRow::tile_of(walk.entry) * BM;
     const TileMask tile = walk.mask;
     cp_async_wait<0>();
+    // stage s is filled for the r-th time in phase r of its barrier: r = tile_count / 2
+    if (tma) mbarrier_wait(&q_full[stage], (tile_count >> 1) & 1);
     fence_proxy_async();  // the cp.async writes, for the wgmmas that read them
     __syncthreads();      // this stage has landed; the last tile's dQ GEMMs are done with dS^T
     walk.advance();

@@ -32,6 +32,12 @@ struct KvTensorMaps {
   CUtensorMap k, v;
 };
 
+// The backward's Q and dO (backward_sm90.cuh); active = 0: load them with cp.async.
+struct QueryTensorMaps {
+  CUtensorMap q, dout;
+  int active;
+};
+
 template <class T>
 inline bool encode_tensor_map(CUtensorMap* map, const Strided4<const T>& x, int batch, int heads,
                               int rows, int cols, int box_rows) {
