@@ -18,8 +18,9 @@
 //   - the consumers take turns to issue their GEMMs (two named barriers, ping-pong): a
 //     turn issues Q K^T of this tile and P V of the previous one, and one consumer's
 //     softmax runs while the other's GEMMs run;
-//   - inside a consumer, this tile's softmax waits for its Q K^T only and runs while
-//     the previous tile's P V still accumulates into O; O is rescaled after it.
+//   - inside a consumer (the TMA instance), this tile's softmax waits for its Q K^T only
+//     and runs while the previous tile's P V still accumulates into O; O is rescaled
+//     after it.
 // Persistent (kPersistent): one CTA per SM walks many Q tiles, and its producer loads the
 // next one's K/V while the consumers finish this one's, so short rows (a sliding window,
 // padded keys) stop paying each CTA's start and end with idle tensor cores (PERF.md).
@@ -218,12 +219,16 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
         issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
     };
-    // One K/V tile. Q K^T is issued before the previous tile's P V, so that it is done
-    // while that P V may still run: this tile's softmax overlaps this warpgroup's own P V
-    // (and the other consumer's GEMMs), and O is rescaled once the P V is waited for.
-    // kFirst (no P V pending) is a separate instance, not a runtime test: ptxas tracks
-    // which wgmma groups are in flight along each path, and across a runtime branch it
-    // assumed the worst and serialised them.
+    // One K/V tile. kOverlap: Q K^T is issued before the previous tile's P V, so that it
+    // is done while that P V may still run: this tile's softmax overlaps this warpgroup's
+    // own P V (and the other consumer's GEMMs), and O is rescaled once the P V is waited
+    // for. Only with TMA loads (240 registers): with the cp.async producer the consumers
+    // have 224, the overlap measured no faster and its extra live registers spilled in
+    // document's consumers (PERF.md, issue 8's seventh step); there P V goes first and
+    // both are waited for together. kFirst (no P V pending) is a separate instance, not
+    // a runtime test: ptxas tracks which wgmma groups are in flight along each path, and
+    // across a runtime branch it assumed the worst and serialised them.
+    constexpr bool kOverlap = kTma;
     auto step = [&](auto first) {
       constexpr bool kFirst = decltype(first)::value;
       const int stage = i % Stages, round = i / Stages;
@@ -237,12 +242,17 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
 
       float s[1][BN / 8][4];
       bar_sync(kTurnBarrier + consumer, 256);
+      if constexpr (!kOverlap && !kFirst) issue_pv(pending);
       issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes,
                               smem_address(sK + stage * kK), Tiles::K::kBlockBytes);
-      if constexpr (!kFirst) issue_pv(pending);
+      if constexpr (kOverlap && !kFirst) issue_pv(pending);
       if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
-      wgmma_wait<kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
+      wgmma_wait<!kOverlap || kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
       fence_operand(s[0]);
+      if constexpr (!kOverlap && !kFirst) {  // and the previous P V
+        fence_operand(o[0]);
+        mbarrier_arrive(&empty[pending]);
+      }
       if (tile.partial()) {
         score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
       } else {
@@ -251,12 +261,12 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       float alpha[1][2];
       softmax_probabilities<kDropout, V>(s, softmax, alpha, n, a.dropout, b * a.shape.heads + h,
                                          row0, k0);
-      if constexpr (!kFirst) {  // the previous P V: its V has been read; O may be rescaled
+      if constexpr (kOverlap && !kFirst) {  // the previous P V: its V has been read
         wgmma_wait<0>();
         fence_operand(o[0]);
         mbarrier_arrive(&empty[pending]);
-        rescale_output(o, alpha);
       }
+      if constexpr (!kFirst) rescale_output(o, alpha);
       accumulator_to_a<T>(pa, s[0]);
       if constexpr (kExactP) {
 #pragma unroll
