@@ -70,6 +70,7 @@ struct BackwardTilesSm90 {
   static_assert(D % 64 == 0 && Dv % 64 == 0 && Dv <= 128 && D <= 128,
                 "whole 128-byte rows; dK and dV of 64 keys in registers");
   static_assert(kDqCols % 32 == 0, "dQ's wgmma is n32 or wider");
+  static_assert(Q::kBytes + DO::kBytes < (1 << 20), "an mbarrier's transaction count");
 };
 
 // Template arguments as backward_kernel's (backward.cuh), without W and Stages: the warps
@@ -105,6 +106,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   if (tma && threadIdx.x == 0) {
     mbarrier_init(&q_full[0], 1);  // the issuing thread's arrival, plus the boxes' bytes
     mbarrier_init(&q_full[1], 1);
+    mbarrier_init_fence();
   }
   if (tma) __syncthreads();  // the barriers are initialised before anyone waits on them
   auto load_q_do = [&](int h, int q0, int stage) {

@@ -71,6 +71,7 @@ struct ForwardTilesSm90Ws {
   }
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
   static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
+  static_assert(K::kBytes + V::kBytes < (1 << 20), "an mbarrier's transaction count");
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 128 && Dv <= 128,
                 "128-byte rows; a producer pass of 128 threads covers whole swizzle atoms");
 };
@@ -125,6 +126,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       mbarrier_init(&full[s], kTma ? 1 : 128);           // the producer's threads
       mbarrier_init(&empty[s], 128 * Tiles::kConsumers);  // the consumers' threads
     }
+    mbarrier_init_fence();
   }
   __syncthreads();  // the barriers are initialised; the CTA never meets again
   const int warpgroup = threadIdx.x / 128;

@@ -20,6 +20,14 @@ __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int arrivals) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" :: "r"(smem_address(bar)), "r"(arrivals));
 }
 
+// After the initialising thread's mbarrier_init calls, before the barrier that shows
+// them to the CTA: makes the initialised barriers visible to the async proxy too, which
+// TMA's complete_tx acts through (the PTX ISA does not promise it without the fence;
+// CUTLASS fences the same way without clusters).
+__device__ __forceinline__ void mbarrier_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
   asm volatile("{\n.reg .b64 state;\nmbarrier.arrive.shared::cta.b64 state, [%0];\n}\n"
                :: "r"(smem_address(bar)) : "memory");

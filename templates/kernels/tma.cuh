@@ -48,8 +48,10 @@ inline bool encode_tensor_map(CUtensorMap* map, const Strided4<const T>& x, int 
     cudaDriverEntryPointQueryResult found;
     if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
                                          &found) != cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
+        found != cudaDriverEntryPointSuccess) {
       fn = nullptr;
+      cudaGetLastError();  // the lookup's error is not the next launch's
+    }
     return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
   }();
   if (encode == nullptr || cols % 64 != 0) return false;
