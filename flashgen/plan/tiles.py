@@ -62,9 +62,10 @@ class ForwardPlan:
         return self.block_m // self.warps
 
     def smem_bytes(self, d: int, dv: int) -> int:
-        if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them
+        if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
+            barriers = 2 * self.kv_stages * 8 if self.producer else 0   # a producer's mbarriers
             return ((self.block_m * d + self.kv_stages * self.block_n * (d + dv)) * ELEMENT_BYTES
-                    + 1024)
+                    + barriers + 1024)
         q = self.block_m * (d + PAD)
         kv = 2 * self.block_n * (d + PAD + dv + PAD)
         return (q + kv) * ELEMENT_BYTES
@@ -330,7 +331,7 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     time to refill one."""
     for stages in (4, 3, 2):
         plan = ForwardPlan(128, block_n, 12, "wgmma", stages, True, persistent)
-        if plan.smem_bytes(head_dim, value_dim) + 2 * stages * 8 <= SM90_SMEM_LIMIT:
+        if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
             return plan
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")
 

@@ -170,3 +170,51 @@ def test_warp_specialised_forward_compiles(name, d, family):
     for kernel, r in report.items():
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{kernel} spills: {r}"
         assert r["wgmma_serialized"] is None, f"{kernel}: ptxas serialised its wgmmas: {r}"
+
+
+def _tiles_types(plan) -> tuple[str, str]:
+    """The C++ tile structs (kernels/*.cuh) of a plan's forward and backward, as the
+    units name them (templates/kernels/*.cu.j2)."""
+    f, b, d, dv = plan.forward, plan.backward, plan.head_dim, plan.value_dim
+    if f.producer:
+        fwd = f"fg::ForwardTilesSm90Ws<{d}, {dv}, {f.block_n}, {f.kv_stages}>"
+    elif f.family == "wgmma":
+        fwd = f"fg::ForwardTilesSm90<{d}, {dv}, {f.block_m}, {f.block_n}>"
+    else:
+        fwd = f"fg::ForwardTiles<{d}, {dv}, {f.block_m}, {f.block_n}, {f.warps}>"
+    if b.family == "wgmma":
+        bwd = f"fg::BackwardTilesSm90<{d}, {dv}, {b.block_m}, {b.block_n}>"
+    else:
+        bwd = f"fg::BackwardTiles<{d}, {dv}, {b.block_m}, {b.block_n}, {b.warps}, {b.stages}>"
+    return fwd, bwd
+
+
+@pytest.mark.nvcc
+def test_planned_shared_memory_is_the_kernels(tmp_path):
+    """The planner's shared-memory model (ForwardPlan / BackwardPlan.smem_bytes, which
+    picks tiles and stages against the arch's limit and which `flashgen explain` prints)
+    is what the kernels ask for at launch (Tiles::smem_bytes), for every shipped spec's
+    plans on sm_80 and sm_90a: static_asserts over the tile structs alone, no kernel
+    instantiated."""
+    from flashgen.plan.tiles import plan_for
+    checks = set()
+    for name in flashgen.shipped():
+        spec = flashgen.load(name)
+        for d in spec.head_dims:
+            for arch in ("sm_80", "sm_90a"):
+                plan = plan_for(spec, d, arch=arch)
+                fwd, bwd = _tiles_types(plan)
+                checks.add((fwd, plan.forward.smem_bytes(plan.head_dim, plan.value_dim)))
+                checks.add((bwd, plan.backward.smem_bytes(plan.head_dim, plan.value_dim)))
+    source = tmp_path / "smem.cu"
+    source.write_text(
+        '#include "kernels/forward_sm90.cuh"\n#include "kernels/forward_sm90_ws.cuh"\n'
+        '#include "kernels/backward_sm90.cuh"\n'
+        + "".join(f'static_assert({t}::smem_bytes<__nv_bfloat16>() == {n}, "{t}: planned {n}");\n'
+                  for t, n in sorted(checks)))
+    templates = resources.templates_dir()
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90a", "-c", str(source), "-o", str(tmp_path / "s.o"),
+           "-I", str(templates), "-I", str(templates / "common")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(checks) > 10
