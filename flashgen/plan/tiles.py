@@ -78,8 +78,15 @@ class BackwardPlan:
     warps: int
     stages: int                # Q/dO buffers
     family: str = "mma"
+    producer: bool = False     # wgmma: a TMA producer warpgroup and two consumers
 
     def smem_bytes(self, d: int, dv: int) -> int:
+        if self.producer:  # K, V, the Q/dO stages, two dS^T buffers, the fp32 dQ tile; per
+            tiles = (self.block_n * (d + dv) + self.stages * self.block_m * (d + dv)  # stage
+                     + 2 * self.block_n * self.block_m)  # lse, delta and the tile's 32-byte
+            per_stage = 2 * self.block_m * 4 + 32 + 2 * 8  # note, 2 mbarriers; dQ's address,
+            return (tiles * ELEMENT_BYTES + self.block_m * d * 4 + self.stages * per_stage  # K/V's
+                    + 16 + 8 + 1024)                                               # mbarrier
         if self.family == "wgmma":  # swizzled K, V, two Q/dO stages, dS^T, lse and delta,
             tiles = (self.block_n * (d + dv) + 2 * self.block_m * (d + dv)  # the stages'
                      + self.block_n * self.block_m)                         # TMA mbarriers
@@ -109,7 +116,9 @@ class TilePlan:
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
             f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
             f"backward: {b.block_n} keys x {b.block_m} query rows per tile, "
-            + (f"{b.warps // 4} warpgroup{'s' if b.warps > 4 else ''} of 64 keys (wgmma), "
+            + ("a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), "
+               if b.producer else
+               f"{b.warps // 4} warpgroup{'s' if b.warps > 4 else ''} of 64 keys (wgmma), "
                if b.family == "wgmma" else f"{b.warps} warps, ") +
             f"{b.stages} Q/dO stage{'s' if b.stages > 1 else ''}, "
             f"{b.smem_bytes(d, dv) // 1024} KiB shared memory",
@@ -273,7 +282,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
             block_m, block_n, warps = override.backward
             if (family == "wgmma" and widest <= 128 and block_m == 64
                     and warps == block_n // 16):  # the sm90 backward's shapes (_wgmma_backward)
-                backward = BackwardPlan(64, block_n, warps, 2, "wgmma")
+                backward = _wgmma_backward_plan(block_n)
     return TilePlan(head_dim, value_dim, forward, backward)
 
 
@@ -341,8 +350,16 @@ def _wgmma_backward(blocks: tuple[int, int] | None) -> BackwardPlan:
     warpgroups of 64, whose dK and dV take D / 2 + Dv / 2 registers per thread (128 at
     d = 128); Q tiles of 64 rows, the M of the dQ wgmma each warpgroup runs over all
     of them. A block-sparse layout with blocks under 128 keys takes 64 (one warpgroup)."""
-    block_n = 128 if blocks is None or blocks[1] >= 128 else 64
-    return BackwardPlan(64, block_n, block_n // 16, 2, "wgmma")
+    return _wgmma_backward_plan(128 if blocks is None or blocks[1] >= 128 else 64)
+
+
+def _wgmma_backward_plan(block_n: int) -> BackwardPlan:
+    """128 keys: warp-specialised (backward_sm90_ws.cuh), a TMA producer warpgroup and the
+    two warpgroups of 64 keys as its consumers, two Q/dO stages (three would fit 227 KiB
+    at d = 128 with 384 bytes to spare); `warps` counts the consumers' (dQ's layout). The
+    host runs backward_sm90.cuh's CTA where TMA cannot address the tensors (a packed batch).
+    64 keys: that CTA, one warpgroup."""
+    return BackwardPlan(64, block_n, block_n // 16, 2, "wgmma", producer=block_n == 128)
 
 
 def plan_for(spec, head_dim: int, override: TileOverride | None = None,

@@ -203,6 +203,25 @@ struct DqFragments {
         }
       }
   }
+  // The fragments into a tile-sized fp32 buffer in shared memory, laid out as add() lays
+  // them in global memory: the warp-specialised backward (backward_sm90_ws.cuh) adds the
+  // whole tile to global memory with one bulk reduction.
+  static __device__ __forceinline__ void to_shared(float* tile, int warp,
+                                                   const float (&dq)[Rows::kMT][Rows::kNT][4]) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int mt = 0; mt < Rows::kMT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Rows::kNT; ++nt) {
+        if constexpr (kVector) {
+          *reinterpret_cast<float4*>(tile + offset(warp, mt, nt, 0, lane)) =
+              make_float4(dq[mt][nt][0], dq[mt][nt][1], dq[mt][nt][2], dq[mt][nt][3]);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) tile[offset(warp, mt, nt, i, lane)] = dq[mt][nt][i];
+        }
+      }
+  }
   template <class T>
   static __device__ __forceinline__ void read(const BackwardArgs<T>& a, const Shape& n, int b,
                                               int h, int q0, int warp,

@@ -65,6 +65,24 @@ struct BackwardTilesSm90 {
     static __device__ __forceinline__ int row0(int warp) { return 16 * (warp % 4); }
     static __device__ __forceinline__ int col0(int warp) { return (warp / 4) * kDqCols; }
   };
+  // This thread's dS^T fragments (A fragments of the warp's 16 keys from warp_key0, all
+  // BM query rows) into the swizzled dS^T tile at sdS, made visible to the async proxy for
+  // the dQ wgmma that reads them after the caller's barrier. dst[kt] holds keys key0 and
+  // key0 + 8 at query rows 16 kt + col0 (+1) and + 8 (+1).
+  static __device__ __forceinline__ void store_ds_transposed(unsigned char* sdS,
+                                                             const uint32_t (&dst)[BM / 16][4],
+                                                             int warp_key0) {
+    const int lane = threadIdx.x & 31;
+    const int key0 = warp_key0 + (lane >> 2), col0 = 2 * (lane & 3);
+#pragma unroll
+    for (int kt = 0; kt < BM / 16; ++kt)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = key0 + 8 * (j & 1), c = 16 * kt + 8 * (j >> 1) + col0;
+        *reinterpret_cast<uint32_t*>(sdS + DS::chunk_offset(r, c & ~7) + (c & 7) * 2) = dst[kt][j];
+      }
+    fence_proxy_async();
+  }
   static_assert(BM == 64, "every warpgroup makes all BM rows of dQ: wgmma's M is 64");
   static_assert(BN == 64 || BN == 128, "one or two warpgroups of 64 keys");
   static_assert(D % 64 == 0 && Dv % 64 == 0 && Dv <= 128 && D <= 128,
@@ -72,6 +90,60 @@ struct BackwardTilesSm90 {
   static_assert(kDqCols % 32 == 0, "dQ's wgmma is n32 or wider");
   static_assert(Q::kBytes + DO::kBytes < (1 << 20), "an mbarrier's transaction count");
 };
+
+// Step 2 of a Q tile, element by element on this thread's fragments of S^T and dP^T (the
+// 16 keys from warp_key0, all BM query rows): P^T (times the dropout factor) into s and
+// dS^T into dp, from the rows' lse and delta in shared memory. The tile's mask decides
+// between the instance that tests each element and the one that tests none.
+template <class V, int BM, bool kDropout, bool kParamGrads, class T>
+__device__ __forceinline__ void transposed_gradients(
+    const BackwardArgs<T>& a, const typename V::Params& p, const typename V::Grads& g,
+    typename GradSumsOf<V>::type& sums, const Shape& n, const TileMask& tile, int b, int h, int q0,
+    int k0, int warp_key0, const float* lse_tile, const float* delta_tile, float (&s)[BM / 8][4],
+    float (&dp)[BM / 8][4]) {
+  const int lane = threadIdx.x & 31;
+  const int key0 = warp_key0 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
+  const int col0 = 2 * (lane & 3);           // and query columns: col0 (+1) + 8 nt
+  auto p_and_ds = [&](auto partial) {
+    constexpr bool kPartial = decltype(partial)::value;
+    const TransposedFragmentMask<V, BM / 8> mask(p, b, h, k0 + key0, q0 + col0, n.q_len,
+                                                 n.kv_len);
+    float keep_pair[2][4];  // kDropout: the factors of fragments nt and nt + 1 (nt even)
+#pragma unroll
+    for (int nt = 0; nt < BM / 8; ++nt) {
+      const int c = col0 + 8 * nt;  // this thread's query rows: c and c + 1
+      const float2 lse = *reinterpret_cast<const float2*>(lse_tile + c);
+      const float2 delta = *reinterpret_cast<const float2*>(delta_tile + c);
+      const float lse2[2] = {row_lse2(lse.x, q0 + c < n.q_len), row_lse2(lse.y, q0 + c + 1 < n.q_len)};
+      const float row_delta[2] = {delta.x, delta.y};
+      bool block = true;
+      if constexpr (kPartial)
+        block = fragment_block_visible<V>(tile, a.sparse, h, q0 + c, k0 + key0, n.q_len, n.kv_len);
+      float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+      if constexpr (kDropout) {
+        if (nt % 2 == 0)
+          dropout_factors_transposed(a.dropout, b * n.heads + h, q0 + 8 * nt, k0 + warp_key0,
+                                     keep_pair);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) keep[i] = keep_pair[nt % 2][i];
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {  // keys key0, key0, key0 + 8, key0 + 8; rows c, c + 1, c, c + 1
+        const int q = q0 + c + (i & 1), kv_idx = k0 + key0 + 8 * (i >> 1);
+        const bool visible =
+            !kPartial || mask.visible(p, block, b, h, nt, i, q, kv_idx, n.q_len, n.kv_len);
+        score_gradient<V, kPartial, kParamGrads>(p, g, sums, n, visible, lse2[i & 1],
+                                                 row_delta[i & 1], b, h, q, kv_idx, s[nt][i],
+                                                 dp[nt][i], keep[i], s[nt][i], dp[nt][i]);
+      }
+    }
+  };
+  if (tile.partial()) {
+    p_and_ds(std::true_type{});
+  } else {
+    p_and_ds(std::false_type{});
+  }
+}
 
 // Template arguments as backward_kernel's (backward.cuh), without W and Stages: the warps
 // are BN / 16, and Q/dO always have two stages.
@@ -100,7 +172,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   if (cta.past_keys()) return;
   const Shape& n = cta.n;
   const int b = cta.b, hk = cta.hk, group = cta.group, k0 = cta.k0;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warpgroup = warp / 4;
+  const int warp = threadIdx.x >> 5, warpgroup = warp / 4;
   auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);
   const bool tma = maps.active;  // uniform over the grid
   if (tma && threadIdx.x == 0) {
@@ -138,9 +210,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   // this thread's first key and query column of the transposed fragments.
   const uint32_t k_rows = smem_address(sK) + warpgroup * 64 * 128;
   const uint32_t v_rows = smem_address(sV) + warpgroup * 64 * 128;
-  const int warp_key0 = 64 * warpgroup + 16 * (warp % 4);          // the warp's 16 keys
-  const int key0 = warp_key0 + (lane >> 2);                          // in the tile; and + 8
-  const int col0 = 2 * (lane & 3);                                   // + 8 nt, and + 1
+  const int warp_key0 = 64 * warpgroup + 16 * (warp % 4);  // the warp's 16 keys in the tile
   // dQ's B: this warpgroup's columns of K, MN-major (a column offset inside a 128-byte
   // row is an address offset: the swizzle acts on the address bits)
   constexpr int kDqCols = Tiles::kDqCols;
@@ -175,49 +245,9 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
     fence_operand(dp[0]);
 
     // 2. P^T (times the dropout factor) into s, dS^T into dp, element by element
-    const float* lse_tile = sLse + stage * BM;
-    const float* delta_tile = sDelta + stage * BM;
-    auto p_and_ds = [&](auto partial) {
-      constexpr bool kPartial = decltype(partial)::value;
-      const TransposedFragmentMask<V, BM / 8> mask(p, b, h, k0 + key0, q0 + col0, n.q_len,
-                                                   n.kv_len);
-      float keep_pair[2][4];  // kDropout: the factors of fragments nt and nt + 1 (nt even)
-#pragma unroll
-      for (int nt = 0; nt < BM / 8; ++nt) {
-        const int c = col0 + 8 * nt;  // this thread's query rows: c and c + 1
-        const float2 lse = *reinterpret_cast<const float2*>(lse_tile + c);
-        const float2 delta = *reinterpret_cast<const float2*>(delta_tile + c);
-        const float lse2[2] = {row_lse2(lse.x, q0 + c < n.q_len), row_lse2(lse.y, q0 + c + 1 < n.q_len)};
-        const float row_delta[2] = {delta.x, delta.y};
-        bool block = true;
-        if constexpr (kPartial)
-          block = fragment_block_visible<V>(tile, a.sparse, h, q0 + c, k0 + key0, n.q_len,
-                                            n.kv_len);
-        float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-        if constexpr (kDropout) {
-          if (nt % 2 == 0)
-            dropout_factors_transposed(a.dropout, b * n.heads + h, q0 + 8 * nt, k0 + warp_key0,
-                                       keep_pair);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) keep[i] = keep_pair[nt % 2][i];
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {  // keys key0, key0, key0 + 8, key0 + 8; rows c, c + 1, c, c + 1
-          const int q = q0 + c + (i & 1), kv_idx = k0 + key0 + 8 * (i >> 1);
-          const bool visible =
-              !kPartial || mask.visible(p, block, b, h, nt, i, q, kv_idx, n.q_len, n.kv_len);
-          score_gradient<V, kPartial, kParamGrads>(p, g, sums, n, visible, lse2[i & 1],
-                                                   row_delta[i & 1], b, h, q, kv_idx,
-                                                   s[0][nt][i], dp[0][nt][i], keep[i],
-                                                   s[0][nt][i], dp[0][nt][i]);
-        }
-      }
-    };
-    if (tile.partial()) {
-      p_and_ds(std::true_type{});
-    } else {
-      p_and_ds(std::false_type{});
-    }
+    transposed_gradients<V, BM, kDropout, kParamGrads>(a, p, g, sums, n, tile, b, h, q0, k0,
+                                                       warp_key0, sLse + stage * BM,
+                                                       sDelta + stage * BM, s[0], dp[0]);
     if constexpr (kParamGrads && V::kHasParamGrads) {  // at each change of head (uniform)
       if (walk.done() || h_next != h) V::flush_param_grads(p, g, sums, b, h, n.q_len, n.kv_len);
     }
@@ -231,16 +261,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
 
     // 4. dQ += dS K (unscaled; the host multiplies by the softmax scale)
     if constexpr (kDq) {
-      // dst[kt] holds keys key0 and key0 + 8 at query rows 16 kt + col0 (+1) and + 8 (+1)
-#pragma unroll
-      for (int kt = 0; kt < BM / 16; ++kt)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int r = key0 + 8 * (j & 1), c = 16 * kt + 8 * (j >> 1) + col0;
-          *reinterpret_cast<uint32_t*>(sdS + Tiles::DS::chunk_offset(r, c & ~7) + (c & 7) * 2) =
-              dst[kt][j];
-        }
-      fence_proxy_async();
+      Tiles::store_ds_transposed(sdS, dst, warp_key0);
       __syncthreads();  // every warpgroup's keys of dS^T are in
       float dq[1][kDqCols / 8][4];
       issue_gemm_ss_mn_major<T, kDqCols, BN>(dq[0], smem_address(sdS), k_cols,

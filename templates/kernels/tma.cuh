@@ -38,6 +38,12 @@ struct QueryTensorMaps {
   int active;
 };
 
+// The warp-specialised backward's operands (backward_sm90_ws.cuh): K and V once per CTA,
+// Q and dO per tile.
+struct BackwardTensorMaps {
+  CUtensorMap q, dout, k, v;
+};
+
 template <class T>
 inline bool encode_tensor_map(CUtensorMap* map, const Strided4<const T>& x, int batch, int heads,
                               int rows, int cols, int box_rows) {
@@ -95,6 +101,28 @@ __device__ __forceinline__ void tma_load_tile(void* smem, const CUtensorMap& map
 #pragma unroll
   for (int c = 0; c < COLS / 64; ++c)
     tma_load_box(static_cast<unsigned char*>(smem) + c * ROWS * 128, map, 64 * c, r, h, b, bar);
+}
+
+// Device: `bytes` of fp32 in shared memory added element by element to global memory by
+// the copy engine (both addresses 16-byte aligned, bytes a multiple of 16), in the
+// issuing thread's current bulk group; the shared source may be overwritten only after
+// bulk_wait_read, and the sums are complete in global memory after bulk_wait.
+__device__ __forceinline__ void bulk_reduce_add_f32(float* gmem, const float* smem, uint32_t bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n"
+               :: "l"(gmem), "r"(smem_address(smem)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_commit() {
+  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
+}
+// until at most N of this thread's bulk groups are still reading shared memory
+template <int N>
+__device__ __forceinline__ void bulk_wait_read() {
+  asm volatile("cp.async.bulk.wait_group.read %0;\n" :: "n"(N) : "memory");
+}
+// until at most N of this thread's bulk groups are incomplete
+template <int N>
+__device__ __forceinline__ void bulk_wait() {
+  asm volatile("cp.async.bulk.wait_group %0;\n" :: "n"(N) : "memory");
 }
 
 }  // namespace fg

@@ -1,0 +1,271 @@
+// The warp-specialised backward on Hopper (sm_90a): backward_sm90.cuh's math (one CTA per
+// 128 keys, two warpgroups of 64 keys holding dK and dV in registers, the five GEMMs on
+// warpgroup MMA), with the loads and the dQ sums moved off the math warpgroups.
+//
+// Why (PERF.md, issue 8's eighth step): in backward_sm90.cuh every thread of the CTA
+// meets at two CTA barriers per Q tile (the next stage has landed; dS^T is complete for
+// dQ), waits there for the slowest load, and then spends its own issue slots on the lse /
+// delta copies and on 16-byte fp32 atomics for its dQ fragments. Here:
+//   - warpgroup 0 is the producer (24 registers). Its warp 0 fills Stages Q / dO stages
+//     by TMA (lane 0: one box per 64 columns) with the rows' lse and delta beside them
+//     (cp.async from the warp's 32 lanes: a row block of a [B, H, N] fp32 tensor is only
+//     4-byte aligned), each stage's `full` mbarrier completing when all have landed; it
+//     also loads K and V once, by TMA. Its warp 1 writes dQ: when the consumers have put a
+//     tile's dQ into shared memory it adds the whole tile to the fp32 accumulator with one
+//     bulk reduction (tma.cuh), where each consumer thread issued 8 atomics;
+//   - warpgroups 1 and 2 (the consumers, 240 registers) each own 64 keys. Per Q tile they
+//     wait for its stage's `full` barrier, run backward_sm90.cuh's steps 1-4, release the
+//     stage on its `empty` barrier once dV += P^T dO and dK += dS^T Q have read it, and
+//     hand their dQ fragments to warp 1 through shared memory.
+// The consumers still meet once per tile (a named barrier: dQ = dS K needs both
+// warpgroups' rows of dS^T); dS^T is double-buffered so that nothing else waits there.
+// Only a padded batch whose Q, dO, K and V the TMA engine can address runs this kernel
+// (encode_maps); the host runs backward_sm90.cuh's kernel for the rest.
+#pragma once
+#include "backward_sm90.cuh"
+
+namespace fg {
+
+// What the loader tells the consumers about the Q tile in a stage (only it walks the
+// tiles: key_tile_walk's state and its mask classification stay out of the consumers'
+// registers and issue slots). h < 0: the walk has ended.
+struct alignas(16) StagedTile {
+  int h, q0;
+  TileMask mask;
+  int last_of_head;  // the head's parameter gradients are flushed after this tile
+};
+
+template <int D, int Dv, int BM, int BN, int Stages>
+struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
+  using Base = BackwardTilesSm90<D, Dv, BM, BN>;
+  using typename Base::DO;
+  using typename Base::DS;
+  using typename Base::K;
+  using typename Base::Q;
+  using typename Base::V;
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
+  // K, V, the Q/dO stages, two dS^T buffers, the dQ tile (fp32), each stage's lse and
+  // delta and StagedTile, the dQ tile's destination, then the mbarriers (full and empty
+  // per stage, K/V's); +1024 to align the start on a swizzle pattern
+  static constexpr int kStageOffset = K::kBytes + V::kBytes;
+  static constexpr int kDsOffset = kStageOffset + Stages * (Q::kBytes + DO::kBytes);
+  static constexpr int kDqOffset = kDsOffset + 2 * DS::kBytes;
+  static constexpr int kStatsOffset = kDqOffset + BM * D * int(sizeof(float));
+  static constexpr int kInfoOffset = kStatsOffset + Stages * 2 * BM * int(sizeof(float));
+  static constexpr int kBarrierOffset = kInfoOffset + Stages * int(sizeof(StagedTile)) + 16;
+  static constexpr int kSmemBytes = kBarrierOffset + (2 * Stages + 1) * 8 + 1024;
+  template <class T>
+  static constexpr int smem_bytes() { return kSmemBytes; }
+  // Host: the tensor maps of a padded batch's Q, dO (boxes of BM rows), K and V (BN rows);
+  // false for a packed batch or where TMA cannot address one of them
+  template <class T>
+  static bool encode_maps(BackwardTensorMaps& maps, const BackwardArgs<T>& a) {
+    const Shape& n = a.shape;
+    return !n.varlen() && encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, BM) &&
+           encode_tensor_map(&maps.dout, a.dout, n.batch, n.heads, n.q_len, Dv, BM) &&
+           encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
+           encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN);
+  }
+  static_assert(BN == 64 * kConsumers, "each consumer owns 64 keys");
+  static_assert(Stages >= 2, "a stage fills while the consumers read the other");
+  static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
+  static_assert(K::kBytes + V::kBytes < (1 << 20), "an mbarrier's transaction count");
+  // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384)
+  static_assert(kProducerRegisters * 128 + kConsumerRegisters * 128 * kConsumers <=
+                    (65536 / kThreads) / 8 * 8 * kThreads,
+                "the reallocated registers fit the CTA's pool");
+};
+
+// Named barriers of the consumers: dS^T of both is in shared memory; (with warp 1) the
+// dQ tile is in shared memory; warp 1 has read the last one out.
+constexpr int kDsBarrier = 1, kDqFullBarrier = 2, kDqFreeBarrier = 3;
+constexpr int kDqWriterThreads = 256 + 32;  // the consumers and the producer's warp 1
+
+// Template arguments as backward_kernel_sm90's, plus Stages (Q/dO stages).
+template <class V, class T, int D, int Dv, int BM, int BN, int Stages, bool kDq, bool kDropout,
+          bool kParamGrads>
+__global__ void __launch_bounds__(BackwardTilesSm90Ws<D, Dv, BM, BN, Stages>::kThreads, 1)
+backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
+                        const typename V::Grads g, const __grid_constant__ BackwardTensorMaps maps) {
+  using Tiles = BackwardTilesSm90Ws<D, Dv, BM, BN, Stages>;
+  using Rows = typename Tiles::Rows;
+  using Dq = DqFragments<Rows, BM, D>;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
+  T* sK = reinterpret_cast<T*>(smem);
+  T* sV = reinterpret_cast<T*>(smem + Tiles::K::kBytes);
+  auto sQ = [&](int stage) { return smem + Tiles::kStageOffset + stage * Tiles::Q::kBytes; };
+  auto sdO = [&](int stage) {
+    return smem + Tiles::kStageOffset + Stages * Tiles::Q::kBytes + stage * Tiles::DO::kBytes;
+  };
+  auto sdS = [&](int buffer) { return smem + Tiles::kDsOffset + buffer * Tiles::DS::kBytes; };
+  float* sdQ = reinterpret_cast<float*>(smem + Tiles::kDqOffset);      // Dq's order
+  float* sLse = reinterpret_cast<float*>(smem + Tiles::kStatsOffset);  // [Stages][BM]
+  float* sDelta = sLse + Stages * BM;                                  // [Stages][BM]
+  StagedTile* staged = reinterpret_cast<StagedTile*>(smem + Tiles::kInfoOffset);  // [Stages]
+  float** dq_destination = reinterpret_cast<float**>(smem + Tiles::kBarrierOffset - 16);
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
+  uint64_t* empty = full + Stages;                                             // [Stages]
+  uint64_t* kv_full = empty + Stages;
+
+  const BackwardCta<T> cta(a, BN);
+  if (cta.past_keys()) return;  // (a padded batch's grid has no such CTA)
+  const Shape& n = cta.n;
+  const int b = cta.b, hk = cta.hk, k0 = cta.k0;
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int s = 0; s < Stages; ++s) {
+      mbarrier_init(&full[s], 1 + 32);  // lane 0's TMA arrival, and warp 0's lse / delta copies
+      mbarrier_init(&empty[s], 128 * Tiles::kConsumers);  // the consumers' threads
+    }
+    mbarrier_init(kv_full, 1);
+    mbarrier_init_fence();
+  }
+  __syncthreads();  // the barriers are initialised; the CTA never meets again
+  const int warpgroup = threadIdx.x / 128, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+
+  if (warpgroup == 0) {
+    release_registers<Tiles::kProducerRegisters>();
+    if (warp == 0) {  // the loads, and the walk over the Q tiles
+      if (lane == 0) {
+        mbarrier_arrive_expecting(kv_full, Tiles::K::kBytes + Tiles::V::kBytes);
+        tma_load_tile<BN, D>(sK, maps.k, k0, hk, b, kv_full);
+        tma_load_tile<BN, Dv>(sV, maps.v, k0, hk, b, kv_full);
+      }
+      int i = 0;  // Q tiles so far: tile i is in stage i % Stages
+      for (auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);; ++i) {
+        const int stage = i % Stages, round = i / Stages;
+        mbarrier_wait<true>(&empty[stage], (round & 1) ^ 1);  // both consumers are done with it
+        if (walk.done()) {  // the end, as a stage with no tile
+          if (lane == 0) {
+            staged[stage].h = -1;
+            mbarrier_arrive(&full[stage]);
+          }
+          mbarrier_arrive_on_copies(&full[stage]);
+          break;
+        }
+        const int h = cta.group * hk + walk.r, q0 = TileRow::tile_of(walk.entry) * BM;
+        const TileMask mask = walk.mask;
+        walk.advance();
+        if (lane == 0) {
+          staged[stage] = {h, q0, mask, walk.done() || cta.group * hk + walk.r != h};
+          // (the arrival releases the write above to the consumers)
+          mbarrier_arrive_expecting(&full[stage], Tiles::Q::kBytes + Tiles::DO::kBytes);
+          tma_load_tile<BM, D>(sQ(stage), maps.q, q0, h, b, &full[stage]);
+          tma_load_tile<BM, Dv>(sdO(stage), maps.dout, q0, h, b, &full[stage]);
+        }
+        const int64_t rows = n.row(b, h, q0);
+        load_rows_f32<BM, 32>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
+        load_rows_f32<BM, 32>(sDelta + stage * BM, a.delta + rows, n.q_len - q0, a.delta);
+        mbarrier_arrive_on_copies(&full[stage]);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();  // no copy outlives the thread that issued it
+    } else if (kDq && warp == 1) {  // dQ's sums, until the consumers send no destination
+      for (;;) {
+        bar_sync(kDqFullBarrier, kDqWriterThreads);  // the consumers' dQ of a tile is in
+        float* destination = *dq_destination;
+        if (destination == nullptr) break;
+        if (lane == 0) {
+          bulk_reduce_add_f32(destination, sdQ, BM * D * int(sizeof(float)));
+          bulk_commit();
+          bulk_wait_read<0>();
+        }
+        __syncwarp();
+        bar_arrive(kDqFreeBarrier, kDqWriterThreads);  // the consumers may write the next
+      }
+      if (lane == 0) bulk_wait<0>();
+    }
+    return;
+  }
+
+  set_registers<Tiles::kConsumerRegisters>();
+  const int consumer = warpgroup - 1;
+  const int cwarp = warp - 4;  // among the consumers' 8 warps: Rows' and Dq's warp index
+  // This consumer's 64 keys (A of S^T and dP^T) and its columns of K for dQ's B, as in
+  // backward_sm90.cuh
+  const uint32_t k_rows = smem_address(sK) + consumer * 64 * 128;
+  const uint32_t v_rows = smem_address(sV) + consumer * 64 * 128;
+  const int warp_key0 = 64 * consumer + 16 * (cwarp % 4);  // the warp's 16 keys in the tile
+  constexpr int kDqCols = Tiles::kDqCols;
+  const int dq_col0 = consumer * kDqCols;
+  const uint32_t k_cols = smem_address(sK) + (dq_col0 >> 6) * Tiles::K::kBlockBytes +
+                          (dq_col0 & 63) * int(sizeof(T));
+
+  float dk[1][D / 8][4], dv[1][Dv / 8][4];
+  zero(dk);
+  zero(dv);
+  typename GradSumsOf<V>::type sums{};
+  mbarrier_wait(kv_full, 0);
+  int i = 0;  // Q tiles so far
+  for (;; ++i) {
+    const int stage = i % Stages, round = i / Stages;
+    mbarrier_wait(&full[stage], round & 1);
+    const StagedTile tile = staged[stage];
+    if (tile.h < 0) break;
+    const int h = tile.h, q0 = tile.q0;
+    const uint32_t q_tile = smem_address(sQ(stage)), do_tile = smem_address(sdO(stage));
+
+    // 1. S^T and dP^T for this consumer's keys x the tile's query rows
+    float s[1][BM / 8][4], dp[1][BM / 8][4];
+    issue_gemm_ss<T, BM, D>(s[0], k_rows, Tiles::K::kBlockBytes, q_tile, Tiles::Q::kBlockBytes);
+    issue_gemm_ss<T, BM, Dv>(dp[0], v_rows, Tiles::V::kBlockBytes, do_tile, Tiles::DO::kBlockBytes);
+    wgmma_wait<0>();
+    fence_operand(s[0]);
+    fence_operand(dp[0]);
+
+    // 2. P^T into s, dS^T into dp
+    transposed_gradients<V, BM, kDropout, kParamGrads>(a, p, g, sums, n, tile.mask, b, h, q0, k0,
+                                                       warp_key0, sLse + stage * BM,
+                                                       sDelta + stage * BM, s[0], dp[0]);
+    if constexpr (kParamGrads && V::kHasParamGrads) {  // at each change of head (uniform)
+      if (tile.last_of_head) V::flush_param_grads(p, g, sums, b, h, n.q_len, n.kv_len);
+    }
+    uint32_t pt[BM / 16][4], dst[BM / 16][4];
+    accumulator_to_a<T>(pt, s[0]);
+    accumulator_to_a<T>(dst, dp[0]);
+
+    // 3. dV += P^T dO, dK += dS^T Q, running while dS^T goes to shared memory
+    issue_gemm_rs<T, Dv, BM>(dv[0], pt, do_tile, Tiles::DO::kBlockBytes);
+    issue_gemm_rs<T, D, BM>(dk[0], dst, q_tile, Tiles::Q::kBlockBytes);
+
+    // 4. dQ = dS K (unscaled; the host multiplies by the softmax scale), to warp 1
+    if constexpr (kDq) {
+      Tiles::store_ds_transposed(sdS(i & 1), dst, warp_key0);
+      // both consumers' keys of dS^T are in; the other buffer's dQ GEMMs (two tiles ago)
+      // were waited for before each consumer came here last time
+      bar_sync(kDsBarrier, 256);
+      float dq[1][kDqCols / 8][4];
+      issue_gemm_ss_mn_major<T, kDqCols, BN>(dq[0], smem_address(sdS(i & 1)), k_cols,
+                                             Tiles::K::kBlockBytes);
+      wgmma_wait<1>();  // dV and dK: this stage's Q and dO have been read
+      fence_operand(dv[0]);
+      fence_operand(dk[0]);
+      mbarrier_arrive(&empty[stage]);
+      wgmma_wait<0>();
+      fence_operand(dq[0]);
+      if (i > 0) bar_sync(kDqFreeBarrier, kDqWriterThreads);  // warp 1 has read the last tile
+      Dq::to_shared(sdQ, cwarp, dq);
+      if (threadIdx.x == 128) *dq_destination = Dq::tile(a, n, b, h, q0);
+      fence_proxy_async();  // for the bulk reduction, which reads through the async proxy
+      bar_arrive(kDqFullBarrier, kDqWriterThreads);
+    } else {
+      wgmma_wait<0>();
+      fence_operand(dv[0]);
+      fence_operand(dk[0]);
+      mbarrier_arrive(&empty[stage]);
+    }
+  }
+  if constexpr (kDq) {  // tell warp 1 that no tile is left
+    if (i > 0) bar_sync(kDqFreeBarrier, kDqWriterThreads);
+    if (threadIdx.x == 128) *dq_destination = nullptr;
+    bar_arrive(kDqFullBarrier, kDqWriterThreads);
+  }
+
+  const int key_row = 64 * consumer + 16 * (cwarp % 4);
+  store_key_gradients(a, n, b, hk, k0, key_row, 0, dk, key_row, 0, dv);
+}
+
+}  // namespace fg
