@@ -23,6 +23,13 @@ using DqTiles = fg::DqTiles<256, 256, 128, 32, 8>;
 template <bool kDropout>
 constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 32, 8, kDropout>;
 
+// The backward kernel proper, one CTA per BN keys.
+template <bool kDq, bool kDropout, bool kParamGrads>
+cudaError_t launch_backward(const fg::BackwardArgs<T>& args, const Variant::Params& params,
+                            const Variant::Grads& grads, dim3 grid, void* stream) {
+  return fg::launch(kKernel<kDq, kDropout, kParamGrads>, grid, Tiles::kThreads, Tiles::smem_bytes<T>(), stream, args, params, grads);
+}
+
 template <bool kDropout, bool kParamGrads>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
         void* stream) {
@@ -31,14 +38,13 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   cudaError_t status = fg::launch(fg::delta_kernel<T, 256>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
-  constexpr int smem = Tiles::smem_bytes<T>();
   if (!args.deterministic) {
-    status = fg::launch(kKernel<true, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+    status = launch_backward<true, kDropout, kParamGrads>(args, params, grads, grid, stream);
     if (status != cudaSuccess) return status;
     const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
     return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
   }
-  status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads);
+  status = launch_backward<false, kDropout, kParamGrads>(args, params, grads, grid, stream);
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
   return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);

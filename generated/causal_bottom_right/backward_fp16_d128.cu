@@ -4,10 +4,10 @@
 // attention causal_bottom_right: backward pass, fp16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 128 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 3 K/V stages, 225 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, 2 warpgroups of 64 keys (wgmma), 2 Q/dO stages, 146 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 2 Q/dO stages, 194 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/backward_sm90.cuh"
+#include "kernels/backward_sm90_ws.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
@@ -18,11 +18,26 @@ using Tiles = fg::BackwardTilesSm90<128, 128, 64, 128>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 128, 128, 64, 128, kDq, kDropout, kParamGrads>;
 // Q and dO of a padded batch load by TMA (tma.cuh), through tensor maps encoded per call
+// warp-specialised (a TMA producer warpgroup, two consumers of 64 keys) where the tensors
+// allow TMA; the CTA above runs the rest
+using WsTiles = fg::BackwardTilesSm90Ws<128, 128, 64, 128, 2>;
+template <bool kDq, bool kDropout, bool kParamGrads>
+constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 128, 128, 64, 128, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 128, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<128, 128, 128, 128, 8>;
 template <bool kDropout>
 constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 128, 128, 128, 128, 8, kDropout>;
+
+// The backward kernel proper, one CTA per BN keys.
+template <bool kDq, bool kDropout, bool kParamGrads>
+cudaError_t launch_backward(const fg::BackwardArgs<T>& args, const Variant::Params& params,
+                            const Variant::Grads& grads, dim3 grid, void* stream) {
+  fg::BackwardTensorMaps maps;
+  if (WsTiles::encode_maps(maps, args))
+    return fg::launch(kWsKernel<kDq, kDropout, kParamGrads>, grid, WsTiles::kThreads, WsTiles::smem_bytes<T>(), stream, args, params, grads, maps);
+  return fg::launch(kKernel<kDq, kDropout, kParamGrads>, grid, Tiles::kThreads, Tiles::smem_bytes<T>(), stream, args, params, grads, Tiles::encode_maps(args));
+}
 
 template <bool kDropout, bool kParamGrads>
 int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Variant::Grads& grads,
@@ -32,14 +47,13 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   cudaError_t status = fg::launch(fg::delta_kernel<T, 128>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 128 - 1) / 128, n.batch * n.kv_heads);
-  constexpr int smem = Tiles::smem_bytes<T>();
   if (!args.deterministic) {
-    status = fg::launch(kKernel<true, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads, Tiles::encode_maps(args));
+    status = launch_backward<true, kDropout, kParamGrads>(args, params, grads, grid, stream);
     if (status != cudaSuccess) return status;
     const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
     return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
   }
-  status = fg::launch(kKernel<false, kDropout, kParamGrads>, grid, Tiles::kThreads, smem, stream, args, params, grads, Tiles::encode_maps(args));
+  status = launch_backward<false, kDropout, kParamGrads>(args, params, grads, grid, stream);
   if (status != cudaSuccess) return status;
   const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
   return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
