@@ -31,6 +31,7 @@ namespace fg {
 
 template <int D, int Dv, int BM, int BN>
 struct BackwardTilesSm90 {
+  static constexpr int kBM = BM, kBN = BN, kD = D, kDv = Dv;
   static constexpr int kWarpgroups = BN / 64;
   static constexpr int kThreads = 128 * kWarpgroups;
   static constexpr int kWarps = 4 * kWarpgroups;
@@ -91,6 +92,45 @@ struct BackwardTilesSm90 {
   static_assert(Q::kBytes + DO::kBytes < (1 << 20), "an mbarrier's transaction count");
 };
 
+// A warpgroup's 64 keys (key block `block` of the CTA's BN) as its wgmmas address them,
+// and steps 1 and 3 of a Q tile on them (both kernels: backward_sm90_ws.cuh too).
+template <class Tiles, class T>
+struct KeyBlockGemms {
+  static constexpr int BM = Tiles::kBM, D = Tiles::kD, Dv = Tiles::kDv;
+  uint32_t k_rows, v_rows;  // A of S^T and dP^T: rows 128 bytes apart in each block
+  uint32_t k_cols;          // dQ's B: this block's columns of K, MN-major (a column offset
+                            // inside a 128-byte row is an address offset: the swizzle acts
+                            // on the address bits)
+  __device__ __forceinline__ KeyBlockGemms(const T* sK, const T* sV, int block) {
+    const int dq_col0 = block * Tiles::kDqCols;
+    k_rows = smem_address(sK) + block * 64 * 128;
+    v_rows = smem_address(sV) + block * 64 * 128;
+    k_cols = smem_address(sK) + (dq_col0 >> 6) * Tiles::K::kBlockBytes +
+             (dq_col0 & 63) * int(sizeof(T));
+  }
+  // 1. S^T = K Q^T and dP^T = V dO^T for these keys x the tile's query rows, waited for
+  __device__ __forceinline__ void scores(float (&s)[BM / 8][4], float (&dp)[BM / 8][4],
+                                         uint32_t q_tile, uint32_t do_tile) const {
+    issue_gemm_ss<T, BM, D>(s, k_rows, Tiles::K::kBlockBytes, q_tile, Tiles::Q::kBlockBytes);
+    issue_gemm_ss<T, BM, Dv>(dp, v_rows, Tiles::V::kBlockBytes, do_tile, Tiles::DO::kBlockBytes);
+    wgmma_wait<0>();
+    fence_operand(s);
+    fence_operand(dp);
+  }
+  // 3. dV += P^T dO and dK += dS^T Q issued (two groups; the caller waits)
+  __device__ __forceinline__ void key_gradients(float (&dv)[Dv / 8][4], float (&dk)[D / 8][4],
+                                                const uint32_t (&pt)[BM / 16][4],
+                                                const uint32_t (&dst)[BM / 16][4],
+                                                uint32_t q_tile, uint32_t do_tile) const {
+    issue_gemm_rs<T, Dv, BM>(dv, pt, do_tile, Tiles::DO::kBlockBytes);
+    issue_gemm_rs<T, D, BM>(dk, dst, q_tile, Tiles::Q::kBlockBytes);
+  }
+  // 4. dQ's columns of this block from the whole dS^T (issued; the caller waits)
+  __device__ __forceinline__ void dq(float (&c)[Tiles::kDqCols / 8][4], uint32_t ds_tile) const {
+    issue_gemm_ss_mn_major<T, Tiles::kDqCols, Tiles::kBN>(c, ds_tile, k_cols, Tiles::K::kBlockBytes);
+  }
+};
+
 // Step 2 of a Q tile, element by element on this thread's fragments of S^T and dP^T (the
 // 16 keys from warp_key0, all BM query rows): P^T (times the dropout factor) into s and
 // dS^T into dp, from the rows' lse and delta in shared memory. The tile's mask decides
@@ -108,7 +148,7 @@ __device__ __forceinline__ void transposed_gradients(
     constexpr bool kPartial = decltype(partial)::value;
     const TransposedFragmentMask<V, BM / 8> mask(p, b, h, k0 + key0, q0 + col0, n.q_len,
                                                  n.kv_len);
-    float keep_pair[2][4];  // kDropout: the factors of fragments nt and nt + 1 (nt even)
+    [[maybe_unused]] float keep_pair[2][4];  // kDropout: the factors of fragments nt and nt + 1 (nt even)
 #pragma unroll
     for (int nt = 0; nt < BM / 8; ++nt) {
       const int c = col0 + 8 * nt;  // this thread's query rows: c and c + 1
@@ -206,17 +246,8 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
   if (!walk.done()) load_q_do(hk * group + walk.r, TileRow::tile_of(walk.entry) * BM, 0);
   cp_async_commit();
 
-  // This warpgroup's 64 keys (A of S^T and dP^T: rows 128 bytes apart in each block), and
-  // this thread's first key and query column of the transposed fragments.
-  const uint32_t k_rows = smem_address(sK) + warpgroup * 64 * 128;
-  const uint32_t v_rows = smem_address(sV) + warpgroup * 64 * 128;
+  const KeyBlockGemms<Tiles, T> gemms(sK, sV, warpgroup);  // this warpgroup's 64 keys
   const int warp_key0 = 64 * warpgroup + 16 * (warp % 4);  // the warp's 16 keys in the tile
-  // dQ's B: this warpgroup's columns of K, MN-major (a column offset inside a 128-byte
-  // row is an address offset: the swizzle acts on the address bits)
-  constexpr int kDqCols = Tiles::kDqCols;
-  const int dq_col0 = warpgroup * kDqCols;
-  const uint32_t k_cols = smem_address(sK) + (dq_col0 >> 6) * Tiles::K::kBlockBytes +
-                          (dq_col0 & 63) * int(sizeof(T));
 
   float dk[1][D / 8][4], dv[1][Dv / 8][4];
   zero(dk);
@@ -238,11 +269,7 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
 
     // 1. S^T and dP^T for this warpgroup's keys x the tile's query rows
     float s[1][BM / 8][4], dp[1][BM / 8][4];
-    issue_gemm_ss<T, BM, D>(s[0], k_rows, Tiles::K::kBlockBytes, q_tile, Tiles::Q::kBlockBytes);
-    issue_gemm_ss<T, BM, Dv>(dp[0], v_rows, Tiles::V::kBlockBytes, do_tile, Tiles::DO::kBlockBytes);
-    wgmma_wait<0>();
-    fence_operand(s[0]);
-    fence_operand(dp[0]);
+    gemms.scores(s[0], dp[0], q_tile, do_tile);
 
     // 2. P^T (times the dropout factor) into s, dS^T into dp, element by element
     transposed_gradients<V, BM, kDropout, kParamGrads>(a, p, g, sums, n, tile, b, h, q0, k0,
@@ -256,16 +283,14 @@ backward_kernel_sm90(const BackwardArgs<T> a, const typename V::Params p,
     accumulator_to_a<T>(dst, dp[0]);
 
     // 3. dV += P^T dO, dK += dS^T Q, running while dS^T goes to shared memory
-    issue_gemm_rs<T, Dv, BM>(dv[0], pt, do_tile, Tiles::DO::kBlockBytes);
-    issue_gemm_rs<T, D, BM>(dk[0], dst, q_tile, Tiles::Q::kBlockBytes);
+    gemms.key_gradients(dv[0], dk[0], pt, dst, q_tile, do_tile);
 
     // 4. dQ += dS K (unscaled; the host multiplies by the softmax scale)
     if constexpr (kDq) {
       Tiles::store_ds_transposed(sdS, dst, warp_key0);
       __syncthreads();  // every warpgroup's keys of dS^T are in
-      float dq[1][kDqCols / 8][4];
-      issue_gemm_ss_mn_major<T, kDqCols, BN>(dq[0], smem_address(sdS), k_cols,
-                                             Tiles::K::kBlockBytes);
+      float dq[1][Tiles::kDqCols / 8][4];
+      gemms.dq(dq[0], smem_address(sdS));
       wgmma_wait<0>();
       fence_operand(dq[0]);
       DqFragments<Rows, BM, D>::add(a, n, b, h, q0, warp, dq);

@@ -184,15 +184,8 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
   set_registers<Tiles::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int cwarp = warp - 4;  // among the consumers' 8 warps: Rows' and Dq's warp index
-  // This consumer's 64 keys (A of S^T and dP^T) and its columns of K for dQ's B, as in
-  // backward_sm90.cuh
-  const uint32_t k_rows = smem_address(sK) + consumer * 64 * 128;
-  const uint32_t v_rows = smem_address(sV) + consumer * 64 * 128;
+  const KeyBlockGemms<Tiles, T> gemms(sK, sV, consumer);  // this consumer's 64 keys
   const int warp_key0 = 64 * consumer + 16 * (cwarp % 4);  // the warp's 16 keys in the tile
-  constexpr int kDqCols = Tiles::kDqCols;
-  const int dq_col0 = consumer * kDqCols;
-  const uint32_t k_cols = smem_address(sK) + (dq_col0 >> 6) * Tiles::K::kBlockBytes +
-                          (dq_col0 & 63) * int(sizeof(T));
 
   float dk[1][D / 8][4], dv[1][Dv / 8][4];
   zero(dk);
@@ -210,11 +203,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
 
     // 1. S^T and dP^T for this consumer's keys x the tile's query rows
     float s[1][BM / 8][4], dp[1][BM / 8][4];
-    issue_gemm_ss<T, BM, D>(s[0], k_rows, Tiles::K::kBlockBytes, q_tile, Tiles::Q::kBlockBytes);
-    issue_gemm_ss<T, BM, Dv>(dp[0], v_rows, Tiles::V::kBlockBytes, do_tile, Tiles::DO::kBlockBytes);
-    wgmma_wait<0>();
-    fence_operand(s[0]);
-    fence_operand(dp[0]);
+    gemms.scores(s[0], dp[0], q_tile, do_tile);
 
     // 2. P^T into s, dS^T into dp
     transposed_gradients<V, BM, kDropout, kParamGrads>(a, p, g, sums, n, tile.mask, b, h, q0, k0,
@@ -228,8 +217,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
     accumulator_to_a<T>(dst, dp[0]);
 
     // 3. dV += P^T dO, dK += dS^T Q, running while dS^T goes to shared memory
-    issue_gemm_rs<T, Dv, BM>(dv[0], pt, do_tile, Tiles::DO::kBlockBytes);
-    issue_gemm_rs<T, D, BM>(dk[0], dst, q_tile, Tiles::Q::kBlockBytes);
+    gemms.key_gradients(dv[0], dk[0], pt, dst, q_tile, do_tile);
 
     // 4. dQ = dS K (unscaled; the host multiplies by the softmax scale), to warp 1
     if constexpr (kDq) {
@@ -237,9 +225,8 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       // both consumers' keys of dS^T are in; the other buffer's dQ GEMMs (two tiles ago)
       // were waited for before each consumer came here last time
       bar_sync(kDsBarrier, 256);
-      float dq[1][kDqCols / 8][4];
-      issue_gemm_ss_mn_major<T, kDqCols, BN>(dq[0], smem_address(sdS(i & 1)), k_cols,
-                                             Tiles::K::kBlockBytes);
+      float dq[1][Tiles::kDqCols / 8][4];
+      gemms.dq(dq[0], smem_address(sdS(i & 1)));
       wgmma_wait<1>();  // dV and dK: this stage's Q and dO have been read
       fence_operand(dv[0]);
       fence_operand(dk[0]);
