@@ -269,7 +269,9 @@ def _kernel_label(kernel: str) -> str:
                 + (" (varlen / split-KV)" if general == "true" else ""))
     if "backward_kernel" in kernel:
         dq, dropout, param_grads = flags[-3:]
-        return ("backward" + (" (dQ atomics)" if dq == "true" else " (dK, dV)")
+        ws = "backward_kernel_sm90_ws" in kernel  # a padded batch's kernel on sm_90a
+        return (("backward, warp-specialised" if ws else "backward")
+                + (" (dK, dV)" if dq != "true" else " (dQ bulk adds)" if ws else " (dQ atomics)")
                 + (" +dropout" if dropout == "true" else "")
                 + (" +param grads" if param_grads == "true" else ""))
     if "combine_kernel" in kernel:

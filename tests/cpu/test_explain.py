@@ -199,6 +199,8 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
     for on, off in (("true", "false"), ("(bool)1", "(bool)0")):
         assert _kernel_label(f"void fg::backward_kernel<V, T, 128, {on}, {off}, {off}>(A)") == \
             "backward (dQ atomics)"
+        assert _kernel_label(f"void fg::backward_kernel_sm90_ws<V, T, 128, 128, 64, 128, 2, {on}, "
+                             f"{on}, {off}>(A)") == "backward, warp-specialised (dQ bulk adds) +dropout"
         # the parameter list after the template arguments names VariantOf<false>
         assert _kernel_label(f"void fg::forward_kernel<fg_a::VariantOf<{off}>, T, 64, {off}, "
                              f"{on}, {off}>(A, fg_a::VariantOf<{off}>::Params)") == \
