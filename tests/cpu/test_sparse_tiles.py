@@ -124,15 +124,17 @@ def test_forward_family_by_arch_and_head_dim():
 
 def test_backward_family_by_arch_and_head_dim():
     """The backward follows the forward onto warpgroup MMA up to d = 128: 128 keys in two
-    warpgroups, 64-row Q tiles; 64 keys (one warpgroup) under a layout of narrower
-    blocks. d = 256, other archs, a family asked as "mma" and hand-picked backward tiles
-    of other shapes stay mma.sync."""
+    warpgroups, 64-row Q tiles, warp-specialised (a producer warpgroup feeding them);
+    64 keys (one warpgroup, no producer) under a layout of narrower blocks. d = 256,
+    other archs, a family asked as "mma" and hand-picked backward tiles of other shapes
+    stay mma.sync."""
     from flashgen.plan.tiles import TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
     for d in (64, 128):
         b = plan_for(causal, d, arch="sm_90a").backward
         assert (b.family, b.block_m, b.block_n, b.warps, b.stages) == ("wgmma", 64, 128, 8, 2)
+        assert b.producer and "producer warpgroup (TMA)" in plan_for(causal, d).describe()[1]
         assert b.smem_bytes(d, d) <= 227 * 1024
         assert plan_for(causal, d, arch="sm_80").backward.family == "mma"
         assert plan_for(causal, d, TileOverride(family="mma"), "sm_90a").backward.family == "mma"
@@ -140,9 +142,12 @@ def test_backward_family_by_arch_and_head_dim():
     assert plan_for(causal, 128, TileOverride(backward=(128, 64, 8)),
                     "sm_90a").backward.family == "mma"
     one_warpgroup = plan_for(causal, 128, TileOverride(backward=(64, 64, 4)), "sm_90a").backward
-    assert (one_warpgroup.family, one_warpgroup.block_n, one_warpgroup.warps) == ("wgmma", 64, 4)
+    assert (one_warpgroup.family, one_warpgroup.block_n, one_warpgroup.warps,
+            one_warpgroup.producer) == ("wgmma", 64, 4, False)
+    assert plan_for(causal, 128, TileOverride(backward=(64, 128, 8)), "sm_90a").backward.producer
     bigbird = plan_for(flashgen.load("bigbird"), 64, arch="sm_90a").backward   # 64 x 64 blocks
-    assert (bigbird.family, bigbird.block_n, bigbird.warps) == ("wgmma", 64, 4)
+    assert (bigbird.family, bigbird.block_n, bigbird.warps, bigbird.producer) == \
+        ("wgmma", 64, 4, False)
     unit = render_units(causal, "x", "bf16", 128, arch="sm_90a")["backward_bf16_d128.cu"]
     assert "backward_kernel_sm90" in unit and "BackwardTilesSm90<128, 128, 64, 128>" in unit
 
