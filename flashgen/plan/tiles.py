@@ -21,8 +21,9 @@ sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward at d 
   128 warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows),
   else in two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
   (_wgmma_forward); up to d = 128 the backward too, 128 keys
-  in two warpgroups of 64 with 64-row Q tiles (_wgmma_backward). d = 256's backward, and
-  every other arch and head dim, stay mma.sync.
+  in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
+  dQ by bulk reduction; _wgmma_backward). d = 256's backward, and every other arch and
+  head dim, stay mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
   backward not below 64 x 64), so a tile lies inside one block and is all visible or
   all skipped; smaller blocks read the layout per element in the tiles whose blocks
