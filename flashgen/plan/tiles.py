@@ -357,7 +357,7 @@ def _wgmma_backward(blocks: tuple[int, int] | None) -> BackwardPlan:
 def _wgmma_backward_plan(block_n: int) -> BackwardPlan:
     """128 keys: warp-specialised (backward_sm90_ws.cuh), a TMA producer warpgroup and the
     two warpgroups of 64 keys as its consumers, two Q/dO stages (three would fit 227 KiB
-    at d = 128 with 384 bytes to spare); `warps` counts the consumers' (dQ's layout). The
+    at d = 128 with 344 bytes to spare); `warps` counts the consumers' (dQ's layout). The
     host runs backward_sm90.cuh's CTA where TMA cannot address the tensors (a packed batch).
     64 keys: that CTA, one warpgroup."""
     return BackwardPlan(64, block_n, block_n // 16, 2, "wgmma", producer=block_n == 128)

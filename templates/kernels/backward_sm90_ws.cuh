@@ -6,14 +6,14 @@
 // meets at two CTA barriers per Q tile (the next stage has landed; dS^T is complete for
 // dQ), waits there for the slowest load, and then spends its own issue slots on the lse /
 // delta copies and on 16-byte fp32 atomics for its dQ fragments. Here:
-//   - warpgroup 0 is the producer (24 registers). Its warp 0 fills Stages Q / dO stages
+//   - warpgroup 0 is the producer (40 registers). Its warp 0 fills Stages Q / dO stages
 //     by TMA (lane 0: one box per 64 columns) with the rows' lse and delta beside them
 //     (cp.async from the warp's 32 lanes: a row block of a [B, H, N] fp32 tensor is only
 //     4-byte aligned), each stage's `full` mbarrier completing when all have landed; it
 //     also loads K and V once, by TMA. Its warp 1 writes dQ: when the consumers have put a
 //     tile's dQ into shared memory it adds the whole tile to the fp32 accumulator with one
 //     bulk reduction (tma.cuh), where each consumer thread issued 8 atomics;
-//   - warpgroups 1 and 2 (the consumers, 240 registers) each own 64 keys. Per Q tile they
+//   - warpgroups 1 and 2 (the consumers, 232 registers) each own 64 keys. Per Q tile they
 //     wait for its stage's `full` barrier, run backward_sm90.cuh's steps 1-4, release the
 //     stage on its `empty` barrier once dV += P^T dO and dK += dS^T Q have read it, and
 //     hand their dQ fragments to warp 1 through shared memory.
@@ -45,6 +45,8 @@ struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
   using typename Base::V;
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
+  // 40 / 232: at 24 / 240 (the forward's) the producer spilled (the walk and the lse /
+  // delta address math), at 56 / 224 document's consumers did (PERF.md, issue 8's eighth step)
   static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
   // K, V, the Q/dO stages, two dS^T buffers, the dQ tile (fp32), each stage's lse and
   // delta and StagedTile, the dQ tile's destination, then the mbarriers (full and empty
@@ -63,7 +65,8 @@ struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
   template <class T>
   static bool encode_maps(BackwardTensorMaps& maps, const BackwardArgs<T>& a) {
     const Shape& n = a.shape;
-    return !n.varlen() && encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, BM) &&
+    return !n.varlen() && !n.paged() &&  // (the maps describe whole, unpaged tensors)
+           encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, BM) &&
            encode_tensor_map(&maps.dout, a.dout, n.batch, n.heads, n.q_len, Dv, BM) &&
            encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
            encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN);
@@ -156,6 +159,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
           tma_load_tile<BM, D>(sQ(stage), maps.q, q0, h, b, &full[stage]);
           tma_load_tile<BM, Dv>(sdO(stage), maps.dout, q0, h, b, &full[stage]);
         }
+        // load_rows_f32 indexes its 32 threads by threadIdx.x: the loader must be warp 0
         const int64_t rows = n.row(b, h, q0);
         load_rows_f32<BM, 32>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
         load_rows_f32<BM, 32>(sDelta + stage * BM, a.delta + rows, n.q_len - q0, a.delta);
