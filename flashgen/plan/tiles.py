@@ -17,9 +17,9 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   dQ atomics and the Q/dO traffic of 64 (measured: f+b 0.47 -> 0.65x FA2 at d = 128,
   PERF.md). Q/dO are double-buffered unless two stages would not fit the arch's shared
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
-sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward at d = 64 and
-  128 warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows),
-  else in two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
+sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
+  warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows; 128
+  keys per tile, 64 at d = 256, ws_block_n), else in two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
   (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
   dQ by bulk reduction; _wgmma_backward). d = 256's backward, and every other arch and
@@ -247,8 +247,6 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     persistent = family == "wgmma_ws_persistent"
     if producer:
         family = "wgmma"
-        if widest > 128:
-            raise TileError(f"the {family} forward takes head dims up to 128, not {widest}")
     if family is None:
         family = "wgmma" if wgmma_fits(arch, head_dim, value_dim) else "mma"
     elif family == "wgmma" and not wgmma_fits(arch, head_dim, value_dim):
@@ -261,8 +259,9 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
         if producer:
+            keys = ws_block_n(widest)
             forward = _wgmma_ws_forward(head_dim, value_dim,
-                                        128 if blocks is None else min(128, max(32, blocks[1])),
+                                        keys if blocks is None else min(keys, max(32, blocks[1])),
                                         persistent)
         if widest <= 128:
             backward = _wgmma_backward(blocks)
@@ -305,8 +304,17 @@ def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
     spill 24-96 bytes, and the one-warpgroup CTA takes 64 keys. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
     the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
     keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one)."""
-    return (head_dim == value_dim and (head_dim == 128 or head_dim == 64 and not score_reads_tables)
+    return (head_dim == value_dim
+            and (head_dim in (128, 256) or head_dim == 64 and not score_reads_tables)
             and (blocks is None or blocks[0] >= 128))
+
+
+def ws_block_n(widest: int) -> int:
+    """Keys per tile of the warp-specialised forward: 128 up to d = 128; 64 at d = 256,
+    where a consumer thread's O takes 128 registers and a 128-key score tile 64 more (and
+    the previous tile's P 32), past the 240 it has, and where two stages of 64 keys with
+    the two consumers' Q fill 192 KiB."""
+    return 128 if widest <= 128 else 64
 
 
 def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
@@ -314,9 +322,11 @@ def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None
     """The sm90 forward: two warpgroups of 64 query rows (one at d = 64, with 64 keys when
     the score reads tables). Per thread the output takes
     Dv / 2 registers and a score tile BN / 2, a quarter of the mma.sync family's 32-row
-    warps at the same tile, so 128 keys fit up to d = 128. Above, 32: the deterministic
-    dQ kernel walks the forward's tile lists at the forward's tiles, and its Q, dO and
-    two padded K/V stages fit 227 KiB at d = 256 only with 32 keys (64: 264 KiB)."""
+    warps at the same tile, so 128 keys fit up to d = 128. Above, 32 (this kernel runs
+    d = 256 only when asked for by name: the warp-specialised one takes 64 keys there,
+    ws_block_n); the deterministic dQ kernel walks the forward's tile lists at the
+    forward's tiles, and fits its Q, dO and two padded K/V stages in 227 KiB at d = 256
+    with 32 keys, one stage with 64 (DqTiles::kStages)."""
     block_m, block_n = 128, 128 if max(head_dim, value_dim) <= 128 else 32
     if max(head_dim, value_dim) <= 64:
         # one warpgroup of 64 rows per CTA, three CTAs per SM (73 KiB of shared memory

@@ -3,7 +3,7 @@
 //
 // attention dense: backward pass, bf16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 32 keys per tile, 2 warpgroups of 64 rows (wgmma), 2 K/V stages, 129 KiB shared memory
+//   forward:  128 query rows x 64 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 193 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 217 KiB shared memory
 
 #include "variant.cuh"
@@ -19,9 +19,9 @@ template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 256, 256, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 256, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
-using DqTiles = fg::DqTiles<256, 256, 128, 32, 8>;
+using DqTiles = fg::DqTiles<256, 256, 128, 64, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 32, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 64, 8, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

@@ -491,8 +491,11 @@ struct DqTiles {
   static constexpr int kThreads = 32 * W;
   static constexpr int kLdQK = D + kSmemPad, kLdV = Dv + kSmemPad;
   static constexpr int kQ = BM * kLdQK, kDO = BM * kLdV, kK = BN * kLdQK, kV = BN * kLdV;
+  // K/V double-buffered where two stages fit beside Q and dO (2-byte elements); at d = 256
+  // on the warp-specialised forward's 64-key tiles they would take 264 KiB, so one stage
+  static constexpr int kStages = (kQ + kDO + 2 * (kK + kV)) * 2 <= 227 * 1024 ? 2 : 1;
   template <class T>
-  static constexpr int smem_bytes() { return (kQ + kDO + 2 * (kK + kV)) * int(sizeof(T)); }
+  static constexpr int smem_bytes() { return (kQ + kDO + kStages * (kK + kV)) * int(sizeof(T)); }
   static_assert(BM == 16 * W, "each warp owns 16 query rows");
 };
 
@@ -503,8 +506,8 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
   T* sdO = sQ + Tiles::kQ;
-  T* sK = sdO + Tiles::kDO;         // [2][BN][D + pad]
-  T* sV = sK + 2 * Tiles::kK;       // [2][BN][Dv + pad]
+  T* sK = sdO + Tiles::kDO;                // [kStages][BN][D + pad]
+  T* sV = sK + Tiles::kStages * Tiles::kK;  // [kStages][BN][Dv + pad]
 
   const int m_block = gridDim.x - 1 - blockIdx.x;
   const int b = blockIdx.y / a.shape.heads, h = blockIdx.y % a.shape.heads;
@@ -536,7 +539,8 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   typename GradSumsOf<V>::type no_sums{};
   float dq[1][D / 8][4];
   zero(dq);
-  kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
+  kv.template for_each<Tiles::kStages>([&](int k0, TileMask tile, const T* sK_tile,
+                                            const T* sV_tile) {
     float s[1][BN / 8][4], dp[1][BN / 8][4];
     zero(s);
     zero(dp);

@@ -80,17 +80,22 @@ __device__ __forceinline__ void load_tile_swizzled(T* smem, RowPtr row_ptr, int 
                                                    const T* fallback) {
   using Tile = SwizzledTile<ROWS, COLS>;
   constexpr int kChunks = COLS / 8;
-  static_assert(THREADS % kChunks == 0 && (THREADS / kChunks) % 8 == 0,
-                "each pass covers whole swizzle atoms of 8 rows");
+  static_assert(THREADS % kChunks == 0, "a pass covers whole rows");
   constexpr int kRowsPerPass = THREADS / kChunks;
+  // a pass of whole 8-row swizzle atoms keeps each thread's chunk in the same place of
+  // every atom, so its offset only steps; a narrower pass (128 threads over 256 columns:
+  // 4 rows) swizzles each row anew
+  constexpr bool kWholeAtoms = kRowsPerPass % 8 == 0;
   const int r0 = threadIdx.x / kChunks, c = threadIdx.x % kChunks;
-  unsigned char* dst = reinterpret_cast<unsigned char*>(smem) + Tile::chunk_offset(r0, 8 * c);
+  unsigned char* const base = reinterpret_cast<unsigned char*>(smem);
+  unsigned char* const dst = base + Tile::chunk_offset(r0, 8 * c);
 #pragma unroll
   for (int i = 0; i < (ROWS + kRowsPerPass - 1) / kRowsPerPass; ++i) {
     const int r = r0 + i * kRowsPerPass;
     if (ROWS % kRowsPerPass == 0 || r < ROWS) {
       const bool valid = r < rows_valid;
-      cp_async_16(dst + i * kRowsPerPass * 128, valid ? row_ptr(r) + 8 * c : fallback, valid);
+      cp_async_16(kWholeAtoms ? dst + i * kRowsPerPass * 128 : base + Tile::chunk_offset(r, 8 * c),
+                  valid ? row_ptr(r) + 8 * c : fallback, valid);
     }
   }
 }

@@ -72,8 +72,9 @@ struct ForwardTilesSm90Ws {
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
   static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
   static_assert(K::kBytes + V::kBytes < (1 << 20), "an mbarrier's transaction count");
-  static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 128 && Dv <= 128,
-                "128-byte rows; a producer pass of 128 threads covers whole swizzle atoms");
+  // up to d = 256 a consumer's O (Dv / 2 floats per thread), one score tile (BN / 2) and
+  // the P of the previous one (BN / 4) fit its registers: at d = 256 with BN = 64 (the plan)
+  static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 256 && Dv <= 256, "128-byte rows, d <= 256");
 };
 
 // Named barriers: 1 and 2, a consumer's Q rows; 3 and 4, whose turn it is to issue Q K^T.

@@ -179,8 +179,26 @@ struct KvStream {
                      });
   }
 
-  template <class Body>
+  // body(k0, tile mask, K tile, V tile) per tile, the next tile loading under it (Stages
+  // = 2: sK and sV hold two tiles each), or, where shared memory holds one, after it.
+  template <int Stages = 2, class Body>
   __device__ __forceinline__ void for_each(Body&& body) const {
+    static_assert(Stages == 1 || Stages == 2, "one or two K/V stages");
+    if constexpr (Stages == 1) {
+      for (auto walk = this->walk(); !walk.done();) {
+        const int entry = walk.entry;
+        const TileMask tile = walk.mask;
+        __syncthreads();  // every warp is done with the previous tile
+        load(entry, 0);
+        cp_async_commit();
+        walk.advance();  // classifying the next tile under the copies
+        cp_async_wait<0>();
+        if constexpr (Layout::kAsyncProxy) fence_proxy_async();
+        __syncthreads();  // the tile has landed
+        body(TileRow::tile_of(entry) * BN, tile, sK, sV);
+      }
+      return;
+    }
     auto walk = this->walk();
     if (!walk.done()) load(walk.entry, 0);
     cp_async_commit();

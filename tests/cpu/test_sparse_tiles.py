@@ -84,19 +84,18 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
 
 def test_forward_family_by_arch_and_head_dim():
     """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
-    64, 128, 256): a producer and two consumers at d = 64 and 128, two warpgroups per CTA
-    at d = 256; everything else, and any arch before Hopper, on mma.sync. A family
+    64, 128, 256): a producer and two consumers (64 keys per tile at d = 256); everything else, and any arch before Hopper, on mma.sync. A family
     can be asked for by name; the wgmma one only where it fits."""
     from flashgen.plan.tiles import TileError, TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
     for d, tile, warps, producer in ((64, (128, 128), 12, True), (128, (128, 128), 12, True),
-                                     (256, (128, 32), 8, False)):
+                                     (256, (128, 64), 12, True)):
         f = plan_for(causal, d, arch="sm_90a").forward
         assert (f.family, f.block_m, f.block_n, f.warps, f.producer) == \
             ("wgmma", *tile, warps, producer), d
         assert plan_for(causal, d, arch="sm_80").forward.family == "mma"
-    # d = 64 and 128 default to the warp-specialised kernel; the family named "wgmma" and a
+    # the warp-specialised kernel is the default; the family named "wgmma" and a
     # hand-picked tile keep the two-warpgroup CTA, and so does a layout of 64-row blocks
     plain = plan_for(causal, 128, TileOverride(family="wgmma"), "sm_90a").forward
     assert (plain.producer, plain.warps) == (False, 8)
@@ -220,7 +219,7 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
 
 def test_warp_specialised_forward_plan():
     """family="wgmma_ws": 128 x 128 tiles on a producer warpgroup and two consumers, as
-    many K/V stages as fit, d <= 128; hand-picked KV tiles keep the producer; the backward
+    many K/V stages as fit (64 keys at d = 256); hand-picked KV tiles keep the producer; the backward
     stays the wgmma family's."""
     from flashgen.plan.tiles import TileError, TileOverride
     causal = flashgen.load("causal")
@@ -239,5 +238,10 @@ def test_warp_specialised_forward_plan():
         plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(64, 64)), "sm_90a")
     assert plan.backward.family == "wgmma"
     assert "producer warpgroup" in plan.describe()[0]
-    with pytest.raises(TileError, match="up to 128"):
-        plan_for(causal, 256, TileOverride(family="wgmma_ws"), "sm_90a")
+    # d = 256: 64 keys (a consumer's O takes 128 registers), two stages (192 KiB), and the
+    # default there too
+    wide = plan_for(causal, 256, arch="sm_90a").forward
+    assert (wide.producer, wide.block_n, wide.kv_stages) == (True, 64, 2)
+    assert plan_for(causal, 256, TileOverride(family="wgmma_ws"), "sm_90a").forward == wide
+    with pytest.raises(TileError, match="330 KiB of shared memory at head dim 256"):
+        plan_for(causal, 256, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")

@@ -24,6 +24,7 @@ CASES = [
     ("dense", "bf16", 128, 2, 4, 4, 1000, 1000, {}),
     ("causal", "fp16", 64, 2, 4, 2, 777, 777, {}),
     ("causal", "bf16", 256, 1, 2, 1, 300, 300, {}),
+    ("softcap", "fp16", 256, 1, 2, 2, 1030, 1030, {}),  # 17 tiles of 64 keys: many stage rounds
     ("alibi", "bf16", 128, 2, 4, 4, 500, 700, {}),
     ("softcap", "fp16", 128, 1, 4, 4, 640, 640, {}),
     ("sliding_window", "bf16", 64, 1, 4, 4, 2000, 2000, {}),
@@ -73,9 +74,10 @@ def test_families_agree(case, monkeypatch):
                              dtype=torch.float64, **call, **params64)
         low = sm90.reference(q, k, v, return_lse=True, dtype=dt, **call, **params)
         ops = [("sm90", sm90), ("mma", mma)]
-        if d <= 128:  # the warp-specialised forward (forward_sm90_ws.cuh), and persistent
-            ops += [(f, flashgen.compile(name, family=f))
-                    for f in ("wgmma_ws", "wgmma_ws_persistent")]
+        # the warp-specialised forward (forward_sm90_ws.cuh; the default), persistent, and
+        # at d = 256 the two-warpgroup CTA (forward_sm90.cuh) that was its default there
+        ops += [(f, flashgen.compile(name, family=f))
+                for f in ("wgmma_ws", "wgmma_ws_persistent") + (("wgmma",) if d == 256 else ())]
         got = {f: op(q, k, v, return_lse=True, **call, **params) for f, op in ops}
     for i, what in enumerate(("out", "lse")):
         limit = bound(low[i], ref[i])
