@@ -49,9 +49,9 @@ struct ForwardTilesSm90Ws {
   template <class Variant, class T, bool kGeneral>
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
   static constexpr int kBarrierOffset = kConsumers * Q::kBytes + Stages * (K::kBytes + V::kBytes);
-  // the tiles, then a full and an empty mbarrier per stage; +1024 to align the start on
-  // a swizzle pattern
-  static constexpr int kSmemBytes = kBarrierOffset + 2 * Stages * 8 + 1024;
+  // the tiles, then a full and an empty mbarrier per stage for its K and for its V (the
+  // kernel's comment); +1024 to align the start on a swizzle pattern
+  static constexpr int kSmemBytes = kBarrierOffset + 4 * Stages * 8 + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384); asking for
@@ -117,15 +117,23 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   T* sK = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes);  // [Stages]
   T* sV = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes +
                                Stages * Tiles::K::kBytes);                    // [Stages]
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
-  uint64_t* empty = full + Stages;                                             // [Stages]
+  // A stage's K and V have a barrier pair each: V is read one step later than K (a tile's
+  // P V is issued in the next tile's turn), so K is handed back as soon as both consumers'
+  // Q K^T have read it and the producer refills it a step earlier than one pair per stage
+  // would let it. With two stages (d = 256) that step is what keeps the loads ahead.
+  uint64_t* full_k = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
+  uint64_t* empty_k = full_k + Stages;                                           // [Stages]
+  uint64_t* full_v = empty_k + Stages;                                           // [Stages]
+  uint64_t* empty_v = full_v + Stages;                                           // [Stages]
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
 
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < Stages; ++s) {
-      mbarrier_init(&full[s], kTma ? 1 : 128);           // the producer's threads
-      mbarrier_init(&empty[s], 128 * Tiles::kConsumers);  // the consumers' threads
+      mbarrier_init(&full_k[s], kTma ? 1 : 128);           // the producer's threads
+      mbarrier_init(&full_v[s], kTma ? 1 : 128);
+      mbarrier_init(&empty_k[s], 128 * Tiles::kConsumers);  // the consumers' threads
+      mbarrier_init(&empty_v[s], 128 * Tiles::kConsumers);
     }
     mbarrier_init_fence();
   }
@@ -137,37 +145,43 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   // threads by threadIdx.x, 0..127.
   if (warpgroup == 0) {
     release_registers<Tiles::template kProducerRegisters<kTma>>();
-    if constexpr (kTma) {
-      if (threadIdx.x != 0) return;  // one thread issues every load
-      for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
-        const Stream kv{sK, sV, p, a.shape, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
-                        cta.template tiles<V, BN>(a, a.shape)};
-        for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
-          const int stage = i % Stages, round = i / Stages;
-          const int k0 = TileRow::tile_of(walk.entry) * BN;
-          mbarrier_wait<true>(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
-          mbarrier_arrive_expecting(&full[stage], Tiles::K::kBytes + Tiles::V::kBytes);
-          tma_load_tile<BN, D>(sK + stage * kK, maps.k, k0, cta.hk, cta.b, &full[stage]);
-          tma_load_tile<BN, Dv>(sV + stage * kV, maps.v, k0, cta.hk, cta.b, &full[stage]);
-        }
-      });
-      return;
-    }
+    if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
     for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
                       cta.template tiles<V, BN>(a, n)};
+      // K (kValue false) or V of walk entry `entry`, tile `tile` of the CTA, into its stage
+      // once every consumer is done with that stage's previous K or V
+      auto load = [&](auto value, int tile, int entry) {
+        constexpr bool kValue = decltype(value)::value;
+        constexpr int kCols = kValue ? Dv : D;
+        const int stage = tile % Stages, round = tile / Stages;
+        uint64_t* const full = (kValue ? full_v : full_k) + stage;
+        T* const dst = kValue ? sV + stage * kV : sK + stage * kK;
+        mbarrier_wait<true>((kValue ? empty_v : empty_k) + stage, (round & 1) ^ 1);
+        if constexpr (kTma) {
+          mbarrier_arrive_expecting(full, kValue ? Tiles::V::kBytes : Tiles::K::kBytes);
+          tma_load_tile<BN, kCols>(dst, kValue ? maps.v : maps.k, TileRow::tile_of(entry) * BN,
+                                   cta.hk, cta.b, full);
+        } else {
+          kv.template load_rows<kCols>(kValue ? kv.v : kv.k, dst, entry);
+          mbarrier_arrive_on_copies(full);
+        }
+      };
+      // tile i's K goes out before tile i - 1's V, in the order the consumers read them
+      int previous = -1;  // the walk entry of tile i - 1 of this unit
       for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
-        const int stage = i % Stages, round = i / Stages;
-        mbarrier_wait<true>(&empty[stage], (round & 1) ^ 1);  // every consumer is done with it
-        kv.template load_rows<D>(kv.k, sK + stage * kK, walk.entry);
-        kv.template load_rows<Dv>(kv.v, sV + stage * kV, walk.entry);
-        mbarrier_arrive_on_copies(&full[stage]);
+        load(std::false_type{}, i, walk.entry);
+        if (previous >= 0) load(std::true_type{}, i - 1, previous);
+        previous = walk.entry;
       }
+      if (previous >= 0) load(std::true_type{}, i - 1, previous);
     });
-    cp_async_commit();
-    cp_async_wait<0>();  // no copy outlives the thread that issued it
+    if constexpr (!kTma) {
+      cp_async_commit();
+      cp_async_wait<0>();  // no copy outlives the thread that issued it
+    }
     return;
   }
 
@@ -216,6 +230,12 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     uint32_t pa[BN / 16][4];                     // P of the previous tile, the A of its P V
     uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
     int pending = 0;                             // the stage whose V the pending P V reads
+    // waits for the V of the pending P V, tile i - 1 (loaded after tile i's K; waited for
+    // outside the turn, so as not to hold the other consumer)
+    auto wait_pending_v = [&] {
+      mbarrier_wait(&full_v[pending], ((i - 1) / Stages) & 1);
+      if constexpr (!kTma) fence_proxy_async();
+    };
     auto issue_pv = [&](int stage) {
       const uint32_t v_tile = smem_address(sV + stage * kV);
       issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
@@ -238,10 +258,11 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       const int k0 = TileRow::tile_of(walk.entry) * BN;
       const TileMask tile = walk.mask;
       walk.advance();
-      mbarrier_wait(&full[stage], round & 1);
+      mbarrier_wait(&full_k[stage], round & 1);
       // the producer's cp.async writes, for this thread's wgmmas (TMA writes are made by
       // the async proxy that wgmma reads through)
       if constexpr (!kTma) fence_proxy_async();
+      if constexpr (!kFirst) wait_pending_v();
 
       float s[1][BN / 8][4];
       bar_sync(kTurnBarrier + consumer, 256);
@@ -252,9 +273,10 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
       wgmma_wait<!kOverlap || kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
       fence_operand(s[0]);
+      mbarrier_arrive(&empty_k[stage]);      // its K has been read
       if constexpr (!kOverlap && !kFirst) {  // and the previous P V
         fence_operand(o[0]);
-        mbarrier_arrive(&empty[pending]);
+        mbarrier_arrive(&empty_v[pending]);
       }
       if (tile.partial()) {
         score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
@@ -267,7 +289,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if constexpr (kOverlap && !kFirst) {  // the previous P V: its V has been read
         wgmma_wait<0>();
         fence_operand(o[0]);
-        mbarrier_arrive(&empty[pending]);
+        mbarrier_arrive(&empty_v[pending]);
       }
       if constexpr (!kFirst) rescale_output(o, alpha);
       accumulator_to_a<T>(pa, s[0]);
@@ -285,10 +307,11 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     if (!walk.done()) {
       step(std::true_type{});
       while (!walk.done()) step(std::false_type{});
+      wait_pending_v();
       issue_pv(pending);  // the last tile's P V
       wgmma_wait<0>();
       fence_operand(o[0]);
-      mbarrier_arrive(&empty[pending]);
+      mbarrier_arrive(&empty_v[pending]);
     }
     store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
   });
