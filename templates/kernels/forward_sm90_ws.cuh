@@ -117,23 +117,29 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   T* sK = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes);  // [Stages]
   T* sV = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes +
                                Stages * Tiles::K::kBytes);                    // [Stages]
-  // A stage's K and V have a barrier pair each: V is read one step later than K (a tile's
-  // P V is issued in the next tile's turn), so K is handed back as soon as both consumers'
-  // Q K^T have read it and the producer refills it a step earlier than one pair per stage
-  // would let it. With two stages (d = 256) that step is what keeps the loads ahead.
+  // kSplitKv: a stage's K and V have a barrier pair each. V is read one step later than K
+  // (a tile's P V is issued in the next tile's turn), so K is handed back as soon as both
+  // consumers' Q K^T have read it, and the producer refills it a step earlier than one
+  // pair per stage lets it. With two stages (d = 256) that step keeps the loads ahead:
+  // forward 465 -> 707 TFLOP/s dense (N = 8192). With three (d = 128) one pair per stage
+  // (K and V loaded and released together) measured 2-4 % faster: the extra waits and
+  // arrivals per tile cost more than the slack gained (PERF.md, issue 8's ninth step).
+  constexpr bool kSplitKv = Stages == 2;
   uint64_t* full_k = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
   uint64_t* empty_k = full_k + Stages;                                           // [Stages]
-  uint64_t* full_v = empty_k + Stages;                                           // [Stages]
-  uint64_t* empty_v = full_v + Stages;                                           // [Stages]
+  uint64_t* full_v = kSplitKv ? empty_k + Stages : full_k;                       // [Stages]
+  uint64_t* empty_v = kSplitKv ? full_v + Stages : empty_k;                      // [Stages]
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
 
   if (threadIdx.x == 0) {
 #pragma unroll
     for (int s = 0; s < Stages; ++s) {
       mbarrier_init(&full_k[s], kTma ? 1 : 128);           // the producer's threads
-      mbarrier_init(&full_v[s], kTma ? 1 : 128);
       mbarrier_init(&empty_k[s], 128 * Tiles::kConsumers);  // the consumers' threads
-      mbarrier_init(&empty_v[s], 128 * Tiles::kConsumers);
+      if (kSplitKv) {
+        mbarrier_init(&full_v[s], kTma ? 1 : 128);
+        mbarrier_init(&empty_v[s], 128 * Tiles::kConsumers);
+      }
     }
     mbarrier_init_fence();
   }
@@ -151,32 +157,37 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
                       cta.template tiles<V, BN>(a, n)};
-      // K (kValue false) or V of walk entry `entry`, tile `tile` of the CTA, into its stage
-      // once every consumer is done with that stage's previous K or V
-      auto load = [&](auto value, int tile, int entry) {
-        constexpr bool kValue = decltype(value)::value;
-        constexpr int kCols = kValue ? Dv : D;
+      // the K (kLoadK, kLoadV = true, false), the V (false, true) or both of walk entry `entry`,
+      // tile `tile` of the CTA, into its stage once every consumer is done with what that
+      // stage held
+      auto load = [&](auto k_part, auto v_part, int tile, int entry) {
+        constexpr bool kLoadK = decltype(k_part)::value, kLoadV = decltype(v_part)::value;
         const int stage = tile % Stages, round = tile / Stages;
-        uint64_t* const full = (kValue ? full_v : full_k) + stage;
-        T* const dst = kValue ? sV + stage * kV : sK + stage * kK;
-        mbarrier_wait<true>((kValue ? empty_v : empty_k) + stage, (round & 1) ^ 1);
+        const int k0 = TileRow::tile_of(entry) * BN;
+        uint64_t* const full = (kLoadK ? full_k : full_v) + stage;
+        mbarrier_wait<true>((kLoadK ? empty_k : empty_v) + stage, (round & 1) ^ 1);
         if constexpr (kTma) {
-          mbarrier_arrive_expecting(full, kValue ? Tiles::V::kBytes : Tiles::K::kBytes);
-          tma_load_tile<BN, kCols>(dst, kValue ? maps.v : maps.k, TileRow::tile_of(entry) * BN,
-                                   cta.hk, cta.b, full);
+          mbarrier_arrive_expecting(full, (kLoadK ? Tiles::K::kBytes : 0) + (kLoadV ? Tiles::V::kBytes : 0));
+          if constexpr (kLoadK) tma_load_tile<BN, D>(sK + stage * kK, maps.k, k0, cta.hk, cta.b, full);
+          if constexpr (kLoadV) tma_load_tile<BN, Dv>(sV + stage * kV, maps.v, k0, cta.hk, cta.b, full);
         } else {
-          kv.template load_rows<kCols>(kValue ? kv.v : kv.k, dst, entry);
+          if constexpr (kLoadK) kv.template load_rows<D>(kv.k, sK + stage * kK, entry);
+          if constexpr (kLoadV) kv.template load_rows<Dv>(kv.v, sV + stage * kV, entry);
           mbarrier_arrive_on_copies(full);
         }
       };
-      // tile i's K goes out before tile i - 1's V, in the order the consumers read them
+      // split: tile i's K goes out before tile i - 1's V, in the order the consumers read them
       int previous = -1;  // the walk entry of tile i - 1 of this unit
       for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
-        load(std::false_type{}, i, walk.entry);
-        if (previous >= 0) load(std::true_type{}, i - 1, previous);
-        previous = walk.entry;
+        if constexpr (kSplitKv) {
+          load(std::true_type{}, std::false_type{}, i, walk.entry);
+          if (previous >= 0) load(std::false_type{}, std::true_type{}, i - 1, previous);
+          previous = walk.entry;
+        } else {
+          load(std::true_type{}, std::true_type{}, i, walk.entry);
+        }
       }
-      if (previous >= 0) load(std::true_type{}, i - 1, previous);
+      if (kSplitKv && previous >= 0) load(std::false_type{}, std::true_type{}, i - 1, previous);
     });
     if constexpr (!kTma) {
       cp_async_commit();
@@ -262,7 +273,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       // the producer's cp.async writes, for this thread's wgmmas (TMA writes are made by
       // the async proxy that wgmma reads through)
       if constexpr (!kTma) fence_proxy_async();
-      if constexpr (!kFirst) wait_pending_v();
+      if constexpr (kSplitKv && !kFirst) wait_pending_v();
 
       float s[1][BN / 8][4];
       bar_sync(kTurnBarrier + consumer, 256);
@@ -273,7 +284,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
       wgmma_wait<!kOverlap || kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
       fence_operand(s[0]);
-      mbarrier_arrive(&empty_k[stage]);      // its K has been read
+      if constexpr (kSplitKv) mbarrier_arrive(&empty_k[stage]);  // its K has been read
       if constexpr (!kOverlap && !kFirst) {  // and the previous P V
         fence_operand(o[0]);
         mbarrier_arrive(&empty_v[pending]);
@@ -307,7 +318,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     if (!walk.done()) {
       step(std::true_type{});
       while (!walk.done()) step(std::false_type{});
-      wait_pending_v();
+      if constexpr (kSplitKv) wait_pending_v();
       issue_pv(pending);  // the last tile's P V
       wgmma_wait<0>();
       fence_operand(o[0]);
