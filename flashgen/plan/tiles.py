@@ -64,8 +64,7 @@ class ForwardPlan:
 
     def smem_bytes(self, d: int, dv: int) -> int:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
-            # a producer's mbarriers: K's and V's per stage, Q's per consumer
-            barriers = (4 * self.kv_stages + 4) * 8 if self.producer else 0
+            barriers = 4 * self.kv_stages * 8 if self.producer else 0   # a producer's mbarriers
             return ((self.block_m * d + self.kv_stages * self.block_n * (d + dv)) * ELEMENT_BYTES
                     + barriers + 1024)
         q = self.block_m * (d + PAD)

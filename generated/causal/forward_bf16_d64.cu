@@ -20,7 +20,7 @@ template <bool kDropout, bool kExactP, bool kGeneral>
 constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, false, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh)
-using Maps = fg::ForwardTensorMaps;
+using Maps = fg::KvTensorMaps;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
@@ -38,7 +38,7 @@ int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid
   // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
   Maps maps{};
   const bool general = args.shape.varlen() || args.shape.paged() || args.splits > 1
-                       || !Tiles::encode_maps(maps, args)  // Q, K or V strides the TMA engine cannot address
+                       || !Tiles::encode_maps(maps, args)  // K or V strides the TMA engine cannot address
       ;
   const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
                                      : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);

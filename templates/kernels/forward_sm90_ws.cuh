@@ -50,9 +50,8 @@ struct ForwardTilesSm90Ws {
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
   static constexpr int kBarrierOffset = kConsumers * Q::kBytes + Stages * (K::kBytes + V::kBytes);
   // the tiles, then a full and an empty mbarrier per stage for its K and for its V (the
-  // kernel's comment) and per consumer for its Q; +1024 to align the start on a swizzle
-  // pattern
-  static constexpr int kSmemBytes = kBarrierOffset + (4 * Stages + 2 * kConsumers) * 8 + 1024;
+  // kernel's comment); +1024 to align the start on a swizzle pattern
+  static constexpr int kSmemBytes = kBarrierOffset + 4 * Stages * 8 + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384); asking for
@@ -62,14 +61,12 @@ struct ForwardTilesSm90Ws {
                     kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <=
                         (65536 / kThreads) / 8 * 8 * kThreads,
                 "the reallocated registers fit the CTA's pool");
-  // Host: the tensor maps of a padded batch's Q in boxes of a consumer's 64 rows, K and V
-  // in boxes of BN rows; false where the TMA engine cannot address them (the call then
-  // runs the cp.async instance)
+  // Host: the tensor maps of a padded batch's K and V in boxes of BN rows; false where the
+  // TMA engine cannot address them (the call then runs the cp.async instance)
   template <class T>
-  static bool encode_maps(ForwardTensorMaps& maps, const ForwardArgs<T>& a) {
+  static bool encode_maps(KvTensorMaps& maps, const ForwardArgs<T>& a) {
     const Shape& n = a.shape;
-    return encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, 64) &&
-           encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
+    return encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
            encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN);
   }
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
@@ -85,19 +82,16 @@ constexpr int kQBarrier = 1, kTurnBarrier = 3;
 
 // The units of work of a forward CTA: one Q tile (the grid's), or, persistent, every
 // gridDim.x-th of all (Q tile, batch * head) units, the Q tiles with the most keys under a
-// causal mask first. unit(cta, ordinal) runs each, ordinal counting this CTA's units
-// from 0 (derived from the loop's own index: a counter beside it would be one more live
-// register in the consumers); the caller keeps what must carry over.
+// causal mask first. unit(cta) runs each; the caller keeps what must carry over.
 template <bool kPersistent, class T, bool kGeneral, class Unit>
 __device__ __forceinline__ void for_each_unit(const ForwardArgs<T>& a, int block_m, Unit&& unit) {
   if constexpr (!kPersistent) {
-    unit(ForwardCta<T, kGeneral>(a, block_m), 0);
+    unit(ForwardCta<T, kGeneral>(a, block_m));
   } else {
     const int q_tiles = (a.shape.q_len + block_m - 1) / block_m;
     const int heads = a.shape.batch * a.shape.heads;
     for (int u = blockIdx.x; u < q_tiles * heads; u += gridDim.x)
-      unit(ForwardCta<T, kGeneral>(a, block_m, q_tiles - 1 - u / heads, u % heads),
-           (u - int(blockIdx.x)) / int(gridDim.x));
+      unit(ForwardCta<T, kGeneral>(a, block_m, q_tiles - 1 - u / heads, u % heads));
   }
 }
 
@@ -109,7 +103,7 @@ template <class V, class T, int D, int Dv, int BN, int Stages, bool kPersistent,
           bool kExactP, bool kGeneral>
 __global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages>::kThreads, 1)
 forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
-                       const __grid_constant__ ForwardTensorMaps maps) {
+                       const __grid_constant__ KvTensorMaps maps) {
   using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages>;
   // A padded batch's K and V are loaded by TMA (tma.cuh; the host encodes `maps`); the
   // general instance (a packed batch, a paged cache, split-KV) and any call whose K / V
@@ -135,10 +129,6 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   uint64_t* empty_k = full_k + Stages;                                           // [Stages]
   uint64_t* full_v = kSplitKv ? empty_k + Stages : full_k;                       // [Stages]
   uint64_t* empty_v = kSplitKv ? full_v + Stages : empty_k;                      // [Stages]
-  // TMA: the producer loads each consumer's Q rows too, and a persistent CTA's next unit's
-  // as soon as that consumer's GEMMs of this unit are done, under its epilogue
-  uint64_t* q_full = full_k + 4 * Stages;                          // [kConsumers]
-  uint64_t* q_empty = q_full + Tiles::kConsumers;                  // [kConsumers]
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
 
   if (threadIdx.x == 0) {
@@ -151,11 +141,6 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         mbarrier_init(&empty_v[s], 128 * Tiles::kConsumers);
       }
     }
-#pragma unroll
-    for (int c = 0; c < Tiles::kConsumers; ++c) {
-      mbarrier_init(&q_full[c], 1);      // the producer's thread
-      mbarrier_init(&q_empty[c], 128);   // the consumer's threads
-    }
     mbarrier_init_fence();
   }
   __syncthreads();  // the barriers are initialised; the CTA never meets again
@@ -167,7 +152,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   if (warpgroup == 0) {
     release_registers<Tiles::template kProducerRegisters<kTma>>();
     if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
-    for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta, int unit) {
+    for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
@@ -191,17 +176,6 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
           mbarrier_arrive_on_copies(full);
         }
       };
-      // TMA: consumer c's 64 Q rows, once it is done with the last unit's
-      auto load_q = [&](int c) {
-        if constexpr (kTma) {
-          mbarrier_wait<true>(&q_empty[c], (unit & 1) ^ 1);
-          mbarrier_arrive_expecting(&q_full[c], Tiles::Q::kBytes);
-          tma_load_tile<64, D>(smem + c * Tiles::Q::kBytes, maps.q, cta.q0 + 64 * c, cta.h, cta.b,
-                               &q_full[c]);
-        }
-      };
-      load_q(0);
-      load_q(1);
       // split: tile i's K goes out before tile i - 1's V, in the order the consumers read them
       int previous = -1;  // the walk entry of tile i - 1 of this unit
       for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
@@ -227,15 +201,13 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' 8 warps
   T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
   const uint32_t q_rows = smem_address(sQ);
-  for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta, int unit) {
+  for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
     const Shape& n = cta.shape(a);
     const int b = cta.b, h = cta.h, q0 = cta.q0;
     if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
     const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0,
                     cta.template tiles<V, BN>(a, n)};
-    if constexpr (kTma) {  // this consumer's 64 query rows, loaded by the producer
-      mbarrier_wait(&q_full[consumer], unit & 1);
-    } else {  // loaded here (the last unit's GEMMs have all been waited for)
+    {  // this consumer's 64 query rows (the last unit's GEMMs have all been waited for)
       const int rows = q0 + 64 * consumer;
       const int tid = threadIdx.x & 127;
       using QTile = SwizzledTile<64, D>;
@@ -352,7 +324,6 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       fence_operand(o[0]);
       mbarrier_arrive(&empty_v[pending]);
     }
-    if constexpr (kTma) mbarrier_arrive(&q_empty[consumer]);  // no GEMM reads Q any more
     store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
   });
 }

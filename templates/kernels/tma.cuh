@@ -25,11 +25,11 @@
 
 namespace fg {
 
-// The forward's Q (boxes of 64 rows, a consumer's), K and V, as the warp-specialised
-// kernel's producer loads them. Passed as a __grid_constant__ kernel parameter: the engine
-// reads a tensor map from parameter (or global) memory, by its generic address.
-struct ForwardTensorMaps {
-  CUtensorMap q, k, v;
+// The forward's K and V, as the warp-specialised kernel's producer loads them. Passed as a
+// __grid_constant__ kernel parameter: the engine reads a tensor map from parameter (or
+// global) memory, by its generic address.
+struct KvTensorMaps {
+  CUtensorMap k, v;
 };
 
 // The backward's Q and dO (backward_sm90.cuh); active = 0: load them with cp.async.
