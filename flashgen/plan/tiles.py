@@ -264,7 +264,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                                         keys if blocks is None else min(keys, max(32, blocks[1])),
                                         persistent)
         if widest <= 128:
-            backward = _wgmma_backward(blocks)
+            backward = _wgmma_backward(blocks, head_dim, value_dim)
     if override is not None:
         check_override(override, head_dim, value_dim)
         if override.forward is not None:
@@ -282,7 +282,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
             block_m, block_n, warps = override.backward
             if (family == "wgmma" and widest <= 128 and block_m == 64
                     and warps == block_n // 16):  # the sm90 backward's shapes (_wgmma_backward)
-                backward = _wgmma_backward_plan(block_n)
+                backward = _wgmma_backward_plan(block_n, head_dim, value_dim)
     return TilePlan(head_dim, value_dim, forward, backward)
 
 
@@ -356,21 +356,29 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")
 
 
-def _wgmma_backward(blocks: tuple[int, int] | None) -> BackwardPlan:
+def _wgmma_backward(blocks: tuple[int, int] | None, head_dim: int, value_dim: int) -> BackwardPlan:
     """The sm90 backward (templates/kernels/backward_sm90.cuh): 128 keys per CTA in two
     warpgroups of 64, whose dK and dV take D / 2 + Dv / 2 registers per thread (128 at
     d = 128); Q tiles of 64 rows, the M of the dQ wgmma each warpgroup runs over all
     of them. A block-sparse layout with blocks under 128 keys takes 64 (one warpgroup)."""
-    return _wgmma_backward_plan(128 if blocks is None or blocks[1] >= 128 else 64)
+    return _wgmma_backward_plan(128 if blocks is None or blocks[1] >= 128 else 64, head_dim,
+                                value_dim)
 
 
-def _wgmma_backward_plan(block_n: int) -> BackwardPlan:
+def _wgmma_backward_plan(block_n: int, head_dim: int, value_dim: int) -> BackwardPlan:
     """128 keys: warp-specialised (backward_sm90_ws.cuh), a TMA producer warpgroup and the
-    two warpgroups of 64 keys as its consumers, two Q/dO stages (three would fit 227 KiB
-    at d = 128 with 344 bytes to spare); `warps` counts the consumers' (dQ's layout). The
+    two warpgroups of 64 keys as its consumers, three Q/dO stages where they fit (at d =
+    128 with 344 bytes to spare; measured 0-3 % faster than two, PERF.md, issue 8's
+    eleventh step); `warps` counts the consumers' (dQ's layout). The
     host runs backward_sm90.cuh's CTA where TMA cannot address the tensors (a packed batch).
     64 keys: that CTA, one warpgroup."""
-    return BackwardPlan(64, block_n, block_n // 16, 2, "wgmma", producer=block_n == 128)
+    if block_n != 128:
+        return BackwardPlan(64, block_n, block_n // 16, 2, "wgmma")
+    for stages in (3, 2):
+        plan = BackwardPlan(64, block_n, block_n // 16, stages, "wgmma", producer=True)
+        if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
+            return plan
+    raise TileError(f"the sm90 backward does not fit shared memory at d = {head_dim}")
 
 
 def plan_for(spec, head_dim: int, override: TileOverride | None = None,

@@ -4,7 +4,7 @@
 // attention alibi_window_softcap: backward pass, bf16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 128 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 3 K/V stages, 225 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 2 Q/dO stages, 194 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/backward_sm90_ws.cuh"
@@ -20,9 +20,9 @@ constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 128, 128, 64, 128,
 // Q and dO of a padded batch load by TMA (tma.cuh), through tensor maps encoded per call
 // warp-specialised (a TMA producer warpgroup, two consumers of 64 keys) where the tensors
 // allow TMA; the CTA above runs the rest
-using WsTiles = fg::BackwardTilesSm90Ws<128, 128, 64, 128, 2>;
+using WsTiles = fg::BackwardTilesSm90Ws<128, 128, 64, 128, 3>;
 template <bool kDq, bool kDropout, bool kParamGrads>
-constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 128, 128, 64, 128, 2, kDq, kDropout, kParamGrads>;
+constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 128, 128, 64, 128, 3, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 128, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<128, 128, 128, 128, 8>;

@@ -4,7 +4,7 @@
 // attention temperature: backward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  64 query rows x 64 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 41 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 2 Q/dO stages, 114 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/backward_sm90_ws.cuh"
@@ -20,9 +20,9 @@ constexpr auto kKernel = fg::backward_kernel_sm90<Variant, T, 64, 64, 64, 128, k
 // Q and dO of a padded batch load by TMA (tma.cuh), through tensor maps encoded per call
 // warp-specialised (a TMA producer warpgroup, two consumers of 64 keys) where the tensors
 // allow TMA; the CTA above runs the rest
-using WsTiles = fg::BackwardTilesSm90Ws<64, 64, 64, 128, 2>;
+using WsTiles = fg::BackwardTilesSm90Ws<64, 64, 64, 128, 3>;
 template <bool kDq, bool kDropout, bool kParamGrads>
-constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 64, 64, 64, 128, 2, kDq, kDropout, kParamGrads>;
+constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 64, 64, 64, 128, 3, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 8>;
 // deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
 using DqTiles = fg::DqTiles<64, 64, 64, 64, 4>;

@@ -4,7 +4,7 @@
 // attention temperature: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  64 query rows x 64 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 41 KiB shared memory
-//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 2 Q/dO stages, 114 KiB shared memory
+//   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"
 #include "kernels/forward_sm90.cuh"

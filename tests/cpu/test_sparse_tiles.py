@@ -132,7 +132,7 @@ def test_backward_family_by_arch_and_head_dim():
     causal = flashgen.load("causal")
     for d in (64, 128):
         b = plan_for(causal, d, arch="sm_90a").backward
-        assert (b.family, b.block_m, b.block_n, b.warps, b.stages) == ("wgmma", 64, 128, 8, 2)
+        assert (b.family, b.block_m, b.block_n, b.warps, b.stages) == ("wgmma", 64, 128, 8, 3)
         assert b.producer and "producer warpgroup (TMA)" in plan_for(causal, d).describe()[1]
         assert b.smem_bytes(d, d) <= 227 * 1024
         assert plan_for(causal, d, arch="sm_80").backward.family == "mma"
