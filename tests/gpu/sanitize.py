@@ -2,6 +2,7 @@
 
     python tests/gpu/sanitize.py                 # memcheck, racecheck (and synccheck)
     python tests/gpu/sanitize.py --tools memcheck
+    python tests/gpu/sanitize.py --cases softcap-bf16-d256,causal-bf16-d128
 
 Each tool runs this file's workload (`--workload`) in a child process under
 `compute-sanitizer --tool TOOL --error-exitcode 1`: odd sizes that end inside tiles, GQA,
@@ -30,7 +31,17 @@ CASES = [
     ("bigbird", "fp16", 64, 1, 2, 2, 200, 200, {}),                 # block-sparse pattern
     ("dropout_causal", "bf16", 64, 1, 2, 2, 90, 90, {"dropout_p": 0.25}),
     ("t5_bias", "fp16", 64, 1, 2, 1, 65, 97, {}),                   # per-element table grads
+    # warp-specialised: the d = 256 forward (separate K / V barriers over two stages) with
+    # the deterministic dQ kernel on one stage; the d = 128 forward and the backward's
+    # producer, dQ bulk adds and three Q/dO stages (300 rows: 5 Q tiles, a partial one)
+    ("softcap", "bf16", 256, 1, 2, 1, 200, 330, {"deterministic": True}),
+    ("causal", "bf16", 128, 1, 2, 2, 300, 300, {}),
 ]
+
+
+def _case_id(case) -> str:
+    name, dtype, d = case[:3]
+    return f"{name}-{dtype}-d{d}"
 
 
 def _compute_sanitizer() -> str:
@@ -43,7 +54,7 @@ def _compute_sanitizer() -> str:
     return found
 
 
-def workload(build_only: bool) -> None:
+def workload(build_only: bool, only: list[str] | None = None) -> None:
     import torch
 
     import flashgen
@@ -51,7 +62,10 @@ def workload(build_only: bool) -> None:
     from flashgen.runtime.examples import example_layout, example_params
     dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16}
     gen = torch.Generator().manual_seed(0)
-    for name, dtype, d, B, Hq, Hkv, Nq, Nk, options in CASES:
+    for case in CASES:
+        if only and _case_id(case) not in only:
+            continue
+        name, dtype, d, B, Hq, Hkv, Nq, Nk, options = case
         if build_only:
             build(name, dtypes=[dtype], head_dims=[d])
             continue
@@ -78,14 +92,23 @@ def workload(build_only: bool) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tools", default="memcheck,racecheck,synccheck")
+    parser.add_argument("--cases", default="",
+                        help="only these cases, e.g. softcap-bf16-d256,causal-fp16-d64")
     parser.add_argument("--workload", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    only = [c for c in args.cases.split(",") if c]
+    unknown = set(only) - {_case_id(c) for c in CASES}
+    if unknown:
+        sys.exit(f"no such case: {', '.join(sorted(unknown))} (cases: "
+                 f"{', '.join(_case_id(c) for c in CASES)})")
     if args.workload:
-        workload(args.build_only)
+        workload(args.build_only, only)
         return 0
     sanitizer = _compute_sanitizer()
     me = [sys.executable, str(Path(__file__).resolve()), "--workload"]
+    if only:
+        me += ["--cases", ",".join(only)]
     if subprocess.run(me + ["--build-only"], check=False).returncode != 0:
         sys.exit("building the cases' modules failed (the error is above); no sanitizer ran")
     failed = 0
@@ -97,7 +120,7 @@ def main() -> int:
         summary = [line for line in run.stdout.splitlines() if "ERROR SUMMARY" in line
                    or "RACECHECK SUMMARY" in line]
         verdict = "clean" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
-        print(f"{tool}: {verdict}, {len(CASES)} cases, {time.time() - start:.0f} s; "
+        print(f"{tool}: {verdict}, {len(only) or len(CASES)} cases, {time.time() - start:.0f} s; "
               + ("; ".join(s.replace("=========", "").strip() for s in summary) or "no summary"))
         if run.returncode != 0:
             failed += 1
