@@ -43,7 +43,7 @@ FORWARD_WARPS = 4
 
 
 # mma.sync (sm_80 and up), warpgroup MMA (sm_90a), and warpgroup MMA with a producer
-# warpgroup feeding two consumers (forward_sm90_ws.cuh; the forward only, d <= 128), one
+# warpgroup feeding two consumers (forward_sm90_ws.cuh; the forward only), one
 # Q tile per CTA or persistent (one CTA per SM looping over Q tiles)
 FAMILIES = ("mma", "wgmma", "wgmma_ws", "wgmma_ws_persistent")
 
@@ -303,7 +303,10 @@ def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
     seventh step), except where the score reads tables (t5_bias): at 128 keys its consumers
     spill 24-96 bytes, and the one-warpgroup CTA takes 64 keys. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
     the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
-    keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one)."""
+    keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one).
+    At d = 256 (64 keys, ws_block_n) it measured 1.3x the two-warpgroup CTA's 128 x 32
+    tiles with one barrier pair per stage and 2.0x with K and V apart (PERF.md, issue 8's
+    ninth step)."""
     return (head_dim == value_dim
             and (head_dim in (128, 256) or head_dim == 64 and not score_reads_tables)
             and (blocks is None or blocks[0] >= 128))
