@@ -19,8 +19,8 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
 sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
   warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows; 128
-  keys per tile, 64 at d = 256, ws_block_n), else in two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
-  (_wgmma_forward); up to d = 128 the backward too, 128 keys
+  keys per tile, 64 at d = 256, ws_block_n), else in two warpgroups of 64 query rows, one
+  per CTA and three CTAs per SM at d = 64 (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
   dQ by bulk reduction; _wgmma_backward). d = 256's backward, and every other arch and
   head dim, stay mma.sync.
@@ -305,8 +305,8 @@ def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
     the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
     keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one).
     At d = 256 (64 keys, ws_block_n) it measured 1.3x the two-warpgroup CTA's 128 x 32
-    tiles with one barrier pair per stage and 2.0x with K and V apart (PERF.md, issue 8's
-    ninth step)."""
+    tiles with one barrier pair per stage (same run), and K and V apart took it a further
+    1.52x (465 -> 707, another run; PERF.md, issue 8's ninth step)."""
     return (head_dim == value_dim
             and (head_dim in (128, 256) or head_dim == 64 and not score_reads_tables)
             and (blocks is None or blocks[0] >= 128))

@@ -157,9 +157,9 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
                       cta.template tiles<V, BN>(a, n)};
-      // the K (kLoadK, kLoadV = true, false), the V (false, true) or both of walk entry `entry`,
-      // tile `tile` of the CTA, into its stage once every consumer is done with what that
-      // stage held
+      // the K (kLoadK, kLoadV = true, false), the V (false, true) or both of walk entry
+      // `entry`, tile `tile` of the CTA, into its stage once every consumer is done with
+      // what that stage held
       auto load = [&](auto k_part, auto v_part, int tile, int entry) {
         constexpr bool kLoadK = decltype(k_part)::value, kLoadV = decltype(v_part)::value;
         const int stage = tile % Stages, round = tile / Stages;
@@ -167,9 +167,12 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         uint64_t* const full = (kLoadK ? full_k : full_v) + stage;
         mbarrier_wait<true>((kLoadK ? empty_k : empty_v) + stage, (round & 1) ^ 1);
         if constexpr (kTma) {
-          mbarrier_arrive_expecting(full, (kLoadK ? Tiles::K::kBytes : 0) + (kLoadV ? Tiles::V::kBytes : 0));
-          if constexpr (kLoadK) tma_load_tile<BN, D>(sK + stage * kK, maps.k, k0, cta.hk, cta.b, full);
-          if constexpr (kLoadV) tma_load_tile<BN, Dv>(sV + stage * kV, maps.v, k0, cta.hk, cta.b, full);
+          mbarrier_arrive_expecting(
+              full, (kLoadK ? Tiles::K::kBytes : 0) + (kLoadV ? Tiles::V::kBytes : 0));
+          if constexpr (kLoadK)
+            tma_load_tile<BN, D>(sK + stage * kK, maps.k, k0, cta.hk, cta.b, full);
+          if constexpr (kLoadV)
+            tma_load_tile<BN, Dv>(sV + stage * kV, maps.v, k0, cta.hk, cta.b, full);
         } else {
           if constexpr (kLoadK) kv.template load_rows<D>(kv.k, sK + stage * kK, entry);
           if constexpr (kLoadV) kv.template load_rows<Dv>(kv.v, sV + stage * kV, entry);
