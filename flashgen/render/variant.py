@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import jinja2
 
 from .. import resources
+from ..analysis.affine import affine_bias
 from ..analysis.derivative import NotDifferentiable, derivative
 from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, Var, inline_lets
 from ..ir.pretty import pretty
@@ -77,6 +78,9 @@ class VariantView:
     mask_parts: tuple[MaskPartView, MaskPartView] | None
     score: FunctionView | None
     score_grad: FunctionView | None
+    bias: FunctionView | None        # score = score + bias, affine in kv_idx (affine.py)
+    bias_step: FunctionView | None   # d bias / d kv_idx
+    bias_varies: bool                # bias_step is not the constant 0
     tile_class: FunctionView | None
     grads: tuple[GradView, ...]
     param_grads: ParamGradsView | None
@@ -150,13 +154,21 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         bs = spec.block_sparse
         summary.append(f"block_sparse = {bs.pattern} ({bs.block_q} x {bs.block_k})")
         constants += [("kBlockQ", ("int", str(bs.block_q))), ("kBlockK", ("int", str(bs.block_k)))]
-    mask = score = grad = parts = None
+    mask = score = grad = parts = bias = bias_step = None
     if spec.mask is not None:
         mask, parts = _mask_functions(spec, source_path)
     if spec.score is not None:
         score = _function(spec, source_path, "score", spec.score, True, spec.score_spans)
         grad = _function(spec, source_path, "score_grad", spec.score_derivative, True,
                          spec.score_spans, "d score / d score, derived by flashgen from:")
+        affine = affine_bias(spec)
+        if affine is not None:
+            bias = _function(spec, source_path, "bias", affine.bias, False, spec.score_spans,
+                             "the bias the score adds, affine in kv_idx "
+                             "(flashgen/analysis/affine.py), of:")
+            bias_step = _function(spec, source_path, "bias_step", affine.step, False,
+                                  spec.score_spans, "d bias / d kv_idx, derived by flashgen "
+                                  "from:")
     tile_class = None
     if spec.mask is not None:
         tile_class = _function(spec, source_path, "tile_class", spec.mask, False, spec.mask_spans,
@@ -169,7 +181,8 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
         dropout=spec.dropout, block_sparse=spec.block_sparse is not None,
         runtime_tiles=scans_tables(spec), mask=mask, mask_parts=parts,
-        score=score, score_grad=grad, tile_class=tile_class, grads=grads,
+        score=score, score_grad=grad, bias=bias, bias_step=bias_step,
+        bias_varies=bias_step is not None and bias_step.result != "0.0f", tile_class=tile_class, grads=grads,
         param_grads=param_grads)
 
 

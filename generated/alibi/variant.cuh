@@ -92,6 +92,26 @@ struct VariantOf {
     return 1.0f;
   }
 
+  // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
+  // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
+  // score_and_mask). kBiasVaries: bias_step is not the constant 0.
+  static constexpr bool kAffineBias = true;
+  static constexpr bool kBiasVaries = true;
+
+  // the bias the score adds, affine in kv_idx (flashgen/analysis/affine.py), of:
+  // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
+  static FG_HD float bias(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
+    return (p.slopes.at(h) * float(fg::wrap_sub(kv_idx, q_idx)));
+  }
+
+  // d bias / d kv_idx, derived by flashgen from:
+  // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
+  static FG_HD float bias_step(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
+    return p.slopes.at(h);
+  }
+
   // Per-thread sums of the gradients of table reads whose element is the same over a
   // tile (their indices read neither q_idx nor kv_idx): one atomic per warp at a flush.
   struct GradSums {

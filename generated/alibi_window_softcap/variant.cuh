@@ -99,6 +99,12 @@ struct VariantOf {
     return (p.cap * ((1.0f - (t0 * t0)) * fg::fdiv(1.0f, p.cap)));
   }
 
+  // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
+  // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
+  // score_and_mask). kBiasVaries: bias_step is not the constant 0.
+  static constexpr bool kAffineBias = false;
+  static constexpr bool kBiasVaries = false;
+
   // Per-thread sums of the gradients of table reads whose element is the same over a
   // tile (their indices read neither q_idx nor kv_idx): one atomic per warp at a flush.
   struct GradSums {

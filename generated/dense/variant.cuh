@@ -59,6 +59,12 @@ struct VariantOf {
   static constexpr bool kRuntimeTiles = false;
   // the mask's table reads split by row and column: mask_row, mask_col, mask_at
   static constexpr bool kSplitMask = false;
+
+  // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
+  // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
+  // score_and_mask). kBiasVaries: bias_step is not the constant 0.
+  static constexpr bool kAffineBias = false;
+  static constexpr bool kBiasVaries = false;
 };
 
 using Variant = VariantOf<false>;

@@ -107,6 +107,12 @@ struct VariantOf {
     const fg::Tri visible = fg::tri_and_then(fg::iv_ge(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), [&] { return fg::iv_eq(fg::iv_load(p.doc, fg::iv(b), fg::Iv{q_lo, q_hi}), fg::iv_load(p.doc, fg::iv(b), fg::Iv{kv_lo, kv_hi})); });
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
+
+  // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
+  // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
+  // score_and_mask). kBiasVaries: bias_step is not the constant 0.
+  static constexpr bool kAffineBias = false;
+  static constexpr bool kBiasVaries = false;
 };
 
 using Variant = VariantOf<false>;

@@ -37,10 +37,11 @@ struct ForwardTiles {
 
 // What turns score_and_mask's output into log2 units: the scale and log2(e), or log2(e)
 // alone after a score expression (it applied the scale). A zero scale runs as 1e-30 so
-// that a masked score stays -inf (0 * inf would be NaN); every score is then ~0.
+// that a masked score stays -inf (0 * inf would be NaN); every score is then ~0. An affine
+// bias (below) leaves the scale to the softmax, as a spec without a score does.
 template <class V>
 __device__ __forceinline__ float score_mult(const Shape& n) {
-  if constexpr (V::kHasScore) return kLog2e;
+  if constexpr (V::kHasScore && !V::kAffineBias) return kLog2e;
   return n.scale_log2 != 0.0f ? n.scale_log2 : 1e-30f;
 }
 
@@ -49,8 +50,16 @@ __device__ __forceinline__ float score_mult(const Shape& n) {
 // kPartial: the tile needs the per-element mask. The caller branches once per tile, so
 // full tiles run code with no mask in it (a per-element test of the tile class made
 // nvcc emit a branch per element).
+// V::kAffineBias (score = score + bias, the bias affine in kv_idx; analysis/affine.py):
+// the bias is taken once per row at the thread's first column of the tile and goes to
+// row_offset (log2 units), which the softmax adds in its exponent's FFMA; a score gets
+// only the bias's growth over its column offset c (8 nt + i % 2, a constant), in the
+// softmax's units: x + c * bias_step / scale, one FFMA. (ALiBi's per-element form was an
+// integer subtraction, a conversion, a multiply and an add; PERF.md.) The offset differs
+// between the four threads of a row, so the softmax adds it before the row's shuffles.
 template <bool kPartial, class V, int MT, int NT>
 __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
+                                               float (&row_offset)[MT][2],
                                                const typename V::Params& p, const Shape& n,
                                                const BlockSparseArgs& sparse, TileMask tile,
                                                int b, int h, int row0, int k0) {
@@ -59,6 +68,20 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
   // unused (and gone from the code) in full tiles
   const FragmentMask<V, MT, NT> mask(p, b, h, row0 + (lane >> 2), k0 + 2 * (lane & 3), n.q_len,
                                      n.kv_len);
+  float bias_step[MT][2];  // kAffineBias: the bias's growth per key, in units of x
+  if constexpr (V::kAffineBias) {
+    const float to_x = kLog2e / score_mult<V>(n);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int q = row0 + 16 * mt + 8 * r + (lane >> 2), kv = k0 + 2 * (lane & 3);
+        row_offset[mt][r] = V::bias(p, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
+        if constexpr (V::kBiasVaries)
+          bias_step[mt][r] = V::bias_step(p, b, h, q, kv, n.q_len, n.kv_len) * to_x;
+      }
+    }
+  }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -71,7 +94,12 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
       for (int i = 0; i < 4; ++i) {  // rows q, q, q + 8, q + 8; columns kv, kv + 1, kv, kv + 1
         float& x = s[mt][nt][i];
         const int qi = q + 8 * (i >> 1), kvi = kv + (i & 1);
-        if constexpr (V::kHasScore) x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len);
+        if constexpr (V::kAffineBias) {
+          const int c = 8 * nt + (i & 1);
+          if (V::kBiasVaries && c != 0) x = fmaf(bias_step[mt][i >> 1], float(c), x);
+        } else if constexpr (V::kHasScore) {
+          x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len);
+        }
         if constexpr (kPartial) {
           if (!mask.visible(p, block, b, h, mt, nt, i, qi, kvi, n.q_len, n.kv_len)) x = masked;
         }
@@ -89,6 +117,7 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
 // accumulates into the output (forward_sm90_ws.cuh).
 template <bool kDropout, class V, int MT, int NT>
 __device__ __forceinline__ void softmax_probabilities(float (&s)[MT][NT][4],
+                                                      const float (&row_offset)[MT][2],
                                                       OnlineSoftmax<NT> (&softmax)[MT],
                                                       float (&alpha)[MT][2], const Shape& n,
                                                       const Dropout& dropout, int bh, int row0,
@@ -96,7 +125,8 @@ __device__ __forceinline__ void softmax_probabilities(float (&s)[MT][NT][4],
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
-    softmax[mt].step(s[mt], score_mult<V>(n), alpha[mt]);
+    softmax[mt].template step<V::kAffineBias>(s[mt], score_mult<V>(n), row_offset[mt],
+                                              alpha[mt]);
     if constexpr (kDropout) {  // P -> P * keep
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
@@ -126,12 +156,14 @@ __device__ __forceinline__ void rescale_output(float (&o)[MT][DT][4], const floa
 
 // Both: the step of a kernel whose output is not being accumulated meanwhile.
 template <bool kDropout, class V, int MT, int NT, int DT>
-__device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4], float (&o)[MT][DT][4],
+__device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4],
+                                             const float (&row_offset)[MT][2],
+                                             float (&o)[MT][DT][4],
                                              OnlineSoftmax<NT> (&softmax)[MT], const Shape& n,
                                              const Dropout& dropout, int bh, int row0,
                                              int k0) {
   float alpha[MT][2];
-  softmax_probabilities<kDropout, V>(s, softmax, alpha, n, dropout, bh, row0, k0);
+  softmax_probabilities<kDropout, V>(s, row_offset, softmax, alpha, n, dropout, bh, row0, k0);
   rescale_output(o, alpha);
 }
 
@@ -260,14 +292,16 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
     float s[MT][BN / 8][4];
     zero(s);
+    float row_offset[MT][2];  // V::kAffineBias (score_and_mask)
     warp_gemm<MT, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * MT * warp, sK_tile,
                                            Tiles::kLdQK, 0);
     if (tile.partial()) {
-      score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+      score_and_mask<true, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
     } else {
-      score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+      score_and_mask<false, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
     }
-    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, b * a.shape.heads + h, row0, k0);
+    softmax_tile<kDropout, V>(s, row_offset, o, softmax, n, a.dropout, b * a.shape.heads + h,
+                              row0, k0);
     uint32_t pa[MT][BN / 16][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) accumulator_to_a<T>(pa[mt], s[mt]);

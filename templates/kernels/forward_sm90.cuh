@@ -75,14 +75,16 @@ forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
   const uint32_t q_rows = smem_address(sQ) + warpgroup * 64 * 128;
   kv.for_each([&](int k0, TileMask tile, const T* sK_tile, const T* sV_tile) {
     float s[1][BN / 8][4];
+    float row_offset[1][2];  // V::kAffineBias (forward.cuh score_and_mask)
     warpgroup_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK_tile),
                                 Tiles::K::kBlockBytes);
     if (tile.partial()) {
-      score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+      score_and_mask<true, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
     } else {
-      score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+      score_and_mask<false, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
     }
-    softmax_tile<kDropout, V>(s, o, softmax, n, a.dropout, b * a.shape.heads + h, row0, k0);
+    softmax_tile<kDropout, V>(s, row_offset, o, softmax, n, a.dropout, b * a.shape.heads + h,
+                              row0, k0);
     uint32_t pa[BN / 16][4];
     accumulator_to_a<T>(pa, s[0]);
     const uint32_t v_tile = smem_address(sV_tile);

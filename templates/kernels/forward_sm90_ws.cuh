@@ -279,6 +279,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if constexpr (kSplitKv && !kFirst) wait_pending_v();
 
       float s[1][BN / 8][4];
+      float row_offset[1][2];  // V::kAffineBias (forward.cuh score_and_mask)
       bar_sync(kTurnBarrier + consumer, 256);
       if constexpr (!kOverlap && !kFirst) issue_pv(pending);
       issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes,
@@ -293,13 +294,13 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         mbarrier_arrive(&empty_v[pending]);
       }
       if (tile.partial()) {
-        score_and_mask<true, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+        score_and_mask<true, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
       } else {
-        score_and_mask<false, V>(s, p, n, a.sparse, tile, b, h, row0, k0);
+        score_and_mask<false, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
       }
       float alpha[1][2];
-      softmax_probabilities<kDropout, V>(s, softmax, alpha, n, a.dropout, b * a.shape.heads + h,
-                                         row0, k0);
+      softmax_probabilities<kDropout, V>(s, row_offset, softmax, alpha, n, a.dropout,
+                                         b * a.shape.heads + h, row0, k0);
       if constexpr (kOverlap && !kFirst) {  // the previous P V: its V has been read
         wgmma_wait<0>();
         fence_operand(o[0]);

@@ -50,8 +50,14 @@ struct OnlineSoftmax {
   float row_sum[2] = {0.0f, 0.0f};      // this thread's partial sum
 
   // x: one S tile, unscaled (see above) -> probabilities, unnormalised.
+  // kOffset: this thread's scores of row r are x * mult + offset[r] in log2 units (an
+  // affine bias taken once per row, forward.cuh score_and_mask); the offset differs
+  // between the quad's threads, so it is added to each thread's extreme before the row's
+  // shuffles, and joins the exponent's FFMA. Without it the code is as it was.
   // alpha: per row, the factor the output accumulated so far must be scaled by.
-  __device__ __forceinline__ void step(float (&x)[NT][4], float mult, float (&alpha)[2]) {
+  template <bool kOffset = false>
+  __device__ __forceinline__ void step(float (&x)[NT][4], float mult, const float (&offset)[2],
+                                       float (&alpha)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       // the largest x * mult: the largest x, or under a negative mult the smallest
@@ -60,22 +66,23 @@ struct OnlineSoftmax {
         m = -inf();
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
-        m = quad_max(m);
+        m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_max(m);
       } else {
         m = inf();
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) m = fminf(m, fminf(x[nt][2 * r], x[nt][2 * r + 1]));
-        m = quad_min(m);
+        m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_min(m);
       }
-      m = fmaxf(row_max[r], m * mult);  // -inf while the row has no visible key
+      m = fmaxf(row_max[r], kOffset ? m : m * mult);  // -inf while the row has no visible key
       const float base = finite_or_zero(m);
       alpha[r] = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first visible tile
       row_max[r] = m;
+      const float shift = kOffset ? offset[r] - base : -base;
       float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        x[nt][2 * r] = fast_exp2(fmaf(x[nt][2 * r], mult, -base));
-        x[nt][2 * r + 1] = fast_exp2(fmaf(x[nt][2 * r + 1], mult, -base));
+        x[nt][2 * r] = fast_exp2(fmaf(x[nt][2 * r], mult, shift));
+        x[nt][2 * r + 1] = fast_exp2(fmaf(x[nt][2 * r + 1], mult, shift));
         sum += x[nt][2 * r] + x[nt][2 * r + 1];
       }
       row_sum[r] = row_sum[r] * alpha[r] + sum;

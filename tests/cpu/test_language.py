@@ -179,3 +179,47 @@ def test_compile_from_path_text_and_name(tmp_path):
     assert flashgen.compile("alibi").spec.name == "alibi"
     with pytest.raises(flashgen.SpecNotFound, match="did you mean 'alibi'"):
         flashgen.compile("alibbi")
+
+
+@pytest.mark.parametrize("score", [
+    "score + slopes[h] * (kv_idx - q_idx)",                       # ALiBi
+    "score - slopes[h] * (q_idx - kv_idx) / 2.0 + 0.5",
+    "slopes[h] * (2 * kv_idx + q_idx) + score - 0.01 * (q_idx * q_idx)",
+    "score + (if h > 0 then slopes[h] else 1.5) * (kv_idx - 3) + bias[h, q_idx % 4]",
+    "score + bias[h, q_idx % 4]",                                 # no growth along a row
+])
+def test_affine_bias_matches_the_score(score):
+    """analysis/affine.py: score = score + E, E(kv) = E(kv0) + step * (kv - kv0) exactly."""
+    from flashgen.analysis.affine import affine_bias
+    from flashgen.reference.attention import grid_variables
+    from flashgen.reference.evaluate import Evaluator
+    spec = spec_of(f"score = {score}", "param slopes: f32[H]\n param bias: f32[H, 4]")
+    affine = affine_bias(spec)
+    assert affine is not None
+    x = torch.randn(1, 2, 5, 7, dtype=torch.float64)
+    params = {"slopes": torch.rand(2, dtype=torch.float64), "bias": torch.rand(2, 4, dtype=torch.float64)}
+    variables = dict(grid_variables(1, 2, 5, 7, "cpu"), score=x)
+    run = Evaluator(spec, variables, params, torch.float64, "cpu")
+    kv = torch.arange(7, dtype=torch.float64)
+    rebuilt = x + run(affine.bias)[..., :1] + run(affine.step) * kv
+    torch.testing.assert_close(rebuilt, run(spec.score).expand_as(x))
+
+
+@pytest.mark.parametrize("score", [
+    "score * 2.0 + slopes[h] * kv_idx",          # not score + E
+    "score + slopes[h] * (kv_idx // 2)",         # integer division
+    "score + slopes[h] * kv_idx * kv_idx",       # quadratic
+    "score + bias[h, kv_idx % 4]",               # a table read per key
+    "score + tanh(0.1 * kv_idx)",
+    "score + 1.5",                               # a constant cancels: nothing to do
+])
+def test_affine_bias_refuses_what_is_not(score):
+    from flashgen.analysis.affine import affine_bias
+    spec = spec_of(f"score = {score}", "param slopes: f32[H]\n param bias: f32[H, 4]")
+    assert affine_bias(spec) is None
+
+
+def test_shipped_affine_biases():
+    from flashgen.analysis.affine import affine_bias
+    found = {name for name in flashgen.shipped() if affine_bias(flashgen.load(name))}
+    assert found == {"alibi"}
