@@ -178,11 +178,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
           bulk_wait_read<0>();
         }
         __syncwarp();
-        // the consumers may write the next; a sync, not an arrive, on both sides of both
-        // hand-overs: the PTX memory model orders an arrive before the sync it completes,
-        // but compute-sanitizer's racecheck reports such a hand-over of dq_destination as a
-        // race, and warp 1 has nothing to do meanwhile
-        bar_sync(kDqFreeBarrier, kDqWriterThreads);
+        bar_arrive(kDqFreeBarrier, kDqWriterThreads);  // the consumers may write the next
       }
       if (lane == 0) bulk_wait<0>();
     }
@@ -245,7 +241,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       Dq::to_shared(sdQ, cwarp, dq);
       if (threadIdx.x == 128) *dq_destination = Dq::tile(a, n, b, h, q0);
       fence_proxy_async();  // for the bulk reduction, which reads through the async proxy
-      bar_sync(kDqFullBarrier, kDqWriterThreads);  // warp 1 waits there already
+      bar_arrive(kDqFullBarrier, kDqWriterThreads);
     } else {
       wgmma_wait<0>();
       fence_operand(dv[0]);
@@ -256,7 +252,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
   if constexpr (kDq) {  // tell warp 1 that no tile is left
     if (i > 0) bar_sync(kDqFreeBarrier, kDqWriterThreads);
     if (threadIdx.x == 128) *dq_destination = nullptr;
-    bar_sync(kDqFullBarrier, kDqWriterThreads);
+    bar_arrive(kDqFullBarrier, kDqWriterThreads);
   }
 
   const int key_row = 64 * consumer + 16 * (cwarp % 4);
