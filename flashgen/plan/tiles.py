@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..analysis.affine import affine_bias
 from ..ir.nodes import Load
 
 SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
@@ -388,9 +389,11 @@ def plan_for(spec, head_dim: int, override: TileOverride | None = None,
              arch: str = DEFAULT_ARCH) -> TilePlan:
     """The tile plan of a checked spec's kernels at one head dim, on an arch."""
     bs = spec.block_sparse
-    score_reads_tables = spec.score is not None and any(
+    # per element: an affine bias (ALiBi's slopes[h]) is read once per row and tile
+    # (analysis/affine.py), so its kernels hold no more per score than a mask's
+    score_reads_tables = (spec.score is not None and affine_bias(spec) is None and any(
         isinstance(node, Load) for e in (spec.score, *(let.expr for let in spec.lets))
-        for node in e.walk())
+        for node in e.walk()))
     return plan_tiles(head_dim, spec.value_dim_for(head_dim),
                       None if bs is None else (bs.block_q, bs.block_k), override, arch,
                       score_reads_tables)

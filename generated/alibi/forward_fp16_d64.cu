@@ -3,22 +3,24 @@
 //
 // attention alibi: forward pass, fp16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  64 query rows x 64 keys per tile, 1 warpgroup of 64 rows (wgmma), 2 K/V stages, 41 KiB shared memory
+//   forward:  128 query rows x 128 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 145 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/forward_sm90.cuh"
+#include "kernels/forward_sm90_ws.cuh"
 #include "kernels/combine.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __half;
 using Variant = fg_alibi::Variant;  // whole sequences
-// the sm90 family: warpgroup MMA, 1 warpgroups of 64 query rows
-using Tiles = fg::ForwardTilesSm90<64, 64, 64, 64>;
+// the sm90 family, warp-specialised: a producer warpgroup, two consumer warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90<Variant, T, 64, 64, 64, 64, kDropout, kExactP, kGeneral>;
-struct Maps {};  // only the warp-specialised kernel loads by TMA
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, false, kDropout, kExactP, kGeneral>;
+// the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
+// K and V the TMA engine can address: tma.cuh)
+using Maps = fg::KvTensorMaps;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with
 // such parameters builds it
@@ -26,9 +28,9 @@ template <bool kDropout, bool kGeneral>
 cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, const Maps& maps,
                            dim3 grid, int smem, void* stream) {
   if constexpr (Variant::kHasParamGrads) {
-    if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
+    if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params, maps);
   }
-  return fg::launch(kKernel<kDropout, false, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params);
+  return fg::launch(kKernel<kDropout, false, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params, maps);
 }
 
 template <bool kDropout>
@@ -36,6 +38,7 @@ int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid
   // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
   Maps maps{};
   const bool general = args.shape.varlen() || args.shape.paged() || args.splits > 1
+                       || !Tiles::encode_maps(maps, args)  // K or V strides the TMA engine cannot address
       ;
   const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
                                      : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);
@@ -52,7 +55,7 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  const dim3 grid((args.shape.q_len + 64 - 1) / 64, args.shape.batch * args.shape.heads,
+  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads,
                   args.splits > 1 ? args.splits : 1);
   return run<false>(args, params, grid, smem, stream);
 }
