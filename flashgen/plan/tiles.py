@@ -214,9 +214,14 @@ def smem_limit(arch: str) -> int:
 
 def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = None,
                override: TileOverride | None = None, arch: str = DEFAULT_ARCH,
-               score_reads_tables: bool = False) -> TilePlan:
+               score_reads_tables: bool = False, affine: bool = False) -> TilePlan:
     """The tiles for a head dim on an arch, and for a block-sparse spec's (block_q,
-    block_k); `override` replaces them by hand-picked ones (see check_override)."""
+    block_k); `override` replaces them by hand-picked ones (see check_override).
+    `affine`: the score adds a bias affine in kv_idx (analysis/affine.py), whose tables
+    the forward reads once per row and tile; the warp-specialised consumers then hold no
+    more per score than a mask's (no spill at 128 keys, d = 64), while the mma.sync
+    warps, 32 rows each, still spilled 16-104 bytes at 128 keys (ALiBi fp16 d = 64,
+    sm_80) and keep 64."""
     widest = max(head_dim, value_dim)
     if widest <= 64:
         # a score reading parameter tables holds more per element: at 128 keys ptxas
@@ -244,6 +249,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     assert forward.smem_bytes(head_dim, value_dim) <= SM80_SMEM_LIMIT
     assert backward.smem_bytes(head_dim, value_dim) <= smem_limit(arch)
     family = override_family = override.family if override is not None else None
+    per_score_tables = score_reads_tables and not affine
     producer = family in ("wgmma_ws", "wgmma_ws_persistent")
     persistent = family == "wgmma_ws_persistent"
     if producer:
@@ -255,10 +261,10 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                         f"not {arch} with d = {head_dim}, dv = {value_dim}")
     if (family == "wgmma" and override_family is None
             and (override is None or override.forward is None)  # a hand-picked tile: plain
-            and ws_by_default(head_dim, value_dim, blocks, score_reads_tables)):
+            and ws_by_default(head_dim, value_dim, blocks, per_score_tables)):
         producer = True
     if family == "wgmma":
-        forward = _wgmma_forward(head_dim, value_dim, blocks, score_reads_tables)
+        forward = _wgmma_forward(head_dim, value_dim, blocks, per_score_tables)
         if producer:
             keys = ws_block_n(widest)
             forward = _wgmma_ws_forward(head_dim, value_dim,
@@ -389,11 +395,9 @@ def plan_for(spec, head_dim: int, override: TileOverride | None = None,
              arch: str = DEFAULT_ARCH) -> TilePlan:
     """The tile plan of a checked spec's kernels at one head dim, on an arch."""
     bs = spec.block_sparse
-    # per element: an affine bias (ALiBi's slopes[h]) is read once per row and tile
-    # (analysis/affine.py), so its kernels hold no more per score than a mask's
-    score_reads_tables = (spec.score is not None and affine_bias(spec) is None and any(
+    score_reads_tables = spec.score is not None and any(
         isinstance(node, Load) for e in (spec.score, *(let.expr for let in spec.lets))
-        for node in e.walk()))
+        for node in e.walk())
     return plan_tiles(head_dim, spec.value_dim_for(head_dim),
                       None if bs is None else (bs.block_q, bs.block_k), override, arch,
-                      score_reads_tables)
+                      score_reads_tables, affine_bias(spec) is not None)

@@ -421,6 +421,11 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
                 n.row_buffer(Dv, like=q).zero_() if saved
                 else q.new_empty(0, dtype=torch.float32))
     var = variant(key)
+    if scale < 0:
+        # Q K^T * scale = (-Q) K^T * -scale, exactly: the forward kernels' softmax then
+        # needs no branch on the scale's sign (kernels/softmax.cuh; the backward takes q
+        # and scale as they are)
+        q, scale = -q, -scale
     out = _output(*out_shape, like=q)
     lse = n.row_buffer(like=q)
     out_f32 = n.row_buffer(Dv, like=q) if saved else q.new_empty(0, dtype=torch.float32)

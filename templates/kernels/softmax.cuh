@@ -33,16 +33,12 @@ __device__ __forceinline__ float quad_sum(float x) {
 // The exponent base of a row: its max, or 0 while the row has no visible key.
 __device__ __forceinline__ float finite_or_zero(float m) { return m == -inf() ? 0.0f : m; }
 
-__device__ __forceinline__ float quad_min(float x) {
-  x = fminf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fminf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-
 // Scores arrive unscaled: x * mult is the score in log2 units (mult = scale * log2(e)
 // for a spec without a score expression, log2(e) after one), so the scale rides in
-// the exponent's FFMA instead of costing a multiply per element. A masked element is
-// `masked_score(mult)`: -inf, or +inf under a negative mult, so x * mult is -inf.
-__device__ __forceinline__ float masked_score(float mult) { return mult < 0.0f ? inf() : -inf(); }
+// the exponent's FFMA instead of costing a multiply per element. mult is positive: the
+// host turns a negative scale into -Q (launch.py forward, exact), so the row's largest
+// x * mult is its largest x. (A branch on mult's sign here took registers that ptxas
+// spilled in heavier masks.) A masked element is -inf.
 
 template <int NT>
 struct OnlineSoftmax {
@@ -51,28 +47,19 @@ struct OnlineSoftmax {
 
   // x: one S tile, unscaled (see above) -> probabilities, unnormalised.
   // kOffset: this thread's scores of row r are x * mult + offset[r] in log2 units (an
-  // affine bias taken once per row, forward.cuh score_and_mask); the offset differs
-  // between the quad's threads, so it is added to each thread's extreme before the row's
-  // shuffles, and joins the exponent's FFMA. Without it the code is as it was.
+  // affine bias taken once per row, forward.cuh add_affine_bias); the offset differs
+  // between the quad's threads, so it is added to each thread's largest before the
+  // row's shuffles, and joins the exponent's FFMA. Without it the code is as it was.
   // alpha: per row, the factor the output accumulated so far must be scaled by.
   template <bool kOffset = false>
   __device__ __forceinline__ void step(float (&x)[NT][4], float mult, const float (&offset)[2],
                                        float (&alpha)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      // the largest x * mult: the largest x, or under a negative mult the smallest
-      float m;
-      if (mult >= 0.0f) {
-        m = -inf();
+      float m = -inf();
 #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
-        m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_max(m);
-      } else {
-        m = inf();
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) m = fminf(m, fminf(x[nt][2 * r], x[nt][2 * r + 1]));
-        m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_min(m);
-      }
+      for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
+      m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_max(m);
       m = fmaxf(row_max[r], kOffset ? m : m * mult);  // -inf while the row has no visible key
       const float base = finite_or_zero(m);
       alpha[r] = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first visible tile

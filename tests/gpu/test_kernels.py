@@ -48,6 +48,16 @@ TEST_SPECS = {
         score = score + slopes[h] * (kv_idx - q_idx)
         block_sparse = bigbird(block = 64, window = 1, global = 1, random = 3, seed = 1)
     }""",
+    # analysis/affine.py: a bias affine in kv_idx whose step is a select and whose row
+    # part reads a table, under a band mask (partial tiles, rows with nothing visible)
+    "affine_bias": """attention affine_bias {
+        head_dim = 64, 128
+        scale = 0.07
+        param slopes: f32[H]
+        param bias: f32[H, 4]
+        mask = q_idx - kv_idx < 300 && kv_idx - q_idx < 200 && q_idx % 97 != 5
+        score = score - (if h > 1 then slopes[h] else -0.5) * (q_idx - kv_idx) / 4.0 + bias[h, q_idx % 4]
+    }""",
     "small_blocks": """attention small_blocks {
         head_dim = 64
         mask = causal
@@ -82,6 +92,8 @@ for _hq, _hkv in ((8, 2), (8, 1)):
     CASES.append(("causal", "fp16", 128, 2, _hq, _hkv, 333, 333, False))
 CASES.append(("causal", "bf16", 128, 2, 4, 2, 257, 257, True))
 CASES.append(("alibi", "fp16", 64, 2, 4, 4, 200, 300, True))
+CASES.append(("affine_bias", "bf16", 128, 2, 4, 2, 333, 517, False))
+CASES.append(("affine_bias", "fp16", 64, 1, 4, 4, 700, 700, False))
 
 REPORT = []
 
