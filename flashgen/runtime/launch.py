@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.weak import WeakTensorKeyDictionary
 
+from ..analysis.affine import affine_bias
 from ..build.cache import BuiltModule, build, device_arch
 from ..ir.nodes import AttentionSpec
 from ..plan.tiles import TileOverride, plan_for
@@ -142,6 +143,11 @@ class Variant:
         if not scans_tables(self.spec):
             return None
         return mask_reads(self.spec, "b"), mask_reads(self.spec, "h")
+
+    @functools.cached_property
+    def affine_bias(self) -> bool:
+        """Does the score add a bias affine in kv_idx (analysis/affine.py)?"""
+        return affine_bias(self.spec) is not None
 
     @functools.cached_property
     def grad_params(self) -> tuple[str, ...]:
@@ -421,10 +427,10 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
                 n.row_buffer(Dv, like=q).zero_() if saved
                 else q.new_empty(0, dtype=torch.float32))
     var = variant(key)
-    if scale < 0:
-        # Q K^T * scale = (-Q) K^T * -scale, exactly: the forward kernels' softmax then
-        # needs no branch on the scale's sign (kernels/softmax.cuh; the backward takes q
-        # and scale as they are)
+    if scale < 0 and var.affine_bias:
+        # Q K^T * scale = (-Q) K^T * -scale, exactly: an affine bias's forward kernels
+        # take a positive scale only (kernels/softmax.cuh; the backward takes q and scale
+        # as they are)
         q, scale = -q, -scale
     out = _output(*out_shape, like=q)
     lse = n.row_buffer(like=q)

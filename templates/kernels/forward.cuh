@@ -65,6 +65,8 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
                                                const BlockSparseArgs& sparse, TileMask tile,
                                                int b, int h, int row0, int k0) {
   const int lane = threadIdx.x & 31;
+  // (an affine bias's kernels take a positive scale only: softmax.cuh)
+  const float masked = V::kAffineBias ? -inf() : masked_score(score_mult<V>(n));
   // unused (and gone from the code) in full tiles
   const FragmentMask<V, MT, NT> mask(p, b, h, row0 + (lane >> 2), k0 + 2 * (lane & 3), n.q_len,
                                      n.kv_len);
@@ -83,7 +85,7 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
         if constexpr (V::kHasScore && !V::kAffineBias)
           x = V::score(p, x * n.scale, b, h, qi, kvi, n.q_len, n.kv_len);
         if constexpr (kPartial) {
-          if (!mask.visible(p, block, b, h, mt, nt, i, qi, kvi, n.q_len, n.kv_len)) x = -inf();
+          if (!mask.visible(p, block, b, h, mt, nt, i, qi, kvi, n.q_len, n.kv_len)) x = masked;
         }
       }
     }

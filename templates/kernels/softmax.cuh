@@ -35,10 +35,14 @@ __device__ __forceinline__ float finite_or_zero(float m) { return m == -inf() ? 
 
 // Scores arrive unscaled: x * mult is the score in log2 units (mult = scale * log2(e)
 // for a spec without a score expression, log2(e) after one), so the scale rides in
-// the exponent's FFMA instead of costing a multiply per element. mult is positive: the
-// host turns a negative scale into -Q (launch.py forward, exact), so the row's largest
-// x * mult is its largest x. (A branch on mult's sign here took registers that ptxas
-// spilled in heavier masks.) A masked element is -inf.
+// the exponent's FFMA instead of costing a multiply per element. A masked element is
+// `masked_score(mult)`: -inf, or +inf under a negative mult, so x * mult is -inf.
+__device__ __forceinline__ float masked_score(float mult) { return mult < 0.0f ? inf() : -inf(); }
+
+__device__ __forceinline__ float quad_min(float x) {
+  x = fminf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fminf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
 
 template <int NT>
 struct OnlineSoftmax {
@@ -49,17 +53,30 @@ struct OnlineSoftmax {
   // kOffset: this thread's scores of row r are x * mult + offset[r] in log2 units (an
   // affine bias taken once per row, forward.cuh add_affine_bias); the offset differs
   // between the quad's threads, so it is added to each thread's largest before the
-  // row's shuffles, and joins the exponent's FFMA. Without it the code is as it was.
+  // row's shuffles, and joins the exponent's FFMA. mult is positive there: the host runs
+  // a negative scale as -Q (launch.py forward, exact), because the branch on mult's sign
+  // took registers that ptxas spilled (ALiBi's bias under a band mask, sm_90a). Without
+  // kOffset the code is as it was (removing the branch there measured dense d = 64 3-4 %
+  // slower, PERF.md).
   // alpha: per row, the factor the output accumulated so far must be scaled by.
   template <bool kOffset = false>
   __device__ __forceinline__ void step(float (&x)[NT][4], float mult, const float (&offset)[2],
                                        float (&alpha)[2]) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-      float m = -inf();
+      // the largest x * mult: the largest x, or under a negative mult the smallest
+      float m;
+      if (kOffset || mult >= 0.0f) {
+        m = -inf();
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
-      m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_max(m);
+        for (int nt = 0; nt < NT; ++nt) m = fmaxf(m, fmaxf(x[nt][2 * r], x[nt][2 * r + 1]));
+        m = kOffset ? quad_max(fmaf(m, mult, offset[r])) : quad_max(m);
+      } else {
+        m = inf();
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) m = fminf(m, fminf(x[nt][2 * r], x[nt][2 * r + 1]));
+        m = quad_min(m);
+      }
       m = fmaxf(row_max[r], kOffset ? m : m * mult);  // -inf while the row has no visible key
       const float base = finite_or_zero(m);
       alpha[r] = fast_exp2(row_max[r] - base);  // exp2(-inf) = 0 on the first visible tile
