@@ -162,6 +162,8 @@ def cmd_explain(args) -> int:
     model at --sizes; with --measure on a GPU, the op timed beside the model."""
     import torch
 
+    from .analysis.affine import affine_bias
+    from .ir.pretty import pretty
     from .plan import io_model
     from .plan.tile_map import tile_map
     from .runtime.arguments import TORCH_DTYPES
@@ -171,6 +173,11 @@ def cmd_explain(args) -> int:
     explained = api.explain(args.spec, args.name, dtypes=args.dtype and args.dtype.split(","),
                             head_dims=args.head_dim and _int_list(args.head_dim), arch=args.arch)
     print(f"attention {spec.name}")
+    affine = affine_bias(spec)
+    if affine is not None:
+        print(f"  score adds a bias affine in kv_idx, growing by {pretty(affine.step)} per key: "
+              f"the forward takes it once per row and tile, one FFMA per score "
+              f"(flashgen/analysis/affine.py)")
     for dtype, d, plan, report in explained:
         print(f"\n{dtype} head_dim {d} value_dim {plan.value_dim} ({args.arch})")
         for line in plan.describe():

@@ -192,6 +192,17 @@ def test_explain_names_the_example_parameters(monkeypatch, capsys):
     assert "; over B 2 x H 1" in out      # the mask reads b: every batch has its own tiles
 
 
+@pytest.mark.nvcc
+def test_explain_says_when_the_bias_is_affine(monkeypatch, capsys):
+    monkeypatch.setattr(cache, "ptxas_report", lambda sources, arch: {})
+    assert cli.main(["explain", "alibi", "--dtype", "bf16", "--head-dim", "64",
+                     "--sizes", "512"]) == 0
+    assert "bias affine in kv_idx, growing by slopes[h] per key" in capsys.readouterr().out
+    assert cli.main(["explain", "t5_bias", "--dtype", "fp16", "--head-dim", "64",
+                     "--sizes", "512"]) == 0
+    assert "affine" not in capsys.readouterr().out
+
+
 def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
     """ptxas names kernels with true/false or (bool)1/(bool)0, by nvcc version (the GPU
     machine's nvcc wrote the latter and explain crashed there)."""
