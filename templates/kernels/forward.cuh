@@ -45,19 +45,49 @@ __device__ __forceinline__ float score_mult(const Shape& n) {
   return n.scale_log2 != 0.0f ? n.scale_log2 : 1e-30f;
 }
 
+// V::kAffineBias (score = score + bias, the bias affine in kv_idx; analysis/affine.py),
+// after score_and_mask's mask. The bias is taken once per row at the thread's first
+// column of the tile and goes to row_offset (log2 units), which the softmax adds in its
+// exponent's FFMA; a score gets only the bias's growth over its column offset c
+// (8 nt + i % 2, a constant), in the softmax's units: x + c * bias_step / scale, one
+// FFMA. (ALiBi's per-element form was an integer subtraction, a conversion, a multiply
+// and an add; PERF.md.) A masked score stays -inf. The offset differs between the four
+// threads of a row, so the softmax adds it before the row's shuffles.
+template <class V, int MT, int NT>
+__device__ __forceinline__ void add_affine_bias(float (&s)[MT][NT][4], float (&row_offset)[MT][2],
+                                                const typename V::Params& p, const Shape& n,
+                                                int b, int h, int row0, int k0) {
+  const int lane = threadIdx.x & 31;
+  // (a fast divide: IEEE division's slow-path call costs registers around it)
+  const float to_x = __fdividef(kLog2e, score_mult<V>(n));
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = row0 + 16 * mt + 8 * r + (lane >> 2), kv = k0 + 2 * (lane & 3);
+      row_offset[mt][r] = V::bias(p, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
+      if constexpr (V::kBiasVaries) {
+        const float step = V::bias_step(p, b, h, q, kv, n.q_len, n.kv_len) * to_x;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {  // columns 8 nt + j of this thread
+            const int c = 8 * nt + j;
+            if (c != 0) s[mt][nt][2 * r + j] = fmaf(step, float(c), s[mt][nt][2 * r + j]);
+          }
+        }
+      }
+    }
+  }
+}
+
 // A warp's S tile -> scores after the spec's score expression and mask, not yet in log2
 // units: the softmax multiplies by score_mult<V>() in its exponent (softmax.cuh).
 // kPartial: the tile needs the per-element mask. The caller branches once per tile, so
 // full tiles run code with no mask in it (a per-element test of the tile class made
-// nvcc emit a branch per element).
-// V::kAffineBias (score = score + bias, the bias affine in kv_idx; analysis/affine.py):
-// see add_affine_bias, which runs after the mask, once the mask's per-row and per-column
-// parts are dead (taking the bias before the mask made ptxas spill in a spec with both).
-template <class V, int MT, int NT>
-__device__ __forceinline__ void add_affine_bias(float (&s)[MT][NT][4], float (&row_offset)[MT][2],
-                                                const typename V::Params& p, const Shape& n,
-                                                int b, int h, int row0, int k0);
-
+// nvcc emit a branch per element). An affine bias is added after the mask, once the
+// mask's per-row and per-column parts are dead (before it, ptxas spilled in a spec with
+// both).
 template <bool kPartial, class V, int MT, int NT>
 __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
                                                float (&row_offset)[MT][2],
@@ -91,41 +121,6 @@ __device__ __forceinline__ void score_and_mask(float (&s)[MT][NT][4],
     }
   }
   if constexpr (V::kAffineBias) add_affine_bias<V>(s, row_offset, p, n, b, h, row0, k0);
-}
-
-// The bias is taken once per row at the thread's first column of the tile and goes to
-// row_offset (log2 units), which the softmax adds in its exponent's FFMA; a score gets
-// only the bias's growth over its column offset c (8 nt + i % 2, a constant), in the
-// softmax's units: x + c * bias_step / scale, one FFMA. (ALiBi's per-element form was an
-// integer subtraction, a conversion, a multiply and an add; PERF.md.) A masked score
-// stays infinite. The offset differs between the four threads of a row, so the softmax
-// adds it before the row's shuffles.
-template <class V, int MT, int NT>
-__device__ __forceinline__ void add_affine_bias(float (&s)[MT][NT][4], float (&row_offset)[MT][2],
-                                                const typename V::Params& p, const Shape& n,
-                                                int b, int h, int row0, int k0) {
-  const int lane = threadIdx.x & 31;
-  // (a fast divide: IEEE division's slow-path call costs registers around it)
-  const float to_x = __fdividef(kLog2e, score_mult<V>(n));
-#pragma unroll
-  for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int q = row0 + 16 * mt + 8 * r + (lane >> 2), kv = k0 + 2 * (lane & 3);
-      row_offset[mt][r] = V::bias(p, b, h, q, kv, n.q_len, n.kv_len) * kLog2e;
-      if constexpr (V::kBiasVaries) {
-        const float step = V::bias_step(p, b, h, q, kv, n.q_len, n.kv_len) * to_x;
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-#pragma unroll
-          for (int j = 0; j < 2; ++j) {  // columns 8 nt + j of this thread
-            const int c = 8 * nt + j;
-            if (c != 0) s[mt][nt][2 * r + j] = fmaf(step, float(c), s[mt][nt][2 * r + j]);
-          }
-        }
-      }
-    }
-  }
 }
 
 // After score_and_mask: the online softmax of a warp's MT m16 row tiles (leaving P in s)
