@@ -128,3 +128,27 @@ def test_forward_mode_ad_is_refused_not_dropped(monkeypatch):
         with pytest.raises(Exception):
             attention(key, dual, k, v, [], [], 0.125, 0.0, [], None, False,
                       launch.SAVE_NOTHING, 1)
+
+
+def test_an_affine_bias_runs_a_negative_scale_as_minus_q(monkeypatch):
+    """kernels/softmax.cuh: an affine bias's forward takes a positive scale only, so the
+    host passes -Q and -scale (exact); other specs get q and scale as they are."""
+    seen = []
+    monkeypatch.setattr(launch, "_library", lambda *args: None)
+    monkeypatch.setattr(launch, "_call", lambda lib, fn, ints, floats, device:
+                        seen.append(floats[0]))
+    captured = {}
+    real_as_kernel_sees = launch._as_kernel_sees
+
+    def as_kernel_sees(n, *tensors, outputs=False):
+        if not outputs:
+            captured["q"] = tensors[0]
+        return real_as_kernel_sees(n, *tensors, outputs=outputs)
+    monkeypatch.setattr(launch, "_as_kernel_sees", as_kernel_sees)
+    q, k, v = (torch.randn(1, 2, 8, 64) for _ in range(3))
+    for spec, tensors, flipped in (("alibi", [torch.rand(2)], True), ("causal", [], False)):
+        launch.forward(flashgen.compile(spec).key, q, k, v, tensors, [], -0.125)
+        assert seen[-1] == (0.125 if flipped else -0.125)
+        assert torch.equal(captured["q"], -q if flipped else q)
+        launch.forward(flashgen.compile(spec).key, q, k, v, tensors, [], 0.125)
+        assert seen[-1] == 0.125 and torch.equal(captured["q"], q)
