@@ -18,8 +18,8 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   PERF.md). Q/dO are double-buffered unless two stages would not fit the arch's shared
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
 sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
-  warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows; 128
-  keys per tile, 64 at d = 256, ws_block_n), else in two warpgroups of 64 query rows, one
+  warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows,
+  three at d = 64, ws_consumers; 128 keys per tile, 64 at d = 256, ws_block_n), else in two warpgroups of 64 query rows, one
   per CTA and three CTAs per SM at d = 64 (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
   dQ by bulk reduction; _wgmma_backward). d = 256's backward, and every other arch and
@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..analysis.affine import affine_bias
-from ..ir.nodes import Load
+from ..ir.nodes import Binary, Load
 
 SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
 SM90_SMEM_LIMIT = 227 * 1024   # and on H100 / H200
@@ -44,7 +44,7 @@ FORWARD_WARPS = 4
 
 
 # mma.sync (sm_80 and up), warpgroup MMA (sm_90a), and warpgroup MMA with a producer
-# warpgroup feeding two consumers (forward_sm90_ws.cuh; the forward only), one
+# warpgroup feeding two or three consumers (forward_sm90_ws.cuh; the forward only), one
 # Q tile per CTA or persistent (one CTA per SM looping over Q tiles)
 FAMILIES = ("mma", "wgmma", "wgmma_ws", "wgmma_ws_persistent")
 
@@ -56,12 +56,24 @@ class ForwardPlan:
     warps: int
     family: str = "mma"
     kv_stages: int = 2         # wgmma: K/V stages
-    producer: bool = False     # wgmma: a producer warpgroup and two consumers (wgmma_ws)
+    producer: bool = False     # wgmma: a producer warpgroup and consumers of 64 rows (wgmma_ws)
     persistent: bool = False   # producer: one CTA per SM, looping over the Q tiles
 
     @property
     def rows_per_warp(self) -> int:
         return self.block_m // self.warps
+
+    @property
+    def consumers(self) -> int:
+        """The producer kernel's consumer warpgroups, 64 query rows each."""
+        return self.block_m // 64
+
+    @property
+    def dq_block_m(self) -> int:
+        """Query rows per CTA of the deterministic dQ kernel, which walks the forward's
+        tile lists (backward.cuh dq_kernel): the forward's tile, or half of three
+        consumers' 192 rows, since 12 warps would cap its registers at 168 (255 at 6)."""
+        return self.block_m if self.block_m <= 128 else self.block_m // 2
 
     def smem_bytes(self, d: int, dv: int) -> int:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
@@ -113,7 +125,8 @@ class TilePlan:
                if f.family == "wgmma" else f"{f.warps} warps ({f.rows_per_warp} rows each)")
         if f.producer:
             how = (("persistent (one CTA per SM), " if f.persistent else "")
-                   + "a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma)")
+                   + f"a producer warpgroup and {f.consumers} consumer warpgroups of 64 rows "
+                     "(wgmma)")
         return [
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
             f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
@@ -166,9 +179,9 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
         raise TileError(f"family must be one of {', '.join(FAMILIES)}, not {tiles.family!r}")
     if tiles.forward is not None:
         block_m, block_n = tiles.forward
-        if block_m not in (64, 128):
+        if block_m not in (64, 128) and not (block_m == 192 and tiles.family == "wgmma_ws"):
             raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 "
-                            f"or 32 query rows), not {block_m}")
+                            f"or 32 query rows; 192 for three wgmma_ws consumers), not {block_m}")
         if block_n not in (16, 32, 64, 128, 256):
             raise TileError(f"forward_tile: BN must be a power of two from 16 to 256, not {block_n}")
     if tiles.backward is not None:
@@ -214,14 +227,16 @@ def smem_limit(arch: str) -> int:
 
 def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = None,
                override: TileOverride | None = None, arch: str = DEFAULT_ARCH,
-               score_reads_tables: bool = False, affine: bool = False) -> TilePlan:
+               score_reads_tables: bool = False, affine: bool = False,
+               three_consumers: bool = True) -> TilePlan:
     """The tiles for a head dim on an arch, and for a block-sparse spec's (block_q,
     block_k); `override` replaces them by hand-picked ones (see check_override).
     `affine`: the score adds a bias affine in kv_idx (analysis/affine.py), whose tables
     the forward reads once per row and tile; the warp-specialised consumers then hold no
     more per score than a mask's (no spill at 128 keys, d = 64), while the mma.sync
     warps, 32 rows each, still spilled 16-104 bytes at 128 keys (ALiBi fp16 d = 64,
-    sm_80) and keep 64."""
+    sm_80) and keep 64. `three_consumers`: the spec allows three consumers of the
+    warp-specialised forward at d = 64 (ws_consumers)."""
     widest = max(head_dim, value_dim)
     if widest <= 64:
         # a score reading parameter tables holds more per element: at 128 keys ptxas
@@ -269,7 +284,9 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
             keys = ws_block_n(widest)
             forward = _wgmma_ws_forward(head_dim, value_dim,
                                         keys if blocks is None else min(keys, max(32, blocks[1])),
-                                        persistent)
+                                        persistent,
+                                        ws_consumers(widest, blocks, persistent,
+                                                     three_consumers))
         if widest <= 128:
             backward = _wgmma_backward(blocks, head_dim, value_dim)
     if override is not None:
@@ -277,10 +294,12 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
         if override.forward is not None:
             block_m, block_n = override.forward
             if producer:
-                if block_m != 128:
-                    raise TileError(f"the wgmma_ws forward has two consumers of 64 query rows: "
-                                    f"BM is 128, not {block_m}")
-                forward = _wgmma_ws_forward(head_dim, value_dim, block_n, persistent)
+                if block_m not in (128, 192) or block_m == 192 and (widest > 64 or persistent):
+                    raise TileError(f"the wgmma_ws forward has two consumers of 64 query rows, "
+                                    f"three at d = 64 (not persistent): BM is 128 or 192 there, "
+                                    f"not {block_m}")
+                forward = _wgmma_ws_forward(head_dim, value_dim, block_n, persistent,
+                                            block_m // 64)
             else:
                 forward = ForwardPlan(block_m, block_n, block_m // 16, "wgmma") \
                     if family == "wgmma" else ForwardPlan(block_m, block_n, FORWARD_WARPS)
@@ -319,6 +338,26 @@ def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
             and (blocks is None or blocks[0] >= 128))
 
 
+def ws_consumers(widest: int, blocks: tuple[int, int] | None, persistent: bool,
+                 three: bool = True) -> int:
+    """Consumer warpgroups of the warp-specialised forward: three at d = 64 (192 query
+    rows; FlashAttention-3's choice there too), two above. A 128-key tile at d = 64 has
+    half the GEMM work of d = 128 under the same softmax, so with two consumers in turn
+    the tensor cores idle through part of each softmax (forward 0.78-0.91x cuDNN at d = 64
+    with two; PERF.md, issue 8's thirteenth step). Three leave each 160 registers (24 for
+    the TMA producer), which ptxas fits without spilling for the shipped masks (document: 8
+    bytes). `three` is False (plan_for) where
+      - the mask or score divides integers per element (`%`, `//`): dilated's consumers
+        spilled 820 bytes at 160;
+      - the mask reads parameter tables: its tile classes come from data (document
+        boundaries), which a 192-row Q tile straddles more often than a 128-row one:
+        document's forward measured 222 -> 181 TFLOP/s (N = 8192) and 94 -> 71 (N = 2048)
+        with three.
+    A block-sparse layout keeps two (its tiles follow blocks of at most 128 rows), and so
+    does the persistent kernel."""
+    return 3 if widest <= 64 and blocks is None and not persistent and three else 2
+
+
 def ws_block_n(widest: int) -> int:
     """Keys per tile of the warp-specialised forward: 128 up to d = 128; 64 at d = 256,
     where a consumer thread's O takes 128 registers and a 128-key score tile 64 more (and
@@ -354,13 +393,14 @@ def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None
 
 
 def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
-                      persistent: bool = False) -> ForwardPlan:
+                      persistent: bool = False, consumers: int = 2) -> ForwardPlan:
     """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
-    consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128, 224 KiB):
-    a stage is released only after its P V, so two stages leave the producer one softmax's
-    time to refill one."""
+    or three consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128,
+    224 KiB): a stage is released only after its P V, so two stages leave the producer one
+    softmax's time to refill one."""
     for stages in (4, 3, 2):
-        plan = ForwardPlan(128, block_n, 12, "wgmma", stages, True, persistent)
+        plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages, True,
+                           persistent)
         if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
             return plan
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")
@@ -398,6 +438,12 @@ def plan_for(spec, head_dim: int, override: TileOverride | None = None,
     score_reads_tables = spec.score is not None and any(
         isinstance(node, Load) for e in (spec.score, *(let.expr for let in spec.lets))
         for node in e.walk())
+    lets = [let.expr for let in spec.lets]
+    divides = any(isinstance(node, Binary) and node.op in ("mod", "floordiv")
+                  for e in (spec.mask, spec.score, *lets) if e is not None for node in e.walk())
+    mask_reads_tables = any(isinstance(node, Load) for e in (spec.mask, *lets) if e is not None
+                            for node in e.walk())
     return plan_tiles(head_dim, spec.value_dim_for(head_dim),
                       None if bs is None else (bs.block_q, bs.block_k), override, arch,
-                      score_reads_tables, affine_bias(spec) is not None)
+                      score_reads_tables, affine_bias(spec) is not None,
+                      not divides and not mask_reads_tables)

@@ -483,7 +483,9 @@ backward_kernel(const BackwardArgs<T> a, const typename V::Params p, const typen
 }
 
 // Deterministic dQ: one CTA per (BM query rows, batch * head), shaped like the
-// forward pass. It walks the KV tiles in order, recomputing S and dP, and keeps dQ in
+// forward pass: it walks the tile lists of the forward's ListRows-row tiles (the same, or
+// half of three consumers' 192 rows: plan/tiles.py dq_block_m), whose classes hold for
+// any rows inside them. It walks the KV tiles in order, recomputing S and dP, and keeps dQ in
 // registers, so every sum runs in one fixed order and no atomics touch dQ: bit-identical
 // run to run, at the price of recomputing S and dP (two more GEMMs per tile).
 template <int D, int Dv, int BM, int BN, int W>
@@ -499,10 +501,11 @@ struct DqTiles {
   static_assert(BM == 16 * W, "each warp owns 16 query rows");
 };
 
-template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout>
+template <class V, class T, int D, int Dv, int BM, int BN, int W, int ListRows, bool kDropout>
 __global__ void __launch_bounds__(32 * W, 1)
 dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   using Tiles = DqTiles<D, Dv, BM, BN, W>;
+  static_assert(ListRows % BM == 0, "a CTA's rows lie inside one of the forward's tiles");
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);
   T* sdO = sQ + Tiles::kQ;
@@ -519,7 +522,7 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   const int kv_tiles = (n.kv_len + BN - 1) / BN;
   const KvStream<V, T, D, Dv, BM, BN, Tiles::kThreads> kv{
       sK, sV, p, n, a.sparse, a.k.from_row(n.kv_start), a.v.from_row(n.kv_start), b, h, hk, q0,
-      tile_row<V>(a.sparse.by_q, b, h, m_block, kv_tiles)};
+      tile_row<V>(a.sparse.by_q, b, h, q0 / ListRows, kv_tiles)};
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, n.q_start + q0), a.q.row, n.q_len - q0,
                                     a.q.data);
   load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, n.q_start + q0), a.dout.row,

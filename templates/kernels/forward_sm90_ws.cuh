@@ -1,6 +1,6 @@
 // The warp-specialised forward on Hopper (sm_90a): forward_sm90.cuh's math, with the
 // loads moved to a producer warpgroup and the per-tile CTA barrier replaced by mbarriers
-// (pipeline.cuh), so that the two consumer warpgroups stop running in lockstep.
+// (pipeline.cuh), so that the consumer warpgroups stop running in lockstep.
 //
 // Why (PERF.md, issue 8): in forward_sm90.cuh both warpgroups of a CTA meet at the
 // barrier that hands each K/V stage over, so they issue their GEMMs together and run
@@ -12,12 +12,13 @@
 //     registers; the general instance (paged, varlen, split-KV) and K / V that TMA cannot
 //     address load with cp.async from all 128 threads (every load path of KvStream),
 //     which needs 56. The rest go to the consumers (setmaxnreg);
-//   - warpgroups 1 and 2 (the consumers, 64 query rows each, 240 or 224 registers) wait
-//     for a stage's `full` barrier, compute S = Q K^T, mask, softmax and O += P V as
-//     forward_sm90.cuh does, and arrive on its `empty` barrier;
-//   - the consumers take turns to issue their GEMMs (two named barriers, ping-pong): a
+//   - warpgroups 1 and 2, and 3 at d = 64 (the consumers, 64 query rows each; 240 or 224
+//     registers, 160 with three) wait for a stage's `full` barrier, compute
+//     S = Q K^T, mask, softmax and O += P V as forward_sm90.cuh does, and arrive on its
+//     `empty` barrier;
+//   - the consumers take turns to issue their GEMMs (a named barrier each, a ring): a
 //     turn issues Q K^T of this tile and P V of the previous one, and one consumer's
-//     softmax runs while the other's GEMMs run;
+//     softmax runs while the others' GEMMs run;
 //   - inside a consumer (the TMA instance), this tile's softmax waits for its Q K^T only
 //     and runs while the previous tile's P V still accumulates into O; O is rescaled
 //     after it.
@@ -32,17 +33,31 @@
 
 namespace fg {
 
-template <int D, int Dv, int BN, int Stages>
+template <int D, int Dv, int BN, int Stages, int Consumers = 2>
 struct ForwardTilesSm90Ws {
-  static constexpr int kConsumers = 2;
+  // two consumers of 64 query rows, or three at d = 64 (plan/tiles.py ws_consumers): there
+  // a 128-key tile has half the GEMM work of d = 128 under the same softmax, and a third
+  // consumer's GEMMs keep the tensor cores busy through the other two's softmax
+  static constexpr int kConsumers = Consumers;
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // kTma: the producer is one thread issuing TMA loads, and needs few registers; loading
-  // with cp.async, its 128 threads' address math needs 56 (40 spilled)
+  // with cp.async, its 128 threads' address math needs 56 (40 spilled), but with three
+  // consumers it keeps 32 (ptxas reported no spill), since at 152 each ptxas serialised
+  // their wgmmas (C7512) and at 160 it does not
   template <bool kTma>
-  static constexpr int kProducerRegisters = kTma ? 24 : 56;
+  static constexpr int kProducerRegisters = kTma ? 24 : kConsumers == 3 ? 32 : 56;
+  // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384 with two
+  // consumers, 128 x 512 with three); asking for more than it holds leaves
+  // setmaxnreg.inc waiting for ever
+  static constexpr int kPool = (65536 / kThreads) / 8 * 8 * kThreads;
+  // the consumers share the rest, in multiples of 8 (setmaxnreg's unit), at most 240:
+  // 240 / 224 with two consumers (TMA / cp.async producer), 160 with three
   template <bool kTma>
-  static constexpr int kConsumerRegisters = kTma ? 240 : 224;
+  static constexpr int kConsumerRegisters =
+      (kPool - kProducerRegisters<kTma> * 128) / (128 * kConsumers) / 8 * 8 > 240
+          ? 240
+          : (kPool - kProducerRegisters<kTma> * 128) / (128 * kConsumers) / 8 * 8;
   using Q = SwizzledTile<64, D>;  // one per consumer
   using K = SwizzledTile<BN, D>;
   using V = SwizzledTile<BN, Dv>;
@@ -54,13 +69,10 @@ struct ForwardTilesSm90Ws {
   static constexpr int kSmemBytes = kBarrierOffset + 4 * Stages * 8 + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
-  // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384); asking for
-  // more than it holds leaves setmaxnreg.inc waiting for ever
-  static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <=
-                        (65536 / kThreads) / 8 * 8 * kThreads &&
-                    kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <=
-                        (65536 / kThreads) / 8 * 8 * kThreads,
+  static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
+                    kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <= kPool,
                 "the reallocated registers fit the CTA's pool");
+  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumers");
   // Host: the tensor maps of a padded batch's K and V in boxes of BN rows; false where the
   // TMA engine cannot address them (the call then runs the cp.async instance)
   template <class T>
@@ -77,8 +89,8 @@ struct ForwardTilesSm90Ws {
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 256 && Dv <= 256, "128-byte rows, d <= 256");
 };
 
-// Named barriers: 1 and 2, a consumer's Q rows; 3 and 4, whose turn it is to issue Q K^T.
-constexpr int kQBarrier = 1, kTurnBarrier = 3;
+// Named barriers: 1 to 3, a consumer's Q rows; 4 to 6, whose turn it is to issue Q K^T.
+constexpr int kQBarrier = 1, kTurnBarrier = 4;
 
 // The units of work of a forward CTA: one Q tile (the grid's), or, persistent, every
 // gridDim.x-th of all (Q tile, batch * head) units, the Q tiles with the most keys under a
@@ -95,16 +107,16 @@ __device__ __forceinline__ void for_each_unit(const ForwardArgs<T>& a, int block
   }
 }
 
-// Template arguments as forward_kernel_sm90's, with Stages (K/V stages) instead of BM
-// (always two consumers of 64 rows), and kPersistent: one CTA per SM, looping over the
+// Template arguments as forward_kernel_sm90's, with Stages (K/V stages) and Consumers
+// (of 64 rows each) instead of BM, and kPersistent: one CTA per SM, looping over the
 // units (for_each_unit), its producer loading the next unit's tiles while the consumers
 // finish this one's.
-template <class V, class T, int D, int Dv, int BN, int Stages, bool kPersistent, bool kDropout,
-          bool kExactP, bool kGeneral>
-__global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages>::kThreads, 1)
+template <class V, class T, int D, int Dv, int BN, int Stages, int Consumers, bool kPersistent,
+          bool kDropout, bool kExactP, bool kGeneral>
+__global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers>::kThreads, 1)
 forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
                        const __grid_constant__ KvTensorMaps maps) {
-  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages>;
+  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers>;
   // A padded batch's K and V are loaded by TMA (tma.cuh; the host encodes `maps`); the
   // general instance (a packed batch, a paged cache, split-KV) and any call whose K / V
   // the engine cannot address load them with cp.async (KvStream), `maps` unused.
@@ -201,7 +213,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
 
   set_registers<Tiles::template kConsumerRegisters<kTma>>();
   const int consumer = warpgroup - 1;
-  const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' 8 warps
+  const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' warps
   T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
   const uint32_t q_rows = smem_address(sQ);
   for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
@@ -236,11 +248,14 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     const int row0 = q0 + 16 * warp;  // this warp's first query row
     auto walk = kv.walk();
     // Turns: a consumer's GEMMs of one step (Q K^T of this tile, P V of the previous
-    // one) are issued in its turn, so that the two consumers' GEMMs alternate and each
-    // one's softmax runs under the other's GEMMs. Consumer 0 goes first; each hands the
-    // turn over once its GEMMs are issued. The last hand-over of consumer 1 in a unit is
-    // left out, so that every arrival is waited for.
-    if (consumer == 1 && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
+    // one) are issued in its turn, so that the consumers' GEMMs take turns in a ring
+    // (0, 1, [2,] 0, ...) and each one's softmax runs under the others' GEMMs. Consumer
+    // 0 goes first; each hands the turn to the next once its GEMMs are issued. The last
+    // consumer's last hand-over in a unit is left out, so that every arrival is waited
+    // for.
+    constexpr int kLast = Tiles::kConsumers - 1;
+    const int next = consumer == kLast ? 0 : consumer + 1;
+    if (consumer == kLast && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
     uint32_t pa[BN / 16][4];                     // P of the previous tile, the A of its P V
     uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
     int pending = 0;                             // the stage whose V the pending P V reads
@@ -265,7 +280,11 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     // both are waited for together. kFirst (no P V pending) is a separate instance, not
     // a runtime test: ptxas tracks which wgmma groups are in flight along each path, and
     // across a runtime branch it assumed the worst and serialised them.
-    constexpr bool kOverlap = kTma;
+    // With three consumers (160 registers) the overlap's live P of the previous tile and
+    // the exact-P residual together spilled 304 bytes (ALiBi, d = 64): that instance,
+    // which only parameter gradients call, waits for both GEMMs together, and ptxas
+    // serialises its wgmmas there (C7511, tests/cpu/test_generated.py).
+    constexpr bool kOverlap = kTma && !(kExactP && Tiles::kConsumers == 3);
     auto step = [&](auto first) {
       constexpr bool kFirst = decltype(first)::value;
       const int stage = i % Stages, round = i / Stages;
@@ -285,7 +304,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes,
                               smem_address(sK + stage * kK), Tiles::K::kBlockBytes);
       if constexpr (kOverlap && !kFirst) issue_pv(pending);
-      if (consumer == 0 || !walk.done()) bar_arrive(kTurnBarrier + (consumer ^ 1), 256);
+      if (consumer != kLast || !walk.done()) bar_arrive(kTurnBarrier + next, 256);
       wgmma_wait<!kOverlap || kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
       fence_operand(s[0]);
       if constexpr (kSplitKv) mbarrier_arrive(&empty_k[stage]);  // its K has been read

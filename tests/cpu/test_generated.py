@@ -1,5 +1,6 @@
 """generated/ is exactly what `flashgen generate` writes for the shipped specs, and the
 generated CUDA compiles for sm_80 and sm_90a with the local nvcc (compile only)."""
+import re
 import subprocess
 from pathlib import Path
 
@@ -84,6 +85,19 @@ def test_resources_are_found():
 
 SPILL_BYTES = 512
 
+# The one instance whose wgmmas ptxas may serialise: three consumers' forward with P V's
+# rounding residual (kExactP, for parameter gradients only), whose consumers' 160
+# registers hold the previous tile's P twice; with the GEMMs overlapped instead it
+# spilled 304 bytes (forward_sm90_ws.cuh kOverlap). Template arguments: V, T, D, Dv, BN,
+# Stages, Consumers, kPersistent, kDropout, kExactP, kGeneral.
+_SERIAL_ALLOWED = re.compile(
+    r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 3, \w+, \w+, true, ")
+
+
+def _assert_not_serialised(kernel: str, report: dict) -> None:
+    assert report["wgmma_serialized"] is None or _SERIAL_ALLOWED.search(kernel), \
+        f"{kernel}: ptxas serialised its wgmmas: {report}"
+
 
 @pytest.mark.nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90a"])
@@ -112,7 +126,7 @@ def test_every_shipped_kernel_compiles(name, arch):
         kernels[next(k for k in kernels if k in kernel)] += 1
         assert r["spill_stores"] <= SPILL_BYTES and r["spill_loads"] <= SPILL_BYTES, \
             f"{kernel} spills: {r}"
-        assert r["wgmma_serialized"] is None, f"{kernel}: ptxas serialised its wgmmas: {r}"
+        _assert_not_serialised(kernel, r)
     units = len(spec.dtypes) * len(spec.head_dims)
     configs = units * (2 if spec.dropout else 1)       # with and without dropout
     # where the score reads float tables, forward and backward come with and without
@@ -154,14 +168,18 @@ def test_framed_kernels_compile(name):
 
 @pytest.mark.nvcc
 @pytest.mark.parametrize("name, d, family", [("causal", 128, "wgmma_ws"),
-                                             ("document", 64, "wgmma_ws_persistent")])
+                                             ("document", 64, "wgmma_ws_persistent"),
+                                             ("sliding_window", 64, "wgmma_ws"),
+                                             ("alibi", 64, "wgmma_ws")])
 def test_warp_specialised_forward_compiles(name, d, family):
     """The warp-specialised sm90 forward (families "wgmma_ws" and "wgmma_ws_persistent",
     forward_sm90_ws.cuh): its
     producer warpgroup keeps 24 registers and the consumers 240 where one producer thread
     loads by TMA (the padded instance), 56 and 224 where all 128 load with cp.async (the
     general one), and ptxas allocates each region within its own limit, so nothing spills
-    in either."""
+    in either. With three consumers (d = 64, not persistent) they keep 160 (the producer 24
+    or 32), and
+    nothing spills either (ALiBi's exact-P instance included)."""
     from flashgen.build.cache import ptxas_report
     from flashgen.plan.tiles import TileOverride
     from flashgen.render.kernels import render_module
@@ -174,7 +192,7 @@ def test_warp_specialised_forward_compiles(name, d, family):
     assert report
     for kernel, r in report.items():
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{kernel} spills: {r}"
-        assert r["wgmma_serialized"] is None, f"{kernel}: ptxas serialised its wgmmas: {r}"
+        _assert_not_serialised(kernel, r)
 
 
 def _tiles_types(plan) -> tuple[str, str]:
@@ -182,7 +200,7 @@ def _tiles_types(plan) -> tuple[str, str]:
     units name them (templates/kernels/*.cu.j2)."""
     f, b, d, dv = plan.forward, plan.backward, plan.head_dim, plan.value_dim
     if f.producer:
-        fwd = f"fg::ForwardTilesSm90Ws<{d}, {dv}, {f.block_n}, {f.kv_stages}>"
+        fwd = f"fg::ForwardTilesSm90Ws<{d}, {dv}, {f.block_n}, {f.kv_stages}, {f.consumers}>"
     elif f.family == "wgmma":
         fwd = f"fg::ForwardTilesSm90<{d}, {dv}, {f.block_m}, {f.block_n}>"
     else:

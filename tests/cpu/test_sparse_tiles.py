@@ -75,21 +75,22 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
     bigbird = plan_for(flashgen.load("bigbird"), 64)          # 64 x 64 blocks
     assert (bigbird.forward.block_m, bigbird.forward.block_n, bigbird.forward.warps) == (64, 64, 4)
     dense = flashgen.load("dense")
-    # dense d64: the warp-specialised forward's 128-row Q tile (blocks shorter than 128
-    # rows, as bigbird's, keep the one-warpgroup CTA's 64)
-    assert (plan_for(dense, 64).forward.block_m, plan_for(dense, 64).forward.block_n) == (128, 128)
+    # dense d64: the warp-specialised forward's 192-row Q tile, three consumers (blocks
+    # shorter than 128 rows, as bigbird's, keep the one-warpgroup CTA's 64)
+    assert (plan_for(dense, 64).forward.block_m, plan_for(dense, 64).forward.block_n) == (192, 128)
     mma = plan_for(dense, 64, arch="sm_80").forward
     assert (mma.block_m, mma.block_n) == (128, 128)
 
 
 def test_forward_family_by_arch_and_head_dim():
     """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
-    64, 128, 256): a producer and two consumers (64 keys per tile at d = 256); everything else, and any arch before Hopper, on mma.sync. A family
+    64, 128, 256): a producer and three consumers at d = 64, two above (64 keys per tile at
+    d = 256); everything else, and any arch before Hopper, on mma.sync. A family
     can be asked for by name; the wgmma one only where it fits."""
     from flashgen.plan.tiles import TileError, TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
-    for d, tile, warps, producer in ((64, (128, 128), 12, True), (128, (128, 128), 12, True),
+    for d, tile, warps, producer in ((64, (192, 128), 16, True), (128, (128, 128), 12, True),
                                      (256, (128, 64), 12, True)):
         f = plan_for(causal, d, arch="sm_90a").forward
         assert (f.family, f.block_m, f.block_n, f.warps, f.producer) == \
@@ -210,7 +211,7 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
     plan = plan_for(op.spec, 64)
     assert calls == [("flashgen_tile_classes", 2, 1, plan.forward.block_m, plan.forward.block_n),
                      ("flashgen_tile_classes", 2, 1, plan.backward.block_m, plan.backward.block_n)]
-    assert first.by_q[0].shape == (2, 1, 256 // plan.forward.block_m)
+    assert first.by_q[0].shape == (2, 1, -(-256 // plan.forward.block_m))
     assert launch._mask_tiles(op.key, sizes, q, [doc], []) is first and len(calls) == 2
     doc[:, 128:] = 1                                 # in place: rebuilt
     assert launch._mask_tiles(op.key, sizes, q, [doc], []) is not first and len(calls) == 4
@@ -245,3 +246,30 @@ def test_warp_specialised_forward_plan():
     assert plan_for(causal, 256, TileOverride(family="wgmma_ws"), "sm_90a").forward == wide
     with pytest.raises(TileError, match="330 KiB of shared memory at head dim 256"):
         plan_for(causal, 256, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
+
+
+def test_three_consumers_at_d64():
+    """d = 64's warp-specialised forward has three consumers (192 query rows), whose
+    deterministic dQ runs on 96-row halves of its tiles; a block-sparse layout, the
+    persistent kernel, a per-element integer division, a mask reading tables and a
+    hand-picked 128-row tile keep two."""
+    from flashgen.plan.tiles import TileError, TileOverride
+    causal = flashgen.load("causal")
+    f = plan_for(causal, 64, arch="sm_90a").forward
+    assert (f.producer, f.block_m, f.consumers, f.warps, f.block_n, f.dq_block_m) == \
+        (True, 192, 3, 16, 128, 96)
+    assert f.smem_bytes(64, 64) <= 227 * 1024
+    assert "3 consumer warpgroups" in plan_for(causal, 64, arch="sm_90a").describe()[0]
+    assert plan_for(causal, 128, arch="sm_90a").forward.consumers == 2
+    assert plan_for(causal, 128, arch="sm_90a").forward.dq_block_m == 128
+    for name in ("dilated", "document", "key_padding"):
+        assert plan_for(flashgen.load(name), 64, arch="sm_90a").forward.block_m == 128, name
+    for name in ("dense", "sliding_window", "prefix_lm", "alibi", "dropout_causal"):
+        assert plan_for(flashgen.load(name), 64, arch="sm_90a").forward.block_m == 192, name
+    assert plan_for(flashgen.load("block_layout"), 64, arch="sm_90a").forward.block_m == 128
+    persistent = plan_for(causal, 64, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
+    assert persistent.forward.block_m == 128
+    two = plan_for(causal, 64, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
+    assert (two.forward.producer, two.forward.consumers) == (True, 2)
+    with pytest.raises(TileError, match="three at d = 64"):
+        plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(192, 128)), "sm_90a")
