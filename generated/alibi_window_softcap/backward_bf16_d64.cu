@@ -24,10 +24,11 @@ using WsTiles = fg::BackwardTilesSm90Ws<64, 64, 64, 128, 3>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 64, 64, 64, 128, 3, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 8>;
-// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
+// deterministic dQ walks the forward pass's tile lists (64 x 64 tiles) in CTAs of 64 query rows,
+// 16 per warp
 using DqTiles = fg::DqTiles<64, 64, 64, 64, 4>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 64, 64, 4, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 64, 64, 4, 64, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

@@ -14,10 +14,10 @@
 namespace {
 using T = __half;
 using Variant = fg_block_layout::Variant;  // whole sequences
-// the sm90 family, warp-specialised: a producer warpgroup, two consumer warpgroups of 64 query rows
-using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4>;
+// the sm90 family, warp-specialised: a producer warpgroup, 2 consumer warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 2>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, false, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, 2, false, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh)
 using Maps = fg::KvTensorMaps;

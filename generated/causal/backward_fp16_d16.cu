@@ -18,10 +18,11 @@ using Tiles = fg::BackwardTiles<16, 16, 128, 128, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 16, 16, 128, 128, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 128, 16, 8>;
-// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
+// deterministic dQ walks the forward pass's tile lists (128 x 128 tiles) in CTAs of 128 query rows,
+// 16 per warp
 using DqTiles = fg::DqTiles<16, 16, 128, 128, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 16, 16, 128, 128, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 16, 16, 128, 128, 8, 128, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

@@ -3,7 +3,7 @@
 //
 // attention causal_bottom_right: backward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 145 KiB shared memory
+//   forward:  192 query rows x 128 keys per tile, a producer warpgroup and 3 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 153 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"
@@ -24,10 +24,11 @@ using WsTiles = fg::BackwardTilesSm90Ws<64, 64, 64, 128, 3>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 64, 64, 64, 128, 3, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 64, 8>;
-// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
-using DqTiles = fg::DqTiles<64, 64, 128, 128, 8>;
+// deterministic dQ walks the forward pass's tile lists (192 x 128 tiles) in CTAs of 96 query rows,
+// 16 per warp
+using DqTiles = fg::DqTiles<64, 64, 96, 128, 6>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 128, 128, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 64, 64, 96, 128, 6, 192, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>
@@ -55,7 +56,7 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   }
   status = launch_backward<false, kDropout, kParamGrads>(args, params, grads, grid, stream);
   if (status != cudaSuccess) return status;
-  const dim3 dq_grid((n.q_len + 128 - 1) / 128, n.batch * n.heads);
+  const dim3 dq_grid((n.q_len + 96 - 1) / 96, n.batch * n.heads);
   return fg::launch(kDqKernel<kDropout>, dq_grid, DqTiles::kThreads, DqTiles::smem_bytes<T>(), stream, args, params);
 }
 

@@ -18,10 +18,11 @@ using Tiles = fg::BackwardTiles<256, 256, 64, 64, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 256, 256, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 256, 8>;
-// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
+// deterministic dQ walks the forward pass's tile lists (128 x 64 tiles) in CTAs of 128 query rows,
+// 16 per warp
 using DqTiles = fg::DqTiles<256, 256, 128, 64, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 64, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 64, 8, 128, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

@@ -24,10 +24,11 @@ using WsTiles = fg::BackwardTilesSm90Ws<128, 128, 64, 128, 3>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 128, 128, 64, 128, 3, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 128, 8>;
-// deterministic dQ runs on the forward pass's tiles, 16 query rows per warp
+// deterministic dQ walks the forward pass's tile lists (128 x 128 tiles) in CTAs of 128 query rows,
+// 16 per warp
 using DqTiles = fg::DqTiles<128, 128, 128, 128, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 128, 128, 128, 128, 8, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 128, 128, 128, 128, 8, 128, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

@@ -3,7 +3,7 @@
 //
 // attention dropout_causal: forward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 145 KiB shared memory
+//   forward:  192 query rows x 128 keys per tile, a producer warpgroup and 3 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 153 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"
@@ -14,10 +14,10 @@
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_dropout_causal::Variant;  // whole sequences
-// the sm90 family, warp-specialised: a producer warpgroup, two consumer warpgroups of 64 query rows
-using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4>;
+// the sm90 family, warp-specialised: a producer warpgroup, 3 consumer warpgroups of 64 query rows
+using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, false, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, 3, false, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh)
 using Maps = fg::KvTensorMaps;
@@ -55,7 +55,7 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads,
+  const dim3 grid((args.shape.q_len + 192 - 1) / 192, args.shape.batch * args.shape.heads,
                   args.splits > 1 ? args.splits : 1);
   // dropout_p = 0 runs the kernel without dropout: it costs nothing
   if (args.dropout.active()) return run<true>(args, params, grid, smem, stream);
