@@ -178,6 +178,10 @@ def cmd_explain(args) -> int:
         print(f"  score adds a bias affine in kv_idx, growing by {pretty(affine.step)} per key: "
               f"the forward takes it once per row and tile, one FFMA per score "
               f"(flashgen/analysis/affine.py)")
+        if affine.q_step is not None:
+            print(f"  and affine in q_idx, growing by {pretty(affine.q_step)} per query row: "
+                  f"the sm90 backward takes it once per key and tile where no table wants a "
+                  f"gradient")
     for dtype, d, plan, report in explained:
         print(f"\n{dtype} head_dim {d} value_dim {plan.value_dim} ({args.arch})")
         for line in plan.describe():

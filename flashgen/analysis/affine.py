@@ -8,6 +8,11 @@ bias once per row and tile at the thread's first column (`bias`) and its growth 
 compile-time constant. The row's part goes to the softmax as an offset in the exponent's
 FFMA (kernels/softmax.cuh), so it costs nothing per element.
 
+The backward holds S transposed (keys x query rows: kernels/backward_sm90.cuh), so there
+it wants the bias affine in q_idx too: `q_step`, d E / d q_idx, where it is (ALiBi's is
+`-slopes[h]`); it then takes the bias once per key row and tile and adds `c * q_step` to
+a query column of offset c.
+
 Exact in real arithmetic: bias(kv) = bias(kv0) + step * (kv - kv0) when the bias is affine.
 In floats the bias at kv0 is rounded as the reference rounds it at kv, and the step's
 product adds one rounding of a value at most 127 steps; integer indices convert exactly
@@ -26,18 +31,20 @@ from ..ir.types import Type
 class AffineBias:
     bias: Expr   # E in `score = score + E`, as the spec writes it (lets kept)
     step: Expr   # d E / d kv_idx, which reads no kv_idx (Const 0.0 when E reads none)
+    q_step: Expr | None = None   # d E / d q_idx (reads no q_idx), where E is affine in it
 
 
 def affine_bias(spec: AttentionSpec) -> AffineBias | None:
     """`score` as `score + E` (terms added to or subtracted from score, in any order) with
-    E affine in kv_idx, else None."""
+    E affine in kv_idx, else None; with its step along q_idx where E is affine in q_idx."""
     if spec.score is None:
         return None
     bias = _added_to_score(spec.score)
     if bias is None or isinstance(bias, Const):   # no bias, or a constant one (cancels)
         return None
-    step = _float_step(inline_lets(spec, bias))
-    return None if step is None else AffineBias(bias, step)
+    inlined = inline_lets(spec, bias)
+    step = _float_step(inlined, "kv_idx")
+    return None if step is None else AffineBias(bias, step, _float_step(inlined, "q_idx"))
 
 
 def _added_to_score(e: Expr) -> Expr | None:
@@ -65,58 +72,59 @@ def _reads(e: Expr, name: str) -> bool:
     return any(isinstance(n, Var) and n.name == name for n in e.walk())
 
 
-def _float_step(e: Expr) -> Expr | None:
-    """d e / d kv_idx for a float e affine in kv_idx (the result reads no kv_idx), else None."""
-    if not _reads(e, "kv_idx"):
+def _float_step(e: Expr, index: str) -> Expr | None:
+    """d e / d index (kv_idx or q_idx) for a float e affine in it (the result does not read
+    it), else None."""
+    if not _reads(e, index):
         return B.ZERO
     if isinstance(e, ToFloat):
-        k = _int_step(e.operand)
+        k = _int_step(e.operand, index)
         return None if k is None else B.const(k)
     if isinstance(e, Unary) and e.op == "neg":
-        d = _float_step(e.operand)
+        d = _float_step(e.operand, index)
         return None if d is None else B.neg(d)
-    if isinstance(e, Select) and not _reads(e.condition, "kv_idx"):
-        a, b = _float_step(e.then), _float_step(e.otherwise)
+    if isinstance(e, Select) and not _reads(e.condition, index):
+        a, b = _float_step(e.then, index), _float_step(e.otherwise, index)
         return None if a is None or b is None else B.select(e.condition, a, b)
     if isinstance(e, Binary):
         left, right = e.left, e.right
         if e.op in ("add", "sub"):
-            a, b = _float_step(left), _float_step(right)
+            a, b = _float_step(left, index), _float_step(right, index)
             if a is None or b is None:
                 return None
             return B.add(a, b) if e.op == "add" else B.sub(a, b)
-        if e.op == "mul" and not _reads(left, "kv_idx"):
-            d = _float_step(right)
+        if e.op == "mul" and not _reads(left, index):
+            d = _float_step(right, index)
             return None if d is None else B.mul(left, d)
-        if e.op in ("mul", "div") and not _reads(right, "kv_idx"):
-            d = _float_step(left)
+        if e.op in ("mul", "div") and not _reads(right, index):
+            d = _float_step(left, index)
             if d is None:
                 return None
             return B.mul(d, right) if e.op == "mul" else B.div(d, right)
-    return None   # a table read, a call, a select on kv_idx...: not affine (or not known to be)
+    return None   # a table read, a call, a select on the index...: not affine (or not known to be)
 
 
-def _int_step(e: Expr) -> int | None:
-    """The constant d e / d kv_idx of an integer e (kv_idx, sums, constant multiples), else
-    None: a step that varies (kv_idx * n) would need the per-element form anyway."""
+def _int_step(e: Expr, index: str) -> int | None:
+    """The constant d e / d index of an integer e (the index, sums, constant multiples),
+    else None: a step that varies (kv_idx * n) would need the per-element form anyway."""
     if e.type is not Type.INT:
         return None
-    if not _reads(e, "kv_idx"):
+    if not _reads(e, index):
         return 0
     if isinstance(e, Var):
-        return 1   # kv_idx itself
+        return 1   # the index itself
     if isinstance(e, Unary) and e.op == "neg":
-        k = _int_step(e.operand)
+        k = _int_step(e.operand, index)
         return None if k is None else -k
     if isinstance(e, Binary):
         if e.op in ("add", "sub"):
-            a, b = _int_step(e.left), _int_step(e.right)
+            a, b = _int_step(e.left, index), _int_step(e.right, index)
             if a is None or b is None:
                 return None
             return a + b if e.op == "add" else a - b
         if e.op == "mul":
             for c, x in ((e.left, e.right), (e.right, e.left)):
                 if isinstance(c, Const):
-                    k = _int_step(x)
+                    k = _int_step(x, index)
                     return None if k is None else int(c.value) * k
     return None

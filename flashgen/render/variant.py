@@ -80,6 +80,7 @@ class VariantView:
     score_grad: FunctionView | None
     bias: FunctionView | None        # score = score + bias, affine in kv_idx (affine.py)
     bias_step: FunctionView | None   # d bias / d kv_idx
+    bias_q_step: FunctionView | None  # d bias / d q_idx, where the bias is affine in q_idx too
     bias_varies: bool                # bias_step is not the constant 0
     tile_class: FunctionView | None
     grads: tuple[GradView, ...]
@@ -154,7 +155,7 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         bs = spec.block_sparse
         summary.append(f"block_sparse = {bs.pattern} ({bs.block_q} x {bs.block_k})")
         constants += [("kBlockQ", ("int", str(bs.block_q))), ("kBlockK", ("int", str(bs.block_k)))]
-    mask = score = grad = parts = bias = bias_step = None
+    mask = score = grad = parts = bias = bias_step = bias_q_step = None
     if spec.mask is not None:
         mask, parts = _mask_functions(spec, source_path)
     if spec.score is not None:
@@ -169,6 +170,10 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
             bias_step = _function(spec, source_path, "bias_step", affine.step, False,
                                   spec.score_spans, "d bias / d kv_idx, derived by flashgen "
                                   "from:")
+            if affine.q_step is not None:
+                bias_q_step = _function(spec, source_path, "bias_q_step", affine.q_step, False,
+                                        spec.score_spans, "d bias / d q_idx, derived by "
+                                        "flashgen from:")
     tile_class = None
     if spec.mask is not None:
         tile_class = _function(spec, source_path, "tile_class", spec.mask, False, spec.mask_spans,
@@ -181,7 +186,7 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         params=tuple(_param(p, source_path) for p in spec.params), constants=tuple(constants),
         dropout=spec.dropout, block_sparse=spec.block_sparse is not None,
         runtime_tiles=scans_tables(spec), mask=mask, mask_parts=parts,
-        score=score, score_grad=grad, bias=bias, bias_step=bias_step,
+        score=score, score_grad=grad, bias=bias, bias_step=bias_step, bias_q_step=bias_q_step,
         bias_varies=bias_step is not None and bias_step.result != "0.0f", tile_class=tile_class, grads=grads,
         param_grads=param_grads)
 

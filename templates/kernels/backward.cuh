@@ -116,6 +116,22 @@ struct GradSumsOf<V, true> {
   using type = typename V::GradSums;
 };
 
+// Step 2 for one element of a score that is the raw score plus `offset2`, a bias in log2
+// units (0 without a score expression; an affine bias taken once per row and tile,
+// backward_sm90.cuh) with -lse2 folded in: P = exp2(s scale log2(e) + offset2), dS = dT
+// = P (dP * keep - delta), since d score / d score is 1. The rest as score_gradient's.
+template <bool kPartial>
+__device__ __forceinline__ void offset_score_gradient(const Shape& n, bool visible, float offset2,
+                                                      float delta, float s, float dp, float keep,
+                                                      float& prob, float& ds) {
+  float pr = fast_exp2(fmaf(s, n.scale_log2, offset2));
+  if constexpr (kPartial) {
+    if (!visible) pr = 0.0f;
+  }
+  ds = pr * (dp * keep - delta);
+  prob = pr * keep;
+}
+
 // Step 2 for one element (q, kv): P from the saved lse, then dT = P (dP * keep - delta)
 // and dS = dT * dscore/dS, both w.r.t. the scaled score sx; `keep` is the element's
 // dropout factor (1 without dropout). prob returns P * keep, the probability that
@@ -130,20 +146,17 @@ __device__ __forceinline__ void score_gradient(const typename V::Params& p,
                                                bool visible, float lse2, float delta,
                                                int b, int h, int q, int kv, float s, float dp,
                                                float keep, float& prob, float& ds) {
-  const float sx = s * n.scale;
-  float pr;
-  if constexpr (V::kHasScore) {
-    pr = fast_exp2(fmaf(V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len), kLog2e, -lse2));
+  if constexpr (!V::kHasScore) {
+    offset_score_gradient<kPartial>(n, visible, -lse2, delta, s, dp, keep, prob, ds);
   } else {
-    pr = fast_exp2(fmaf(s, n.scale_log2, -lse2));
-  }
-  if constexpr (kPartial) {
-    if (!visible) pr = 0.0f;
-  }
-  const float dt = pr * (dp * keep - delta);
-  prob = pr * keep;
-  ds = dt;
-  if constexpr (V::kHasScore) {
+    const float sx = s * n.scale;
+    float pr = fast_exp2(fmaf(V::score(p, sx, b, h, q, kv, n.q_len, n.kv_len), kLog2e, -lse2));
+    if constexpr (kPartial) {
+      if (!visible) pr = 0.0f;
+    }
+    const float dt = pr * (dp * keep - delta);
+    prob = pr * keep;
+    ds = dt;
     if (pr != 0.0f) ds *= V::score_grad(p, sx, b, h, q, kv, n.q_len, n.kv_len);
     if constexpr (kParamGrads && V::kHasParamGrads) {
       if (pr != 0.0f) V::add_param_grads(p, g, sums, dt, sx, b, h, q, kv, n.q_len, n.kv_len);

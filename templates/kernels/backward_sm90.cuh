@@ -135,6 +135,13 @@ struct KeyBlockGemms {
 // 16 keys from warp_key0, all BM query rows): P^T (times the dropout factor) into s and
 // dS^T into dp, from the rows' lse and delta in shared memory. The tile's mask decides
 // between the instance that tests each element and the one that tests none.
+//
+// kAffine: the score adds a bias affine in q_idx (variant.cuh kAffineBiasQ; ALiBi), and no
+// parameter gradient is asked for. The bias is then taken once per key row of this thread
+// and Q tile, at its first query column, and a column of offset c adds c * bias_q_step,
+// a compile-time multiple, with -lse2 in the same FFMA: one FFMA per column pair and one
+// FADD per element, where the per-element form spent an integer subtract, a conversion,
+// a multiply and an add (the forward's version of this: forward.cuh add_affine_bias).
 template <class V, int BM, bool kDropout, bool kParamGrads, class T>
 __device__ __forceinline__ void transposed_gradients(
     const BackwardArgs<T>& a, const typename V::Params& p, const typename V::Grads& g,
@@ -144,6 +151,16 @@ __device__ __forceinline__ void transposed_gradients(
   const int lane = threadIdx.x & 31;
   const int key0 = warp_key0 + (lane >> 2);  // this thread's keys: key0 and key0 + 8
   const int col0 = 2 * (lane & 3);           // and query columns: col0 (+1) + 8 nt
+  constexpr bool kAffine = V::kAffineBiasQ && !kParamGrads;
+  [[maybe_unused]] float key_bias2[2], q_step2[2];  // kAffine: per key row, in log2 units
+  if constexpr (kAffine) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = q0 + col0, kv_idx = k0 + key0 + 8 * r;
+      key_bias2[r] = V::bias(p, b, h, q, kv_idx, n.q_len, n.kv_len) * kLog2e;
+      q_step2[r] = V::bias_q_step(p, b, h, q, kv_idx, n.q_len, n.kv_len) * kLog2e;
+    }
+  }
   auto p_and_ds = [&](auto partial) {
     constexpr bool kPartial = decltype(partial)::value;
     const TransposedFragmentMask<V, BM / 8> mask(p, b, h, k0 + key0, q0 + col0, n.q_len,
@@ -172,9 +189,18 @@ __device__ __forceinline__ void transposed_gradients(
         const int q = q0 + c + (i & 1), kv_idx = k0 + key0 + 8 * (i >> 1);
         const bool visible =
             !kPartial || mask.visible(p, block, b, h, nt, i, q, kv_idx, n.q_len, n.kv_len);
-        score_gradient<V, kPartial, kParamGrads>(p, g, sums, n, visible, lse2[i & 1],
-                                                 row_delta[i & 1], b, h, q, kv_idx, s[nt][i],
-                                                 dp[nt][i], keep[i], s[nt][i], dp[nt][i]);
+        if constexpr (kAffine) {
+          // the column's term first: for a bias_q_step that reads no kv_idx (ALiBi's) it is
+          // the same for both key rows, and computed once
+          const float column2 = fmaf(float(8 * nt + (i & 1)), q_step2[i >> 1], -lse2[i & 1]);
+          offset_score_gradient<kPartial>(n, visible, key_bias2[i >> 1] + column2,
+                                          row_delta[i & 1], s[nt][i], dp[nt][i], keep[i],
+                                          s[nt][i], dp[nt][i]);
+        } else {
+          score_gradient<V, kPartial, kParamGrads>(p, g, sums, n, visible, lse2[i & 1],
+                                                   row_delta[i & 1], b, h, q, kv_idx, s[nt][i],
+                                                   dp[nt][i], keep[i], s[nt][i], dp[nt][i]);
+        }
       }
     }
   };

@@ -197,7 +197,9 @@ def test_explain_says_when_the_bias_is_affine(monkeypatch, capsys):
     monkeypatch.setattr(cache, "ptxas_report", lambda sources, arch: {})
     assert cli.main(["explain", "alibi", "--dtype", "bf16", "--head-dim", "64",
                      "--sizes", "512"]) == 0
-    assert "bias affine in kv_idx, growing by slopes[h] per key" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "bias affine in kv_idx, growing by slopes[h] per key" in out
+    assert "affine in q_idx, growing by -slopes[h] per query row" in out
     assert cli.main(["explain", "t5_bias", "--dtype", "fp16", "--head-dim", "64",
                      "--sizes", "512"]) == 0
     assert "affine" not in capsys.readouterr().out

@@ -205,6 +205,37 @@ def test_affine_bias_matches_the_score(score):
     torch.testing.assert_close(rebuilt, run(spec.score).expand_as(x))
 
 
+@pytest.mark.parametrize("score, along_q", [
+    ("score + slopes[h] * (kv_idx - q_idx)", True),                      # ALiBi
+    ("score - slopes[h] * (q_idx - kv_idx) / 2.0 + 0.5", True),
+    ("score + slopes[h] * kv_idx * q_idx", True),                        # a step by key
+    ("score + (if kv_idx > 3 then 1.0 else 2.0) * 0.0 + slopes[h] * kv_idx", None),
+    ("slopes[h] * (2 * kv_idx + q_idx) + score - 0.01 * (q_idx * q_idx)", False),  # quadratic
+    ("score + (if h > 0 then slopes[h] else 1.5) * (kv_idx - 3) + bias[h, q_idx % 4]", False),
+])
+def test_affine_bias_along_query_rows(score, along_q):
+    """The bias's step along q_idx (the sm90 backward's S^T walks query columns), where it
+    is affine in q_idx too: E(q) = E(q0) + q_step * (q - q0) exactly; None where not."""
+    from flashgen.analysis.affine import affine_bias
+    from flashgen.reference.attention import grid_variables
+    from flashgen.reference.evaluate import Evaluator
+    spec = spec_of(f"score = {score}", "param slopes: f32[H]\n param bias: f32[H, 4]")
+    affine = affine_bias(spec)
+    if along_q is None:   # not affine in kv_idx: no bias at all
+        assert affine is None
+        return
+    assert (affine.q_step is not None) == along_q
+    if not along_q:
+        return
+    x = torch.randn(1, 2, 5, 7, dtype=torch.float64)
+    params = {"slopes": torch.rand(2, dtype=torch.float64), "bias": torch.rand(2, 4, dtype=torch.float64)}
+    variables = dict(grid_variables(1, 2, 5, 7, "cpu"), score=x)
+    run = Evaluator(spec, variables, params, torch.float64, "cpu")
+    q = torch.arange(5, dtype=torch.float64).unsqueeze(-1)
+    rebuilt = x + run(affine.bias)[..., :1, :] + run(affine.q_step) * q
+    torch.testing.assert_close(rebuilt, run(spec.score).expand_as(x))
+
+
 @pytest.mark.parametrize("score", [
     "score * 2.0 + slopes[h] * kv_idx",          # not score + E
     "score + slopes[h] * (kv_idx // 2)",         # integer division

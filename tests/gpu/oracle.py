@@ -24,12 +24,14 @@ def _leaf(t, dtype=None):
 
 
 def run(op, q, k, v, dout, params, dtype=None, kernel=False, deterministic=False,
-        kv_splits=None, packed=None, **call):
+        kv_splits=None, packed=None, param_grads=True, **call):
     """out, lse and the gradients of (q, k, v, float tensor params) for one call; `call`
     holds dropout_p, seed and layout; deterministic and kv_splits go to the kernels.
-    packed: (cu_seqlens_q, cu_seqlens_k) of a varlen call (q, k, v packed)."""
+    packed: (cu_seqlens_q, cu_seqlens_k) of a varlen call (q, k, v packed). param_grads
+    False: the float params want no gradient (the kernels without parameter-gradient code)."""
     q, k, v = _leaf(q, dtype), _leaf(k, dtype), _leaf(v, dtype)
-    p = {n: (_leaf(t, dtype if dtype == torch.float64 else torch.float32)
+    table = _leaf if param_grads else (lambda t, dt: t.detach().to(dt))
+    p = {n: (table(t, dtype if dtype == torch.float64 else torch.float32)
              if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
          for n, t in params.items()}
     if kernel and packed:
@@ -131,11 +133,11 @@ def parameter_floors(op, q, k, v, dout, params, draw_seed, packed=None,
 
 def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
             deterministic=False, dropout_p=0.0, shared_layout=False, scale=None,
-            kv_splits=None, lengths=None) -> dict:
+            kv_splits=None, lengths=None, param_grads=True) -> dict:
     """Run the kernels and the references on one random call. Returns a report row:
     {"case": label, <output>: error / bound, ..., "failures": [...]}. lengths: (query
     lengths, key lengths) of B packed sequences: a varlen call (Nq, Nk are ignored; the
-    tables are sized by the longest)."""
+    tables are sized by the longest). param_grads: as run's."""
     gen = torch.Generator().manual_seed(seed)
     if lengths is not None:
         B, Nq, Nk = len(lengths[0]), max(lengths[0]), max(lengths[1])
@@ -165,6 +167,7 @@ def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
                   else t) for n, t in params.items()}
     if strided:   # [B, N, H, d] storage seen as [B, H, N, d]: strided in every dim but the last
         q, k, v = (t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, k, v))
+    call["param_grads"] = param_grads
     ref64 = run(op, q, k, v, dout, params, torch.float64, **call)
     low = run(op, q, k, v, dout, params, dt, **call)
     qk, kk, vk = q.to(dt), k.to(dt), v.to(dt)
@@ -175,7 +178,8 @@ def compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, *, strided=False,
     row = {"case": label}
     failures = []
     floor = cancellation_floor(q, k, v, dout)
-    floors = parameter_floors(op, q, k, v, dout, params, seed, **call)
+    floors = parameter_floors(op, q, k, v, dout, params, seed,
+                              **{n: c for n, c in call.items() if n != "param_grads"})
     for what, ref in ref64.items():
         if torch.isnan(got[what]).any():
             failures.append(f"{what}: NaN in the kernel's result")

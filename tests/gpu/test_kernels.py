@@ -58,6 +58,15 @@ TEST_SPECS = {
         mask = q_idx - kv_idx < 300 && kv_idx - q_idx < 200 && q_idx % 97 != 5
         score = score - (if h > 1 then slopes[h] else -0.5) * (q_idx - kv_idx) / 4.0 + bias[h, q_idx % 4]
     }""",
+    # a bias affine in q_idx as well as kv_idx, whose step along each varies with the
+    # other index (the sm90 backward's kAffineBiasQ; a select on h in it), under a band
+    "affine_bias_q": """attention affine_bias_q {
+        head_dim = 64, 128
+        scale = 0.07
+        param slopes: f32[H]
+        mask = q_idx - kv_idx < 300 && kv_idx - q_idx < 200
+        score = score + (if h > 1 then slopes[h] else -0.5) * (kv_idx - 2 * q_idx) / 4.0 + 0.00002 * kv_idx * q_idx
+    }""",
     "small_blocks": """attention small_blocks {
         head_dim = 64
         mask = causal
@@ -95,6 +104,13 @@ CASES.append(("alibi", "fp16", 64, 2, 4, 4, 200, 300, True))
 CASES.append(("affine_bias", "bf16", 128, 2, 4, 2, 333, 517, False))
 CASES.append(("affine_bias", "fp16", 64, 1, 4, 4, 700, 700, False))
 
+# The sm90 backward takes a bias affine in q_idx once per key and tile (kAffineBiasQ) only
+# where no table wants a gradient, which the cases above always ask for: these do not.
+AFFINE_NO_TABLE_GRADS = [("alibi", "bf16", 128, 2, 4, 4, 300, 517, False),
+                         ("alibi", "fp16", 64, 1, 4, 4, 700, 700, False),
+                         ("affine_bias_q", "bf16", 128, 2, 4, 2, 333, 517, False),
+                         ("affine_bias_q", "fp16", 64, 1, 4, 4, 700, 700, False)]
+
 REPORT = []
 
 
@@ -102,7 +118,8 @@ REPORT = []
 def built_modules():
     """Every module the cases use, built in parallel (one nvcc per core)."""
     arch = launch._arch(torch.cuda.current_device())
-    todo = {(compile_case(c[0]).key, DTYPES[c[1]], c[2]) for c in CASES + DETERMINISTIC + EXTRA}
+    todo = {(compile_case(c[0]).key, DTYPES[c[1]], c[2])
+            for c in CASES + DETERMINISTIC + EXTRA + AFFINE_NO_TABLE_GRADS}
     todo |= {(compile_case(c[0], c[-1].get("forward_tile"), c[-1].get("backward_tile")).key,
               DTYPES[c[1]], c[2]) for c in EXTRA if {"forward_tile", "backward_tile"} & set(c[-1])}
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
@@ -122,18 +139,20 @@ def poison(monkeypatch):
 
 
 def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False, dropout_p=0.0,
-          shared_layout=False, scale=None, forward_tile=None, backward_tile=None):
+          shared_layout=False, scale=None, forward_tile=None, backward_tile=None,
+          param_grads=True):
     op = compile_case(name, forward_tile, backward_tile)
     label = (f"{name} {dtype} d{d} B{B} H{Hq}:{Hkv} {Nq}x{Nk}{' strided' if strided else ''}"
              f"{' deterministic' if deterministic else ''}"
              f"{f' p={dropout_p}' if dropout_p else ''}{' shared layout' if shared_layout else ''}"
              f"{f' scale={scale}' if scale is not None else ''}"
              f"{' forward tile {}x{}'.format(*forward_tile) if forward_tile else ''}"
-             f"{' backward tile {}x{} {} warps'.format(*backward_tile) if backward_tile else ''}")
+             f"{' backward tile {}x{} {} warps'.format(*backward_tile) if backward_tile else ''}"
+             f"{'' if param_grads else ' no table gradients'}")
     seed = zlib.crc32(repr((name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, dropout_p)).encode())
     row = compare(op, dtype, d, B, Hq, Hkv, Nq, Nk, seed, label, strided=strided,
                   deterministic=deterministic, dropout_p=dropout_p, shared_layout=shared_layout,
-                  scale=scale)
+                  scale=scale, param_grads=param_grads)
     REPORT.append(row)
     assert not row["failures"], "; ".join(row["failures"])
 
@@ -141,6 +160,11 @@ def check(name, dtype, d, B, Hq, Hkv, Nq, Nk, strided, deterministic=False, drop
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
 def test_kernel_matches_reference(case):
     check(*case)
+
+
+@pytest.mark.parametrize("case", AFFINE_NO_TABLE_GRADS, ids=lambda c: "-".join(map(str, c)))
+def test_affine_bias_backward_without_table_gradients(case):
+    check(*case, param_grads=False)
 
 
 DETERMINISTIC = [("causal", "bf16", 64, 1, 4, 2, 1000, 1000, False),
