@@ -94,9 +94,12 @@ struct VariantOf {
 
   // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
   // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
-  // score_and_mask). kBiasVaries: bias_step is not the constant 0.
+  // score_and_mask). kBiasVaries: bias_step is not the constant 0. kAffineBiasQ: the bias
+  // is affine in q_idx too, by bias_q_step per query row, so that the sm90 backward (S^T:
+  // keys x query rows) takes it once per key and tile (kernels/backward_sm90.cuh).
   static constexpr bool kAffineBias = true;
   static constexpr bool kBiasVaries = true;
+  static constexpr bool kAffineBiasQ = true;
 
   // the bias the score adds, affine in kv_idx (flashgen/analysis/affine.py), of:
   // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
@@ -110,6 +113,13 @@ struct VariantOf {
   static FG_HD float bias_step(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
     return p.slopes.at(h);
+  }
+
+  // d bias / d q_idx, derived by flashgen from:
+  // flashgen/specs/alibi.attn:6: score = score + slopes[h] * (kv_idx - q_idx)
+  static FG_HD float bias_q_step(const Params& p, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
+    if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);
+    return (-p.slopes.at(h));
   }
 
   // Per-thread sums of the gradients of table reads whose element is the same over a

@@ -110,9 +110,12 @@ struct VariantOf {
 
   // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
   // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
-  // score_and_mask). kBiasVaries: bias_step is not the constant 0.
+  // score_and_mask). kBiasVaries: bias_step is not the constant 0. kAffineBiasQ: the bias
+  // is affine in q_idx too, by bias_q_step per query row, so that the sm90 backward (S^T:
+  // keys x query rows) takes it once per key and tile (kernels/backward_sm90.cuh).
   static constexpr bool kAffineBias = false;
   static constexpr bool kBiasVaries = false;
+  static constexpr bool kAffineBiasQ = false;
 };
 
 using Variant = VariantOf<false>;
