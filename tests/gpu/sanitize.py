@@ -36,6 +36,9 @@ CASES = [
     # producer, dQ bulk adds and three Q/dO stages (300 rows: 5 Q tiles, a partial one)
     ("softcap", "bf16", 256, 1, 2, 1, 200, 330, {"deterministic": True}),
     ("causal", "bf16", 128, 1, 2, 2, 300, 300, {}),
+    # d = 64's three consumers (their ring of turn barriers) over three 192-row Q tiles, the
+    # last partial, and the deterministic dQ kernel on 96-row halves of them
+    ("causal", "bf16", 64, 1, 2, 2, 400, 300, {"deterministic": True}),
 ]
 
 
