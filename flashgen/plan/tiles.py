@@ -98,9 +98,9 @@ class BackwardPlan:
         if self.producer:  # K, V, the Q/dO stages, two dS^T buffers, the fp32 dQ tile; per
             tiles = (self.block_n * (d + dv) + self.stages * self.block_m * (d + dv)  # stage
                      + 2 * self.block_n * self.block_m)  # lse, delta and the tile's 32-byte
-            per_stage = 2 * self.block_m * 4 + 32 + 2 * 8  # note, 2 mbarriers; dQ's address,
-            return (tiles * ELEMENT_BYTES + self.block_m * d * 4 + self.stages * per_stage  # K/V's
-                    + 16 + 8 + 1024)                                               # mbarrier
+            per_stage = 2 * self.block_m * 4 + 32 + 2 * 8  # note, 2 mbarriers; K/V's
+            return (tiles * ELEMENT_BYTES + self.block_m * d * 4 + self.stages * per_stage  # mbarrier
+                    + 8 + 1024)
         if self.family == "wgmma":  # swizzled K, V, two Q/dO stages, dS^T, lse and delta,
             tiles = (self.block_n * (d + dv) + 2 * self.block_m * (d + dv)  # the stages'
                      + self.block_n * self.block_m)                         # TMA mbarriers

@@ -12,7 +12,9 @@
 //     4-byte aligned), each stage's `full` mbarrier completing when all have landed; it
 //     also loads K and V once, by TMA. Its warp 1 writes dQ: when the consumers have put a
 //     tile's dQ into shared memory it adds the whole tile to the fp32 accumulator with one
-//     bulk reduction (tma.cuh), where each consumer thread issued 8 atomics;
+//     bulk reduction (tma.cuh), where each consumer thread issued 8 atomics. It walks the
+//     Q tiles itself, as warp 0 does, for each tile's destination: handed over through
+//     shared memory, that 8-byte slot drew racecheck reports (PERF.md);
 //   - warpgroups 1 and 2 (the consumers, 232 registers) each own 64 keys. Per Q tile they
 //     wait for its stage's `full` barrier, run backward_sm90.cuh's steps 1-4, release the
 //     stage on its `empty` barrier once dV += P^T dO and dK += dS^T Q have read it, and
@@ -49,14 +51,14 @@ struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
   // delta address math), at 56 / 224 document's consumers did (PERF.md, issue 8's eighth step)
   static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
   // K, V, the Q/dO stages, two dS^T buffers, the dQ tile (fp32), each stage's lse and
-  // delta and StagedTile, the dQ tile's destination, then the mbarriers (full and empty
-  // per stage, K/V's); +1024 to align the start on a swizzle pattern
+  // delta and StagedTile, then the mbarriers (full and empty per stage, K/V's); +1024 to
+  // align the start on a swizzle pattern
   static constexpr int kStageOffset = K::kBytes + V::kBytes;
   static constexpr int kDsOffset = kStageOffset + Stages * (Q::kBytes + DO::kBytes);
   static constexpr int kDqOffset = kDsOffset + 2 * DS::kBytes;
   static constexpr int kStatsOffset = kDqOffset + BM * D * int(sizeof(float));
   static constexpr int kInfoOffset = kStatsOffset + Stages * 2 * BM * int(sizeof(float));
-  static constexpr int kBarrierOffset = kInfoOffset + Stages * int(sizeof(StagedTile)) + 16;
+  static constexpr int kBarrierOffset = kInfoOffset + Stages * int(sizeof(StagedTile));
   static constexpr int kSmemBytes = kBarrierOffset + (2 * Stages + 1) * 8 + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
@@ -108,7 +110,6 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
   float* sLse = reinterpret_cast<float*>(smem + Tiles::kStatsOffset);  // [Stages][BM]
   float* sDelta = sLse + Stages * BM;                                  // [Stages][BM]
   StagedTile* staged = reinterpret_cast<StagedTile*>(smem + Tiles::kInfoOffset);  // [Stages]
-  float** dq_destination = reinterpret_cast<float**>(smem + Tiles::kBarrierOffset - 16);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
   uint64_t* empty = full + Stages;                                             // [Stages]
   uint64_t* kv_full = empty + Stages;
@@ -167,18 +168,21 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       }
       cp_async_commit();
       cp_async_wait<0>();  // no copy outlives the thread that issued it
-    } else if (kDq && warp == 1) {  // dQ's sums, until the consumers send no destination
-      for (;;) {
-        bar_sync(kDqFullBarrier, kDqWriterThreads);  // the consumers' dQ of a tile is in
-        float* destination = *dq_destination;
-        if (destination == nullptr) break;
+    } else if (kDq && warp == 1) {  // dQ's sums, over the same tiles as warp 0's walk
+      for (auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block); !walk.done();) {
+        float* const destination =
+            Dq::tile(a, n, b, cta.group * hk + walk.r, TileRow::tile_of(walk.entry) * BM);
+        walk.advance();
+        bar_sync(kDqFullBarrier, kDqWriterThreads);  // the consumers' dQ of the tile is in
         if (lane == 0) {
           bulk_reduce_add_f32(destination, sdQ, BM * D * int(sizeof(float)));
           bulk_commit();
           bulk_wait_read<0>();
         }
         __syncwarp();
-        bar_arrive(kDqFreeBarrier, kDqWriterThreads);  // the consumers may write the next
+        // the consumers may write the next tile's dQ (they wait for this before every
+        // tile but the first, so the last tile's is left out)
+        if (!walk.done()) bar_arrive(kDqFreeBarrier, kDqWriterThreads);
       }
       if (lane == 0) bulk_wait<0>();
     }
@@ -239,7 +243,6 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       fence_operand(dq[0]);
       if (i > 0) bar_sync(kDqFreeBarrier, kDqWriterThreads);  // warp 1 has read the last tile
       Dq::to_shared(sdQ, cwarp, dq);
-      if (threadIdx.x == 128) *dq_destination = Dq::tile(a, n, b, h, q0);
       fence_proxy_async();  // for the bulk reduction, which reads through the async proxy
       bar_arrive(kDqFullBarrier, kDqWriterThreads);
     } else {
@@ -249,12 +252,6 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       mbarrier_arrive(&empty[stage]);
     }
   }
-  if constexpr (kDq) {  // tell warp 1 that no tile is left
-    if (i > 0) bar_sync(kDqFreeBarrier, kDqWriterThreads);
-    if (threadIdx.x == 128) *dq_destination = nullptr;
-    bar_arrive(kDqFullBarrier, kDqWriterThreads);
-  }
-
   const int key_row = 64 * consumer + 16 * (cwarp % 4);
   store_key_gradients(a, n, b, hk, k0, key_row, 0, dk, key_row, 0, dv);
 }
