@@ -173,13 +173,12 @@ def test_framed_kernels_compile(name):
                                              ("alibi", 64, "wgmma_ws")])
 def test_warp_specialised_forward_compiles(name, d, family):
     """The warp-specialised sm90 forward (families "wgmma_ws" and "wgmma_ws_persistent",
-    forward_sm90_ws.cuh): its
-    producer warpgroup keeps 24 registers and the consumers 240 where one producer thread
-    loads by TMA (the padded instance), 56 and 224 where all 128 load with cp.async (the
-    general one), and ptxas allocates each region within its own limit, so nothing spills
-    in either. With three consumers (d = 64, not persistent) they keep 160 (the producer 24
-    or 32), and
-    nothing spills either (ALiBi's exact-P instance included)."""
+    forward_sm90_ws.cuh): its producer warpgroup keeps 24 registers and the consumers 240
+    where one producer thread loads by TMA (the padded instance), 56 and 224 where all 128
+    load with cp.async (the general one), and ptxas allocates each region within its own
+    limit, so nothing spills in either. With three consumers (d = 64, not persistent) they
+    keep 160 (the producer 24 or 32), and nothing spills either (ALiBi's exact-P instance
+    included)."""
     from flashgen.build.cache import ptxas_report
     from flashgen.plan.tiles import TileOverride
     from flashgen.render.kernels import render_module
