@@ -327,8 +327,9 @@ def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
     the one-warpgroup CTAs (0.94x dense) while its producer loaded with cp.async; with TMA
     it is 1.03-1.15x their forward and 1.00-1.03x their forward+backward (PERF.md, issue 8's
     seventh step), except where the score reads tables (t5_bias): at 128 keys its consumers
-    spill 24-96 bytes, and the one-warpgroup CTA takes 64 keys. Its Q tile is 128 rows, so a block-sparse layout of shorter blocks keeps
-    the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
+    spill 24-96 bytes, and the one-warpgroup CTA takes 64 keys. Under a block-sparse
+    layout its Q tile is 128 rows (two consumers, ws_consumers), so a layout of shorter
+    blocks keeps the plain kernel, whose tiles follow the blocks. A value dim other than the head dim
     keeps it too: the GPU tests run no such spec (family="wgmma_ws" still builds one).
     At d = 256 (64 keys, ws_block_n) it measured 1.3x the two-warpgroup CTA's 128 x 32
     tiles with one barrier pair per stage (same run), and K and V apart took it a further
