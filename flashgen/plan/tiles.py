@@ -19,8 +19,9 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
 sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
   warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows,
-  three at d = 64, ws_consumers; 128 keys per tile, 64 at d = 256, ws_block_n), else in two warpgroups of 64 query rows, one
-  per CTA and three CTAs per SM at d = 64 (_wgmma_forward); up to d = 128 the backward too, 128 keys
+  three at d = 64, ws_consumers; 128 keys per tile, 64 at d = 256, ws_block_n), else in
+  two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
+  (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
   dQ by bulk reduction; _wgmma_backward). d = 256's backward, and every other arch and
   head dim, stay mma.sync.
@@ -98,9 +99,8 @@ class BackwardPlan:
         if self.producer:  # K, V, the Q/dO stages, two dS^T buffers, the fp32 dQ tile; per
             tiles = (self.block_n * (d + dv) + self.stages * self.block_m * (d + dv)  # stage
                      + 2 * self.block_n * self.block_m)  # lse, delta and the tile's 32-byte
-            per_stage = 2 * self.block_m * 4 + 32 + 2 * 8  # note, 2 mbarriers; K/V's
-            return (tiles * ELEMENT_BYTES + self.block_m * d * 4 + self.stages * per_stage  # mbarrier
-                    + 8 + 1024)
+            per_stage = 2 * self.block_m * 4 + 32 + 2 * 8  # note, 2 mbarriers; K/V's mbarrier
+            return tiles * ELEMENT_BYTES + self.block_m * d * 4 + self.stages * per_stage + 8 + 1024
         if self.family == "wgmma":  # swizzled K, V, two Q/dO stages, dS^T, lse and delta,
             tiles = (self.block_n * (d + dv) + 2 * self.block_m * (d + dv)  # the stages'
                      + self.block_n * self.block_m)                         # TMA mbarriers
@@ -181,7 +181,8 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
         block_m, block_n = tiles.forward
         if block_m not in (64, 128) and not (block_m == 192 and tiles.family == "wgmma_ws"):
             raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 "
-                            f"or 32 query rows; 192 for three wgmma_ws consumers), not {block_m}")
+                            f"or 32 query rows; 192 for three wgmma_ws consumers), "
+                            f"not {block_m}")
         if block_n not in (16, 32, 64, 128, 256):
             raise TileError(f"forward_tile: BN must be a power of two from 16 to 256, not {block_n}")
     if tiles.backward is not None:
@@ -295,9 +296,9 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
             block_m, block_n = override.forward
             if producer:
                 if block_m not in (128, 192) or block_m == 192 and (widest > 64 or persistent):
-                    raise TileError(f"the wgmma_ws forward has two consumers of 64 query rows, "
-                                    f"three at d = 64 (not persistent): BM is 128 or 192 there, "
-                                    f"not {block_m}")
+                    raise TileError(f"the wgmma_ws forward has consumers of 64 query rows: BM "
+                                    f"is 128 (two), or 192 (three) at d = 64 and not "
+                                    f"persistent; not {block_m} at d = {widest}")
                 forward = _wgmma_ws_forward(head_dim, value_dim, block_n, persistent,
                                             block_m // 64)
             else:

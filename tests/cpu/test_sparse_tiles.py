@@ -271,5 +271,5 @@ def test_three_consumers_at_d64():
     assert persistent.forward.block_m == 128
     two = plan_for(causal, 64, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
     assert (two.forward.producer, two.forward.consumers) == (True, 2)
-    with pytest.raises(TileError, match="three at d = 64"):
+    with pytest.raises(TileError, match="192 \\(three\\) at d = 64"):
         plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(192, 128)), "sm_90a")
