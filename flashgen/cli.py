@@ -281,7 +281,9 @@ def _kernel_label(kernel: str) -> str:
     if "backward_kernel" in kernel:
         dq, dropout, param_grads = flags[-3:]
         ws = "backward_kernel_sm90_ws" in kernel  # a padded batch's kernel on sm_90a
-        return (("backward, warp-specialised" if ws else "backward")
+        split = "backward_kernel_sm90_split" in kernel  # and at d = 256
+        return (("backward, warp-specialised" if ws else
+                 "backward, warp-specialised, split head dim" if split else "backward")
                 + (" (dK, dV)" if dq != "true" else " (dQ bulk adds)" if ws else " (dQ atomics)")
                 + (" +dropout" if dropout == "true" else "")
                 + (" +param grads" if param_grads == "true" else ""))

@@ -23,8 +23,9 @@ sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
   two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
   (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
-  dQ by bulk reduction; _wgmma_backward). d = 256's backward, and every other arch and
-  head dim, stay mma.sync.
+  dQ by bulk reduction; _wgmma_backward); at d = 256 64 keys, the two consumers
+  splitting the head dim (_wgmma_split_backward). Every other arch and head dim stays
+  mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
   backward not below 64 x 64), so a tile lies inside one block and is all visible or
   all skipped; smaller blocks read the layout per element in the tiles whose blocks
@@ -94,8 +95,16 @@ class BackwardPlan:
     stages: int                # Q/dO buffers
     family: str = "mma"
     producer: bool = False     # wgmma: a TMA producer warpgroup and two consumers
+    split: bool = False        # producer: the consumers split the head dim (d = 256)
+    fallback_stages: int = 0   # split: the mma.sync backward's Q/dO stages, which the
+                               # host runs where TMA cannot address the tensors
 
     def smem_bytes(self, d: int, dv: int) -> int:
+        if self.split:  # K, V, the Q/dO stages, two buffers of P^T and dS^T; per stage lse,
+            tiles = (self.block_n * (d + dv) + self.stages * self.block_m * (d + dv)  # delta,
+                     + 2 * 2 * self.block_n * self.block_m)  # the tile's note, 2 mbarriers;
+            per_stage = 2 * self.block_m * 4 + 32 + 2 * 8    # K/V's mbarrier
+            return tiles * ELEMENT_BYTES + self.stages * per_stage + 8 + 1024
         if self.producer:  # K, V, the Q/dO stages, two dS^T buffers, the fp32 dQ tile; per
             tiles = (self.block_n * (d + dv) + self.stages * self.block_m * (d + dv)  # stage
                      + 2 * self.block_n * self.block_m)  # lse, delta and the tile's 32-byte
@@ -131,7 +140,9 @@ class TilePlan:
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
             f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
             f"backward: {b.block_n} keys x {b.block_m} query rows per tile, "
-            + ("a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), "
+            + ("a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim "
+               "(wgmma), " if b.split else
+               "a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), "
                if b.producer else
                f"{b.warps // 4} warpgroup{'s' if b.warps > 4 else ''} of 64 keys (wgmma), "
                if b.family == "wgmma" else f"{b.warps} warps, ") +
@@ -290,6 +301,8 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                                                      three_consumers))
         if widest <= 128:
             backward = _wgmma_backward(blocks, head_dim, value_dim)
+        elif head_dim in (128, 256) and value_dim in (128, 256):
+            backward = _wgmma_split_backward(head_dim, value_dim, backward)
     if override is not None:
         check_override(override, head_dim, value_dim)
         if override.forward is not None:
@@ -431,6 +444,20 @@ def _wgmma_backward_plan(block_n: int, head_dim: int, value_dim: int) -> Backwar
         if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
             return plan
     raise TileError(f"the sm90 backward does not fit shared memory at d = {head_dim}")
+
+
+def _wgmma_split_backward(head_dim: int, value_dim: int, fallback: BackwardPlan) -> BackwardPlan:
+    """The sm90 backward at d = 256 (templates/kernels/backward_sm90_split.cuh): 64 keys x
+    64 query rows per tile, a TMA producer warpgroup and two consumers that split the
+    head dim, each holding half of the 64 keys' dK and dV (64 + 64 registers per thread
+    at d = 256, where the 64-key consumers of d <= 128 would need 256) and making half of
+    each tile's dQ; two Q/dO stages (224 KiB with K, V and two P^T / dS^T buffers). Where
+    TMA cannot address the tensors the host runs the mma.sync backward, `fallback`."""
+    plan = BackwardPlan(64, 64, 8, 2, "wgmma", producer=True, split=True,
+                        fallback_stages=fallback.stages)
+    if plan.smem_bytes(head_dim, value_dim) > SM90_SMEM_LIMIT:
+        raise TileError(f"the sm90 backward does not fit shared memory at d = {head_dim}")
+    return plan
 
 
 def plan_for(spec, head_dim: int, override: TileOverride | None = None,

@@ -4,16 +4,22 @@
 // attention softcap: backward pass, bf16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
 //   forward:  128 query rows x 64 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 193 KiB shared memory
-//   backward: 64 keys x 64 query rows per tile, 8 warps, 2 Q/dO stages, 217 KiB shared memory
+//   backward: 64 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim (wgmma), 2 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"
-#include "kernels/backward.cuh"
+#include "kernels/backward_sm90_split.cuh"
 #include "kernels/launch.cuh"
 
 namespace {
 using T = __nv_bfloat16;
 using Variant = fg_softcap::Variant;  // whole sequences
-// the mma.sync family
+// the sm90 family at d = 256: a TMA producer warpgroup and two consumers, each making half
+// of the head dim's columns of dK, dV and dQ for 64 keys, where the tensors allow TMA
+using SplitTiles = fg::BackwardTilesSm90Split<256, 256, 2>;
+template <bool kDq, bool kDropout, bool kParamGrads>
+constexpr auto kSplitKernel = fg::backward_kernel_sm90_split<Variant, T, 256, 256, 2, kDq, kDropout, kParamGrads>;
+constexpr auto kSplitConvertKernel = fg::dq_convert_kernel<T, SplitTiles::Rows, 64, 256, SplitTiles::kWarps>;
+// the mma.sync family for the rest (a packed or paged batch, tensors TMA cannot address)
 using Tiles = fg::BackwardTiles<256, 256, 64, 64, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 256, 256, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
@@ -28,7 +34,18 @@ constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 64, 8, 128, 
 template <bool kDq, bool kDropout, bool kParamGrads>
 cudaError_t launch_backward(const fg::BackwardArgs<T>& args, const Variant::Params& params,
                             const Variant::Grads& grads, dim3 grid, void* stream) {
-  return fg::launch(kKernel<kDq, kDropout, kParamGrads>, grid, Tiles::kThreads, Tiles::smem_bytes<T>(), stream, args, params, grads);
+  // and dQ's conversion, whose warps follow the kernel that ran
+  const fg::Shape& n = args.shape;
+  const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
+  fg::BackwardTensorMaps maps;
+  if (SplitTiles::encode_maps(maps, args)) {
+    const cudaError_t status = fg::launch(kSplitKernel<kDq, kDropout, kParamGrads>, grid, SplitTiles::kThreads, SplitTiles::smem_bytes<T>(), stream, args, params, grads, maps);
+    if (status != cudaSuccess || !kDq) return status;
+    return fg::launch(kSplitConvertKernel, convert_grid, 32 * SplitTiles::kWarps, 0, stream, args);
+  }
+  const cudaError_t status = fg::launch(kKernel<kDq, kDropout, kParamGrads>, grid, Tiles::kThreads, Tiles::smem_bytes<T>(), stream, args, params, grads);
+  if (status != cudaSuccess || !kDq) return status;
+  return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
 }
 
 template <bool kDropout, bool kParamGrads>
@@ -40,10 +57,7 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 64 - 1) / 64, n.batch * n.kv_heads);
   if (!args.deterministic) {
-    status = launch_backward<true, kDropout, kParamGrads>(args, params, grads, grid, stream);
-    if (status != cudaSuccess) return status;
-    const dim3 convert_grid((n.q_len + 64 - 1) / 64, n.batch * n.heads);
-    return fg::launch(kConvertKernel, convert_grid, Tiles::kThreads, 0, stream, args);
+    return launch_backward<true, kDropout, kParamGrads>(args, params, grads, grid, stream);
   }
   status = launch_backward<false, kDropout, kParamGrads>(args, params, grads, grid, stream);
   if (status != cudaSuccess) return status;

@@ -29,6 +29,27 @@
 
 namespace fg {
 
+// This thread's fragments of a transposed tile (A fragments of the warp's 16 keys from
+// warp_key0 by COLS query rows from col_offset: P^T or dS^T) into the swizzled keys x
+// query rows tile at tile, made visible to the async proxy for the wgmmas that read it
+// after the caller's barrier. frag[kt] holds keys key0 and key0 + 8 at query rows
+// col_offset + 16 kt + col0 (+1) and + 8 (+1).
+template <class Tile, int COLS>
+__device__ __forceinline__ void store_transposed_fragments(unsigned char* tile,
+                                                           const uint32_t (&frag)[COLS / 16][4],
+                                                           int warp_key0, int col_offset) {
+  const int lane = threadIdx.x & 31;
+  const int key0 = warp_key0 + (lane >> 2), col0 = col_offset + 2 * (lane & 3);
+#pragma unroll
+  for (int kt = 0; kt < COLS / 16; ++kt)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int r = key0 + 8 * (j & 1), c = 16 * kt + 8 * (j >> 1) + col0;
+      *reinterpret_cast<uint32_t*>(tile + Tile::chunk_offset(r, c & ~7) + (c & 7) * 2) = frag[kt][j];
+    }
+  fence_proxy_async();
+}
+
 template <int D, int Dv, int BM, int BN>
 struct BackwardTilesSm90 {
   static constexpr int kBM = BM, kBN = BN, kD = D, kDv = Dv;
@@ -66,23 +87,11 @@ struct BackwardTilesSm90 {
     static __device__ __forceinline__ int row0(int warp) { return 16 * (warp % 4); }
     static __device__ __forceinline__ int col0(int warp) { return (warp / 4) * kDqCols; }
   };
-  // This thread's dS^T fragments (A fragments of the warp's 16 keys from warp_key0, all
-  // BM query rows) into the swizzled dS^T tile at sdS, made visible to the async proxy for
-  // the dQ wgmma that reads them after the caller's barrier. dst[kt] holds keys key0 and
-  // key0 + 8 at query rows 16 kt + col0 (+1) and + 8 (+1).
+  // This thread's dS^T fragments into the dS^T tile at sdS (store_transposed_fragments)
   static __device__ __forceinline__ void store_ds_transposed(unsigned char* sdS,
                                                              const uint32_t (&dst)[BM / 16][4],
                                                              int warp_key0) {
-    const int lane = threadIdx.x & 31;
-    const int key0 = warp_key0 + (lane >> 2), col0 = 2 * (lane & 3);
-#pragma unroll
-    for (int kt = 0; kt < BM / 16; ++kt)
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int r = key0 + 8 * (j & 1), c = 16 * kt + 8 * (j >> 1) + col0;
-        *reinterpret_cast<uint32_t*>(sdS + DS::chunk_offset(r, c & ~7) + (c & 7) * 2) = dst[kt][j];
-      }
-    fence_proxy_async();
+    store_transposed_fragments<DS, BM>(sdS, dst, warp_key0, 0);
   }
   static_assert(BM == 64, "every warpgroup makes all BM rows of dQ: wgmma's M is 64");
   static_assert(BN == 64 || BN == 128, "one or two warpgroups of 64 keys");

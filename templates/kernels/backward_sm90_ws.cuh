@@ -37,6 +37,20 @@ struct alignas(16) StagedTile {
   int last_of_head;  // the head's parameter gradients are flushed after this tile
 };
 
+// Host: the tensor maps of a padded batch's Q, dO (boxes of bm rows), K and V (bn rows),
+// for the warp-specialised backward kernels; false for a packed or paged batch or where
+// TMA cannot address one of them (the host then runs a kernel that loads with cp.async)
+template <int D, int Dv, class T>
+inline bool encode_backward_maps(BackwardTensorMaps& maps, const BackwardArgs<T>& a, int bm,
+                                 int bn) {
+  const Shape& n = a.shape;
+  return !n.varlen() && !n.paged() &&  // (the maps describe whole, unpaged tensors)
+         encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, bm) &&
+         encode_tensor_map(&maps.dout, a.dout, n.batch, n.heads, n.q_len, Dv, bm) &&
+         encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, bn) &&
+         encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, bn);
+}
+
 template <int D, int Dv, int BM, int BN, int Stages>
 struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
   using Base = BackwardTilesSm90<D, Dv, BM, BN>;
@@ -45,7 +59,7 @@ struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
   using typename Base::K;
   using typename Base::Q;
   using typename Base::V;
-  static constexpr int kConsumers = 2;
+  static constexpr int kConsumers = 2, kStages = Stages;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // 40 / 232: at 24 / 240 (the forward's) the producer spilled (the walk and the lse /
   // delta address math), at 56 / 224 document's consumers did (PERF.md, issue 8's eighth step)
@@ -62,16 +76,9 @@ struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
   static constexpr int kSmemBytes = kBarrierOffset + (2 * Stages + 1) * 8 + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
-  // Host: the tensor maps of a padded batch's Q, dO (boxes of BM rows), K and V (BN rows);
-  // false for a packed batch or where TMA cannot address one of them
   template <class T>
   static bool encode_maps(BackwardTensorMaps& maps, const BackwardArgs<T>& a) {
-    const Shape& n = a.shape;
-    return !n.varlen() && !n.paged() &&  // (the maps describe whole, unpaged tensors)
-           encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, BM) &&
-           encode_tensor_map(&maps.dout, a.dout, n.batch, n.heads, n.q_len, Dv, BM) &&
-           encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
-           encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN);
+    return encode_backward_maps<D, Dv>(maps, a, BM, BN);
   }
   static_assert(BN == 64 * kConsumers, "each consumer owns 64 keys");
   static_assert(Stages >= 2, "a stage fills while the consumers read the other");
@@ -82,6 +89,102 @@ struct BackwardTilesSm90Ws : BackwardTilesSm90<D, Dv, BM, BN> {
                     (65536 / kThreads) / 8 * 8 * kThreads,
                 "the reallocated registers fit the CTA's pool");
 };
+
+// The shared memory both warp-specialised backward kernels share the layout of (this
+// one's, and backward_sm90_split.cuh's): K, V, the Q/dO stages, each stage's lse, delta
+// and StagedTile, and the mbarriers (full and empty per stage, K/V's), at the offsets
+// Tiles gives; the start aligned on a swizzle pattern.
+template <class Tiles, class T>
+struct WsBackwardSmem {
+  static constexpr int Stages = Tiles::kStages, BM = Tiles::kBM;
+  unsigned char* base;
+  T* sK;
+  T* sV;
+  float* sLse;         // [Stages][BM]
+  float* sDelta;       // [Stages][BM]
+  StagedTile* staged;  // [Stages]
+  uint64_t* full;      // [Stages]
+  uint64_t* empty;     // [Stages]
+  uint64_t* kv_full;
+  __device__ __forceinline__ explicit WsBackwardSmem(unsigned char* raw)
+      : base(raw + ((1024 - (smem_address(raw) & 1023)) & 1023)),
+        sK(reinterpret_cast<T*>(base)),
+        sV(reinterpret_cast<T*>(base + Tiles::K::kBytes)),
+        sLse(reinterpret_cast<float*>(base + Tiles::kStatsOffset)),
+        sDelta(sLse + Stages * BM),
+        staged(reinterpret_cast<StagedTile*>(base + Tiles::kInfoOffset)),
+        full(reinterpret_cast<uint64_t*>(base + Tiles::kBarrierOffset)),
+        empty(full + Stages),
+        kv_full(empty + Stages) {}
+  __device__ __forceinline__ unsigned char* q(int stage) const {
+    return base + Tiles::kStageOffset + stage * Tiles::Q::kBytes;
+  }
+  __device__ __forceinline__ unsigned char* dout(int stage) const {
+    return base + Tiles::kStageOffset + Stages * Tiles::Q::kBytes + stage * Tiles::DO::kBytes;
+  }
+  // thread 0, before the CTA's one __syncthreads: `consumers` warpgroups release a stage
+  __device__ __forceinline__ void init_barriers(int consumers) const {
+#pragma unroll
+    for (int s = 0; s < Stages; ++s) {
+      mbarrier_init(&full[s], 1 + 32);  // lane 0's TMA arrival, and warp 0's lse / delta copies
+      mbarrier_init(&empty[s], 128 * consumers);  // the consumers' threads
+    }
+    mbarrier_init(kv_full, 1);
+    mbarrier_init_fence();
+  }
+};
+
+// The producer's warp 0 in both warp-specialised backward kernels: K and V once (lane 0,
+// by TMA), then the walk over the Q tiles, tile i into stage i % Stages once the consumers
+// have released it: Q and dO by TMA (lane 0), the rows' lse and delta by cp.async from the
+// 32 lanes, and what the consumers need to know of the tile (StagedTile). The walk's end
+// is a stage with h = -1.
+template <class V, class Tiles, class T>
+__device__ __forceinline__ void load_query_tiles(const BackwardArgs<T>& a,
+                                                 const typename V::Params& p,
+                                                 const BackwardCta<T>& cta,
+                                                 const BackwardTensorMaps& maps,
+                                                 const WsBackwardSmem<Tiles, T>& sm) {
+  constexpr int BM = Tiles::kBM, BN = Tiles::kBN, D = Tiles::kD, Dv = Tiles::kDv;
+  constexpr int Stages = Tiles::kStages;
+  const Shape& n = cta.n;
+  const int b = cta.b, hk = cta.hk, lane = threadIdx.x & 31;
+  if (lane == 0) {
+    mbarrier_arrive_expecting(sm.kv_full, Tiles::K::kBytes + Tiles::V::kBytes);
+    tma_load_tile<BN, D>(sm.sK, maps.k, cta.k0, hk, b, sm.kv_full);
+    tma_load_tile<BN, Dv>(sm.sV, maps.v, cta.k0, hk, b, sm.kv_full);
+  }
+  int i = 0;  // Q tiles so far: tile i is in stage i % Stages
+  for (auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);; ++i) {
+    const int stage = i % Stages, round = i / Stages;
+    mbarrier_wait<true>(&sm.empty[stage], (round & 1) ^ 1);  // the consumers are done with it
+    if (walk.done()) {  // the end, as a stage with no tile
+      if (lane == 0) {
+        sm.staged[stage].h = -1;
+        mbarrier_arrive(&sm.full[stage]);
+      }
+      mbarrier_arrive_on_copies(&sm.full[stage]);
+      break;
+    }
+    const int h = cta.group * hk + walk.r, q0 = TileRow::tile_of(walk.entry) * BM;
+    const TileMask mask = walk.mask;
+    walk.advance();
+    if (lane == 0) {
+      sm.staged[stage] = {h, q0, mask, walk.done() || cta.group * hk + walk.r != h};
+      // (the arrival releases the write above to the consumers)
+      mbarrier_arrive_expecting(&sm.full[stage], Tiles::Q::kBytes + Tiles::DO::kBytes);
+      tma_load_tile<BM, D>(sm.q(stage), maps.q, q0, h, b, &sm.full[stage]);
+      tma_load_tile<BM, Dv>(sm.dout(stage), maps.dout, q0, h, b, &sm.full[stage]);
+    }
+    // load_rows_f32 indexes its 32 threads by threadIdx.x: the loader must be warp 0
+    const int64_t rows = n.row(b, h, q0);
+    load_rows_f32<BM, 32>(sm.sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
+    load_rows_f32<BM, 32>(sm.sDelta + stage * BM, a.delta + rows, n.q_len - q0, a.delta);
+    mbarrier_arrive_on_copies(&sm.full[stage]);
+  }
+  cp_async_commit();
+  cp_async_wait<0>();  // no copy outlives the thread that issued it
+}
 
 // Named barriers of the consumers: dS^T of both is in shared memory; (with warp 1) the
 // dQ tile is in shared memory; warp 1 has read the last one out.
@@ -98,76 +201,22 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
   using Rows = typename Tiles::Rows;
   using Dq = DqFragments<Rows, BM, D>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
-  T* sK = reinterpret_cast<T*>(smem);
-  T* sV = reinterpret_cast<T*>(smem + Tiles::K::kBytes);
-  auto sQ = [&](int stage) { return smem + Tiles::kStageOffset + stage * Tiles::Q::kBytes; };
-  auto sdO = [&](int stage) {
-    return smem + Tiles::kStageOffset + Stages * Tiles::Q::kBytes + stage * Tiles::DO::kBytes;
-  };
-  auto sdS = [&](int buffer) { return smem + Tiles::kDsOffset + buffer * Tiles::DS::kBytes; };
-  float* sdQ = reinterpret_cast<float*>(smem + Tiles::kDqOffset);      // Dq's order
-  float* sLse = reinterpret_cast<float*>(smem + Tiles::kStatsOffset);  // [Stages][BM]
-  float* sDelta = sLse + Stages * BM;                                  // [Stages][BM]
-  StagedTile* staged = reinterpret_cast<StagedTile*>(smem + Tiles::kInfoOffset);  // [Stages]
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
-  uint64_t* empty = full + Stages;                                             // [Stages]
-  uint64_t* kv_full = empty + Stages;
+  const WsBackwardSmem<Tiles, T> sm(smem_raw);
+  auto sdS = [&](int buffer) { return sm.base + Tiles::kDsOffset + buffer * Tiles::DS::kBytes; };
+  float* sdQ = reinterpret_cast<float*>(sm.base + Tiles::kDqOffset);  // Dq's order
 
   const BackwardCta<T> cta(a, BN);
   if (cta.past_keys()) return;  // (a padded batch's grid has no such CTA)
   const Shape& n = cta.n;
   const int b = cta.b, hk = cta.hk, k0 = cta.k0;
-  if (threadIdx.x == 0) {
-#pragma unroll
-    for (int s = 0; s < Stages; ++s) {
-      mbarrier_init(&full[s], 1 + 32);  // lane 0's TMA arrival, and warp 0's lse / delta copies
-      mbarrier_init(&empty[s], 128 * Tiles::kConsumers);  // the consumers' threads
-    }
-    mbarrier_init(kv_full, 1);
-    mbarrier_init_fence();
-  }
+  if (threadIdx.x == 0) sm.init_barriers(Tiles::kConsumers);
   __syncthreads();  // the barriers are initialised; the CTA never meets again
   const int warpgroup = threadIdx.x / 128, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
   if (warpgroup == 0) {
     release_registers<Tiles::kProducerRegisters>();
     if (warp == 0) {  // the loads, and the walk over the Q tiles
-      if (lane == 0) {
-        mbarrier_arrive_expecting(kv_full, Tiles::K::kBytes + Tiles::V::kBytes);
-        tma_load_tile<BN, D>(sK, maps.k, k0, hk, b, kv_full);
-        tma_load_tile<BN, Dv>(sV, maps.v, k0, hk, b, kv_full);
-      }
-      int i = 0;  // Q tiles so far: tile i is in stage i % Stages
-      for (auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block);; ++i) {
-        const int stage = i % Stages, round = i / Stages;
-        mbarrier_wait<true>(&empty[stage], (round & 1) ^ 1);  // both consumers are done with it
-        if (walk.done()) {  // the end, as a stage with no tile
-          if (lane == 0) {
-            staged[stage].h = -1;
-            mbarrier_arrive(&full[stage]);
-          }
-          mbarrier_arrive_on_copies(&full[stage]);
-          break;
-        }
-        const int h = cta.group * hk + walk.r, q0 = TileRow::tile_of(walk.entry) * BM;
-        const TileMask mask = walk.mask;
-        walk.advance();
-        if (lane == 0) {
-          staged[stage] = {h, q0, mask, walk.done() || cta.group * hk + walk.r != h};
-          // (the arrival releases the write above to the consumers)
-          mbarrier_arrive_expecting(&full[stage], Tiles::Q::kBytes + Tiles::DO::kBytes);
-          tma_load_tile<BM, D>(sQ(stage), maps.q, q0, h, b, &full[stage]);
-          tma_load_tile<BM, Dv>(sdO(stage), maps.dout, q0, h, b, &full[stage]);
-        }
-        // load_rows_f32 indexes its 32 threads by threadIdx.x: the loader must be warp 0
-        const int64_t rows = n.row(b, h, q0);
-        load_rows_f32<BM, 32>(sLse + stage * BM, a.lse + rows, n.q_len - q0, a.lse);
-        load_rows_f32<BM, 32>(sDelta + stage * BM, a.delta + rows, n.q_len - q0, a.delta);
-        mbarrier_arrive_on_copies(&full[stage]);
-      }
-      cp_async_commit();
-      cp_async_wait<0>();  // no copy outlives the thread that issued it
+      load_query_tiles<V>(a, p, cta, maps, sm);
     } else if (kDq && warp == 1) {  // dQ's sums, over the same tiles as warp 0's walk
       for (auto walk = key_tile_walk<V, BM, BN>(a, p, n, b, hk, cta.n_block); !walk.done();) {
         float* const destination =
@@ -192,22 +241,22 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
   set_registers<Tiles::kConsumerRegisters>();
   const int consumer = warpgroup - 1;
   const int cwarp = warp - 4;  // among the consumers' 8 warps: Rows' and Dq's warp index
-  const KeyBlockGemms<Tiles, T> gemms(sK, sV, consumer);  // this consumer's 64 keys
+  const KeyBlockGemms<Tiles, T> gemms(sm.sK, sm.sV, consumer);  // this consumer's 64 keys
   const int warp_key0 = 64 * consumer + 16 * (cwarp % 4);  // the warp's 16 keys in the tile
 
   float dk[1][D / 8][4], dv[1][Dv / 8][4];
   zero(dk);
   zero(dv);
   typename GradSumsOf<V>::type sums{};
-  mbarrier_wait(kv_full, 0);
+  mbarrier_wait(sm.kv_full, 0);
   int i = 0;  // Q tiles so far
   for (;; ++i) {
     const int stage = i % Stages, round = i / Stages;
-    mbarrier_wait(&full[stage], round & 1);
-    const StagedTile tile = staged[stage];
+    mbarrier_wait(&sm.full[stage], round & 1);
+    const StagedTile tile = sm.staged[stage];
     if (tile.h < 0) break;
     const int h = tile.h, q0 = tile.q0;
-    const uint32_t q_tile = smem_address(sQ(stage)), do_tile = smem_address(sdO(stage));
+    const uint32_t q_tile = smem_address(sm.q(stage)), do_tile = smem_address(sm.dout(stage));
 
     // 1. S^T and dP^T for this consumer's keys x the tile's query rows
     float s[1][BM / 8][4], dp[1][BM / 8][4];
@@ -215,8 +264,8 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
 
     // 2. P^T into s, dS^T into dp
     transposed_gradients<V, BM, kDropout, kParamGrads>(a, p, g, sums, n, tile.mask, b, h, q0, k0,
-                                                       warp_key0, sLse + stage * BM,
-                                                       sDelta + stage * BM, s[0], dp[0]);
+                                                       warp_key0, sm.sLse + stage * BM,
+                                                       sm.sDelta + stage * BM, s[0], dp[0]);
     if constexpr (kParamGrads && V::kHasParamGrads) {  // at each change of head (uniform)
       if (tile.last_of_head) V::flush_param_grads(p, g, sums, b, h, n.q_len, n.kv_len);
     }
@@ -238,7 +287,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       wgmma_wait<1>();  // dV and dK: this stage's Q and dO have been read
       fence_operand(dv[0]);
       fence_operand(dk[0]);
-      mbarrier_arrive(&empty[stage]);
+      mbarrier_arrive(&sm.empty[stage]);
       wgmma_wait<0>();
       fence_operand(dq[0]);
       if (i > 0) bar_sync(kDqFreeBarrier, kDqWriterThreads);  // warp 1 has read the last tile
@@ -249,7 +298,7 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
       wgmma_wait<0>();
       fence_operand(dv[0]);
       fence_operand(dk[0]);
-      mbarrier_arrive(&empty[stage]);
+      mbarrier_arrive(&sm.empty[stage]);
     }
   }
   const int key_row = 64 * consumer + 16 * (cwarp % 4);

@@ -78,8 +78,9 @@ __device__ __forceinline__ void fence_proxy_async() {
 // The instructions: c (m64 x N, fp32) = A B + (accumulate ? c : 0), one wrapper per N
 // (64-bit descriptors, the accumulate flag as a predicate). wgmma_ss: A and B in shared
 // memory, both K-major; wgmma_ss_mn_major: both MN-major (the two transpose bits: the
-// backward's dQ = dS K reads dS^T and K as they lie). wgmma_rs: A from registers, B
-// MN-major.
+// backward's dQ = dS K reads dS^T and K as they lie); wgmma_ss_b_mn_major: A K-major, B
+// MN-major (d = 256's dV += P^T dO with P^T from shared memory). wgmma_rs: A from
+// registers, B MN-major.
 // Inline asm names every accumulator register, so the macros below spell out the lists:
 // FG_D<n> the PTX operands %0 .. %n-1, FG_ACC<n> their constraints.
 #define FG_ACC4(c, i) "+f"(c[i][0]), "+f"(c[i][1]), "+f"(c[i][2]), "+f"(c[i][3])
@@ -100,7 +101,8 @@ __device__ __forceinline__ void fence_proxy_async() {
                : __VA_ARGS__ : INPUTS)
 #define FG_WGMMA_SS(NT, SHAPE, DREGS, AB, PRED, ...)                                      \
   FG_WGMMA_SS_AS(wgmma_ss, "1, 1, 0, 0", NT, SHAPE, DREGS, AB, PRED, __VA_ARGS__)         \
-  FG_WGMMA_SS_AS(wgmma_ss_mn_major, "1, 1, 1, 1", NT, SHAPE, DREGS, AB, PRED, __VA_ARGS__)
+  FG_WGMMA_SS_AS(wgmma_ss_mn_major, "1, 1, 1, 1", NT, SHAPE, DREGS, AB, PRED, __VA_ARGS__) \
+  FG_WGMMA_SS_AS(wgmma_ss_b_mn_major, "1, 1, 0, 1", NT, SHAPE, DREGS, AB, PRED, __VA_ARGS__)
 #define FG_WGMMA_SS_AS(NAME, TRANSPOSE, NT, SHAPE, DREGS, AB, PRED, ...)                  \
   template <class T>                                                                      \
   __device__ __forceinline__ void NAME(float (&c)[NT][4], uint64_t desc_a, uint64_t desc_b, \
@@ -166,6 +168,24 @@ __device__ __forceinline__ void issue_gemm_ss_mn_major(float (&c)[N / 8][4], uin
     const uint64_t da = smem_descriptor(a_addr + kk * 2048, 64 * 128, 1024);
     const uint64_t db = smem_descriptor(b_addr + kk * 2048, b_block, 1024);
     wgmma_ss_mn_major<T>(c, da, db, kk > 0);
+  }
+  wgmma_commit();
+}
+
+// c[64 x N] += A[64 x K] B[K x N]: A K-major at a_addr as issue_gemm_ss reads it, B
+// MN-major as issue_gemm_rs reads it.
+template <class T, int N, int K>
+__device__ __forceinline__ void issue_gemm_ss_b_mn_major(float (&c)[N / 8][4], uint32_t a_addr,
+                                                         int a_block, uint32_t b_addr,
+                                                         int b_block) {
+  static_assert(K % 16 == 0, "whole k16 steps");
+  fence_operand(c);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < K / 16; ++kk) {
+    const uint64_t da = smem_descriptor(a_addr + (kk / 4) * a_block + (kk % 4) * 32, 16, 1024);
+    const uint64_t db = smem_descriptor(b_addr + kk * 2048, b_block, 1024);
+    wgmma_ss_b_mn_major<T>(c, da, db, 1);
   }
   wgmma_commit();
 }

@@ -214,6 +214,9 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
             "backward (dQ atomics)"
         assert _kernel_label(f"void fg::backward_kernel_sm90_ws<V, T, 128, 128, 64, 128, 2, {on}, "
                              f"{on}, {off}>(A)") == "backward, warp-specialised (dQ bulk adds) +dropout"
+        assert _kernel_label(f"void fg::backward_kernel_sm90_split<V, T, 256, 256, 2, {on}, "
+                             f"{off}, {on}>(A)") == \
+            "backward, warp-specialised, split head dim (dQ atomics) +param grads"
         # the parameter list after the template arguments names VariantOf<false>
         assert _kernel_label(f"void fg::forward_kernel<fg_a::VariantOf<{off}>, T, 64, {off}, "
                              f"{on}, {off}>(A, fg_a::VariantOf<{off}>::Params)") == \

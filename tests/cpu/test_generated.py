@@ -134,7 +134,7 @@ def test_every_shipped_kernel_compiles(name, arch):
     # with and without the dQ atomics (one instance runs per call)
     param_grads = 2 if differentiable_loads(spec) else 1
     # on sm_90a the warp-specialised backward comes with the CTA it falls back to
-    # (backward_sm90.cuh: a packed batch, tensors TMA cannot address)
+    # (backward_sm90.cuh: a packed batch, tensors TMA cannot address; mma.sync at d = 256)
     from flashgen.plan.tiles import plan_for
     backward_kinds = sum(2 if plan_for(spec, d, arch=arch).backward.producer else 1
                          for d in spec.head_dims) * len(spec.dtypes)
@@ -204,7 +204,9 @@ def _tiles_types(plan) -> tuple[str, str]:
         fwd = f"fg::ForwardTilesSm90<{d}, {dv}, {f.block_m}, {f.block_n}>"
     else:
         fwd = f"fg::ForwardTiles<{d}, {dv}, {f.block_m}, {f.block_n}, {f.warps}>"
-    if b.producer:
+    if b.split:
+        bwd = f"fg::BackwardTilesSm90Split<{d}, {dv}, {b.stages}>"
+    elif b.producer:
         bwd = f"fg::BackwardTilesSm90Ws<{d}, {dv}, {b.block_m}, {b.block_n}, {b.stages}>"
     elif b.family == "wgmma":
         bwd = f"fg::BackwardTilesSm90<{d}, {dv}, {b.block_m}, {b.block_n}>"
@@ -233,7 +235,7 @@ def test_planned_shared_memory_is_the_kernels(tmp_path):
     source = tmp_path / "smem.cu"
     source.write_text(
         '#include "kernels/forward_sm90.cuh"\n#include "kernels/forward_sm90_ws.cuh"\n'
-        '#include "kernels/backward_sm90_ws.cuh"\n'
+        '#include "kernels/backward_sm90_split.cuh"\n'
         + "".join(f'static_assert({t}::smem_bytes<__nv_bfloat16>() == {n}, "{t}: planned {n}");\n'
                   for t, n in sorted(checks)))
     templates = resources.templates_dir()

@@ -125,9 +125,10 @@ def test_forward_family_by_arch_and_head_dim():
 def test_backward_family_by_arch_and_head_dim():
     """The backward follows the forward onto warpgroup MMA up to d = 128: 128 keys in two
     warpgroups, 64-row Q tiles, warp-specialised (a producer warpgroup feeding them);
-    64 keys (one warpgroup, no producer) under a layout of narrower blocks. d = 256,
-    other archs, a family asked as "mma" and hand-picked backward tiles of other shapes
-    stay mma.sync."""
+    64 keys (one warpgroup, no producer) under a layout of narrower blocks. At d = 256 64
+    keys, the two consumers splitting the head dim, with the mma.sync backward beside it
+    for tensors TMA cannot address. Other archs, a family asked as "mma" and hand-picked
+    backward tiles of other shapes stay mma.sync."""
     from flashgen.plan.tiles import TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
@@ -138,7 +139,15 @@ def test_backward_family_by_arch_and_head_dim():
         assert b.smem_bytes(d, d) <= 227 * 1024
         assert plan_for(causal, d, arch="sm_80").backward.family == "mma"
         assert plan_for(causal, d, TileOverride(family="mma"), "sm_90a").backward.family == "mma"
-    assert plan_for(causal, 256, arch="sm_90a").backward.family == "mma"
+    wide = plan_for(causal, 256, arch="sm_90a").backward
+    assert (wide.family, wide.block_m, wide.block_n, wide.producer, wide.split, wide.stages,
+            wide.fallback_stages) == ("wgmma", 64, 64, True, True, 2, 2)
+    assert "splitting the head dim" in plan_for(causal, 256).describe()[1]
+    assert wide.smem_bytes(256, 256) <= 227 * 1024
+    assert plan_for(causal, 256, arch="sm_80").backward.family == "mma"
+    unit = render_units(causal, "x", "bf16", 256, arch="sm_90a")["backward_bf16_d256.cu"]
+    assert ("backward_kernel_sm90_split" in unit and "BackwardTilesSm90Split<256, 256, 2>" in unit
+            and "fg::BackwardTiles<256, 256, 64, 64, 8, 2>" in unit)
     assert plan_for(causal, 128, TileOverride(backward=(128, 64, 8)),
                     "sm_90a").backward.family == "mma"
     one_warpgroup = plan_for(causal, 128, TileOverride(backward=(64, 64, 4)), "sm_90a").backward

@@ -91,9 +91,14 @@ def test_families_agree(case, monkeypatch):
                 f"{what}: {family} and mma differ by {between:.3g} > {2 * limit:.3g}"
 
 
-# spec, dtype, head dim, B, H, Hkv, Nq, Nk, compare options: the backward's cases (the
-# sm90 backward covers d <= 128)
+# spec, dtype, head dim, B, H, Hkv, Nq, Nk, compare options: the backward's cases (at
+# d = 256 the sm90 backward splits the head dim between its consumers,
+# backward_sm90_split.cuh; a packed batch there runs the mma.sync backward in both)
 BACKWARD_CASES = [
+    ("causal", "bf16", 256, 2, 4, 2, 1000, 1000, {}),
+    ("softcap", "fp16", 256, 1, 2, 2, 1030, 1030, {}),
+    ("dense", "bf16", 256, 1, 4, 4, 600, 600, {"deterministic": True}),
+    ("causal", "fp16", 256, 2, 2, 2, 257, 700, {"lengths": ([257, 100], [700, 300])}),
     ("dense", "bf16", 128, 2, 4, 4, 1000, 1000, {}),
     ("causal", "fp16", 64, 2, 4, 2, 777, 777, {}),
     ("causal", "bf16", 128, 1, 4, 4, 640, 640, {"deterministic": True}),

@@ -67,6 +67,20 @@ TEST_SPECS = {
         mask = q_idx - kv_idx < 300 && kv_idx - q_idx < 200
         score = score + (if h > 1 then slopes[h] else -0.5) * (kv_idx - 2 * q_idx) / 4.0 + 0.00002 * kv_idx * q_idx
     }""",
+    # d = 256's sm90 backward (the consumers split the head dim): an affine bias with a
+    # learned table, dropout, and a block pattern
+    "wide_alibi_dropout": """attention wide_alibi_dropout {
+        head_dim = 256
+        param slopes: f32[H]
+        mask = causal
+        score = score + slopes[h] * (kv_idx - q_idx)
+        dropout
+    }""",
+    "wide_bigbird": """attention wide_bigbird {
+        head_dim = 256
+        score = 30.0 * tanh(score / 30.0)
+        block_sparse = bigbird(block = 64, window = 1, global = 1, random = 2, seed = 3)
+    }""",
     "small_blocks": """attention small_blocks {
         head_dim = 64
         mask = causal
@@ -109,7 +123,8 @@ CASES.append(("affine_bias", "fp16", 64, 1, 4, 4, 700, 700, False))
 AFFINE_NO_TABLE_GRADS = [("alibi", "bf16", 128, 2, 4, 4, 300, 517, False),
                          ("alibi", "fp16", 64, 1, 4, 4, 700, 700, False),
                          ("affine_bias_q", "bf16", 128, 2, 4, 2, 333, 517, False),
-                         ("affine_bias_q", "fp16", 64, 1, 4, 4, 700, 700, False)]
+                         ("affine_bias_q", "fp16", 64, 1, 4, 4, 700, 700, False),
+                         ("wide_alibi_dropout", "bf16", 256, 2, 4, 2, 333, 517, False)]
 
 REPORT = []
 
@@ -217,6 +232,14 @@ EXTRA = [
      dict(backward_tile=(64, 128, 8), deterministic=True)),
     ("dropout_causal", "bf16", 64, 1, 4, 2, 600, 600, False,
      dict(backward_tile=(64, 128, 8), dropout_p=0.1)),
+    # d = 256 (backward_sm90_split.cuh): dropout, parameter gradients, GQA, strided views,
+    # block-sparse, deterministic dQ
+    ("wide_alibi_dropout", "bf16", 256, 2, 4, 2, 1000, 1000, False, dict(dropout_p=0.1)),
+    ("wide_alibi_dropout", "fp16", 256, 1, 4, 4, 333, 517, False, {}),
+    ("wide_alibi_dropout", "fp16", 256, 1, 2, 2, 300, 300, False,
+     dict(dropout_p=0.5, deterministic=True)),
+    ("wide_bigbird", "bf16", 256, 1, 2, 1, 1000, 1000, False, {}),
+    ("causal", "fp16", 256, 2, 8, 2, 1000, 1000, True, {}),
     # a data-dependent mask's tile lists, built per call (runtime/launch.py _mask_tiles)
     ("document", "bf16", 64, 2, 4, 2, 1000, 1000, False, {}),
     ("document", "fp16", 128, 1, 4, 1, 2048, 2048, True, {}),
