@@ -13,12 +13,12 @@
 //   3. both halves to shared memory (P^T and dS^T tiles, keys x query rows, double
 //      buffered), then one named barrier: each consumer's next GEMMs contract over all
 //      64 rows;
-//   4. dV[:, half] += P^T dO[:, half], dK[:, half] += dS^T Q[:, half] (A from shared
-//      memory, K-major; B MN-major), and dQ[:, half] = dS K[:, half] (both MN-major);
-//      the stage is released when dV and dK have read Q and dO, and dQ goes to the fp32
-//      accumulator by 16-byte atomics from the registers: K, V, two Q/dO stages and the
-//      P^T / dS^T buffers fill 224 KiB, and the d <= 128 kernel's 64 KiB dQ tile for the
-//      producer's bulk reduction does not fit beside them.
+//   4. dQ[:, half] = dS K[:, half] (both MN-major), dV[:, half] += P^T dO[:, half] and
+//      dK[:, half] += dS^T Q[:, half] (A from shared memory, K-major; B MN-major); dQ
+//      goes to the fp32 accumulator by 16-byte atomics from the registers while dV and
+//      dK run, and the stage is released when they have read Q and dO. (K, V, two Q/dO
+//      stages and the P^T / dS^T buffers fill 224 KiB: the d <= 128 kernel's 64 KiB dQ
+//      tile for the producer's bulk reduction does not fit beside them.)
 // Only a padded batch whose tensors TMA can address runs this kernel (encode_maps); the
 // host runs the mma.sync backward for the rest.
 #pragma once
@@ -167,30 +167,29 @@ backward_kernel_sm90_split(const BackwardArgs<T> a, const typename V::Params p,
     store_transposed_fragments<typename Tiles::PT, kRows>(ds_tile, dst, warp_key0, row0);
     bar_sync(kHalvesBarrier, 256);
 
-    // 4. dV and dK on this consumer's columns, contracting over all 64 query rows, then dQ
+    // 4. dQ, then dV and dK, on this consumer's columns, contracting over all 64 keys /
+    // query rows. dQ first: its atomics then run while the tensor cores make dV and dK
+    // (both consumers reach this point together, so atomics issued after all three GEMMs
+    // would leave the tensor cores idle)
+    const uint32_t ds_addr = smem_address(ds_tile);
+    [[maybe_unused]] float dq[1][kHalfD / 8][4];
+    if constexpr (kDq) issue_gemm_ss_mn_major<T, kHalfD, BN>(dq[0], ds_addr, k_cols,
+                                                              Tiles::K::kBlockBytes);
     issue_gemm_ss_b_mn_major<T, kHalfDv, BM>(dv[0], smem_address(pt_tile), Tiles::PT::kBlockBytes,
                                              do_tile + dv_block * Tiles::DO::kBlockBytes,
                                              Tiles::DO::kBlockBytes);
-    issue_gemm_ss_b_mn_major<T, kHalfD, BM>(dk[0], smem_address(ds_tile), Tiles::PT::kBlockBytes,
+    issue_gemm_ss_b_mn_major<T, kHalfD, BM>(dk[0], ds_addr, Tiles::PT::kBlockBytes,
                                             q_tile + d_block * Tiles::Q::kBlockBytes,
                                             Tiles::Q::kBlockBytes);
     if constexpr (kDq) {
-      float dq[1][kHalfD / 8][4];
-      issue_gemm_ss_mn_major<T, kHalfD, BN>(dq[0], smem_address(ds_tile), k_cols,
-                                            Tiles::K::kBlockBytes);
-      wgmma_wait<1>();  // dV and dK: this stage's Q and dO have been read
-      fence_operand(dv[0]);
-      fence_operand(dk[0]);
-      mbarrier_arrive(&sm.empty[stage]);
-      wgmma_wait<0>();
+      wgmma_wait<2>();
       fence_operand(dq[0]);
       Dq::add(a, n, b, h, q0, cwarp, dq);  // unscaled; dq_convert_kernel applies the scale
-    } else {
-      wgmma_wait<0>();
-      fence_operand(dv[0]);
-      fence_operand(dk[0]);
-      mbarrier_arrive(&sm.empty[stage]);
     }
+    wgmma_wait<0>();  // dV and dK: this stage's Q and dO have been read
+    fence_operand(dv[0]);
+    fence_operand(dk[0]);
+    mbarrier_arrive(&sm.empty[stage]);
   }
   const int key_row = 16 * (cwarp % 4);
   store_key_gradients(a, n, b, hk, k0, key_row, consumer * kHalfD, dk, key_row,
