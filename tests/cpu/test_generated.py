@@ -139,9 +139,13 @@ def test_every_shipped_kernel_compiles(name, arch):
     backward_kinds = sum(2 if plan_for(spec, d, arch=arch).backward.producer else 1
                          for d in spec.head_dims) * len(spec.dtypes)
     backward = 2 * (2 if spec.dropout else 1) * param_grads * backward_kinds
+    # d = 256's split backward lays dQ's fragments out in its own warp order, converted by
+    # its own dq_convert_kernel beside the mma.sync fallback's
+    split_units = sum(plan_for(spec, d, arch=arch).backward.split
+                      for d in spec.head_dims) * len(spec.dtypes)
     # the forward also with and without the packed-batch / split-KV work (kGeneral)
     assert kernels == {"forward_kernel": 2 * configs * param_grads, "backward_kernel": backward,
-                       "dq_convert_kernel": units, "dq_kernel": configs, "delta_kernel": units,
+                       "dq_convert_kernel": units + split_units, "dq_kernel": configs, "delta_kernel": units,
                        "combine_kernel": units,           # split-KV's merge, one per unit
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec
 
