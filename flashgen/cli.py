@@ -290,7 +290,7 @@ def _kernel_label(kernel: str) -> str:
     if "combine_kernel" in kernel:
         return "forward split-KV combine (by lse)"
     if "delta_kernel" in kernel:
-        return "backward delta = rowsum(dO O)"
+        return "backward delta = rowsum(dO O), dQ accumulator zeroed"
     if "dq_convert_kernel" in kernel:
         return "backward dQ, fp32 fragments -> rows"
     if "dq_kernel" in kernel:

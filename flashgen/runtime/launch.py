@@ -487,7 +487,8 @@ def backward(key: str, dout, q, k, v, out, lse, dlse, tensors, scalars, scale: f
         # backward.cuh DqFragments::tile: a packed batch's sequences each start a tile
         tiles = (n.rows // bm + n.B + 1) if varlen else -(-n.Nq // bm)
         lead = (n.H,) if varlen else (n.B, n.H)
-        dq_accum = torch.zeros(*lead, tiles * bm, D, dtype=torch.float32, device=q.device)
+        # zeroed by the delta kernel, which runs first (backward.cuh delta_kernel)
+        dq_accum = torch.empty(*lead, tiles * bm, D, dtype=torch.float32, device=q.device)
     dk = _output(*k.shape, like=k, dtype=grad_dtype)
     dv = _output(*v.shape, like=v, dtype=grad_dtype)
     ints, floats = n.ints(), [scale]

@@ -45,7 +45,8 @@ int run(const fg::BackwardArgs<T>& args, const Variant::Params& params, const Va
         void* stream) {
   const fg::Shape& n = args.shape;
   const int64_t rows = n.rows();
-  cudaError_t status = fg::launch(fg::delta_kernel<T, 128>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
+  // delta, and the fp32 dQ accumulator zeroed
+  cudaError_t status = fg::launch(fg::delta_kernel<T, 128, 64, 128>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
   if (status != cudaSuccess) return status;
   const dim3 grid((n.kv_len + 128 - 1) / 128, n.batch * n.kv_heads);
   if (!args.deterministic) {

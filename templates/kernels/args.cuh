@@ -157,7 +157,7 @@ struct BackwardArgs {
   const float* lse;    // [B, H, Nq]
   const float* dlse;   // [B, H, Nq]: the gradient flowing into lse, or null
   float* delta;        // [B, H, Nq]: rowsum(dO * O) - dlse, written by delta_kernel
-  float* dq_accum;     // fp32, zeroed by the host: [B, H, Nq rounded up to BM, D] in
+  float* dq_accum;     // fp32, zeroed by delta_kernel: [B, H, Nq rounded up to BM, D] in
                        // fragment order (backward.cuh DqFragments); null when deterministic
   Strided4<T> dq;      // [B, H, Nq, D]
   Strided4<T> dk, dv;  // [B, Hkv, Nk, D], [B, Hkv, Nk, Dv]

@@ -32,10 +32,32 @@ namespace fg {
 // fp16/bf16 showed as a 1000x error in a head slope's gradient (a per-head constant
 // shift, whose exact gradient cancels to ~0). The forward pass keeps O in fp32 for
 // this (out_f32); O in the input dtype is the fallback.
-template <class T, int Dv>
+//
+// It also zeroes the fp32 dQ accumulator that the backward kernel's atomics (or bulk
+// reductions) add into, BM x D floats per tile (dq_accum_tiles), where the host used to
+// fill it with a separate kernel: that write pass cost as much as this kernel's reads
+// (60 us of a 1.4 ms causal forward+backward at d = 128, N = 2048; PERF.md, issue 8's
+// sixteenth step), and here its stores overlap the loads.
+// Tiles of the fp32 dQ accumulator (DqFragments::tile): a padded batch's [B, H, Nq
+// rounded up to BM]; a packed batch's [H, total_q / BM + B + 1] (each sequence starts a
+// fresh tile). runtime/launch.py sizes the buffer by the same rule.
+template <int BM>
+__host__ __device__ __forceinline__ int64_t dq_accum_tiles(const Shape& n) {
+  return n.varlen() ? int64_t(n.heads) * (n.q_rows / BM + n.batch + 1)
+                    : int64_t(n.batch) * n.heads * ((n.q_len + BM - 1) / BM);
+}
+
+template <class T, int Dv, int BM, int D>
 __global__ void __launch_bounds__(256)
 delta_kernel(const BackwardArgs<T> a) {
   const Shape& n = a.shape;
+  if (a.dq_accum) {  // (the deterministic mode has none)
+    const int64_t chunks = dq_accum_tiles<BM>(n) * (BM * D / 4);
+    float4* const accum = reinterpret_cast<float4*>(a.dq_accum);
+    for (int64_t i = int64_t(blockIdx.x) * 256 + threadIdx.x; i < chunks;
+         i += int64_t(gridDim.x) * 256)
+      accum[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
   const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over Shape::row's rows
   if (row >= n.rows()) return;
   // a packed batch's rows are [H, total_q], its tensors have batch stride 0: b = 0

@@ -21,6 +21,7 @@ def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
                       deterministic, dropout_p, rng, layout, varlen=None):
         seen["backward"] = (dropout_p, rng.tolist(), layout, deterministic)
         seen["backward out"] = out
+        seen["dlse"], seen["dout"] = dlse, dout
         return dout * 1.0, torch.zeros_like(k), torch.zeros_like(v), torch.zeros(0)
 
     monkeypatch.setattr(launch, "forward", fake_forward)
@@ -41,6 +42,13 @@ def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
             if seed:
                 assert rng.tolist() == seed
             assert torch.equal(q.grad, torch.ones_like(q))
+            # outputs the loss leaves out come as None (no fill of their size), except that
+            # a loss of lse alone still gets a dO, of zeros
+            assert seen["dlse"] is None
+            lse2 = op(key, q, k, v, [], [], 0.125, p, seed, layout, True,
+                      launch.SAVE_F32_OUT, 1, [], [])[1]
+            lse2.sum().backward()
+            assert seen["dlse"] is not None and torch.equal(seen["dout"], torch.zeros_like(out))
 
 
 def test_forward_keeps_for_backward_only_what_autograd_needs():
