@@ -39,6 +39,9 @@ CASES = [
     # d = 64's three consumers (their ring of turn barriers) over three 192-row Q tiles, the
     # last partial, and the deterministic dQ kernel on 96-row halves of them
     ("causal", "bf16", 64, 1, 2, 2, 400, 300, {"deterministic": True}),
+    # d = 256's split backward (backward_sm90_split.cuh): its P^T / dS^T halves through two
+    # buffers and one named barrier per tile, dQ by atomics; four Q tiles (the last partial)
+    ("causal", "fp16", 256, 1, 2, 2, 200, 330, {}),
 ]
 
 
