@@ -128,11 +128,9 @@ backward_kernel_sm90_split(const BackwardArgs<T> a, const typename V::Params p,
   zero(dv);
   typename GradSumsOf<V>::type sums{};
   mbarrier_wait(sm.kv_full, 0);
-  int i = 0;  // Q tiles so far
-  for (;; ++i) {
-    const int stage = i % Stages, round = i / Stages;
-    mbarrier_wait(&sm.full[stage], round & 1);
-    const StagedTile tile = sm.staged[stage];
+  for (int i = 0;; ++i) {  // i: Q tiles so far
+    const int stage = i % Stages;
+    const StagedTile tile = sm.wait_for_tile(i);
     if (tile.h < 0) break;
     const int h = tile.h, q0 = tile.q0;
     const uint32_t q_tile = smem_address(sm.q(stage)), do_tile = smem_address(sm.dout(stage));

@@ -122,6 +122,11 @@ struct WsBackwardSmem {
   __device__ __forceinline__ unsigned char* dout(int stage) const {
     return base + Tiles::kStageOffset + Stages * Tiles::Q::kBytes + stage * Tiles::DO::kBytes;
   }
+  // a consumer: tile i's stage has landed; what the producer says of the tile in it
+  __device__ __forceinline__ StagedTile wait_for_tile(int i) const {
+    mbarrier_wait(&full[i % Stages], (i / Stages) & 1);
+    return staged[i % Stages];
+  }
   // thread 0, before the CTA's one __syncthreads: `consumers` warpgroups release a stage
   __device__ __forceinline__ void init_barriers(int consumers) const {
 #pragma unroll
@@ -249,11 +254,9 @@ backward_kernel_sm90_ws(const BackwardArgs<T> a, const typename V::Params p,
   zero(dv);
   typename GradSumsOf<V>::type sums{};
   mbarrier_wait(sm.kv_full, 0);
-  int i = 0;  // Q tiles so far
-  for (;; ++i) {
-    const int stage = i % Stages, round = i / Stages;
-    mbarrier_wait(&sm.full[stage], round & 1);
-    const StagedTile tile = sm.staged[stage];
+  for (int i = 0;; ++i) {  // i: Q tiles so far
+    const int stage = i % Stages;
+    const StagedTile tile = sm.wait_for_tile(i);
     if (tile.h < 0) break;
     const int h = tile.h, q0 = tile.q0;
     const uint32_t q_tile = smem_address(sm.q(stage)), do_tile = smem_address(sm.dout(stage));
