@@ -34,8 +34,8 @@ struct BackwardTilesSm90Split {
   static constexpr int kWarps = 4 * kConsumers;  // dQ's warps (dq_convert_kernel's CTA)
   static constexpr int kHalfD = D / 2, kHalfDv = Dv / 2;  // a consumer's columns
   static constexpr int kRows = kBM / kConsumers;           // and query rows of S^T and dP^T
-  // the warp-specialised backward's split (backward_sm90_ws.cuh): the producer's walk and
-  // lse / delta address math need 40
+  // as in the d <= 128 kernel (backward_sm90_ws.cuh): the producer's walk and its lse /
+  // delta address math need 40; the consumers hold 128 accumulators, 64 more for dQ
   static constexpr int kProducerRegisters = 40, kConsumerRegisters = 232;
   using K = SwizzledTile<kBN, D>;
   using V = SwizzledTile<kBN, Dv>;
