@@ -38,13 +38,17 @@ namespace fg {
 // fill it with a separate kernel: that write pass cost as much as this kernel's reads
 // (60 us of a 1.4 ms causal forward+backward at d = 128, N = 2048; PERF.md, issue 8's
 // sixteenth step), and here its stores overlap the loads.
-// Tiles of the fp32 dQ accumulator (DqFragments::tile): a padded batch's [B, H, Nq
-// rounded up to BM]; a packed batch's [H, total_q / BM + B + 1] (each sequence starts a
-// fresh tile). runtime/launch.py sizes the buffer by the same rule.
+// The fp32 dQ accumulator's tiles of BM rows (DqFragments::tile): a padded batch's
+// [B, H, Nq rounded up to BM], a packed batch's [H, total_q / BM + B + 1] (each sequence
+// starts a fresh tile). dq_accum_row_tiles: those of one (batch, head), or of one head.
+// runtime/launch.py sizes the buffer by the same rule.
+template <int BM>
+__host__ __device__ __forceinline__ int64_t dq_accum_row_tiles(const Shape& n) {
+  return n.varlen() ? n.q_rows / BM + n.batch + 1 : (n.q_len + BM - 1) / BM;
+}
 template <int BM>
 __host__ __device__ __forceinline__ int64_t dq_accum_tiles(const Shape& n) {
-  return n.varlen() ? int64_t(n.heads) * (n.q_rows / BM + n.batch + 1)
-                    : int64_t(n.batch) * n.heads * ((n.q_len + BM - 1) / BM);
+  return int64_t(n.varlen() ? 1 : n.batch) * n.heads * dq_accum_row_tiles<BM>(n);
 }
 
 template <class T, int Dv, int BM, int D>
@@ -208,8 +212,8 @@ struct DqFragments {
   static __device__ __forceinline__ float* tile(const BackwardArgs<T>& a, const Shape& n, int b,
                                                 int h, int q0) {
     const int64_t index =
-        n.varlen() ? int64_t(h) * (n.q_rows / BM + n.batch + 1) + n.q_start / BM + b + q0 / BM
-                   : (int64_t(b) * n.heads + h) * ((n.q_len + BM - 1) / BM) + q0 / BM;
+        n.varlen() ? h * dq_accum_row_tiles<BM>(n) + n.q_start / BM + b + q0 / BM
+                   : (int64_t(b) * n.heads + h) * dq_accum_row_tiles<BM>(n) + q0 / BM;
     return a.dq_accum + index * BM * D;
   }
   // value i of fragment (mt, nt) of `lane` in warp `warp`'s part
