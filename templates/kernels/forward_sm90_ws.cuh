@@ -89,21 +89,156 @@ struct ForwardTilesSm90Ws {
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 256 && Dv <= 256, "128-byte rows, d <= 256");
 };
 
+// The output through shared memory, for the consumers below: 64 rows, whole 128-byte lines to memory. From the fragments
+// directly (store_output) each warp instruction writes 4 or 8 bytes to each of 8 rows,
+// 8 L1 wavefronts an instruction: a consumer's 64 x 128 bf16 O took 1.3-1.8 us after its
+// last P V with the tensor cores idle, a twentieth of a 16-tile CTA (PERF.md, issue 8's
+// seventeenth step). Here each thread writes its pairs into `stage`, 64 rows of Pitch
+// bytes with the 16-byte chunks of each 128 bytes swizzled by the row (conflict-free for
+// the fragments' 8 rows), the consumer's 128 threads meet on `barrier`, and each copies
+// 16-byte chunks of whole rows. A row wider than the stage goes in column windows.
+// Columns [W * window, W * (window + 1)) as U (T or fp32), scaled per row by scale[r].
+template <class U, int W, int DT, class RowAt>
+__device__ __forceinline__ void store_window_staged(const float (&o)[DT][4], const float (&scale)[2],
+                                                    int window, unsigned char* stage,
+                                                    int barrier, int rows_valid, RowAt row_at) {
+  constexpr int kPitch = W * int(sizeof(U)), kChunks = kPitch / 16;
+  static_assert(kPitch % 128 == 0 && W % 8 == 0, "whole swizzled 128-byte groups per row");
+  const int tid = threadIdx.x & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  auto offset = [](int row, int byte) {
+    return row * kPitch + ((((byte >> 4) ^ row) & 7) | ((byte >> 4) & ~7)) * 16 + (byte & 15);
+  };
+  bar_sync(barrier, 128);  // the stage is free: every warp is past what read it before
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) {  // (all of them, so that o is indexed by constants)
+    if (8 * dt / W != window) continue;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = 16 * (tid >> 5) + g + 8 * r;
+      const int byte = (8 * dt + 2 * t - window * W) * int(sizeof(U));
+      const float x = o[dt][2 * r] * scale[r], y = o[dt][2 * r + 1] * scale[r];
+      if constexpr (sizeof(U) == 4) {
+        *reinterpret_cast<float2*>(stage + offset(row, byte)) = make_float2(x, y);
+      } else {
+        *reinterpret_cast<uint32_t*>(stage + offset(row, byte)) = pack2<U>(x, y);
+      }
+    }
+  }
+  bar_sync(barrier, 128);
+#pragma unroll
+  for (int i = tid; i < 64 * kChunks; i += 128) {
+    const int row = i / kChunks, chunk = i % kChunks;
+    if (row < rows_valid)
+      *reinterpret_cast<uint4*>(reinterpret_cast<unsigned char*>(row_at(row) + window * W) +
+                                16 * chunk) =
+          *reinterpret_cast<const uint4*>(stage + offset(row, 16 * chunk));
+  }
+}
+
+// The widest window of columns (a multiple of 8 dividing Dv) whose rows fit `bytes`
+__host__ __device__ constexpr int staged_window(int dv, int bytes, int element_bytes) {
+  int w = dv;
+  while (w > 8 && (64 * w * element_bytes > bytes || dv % w != 0)) w -= 8;
+  return w;
+}
+
+// store_output for a consumer of 64 rows from rows0 (its warps' rows: row0), through
+// StageBytes of shared memory at `stage` (free when called but for the consumer's own
+// GEMMs, which are waited for). A split's partial result keeps store_output.
+template <bool kDropout, bool kGeneral, int StageBytes, class T, int DT, int NT>
+__device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
+                                                    const OnlineSoftmax<NT> (&softmax)[1],
+                                                    const ForwardArgs<T>& a, const Shape& n,
+                                                    int b, int h, int row0, int rows0,
+                                                    unsigned char* stage, int barrier) {
+  if (kGeneral && a.splits > 1) return store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+  constexpr int Dv = 8 * DT;
+  const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  float inv_sum[2], lse[2];
+  softmax[0].finish(inv_sum, lse);
+  if constexpr (kDropout) {
+    inv_sum[0] *= a.dropout.keep_scale;
+    inv_sum[1] *= a.dropout.keep_scale;
+  }
+  // (the row of (b, h, q) in lse and the fp32 O, as store_output counts it)
+  auto at = [&](int q) {
+    return kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
+  };
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = row0 + g + 8 * r;
+    if (t == 0 && q < n.q_len) a.lse[at(q)] = lse[r];
+  }
+  const int rows_valid = n.q_len - rows0;
+  constexpr int kW = staged_window(Dv, StageBytes, int(sizeof(T)));
+#pragma unroll
+  for (int w = 0; w < Dv / kW; ++w)
+    store_window_staged<T, kW>(o[0], inv_sum, w, stage, barrier, rows_valid, [&](int row) {
+      return a.out.at(b, h, (kGeneral ? n.q_start : 0) + rows0 + row);
+    });
+  if (a.out_f32 != nullptr) {
+    constexpr int kW32 = staged_window(Dv, StageBytes, 4);
+#pragma unroll
+    for (int w = 0; w < Dv / kW32; ++w)
+      store_window_staged<float, kW32>(o[0], inv_sum, w, stage, barrier, rows_valid,
+                                       [&](int row) { return a.out_f32 + at(rows0 + row) * Dv; });
+  }
+}
+
 // Named barriers: 1 to 3, a consumer's Q rows; 4 to 6, whose turn it is to issue Q K^T.
 constexpr int kQBarrier = 1, kTurnBarrier = 4;
 
 // The units of work of a forward CTA: one Q tile (the grid's), or, persistent, every
-// gridDim.x-th of all (Q tile, batch * head) units, the Q tiles with the most keys under a
-// causal mask first. unit(cta) runs each; the caller keeps what must carry over.
-template <bool kPersistent, class T, bool kGeneral, class Unit>
+// gridDim.x-th of all (Q tile, batch * head) units in the order unit_at gives.
+// unit(cta, next) runs each; `next` is the unit this CTA runs after it, so that a
+// consumer can load the next unit's Q rows under this one's tail.
+//
+// The persistent order is made for the L2. The heads are taken in sections whose K and V
+// fit in kL2SectionBytes together (16 MiB of the H100's / H200's 50 MiB), and inside a
+// section the Q tiles with the most keys under a causal mask come first, each Q tile
+// over the section's heads. An order over all heads at once (the longest Q tile of every
+// head first) measured 0.80x the plain grid's forward at N = 2048 (PERF.md, tenth step):
+// the 132 CTAs then walk 132 heads' K and V at once, ~130 MiB at d = 128, and each Q
+// tile read its K/V from HBM instead of the L2, where the grid's CTAs run a head's Q
+// tiles side by side.
+constexpr int64_t kL2SectionBytes = int64_t(16) << 20;
+
+template <int KvRowBytes>
+__device__ __forceinline__ void unit_at(int u, int q_tiles, int heads, int kv_len,
+                                        int& m_block, int& bh) {
+  const int64_t head_bytes = int64_t(kv_len > 0 ? kv_len : 1) * KvRowBytes;
+  const int64_t fit = kL2SectionBytes / head_bytes;
+  const int per_section = fit < 1 ? 1 : fit > heads ? heads : int(fit);
+  const int section = u / (per_section * q_tiles);
+  const int first = section * per_section;
+  const int in_section = per_section < heads - first ? per_section : heads - first;  // the last section may be short
+  const int r = u - section * per_section * q_tiles;
+  m_block = q_tiles - 1 - r / in_section;
+  bh = first + r % in_section;
+}
+
+// Unit u of a persistent CTA
+template <int KvRowBytes, class T, bool kGeneral>
+__device__ __forceinline__ ForwardCta<T, kGeneral> unit_cta(const ForwardArgs<T>& a, int block_m,
+                                                            int u) {
+  const int q_tiles = (a.shape.q_len + block_m - 1) / block_m;
+  int m_block, bh;
+  unit_at<KvRowBytes>(u, q_tiles, a.shape.batch * a.shape.heads, a.shape.kv_len, m_block, bh);
+  return ForwardCta<T, kGeneral>(a, block_m, m_block, bh);
+}
+
+// next: the unit index the CTA runs after this one, -1 after its last (a CTA is rebuilt
+// from it with unit_cta: a CTA object kept across units went to local memory)
+template <bool kPersistent, int KvRowBytes, class T, bool kGeneral, class Unit>
 __device__ __forceinline__ void for_each_unit(const ForwardArgs<T>& a, int block_m, Unit&& unit) {
   if constexpr (!kPersistent) {
-    unit(ForwardCta<T, kGeneral>(a, block_m));
+    unit(ForwardCta<T, kGeneral>(a, block_m), -1);
   } else {
-    const int q_tiles = (a.shape.q_len + block_m - 1) / block_m;
-    const int heads = a.shape.batch * a.shape.heads;
-    for (int u = blockIdx.x; u < q_tiles * heads; u += gridDim.x)
-      unit(ForwardCta<T, kGeneral>(a, block_m, q_tiles - 1 - u / heads, u % heads));
+    const int units = (a.shape.q_len + block_m - 1) / block_m * (a.shape.batch * a.shape.heads);
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+      const int next = u + int(gridDim.x) < units ? u + int(gridDim.x) : -1;
+      unit(unit_cta<KvRowBytes, T, kGeneral>(a, block_m, u), next);
+    }
   }
 }
 
@@ -142,6 +277,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   uint64_t* full_v = kSplitKv ? empty_k + Stages : full_k;                       // [Stages]
   uint64_t* empty_v = kSplitKv ? full_v + Stages : empty_k;                      // [Stages]
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
+  constexpr int kKvRowBytes = (D + Dv) * int(sizeof(T));  // a key's K and V (for_each_unit)
 
   if (threadIdx.x == 0) {
 #pragma unroll
@@ -164,7 +300,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   if (warpgroup == 0) {
     release_registers<Tiles::template kProducerRegisters<kTma>>();
     if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
-    for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
+    for_each_unit<kPersistent, kKvRowBytes, T, kGeneral>(a, BM, [&](const Cta& cta, int) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
@@ -216,31 +352,54 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' warps
   T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
   const uint32_t q_rows = smem_address(sQ);
-  for_each_unit<kPersistent, T, kGeneral>(a, BM, [&](const Cta& cta) {
+  // This consumer's 64 query rows of a unit, by cp.async from its 128 threads
+  // (load_tile_swizzled for threads that are not threads 0..127 of the CTA), and the wait
+  // for them. A persistent CTA loads the next unit's rows as soon as the last Q K^T of
+  // this one is done, under the unit's last softmax, P V and epilogue: loaded at the
+  // start of each unit they kept the tensor cores idle for ~1.3 us (PERF.md, sixth step).
+  auto load_q = [&](const Cta& cta) {
+    const Shape& n = cta.shape(a);
+    const int rows = cta.q0 + 64 * consumer;
+    const int tid = threadIdx.x & 127;
+    using QTile = SwizzledTile<64, D>;
+    unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
+    constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
+    const int r0 = tid / kChunks, c = tid % kChunks;
+#pragma unroll
+    for (int r = r0; r < 64; r += kRowsPerPass) {
+      const bool valid = rows + r < n.q_len;
+      cp_async_16(dst + QTile::chunk_offset(r, 8 * c),
+                  valid ? cta.q.at(cta.b, cta.h, rows + r) + 8 * c : a.q.data, valid);
+    }
+    cp_async_commit();
+  };
+  auto wait_q = [&] {
+    cp_async_wait<0>();
+    fence_proxy_async();  // the rows were written by the generic proxy; wgmma reads async
+    bar_sync(kQBarrier + consumer, 128);
+  };
+  bool q_loaded = false;  // this unit's rows are on their way (loaded under the last one)
+  for_each_unit<kPersistent, kKvRowBytes, T, kGeneral>(a, BM, [&](const Cta& cta, int next_unit) {
     const Shape& n = cta.shape(a);
     const int b = cta.b, h = cta.h, q0 = cta.q0;
-    if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+    // Q's buffer is free once every warp of this consumer has seen its last Q K^T done
+    auto load_next_q = [&] {
+      if (next_unit < 0) return;
+      bar_sync(kQBarrier + consumer, 128);
+      load_q(unit_cta<kKvRowBytes, T, kGeneral>(a, BM, next_unit));
+      q_loaded = true;
+    };
+    if (kGeneral && q0 >= n.q_len) {  // varlen: past a shorter sequence's rows
+      if (q_loaded) wait_q();
+      q_loaded = false;
+      load_next_q();
+      return;
+    }
     const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0,
                     cta.template tiles<V, BN>(a, n)};
-    {  // this consumer's 64 query rows (the last unit's GEMMs have all been waited for)
-      const int rows = q0 + 64 * consumer;
-      const int tid = threadIdx.x & 127;
-      using QTile = SwizzledTile<64, D>;
-      unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
-      // load_tile_swizzled for 128 threads that are not threads 0..127 of the CTA
-      constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
-      const int r0 = tid / kChunks, c = tid % kChunks;
-#pragma unroll
-      for (int r = r0; r < 64; r += kRowsPerPass) {
-        const bool valid = rows + r < n.q_len;
-        cp_async_16(dst + QTile::chunk_offset(r, 8 * c),
-                    valid ? cta.q.at(b, h, rows + r) + 8 * c : a.q.data, valid);
-      }
-      cp_async_commit();
-      cp_async_wait<0>();
-      fence_proxy_async();
-      bar_sync(kQBarrier + consumer, 128);
-    }
+    if (!q_loaded) load_q(cta);
+    wait_q();  // (the last unit's GEMMs have all been waited for)
+    q_loaded = false;
 
     float o[1][Dv / 8][4];
     zero(o);
@@ -307,6 +466,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (consumer != kLast || !walk.done()) bar_arrive(kTurnBarrier + next, 256);
       wgmma_wait<!kOverlap || kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
       fence_operand(s[0]);
+      if (kPersistent && walk.done()) load_next_q();  // this unit's last Q K^T
       if constexpr (kSplitKv) mbarrier_arrive(&empty_k[stage]);  // its K has been read
       if constexpr (!kOverlap && !kFirst) {  // and the previous P V
         fence_operand(o[0]);
@@ -346,8 +506,16 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       wgmma_wait<0>();
       fence_operand(o[0]);
       mbarrier_arrive(&empty_v[pending]);
+    } else if (kPersistent) {
+      load_next_q();  // no tile: no Q K^T read the rows
     }
-    store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+    if constexpr (kPersistent) {  // Q's buffer holds the next unit's rows by now
+      store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+    } else {  // through Q's buffer, free after the last Q K^T
+      store_output_staged<kDropout, kGeneral, Tiles::Q::kBytes>(
+          o, softmax, a, n, b, h, row0, q0 + 64 * consumer, reinterpret_cast<unsigned char*>(sQ),
+          kQBarrier + consumer);
+    }
   });
 }
 

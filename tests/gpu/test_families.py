@@ -34,7 +34,12 @@ CASES = [
     # a runtime kv length; at these lengths (576, 1075 of 1500) the 8-tile spans
     # (schedule.cuh) are skipped by the mma forward (BN = 64) and the backward only
     ("key_padding", "bf16", 128, 2, 4, 4, 1000, 1500, {}),
+    # more units than an H100 / H200 has SMs (132): a persistent CTA runs several, each
+    # loading the next one's Q rows under its tail (GQA; runtime kv lengths)
+    ("dense", "bf16", 128, 4, 16, 4, 1100, 1100, {}),
+    ("key_padding", "bf16", 128, 4, 16, 16, 700, 1500, {}),
 ]
+
 
 
 def _hopper():
@@ -123,3 +128,25 @@ def test_backward_families(case, monkeypatch):
     for family, op in (("sm90", sm90), ("mma", mma)):
         row = compare(op, dtype, d, B, H, Hkv, Nq, Nk, seed, f"{name} {family}", **options)
         assert not row["failures"], f"{family}: {row}"
+
+
+# The persistent forward with several units per CTA, through the oracle with its
+# backward: a packed batch (the general instance), whose shorter sequence leaves units
+# past its rows that must still hand the next unit its Q rows.
+PERSISTENT_CASES = [
+    ("causal", "fp16", 64, 2, 16, 16, 1025, 1025, {"lengths": ([1025, 300], [1025, 300])}),
+    ("causal", "bf16", 128, 2, 16, 8, 1025, 1025, {"lengths": ([300, 1025], [300, 1025])}),
+]
+
+
+@pytest.mark.skipif(not _hopper(), reason="the sm90 family needs an sm_90 GPU")
+@pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: f"{c[0]}-{c[1]}-d{c[2]}")
+def test_persistent_units(case, monkeypatch):
+    monkeypatch.setenv("FLASHGEN_POISON", "1")
+    name, dtype, d, B, H, Hkv, Nq, Nk, options = case
+    op = flashgen.compile(name, family="wgmma_ws_persistent")
+    arch = launch._arch(torch.cuda.current_device())
+    assert launch.variant(op.key).plan(d, arch).forward.persistent
+    row = compare(op, dtype, d, B, H, Hkv, Nq, Nk, zlib.crc32(repr(case).encode()),
+                  f"{name} persistent", **options)
+    assert not row["failures"], row
