@@ -121,11 +121,16 @@ BACKWARD_CASES = [
 @pytest.mark.skipif(not _hopper(), reason="the sm90 family needs an sm_90 GPU")
 @pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: f"{c[0]}-{c[1]}-d{c[2]}")
 def test_backward_families(case, monkeypatch):
+    sm90, mma = _families(case[0], case[2], "backward")
+    _through_oracle(case, {"sm90": sm90, "mma": mma}, monkeypatch)
+
+
+def _through_oracle(case, ops, monkeypatch):
+    """Each op's forward and backward on the case's inputs, judged by the oracle."""
     monkeypatch.setenv("FLASHGEN_POISON", "1")
     name, dtype, d, B, H, Hkv, Nq, Nk, options = case
-    sm90, mma = _families(name, d, "backward")
     seed = zlib.crc32(repr(case).encode())
-    for family, op in (("sm90", sm90), ("mma", mma)):
+    for family, op in ops.items():
         row = compare(op, dtype, d, B, H, Hkv, Nq, Nk, seed, f"{name} {family}", **options)
         assert not row["failures"], f"{family}: {row}"
 
@@ -142,11 +147,7 @@ PERSISTENT_CASES = [
 @pytest.mark.skipif(not _hopper(), reason="the sm90 family needs an sm_90 GPU")
 @pytest.mark.parametrize("case", PERSISTENT_CASES, ids=lambda c: f"{c[0]}-{c[1]}-d{c[2]}")
 def test_persistent_units(case, monkeypatch):
-    monkeypatch.setenv("FLASHGEN_POISON", "1")
-    name, dtype, d, B, H, Hkv, Nq, Nk, options = case
-    op = flashgen.compile(name, family="wgmma_ws_persistent")
+    op = flashgen.compile(case[0], family="wgmma_ws_persistent")
     arch = launch._arch(torch.cuda.current_device())
-    assert launch.variant(op.key).plan(d, arch).forward.persistent
-    row = compare(op, dtype, d, B, H, Hkv, Nq, Nk, zlib.crc32(repr(case).encode()),
-                  f"{name} persistent", **options)
-    assert not row["failures"], row
+    assert launch.variant(op.key).plan(case[2], arch).forward.persistent
+    _through_oracle(case, {"persistent": op}, monkeypatch)
