@@ -198,6 +198,26 @@ def test_warp_specialised_forward_compiles(name, d, family):
         _assert_not_serialised(kernel, r)
 
 
+@pytest.mark.nvcc
+def test_timeline_patch_compiles():
+    """tests/gpu/timeline.py's stamps still find their places in the warp-specialised
+    forward and the patched kernel compiles without spilling: the tool that split the
+    forward's fixed cost per CTA (PERF.md, issue 8's seventeenth step) does not rot."""
+    from flashgen.build.cache import ptxas_report
+    from flashgen.render.kernels import render_module
+    from tests.gpu.timeline import KERNEL, patch
+    spec = flashgen.load("dense")
+    sources = render_module(spec, "flashgen/specs/dense.attn", "bf16", 128, arch="sm_90a")
+    header = KERNEL.removeprefix("templates/")
+    sources = {f: t for f, t in sources.items() if not f.startswith("backward")}
+    sources[header] = patch(sources[header])
+    assert "fg_now()" in sources[header]
+    report = {k: r for k, r in ptxas_report(sources, "sm_90a").items() if "forward_kernel" in k}
+    assert report
+    for kernel, r in report.items():
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{kernel} spills: {r}"
+
+
 def _tiles_types(plan) -> tuple[str, str]:
     """The C++ tile structs (kernels/*.cuh) of a plan's forward and backward, as the
     units name them (templates/kernels/*.cu.j2)."""
