@@ -89,19 +89,21 @@ struct ForwardTilesSm90Ws {
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 256 && Dv <= 256, "128-byte rows, d <= 256");
 };
 
-// The output through shared memory, for the consumers below: 64 rows, whole 128-byte lines to memory. From the fragments
-// directly (store_output) each warp instruction writes 4 or 8 bytes to each of 8 rows,
-// 8 L1 wavefronts an instruction: a consumer's 64 x 128 bf16 O took 1.3-1.8 us after its
-// last P V with the tensor cores idle, a twentieth of a 16-tile CTA (PERF.md, issue 8's
-// seventeenth step). Here each thread writes its pairs into `stage`, 64 rows of Pitch
-// bytes with the 16-byte chunks of each 128 bytes swizzled by the row (conflict-free for
-// the fragments' 8 rows), the consumer's 128 threads meet on `barrier`, and each copies
-// 16-byte chunks of whole rows. A row wider than the stage goes in column windows.
-// Columns [W * window, W * (window + 1)) as U (T or fp32), scaled per row by scale[r].
+// The output through shared memory, for the consumers below: 64 rows, whole 128-byte
+// lines to memory. From the fragments directly (store_output) each warp instruction
+// writes 4 or 8 bytes to each of 8 rows, 8 L1 wavefronts an instruction: a consumer's
+// 64 x 128 bf16 O took 1.3-1.8 us after its last P V with the tensor cores idle, a
+// twentieth of a 16-tile CTA (PERF.md, issue 8's seventeenth step). Here each thread
+// writes its pairs into `stage`, 64 rows of kPitch bytes with the 16-byte chunks of each
+// 128 bytes swizzled by the row (conflict-free for the fragments' 8 rows), the consumer's
+// 128 threads meet on `barrier`, and each copies 16-byte chunks of whole rows. A row
+// wider than the stage goes in column windows: this call stores columns
+// [W * window, W * (window + 1)) as U (T or fp32), scaled per row by scale[r].
 template <class U, int W, int DT, class RowAt>
-__device__ __forceinline__ void store_window_staged(const float (&o)[DT][4], const float (&scale)[2],
-                                                    int window, unsigned char* stage,
-                                                    int barrier, int rows_valid, RowAt row_at) {
+__device__ __forceinline__ void store_window_staged(const float (&o)[DT][4],
+                                                    const float (&scale)[2], int window,
+                                                    unsigned char* stage, int barrier,
+                                                    int rows_valid, RowAt row_at) {
   constexpr int kPitch = W * int(sizeof(U)), kChunks = kPitch / 16;
   static_assert(kPitch % 128 == 0 && W % 8 == 0, "whole swizzled 128-byte groups per row");
   const int tid = threadIdx.x & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -151,7 +153,8 @@ __device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
                                                     const ForwardArgs<T>& a, const Shape& n,
                                                     int b, int h, int row0, int rows0,
                                                     unsigned char* stage, int barrier) {
-  if (kGeneral && a.splits > 1) return store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
+  if (kGeneral && a.splits > 1)
+    return store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
   constexpr int Dv = 8 * DT;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float inv_sum[2], lse[2];
@@ -200,7 +203,9 @@ constexpr int kQBarrier = 1, kTurnBarrier = 4;
 // head first) measured 0.80x the plain grid's forward at N = 2048 (PERF.md, tenth step):
 // the 132 CTAs then walk 132 heads' K and V at once, ~130 MiB at d = 128, and each Q
 // tile read its K/V from HBM instead of the L2, where the grid's CTAs run a head's Q
-// tiles side by side.
+// tiles side by side. In this order it measured 0.80-0.99x the grid still (seventeenth
+// step: its tiles run 4-5 % slower, its first Q K^T waits for the other consumer's
+// epilogue, and the static split of causal units leaves SMs idle), so it stays opt-in.
 constexpr int64_t kL2SectionBytes = int64_t(16) << 20;
 
 template <int KvRowBytes>
@@ -211,7 +216,8 @@ __device__ __forceinline__ void unit_at(int u, int q_tiles, int heads, int kv_le
   const int per_section = fit < 1 ? 1 : fit > heads ? heads : int(fit);
   const int section = u / (per_section * q_tiles);
   const int first = section * per_section;
-  const int in_section = per_section < heads - first ? per_section : heads - first;  // the last section may be short
+  // (the last section may be short)
+  const int in_section = per_section < heads - first ? per_section : heads - first;
   const int r = u - section * per_section * q_tiles;
   m_block = q_tiles - 1 - r / in_section;
   bh = first + r % in_section;
