@@ -186,6 +186,25 @@ __device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4],
 // (split-KV) writes its normalised partial O and lse in fp32 for combine_kernel; a call
 // under autograd also writes O in fp32 (out_f32) for the backward's delta. Serves both
 // kernel families: their accumulators share mma.sync's fragment layout (wgmma.cuh).
+// A row's output scale (1 / rowsum, times dropout's 1 / (1 - p)) and lse, this thread's
+// two rows of one m16 tile: store_output's and the staged epilogue's (forward_sm90_ws.cuh)
+template <bool kDropout, class T, int NT>
+__device__ __forceinline__ void output_row_scales(const OnlineSoftmax<NT>& softmax,
+                                                  const ForwardArgs<T>& a, float (&inv_sum)[2],
+                                                  float (&lse)[2]) {
+  softmax.finish(inv_sum, lse);
+  if constexpr (kDropout) {
+    inv_sum[0] *= a.dropout.keep_scale;
+    inv_sum[1] *= a.dropout.keep_scale;
+  }
+}
+
+// Query row q of (b, h) among lse's and the fp32 O's rows
+template <bool kGeneral>
+__device__ __forceinline__ int64_t output_row(const Shape& n, int b, int h, int q) {
+  return kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
+}
+
 template <bool kDropout, bool kGeneral, class T, int MT, int DT, int NT>
 __device__ __forceinline__ void store_output(const float (&o)[MT][DT][4],
                                              const OnlineSoftmax<NT> (&softmax)[MT],
@@ -196,16 +215,12 @@ __device__ __forceinline__ void store_output(const float (&o)[MT][DT][4],
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt) {
     float inv_sum[2], lse[2];
-    softmax[mt].finish(inv_sum, lse);
-    if constexpr (kDropout) {
-      inv_sum[0] *= a.dropout.keep_scale;
-      inv_sum[1] *= a.dropout.keep_scale;
-    }
+    output_row_scales<kDropout>(softmax[mt], a, inv_sum, lse);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int q = row0 + 16 * mt + g + 8 * r;
       if (q >= n.q_len) continue;
-      const int64_t at = kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
+      const int64_t at = output_row<kGeneral>(n, b, h, q);
       if (kGeneral && a.splits > 1) {  // a partial result: fp32, merged by combine_kernel
         const int64_t part = int64_t(blockIdx.z) * n.rows() + at;
         float* out = a.partial_out + part * Dv;

@@ -158,19 +158,11 @@ __device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
   constexpr int Dv = 8 * DT;
   const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   float inv_sum[2], lse[2];
-  softmax[0].finish(inv_sum, lse);
-  if constexpr (kDropout) {
-    inv_sum[0] *= a.dropout.keep_scale;
-    inv_sum[1] *= a.dropout.keep_scale;
-  }
-  // (the row of (b, h, q) in lse and the fp32 O, as store_output counts it)
-  auto at = [&](int q) {
-    return kGeneral ? n.row(b, h, q) : (int64_t(b) * n.heads + h) * n.q_len + q;
-  };
+  output_row_scales<kDropout>(softmax[0], a, inv_sum, lse);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int q = row0 + g + 8 * r;
-    if (t == 0 && q < n.q_len) a.lse[at(q)] = lse[r];
+    if (t == 0 && q < n.q_len) a.lse[output_row<kGeneral>(n, b, h, q)] = lse[r];
   }
   const int rows_valid = n.q_len - rows0;
   constexpr int kW = staged_window(Dv, StageBytes, int(sizeof(T)));
@@ -181,11 +173,14 @@ __device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
     });
   if (a.out_f32 != nullptr) {
     constexpr int kW32 = staged_window(Dv, StageBytes, 4);
+    auto f32_row = [&](int row) {
+      return a.out_f32 + output_row<kGeneral>(n, b, h, rows0 + row) * Dv;
+    };
 #pragma unroll
     for (int w = 0; w < Dv / kW32; ++w)
-      store_window_staged<float, kW32>(o[0], inv_sum, w, stage, barrier, rows_valid,
-                                       [&](int row) { return a.out_f32 + at(rows0 + row) * Dv; });
+      store_window_staged<float, kW32>(o[0], inv_sum, w, stage, barrier, rows_valid, f32_row);
   }
+
 }
 
 // Named barriers: 1 to 3, a consumer's Q rows; 4 to 6, whose turn it is to issue Q K^T.
