@@ -198,7 +198,7 @@ constexpr int kQBarrier = 1, kTurnBarrier = 4;
 // head first) measured 0.80x the plain grid's forward at N = 2048 (PERF.md, tenth step):
 // the 132 CTAs then walk 132 heads' K and V at once, ~130 MiB at d = 128, and each Q
 // tile read its K/V from HBM instead of the L2, where the grid's CTAs run a head's Q
-// tiles side by side. In this order it measured 0.80-0.99x the grid still (seventeenth
+// tiles side by side. In this order it measured 0.64-1.01x the grid still (seventeenth
 // step: its tiles run 4-5 % slower, its first Q K^T waits for the other consumer's
 // epilogue, and the static split of causal units leaves SMs idle), so it stays opt-in.
 constexpr int64_t kL2SectionBytes = int64_t(16) << 20;
