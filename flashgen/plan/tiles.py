@@ -60,6 +60,7 @@ class ForwardPlan:
     kv_stages: int = 2         # wgmma: K/V stages
     producer: bool = False     # wgmma: a producer warpgroup and consumers of 64 rows (wgmma_ws)
     persistent: bool = False   # producer: one CTA per SM, looping over the Q tiles
+    q_slots: int = 1           # persistent: Q buffers per consumer, loaded a unit ahead
 
     @property
     def rows_per_warp(self) -> int:
@@ -80,8 +81,11 @@ class ForwardPlan:
     def smem_bytes(self, d: int, dv: int) -> int:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
             barriers = 4 * self.kv_stages * 8 if self.producer else 0   # a producer's mbarriers
-            return ((self.block_m * d + self.kv_stages * self.block_n * (d + dv)) * ELEMENT_BYTES
-                    + barriers + 1024)
+            q_slots = self.q_slots if self.persistent else 1  # persistent: and per Q slot two
+            if self.persistent:                                # mbarriers and its unit
+                barriers += 3 * q_slots * 8
+            return ((q_slots * self.block_m * d + self.kv_stages * self.block_n * (d + dv))
+                    * ELEMENT_BYTES + barriers + 1024)
         q = self.block_m * (d + PAD)
         kv = 2 * self.block_n * (d + PAD + dv + PAD)
         return (q + kv) * ELEMENT_BYTES
@@ -133,7 +137,8 @@ class TilePlan:
         how = (f"{f.warps // 4} warpgroup{'s' if f.warps > 4 else ''} of 64 rows (wgmma)"
                if f.family == "wgmma" else f"{f.warps} warps ({f.rows_per_warp} rows each)")
         if f.producer:
-            how = (("persistent (one CTA per SM), " if f.persistent else "")
+            how = ((f"persistent (one CTA per SM, {f.q_slots} Q slot"
+                    f"{'s' if f.q_slots > 1 else ''}), " if f.persistent else "")
                    + f"a producer warpgroup and {f.consumers} consumer warpgroups of 64 rows "
                      "(wgmma)")
         return [
@@ -412,12 +417,15 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
     or three consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128,
     224 KiB): a stage is released only after its P V, so two stages leave the producer one
-    softmax's time to refill one."""
-    for stages in (4, 3, 2):
-        plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages, True,
-                           persistent)
-        if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
-            return plan
+    softmax's time to refill one. Persistent, two Q slots come first where two K/V stages
+    fit beside them (d <= 128: the next unit's Q rows land while this one runs; at
+    d = 128 that leaves two stages, 192 KiB), else one (d = 256)."""
+    for q_slots in ((2, 1) if persistent else (1,)):
+        for stages in (4, 3, 2):
+            plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages,
+                               True, persistent, q_slots)
+            if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
+                return plan
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")
 
 

@@ -12,7 +12,7 @@ variant's Params::read / Grads::read:
           out, then dQ, dK, dV, then dQ, dK, dV in fp32 (or 0)) its pointer and batch,
           head, row strides; plain pointers
           (lse, fp32 out or 0, the exact-P flag, the split-KV count and its partial
-          out and lse or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
+          out and lse or 0, the persistent forward's tickets or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
           args.cuh reads them; backward's
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
           threshold, then the frame's q_first and kv_first; all 0 without dropout); the
@@ -451,6 +451,11 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
         partial_lse = torch.empty(splits, lse.numel(), dtype=torch.float32, device=q.device)
     ints += [splits, 0 if partial_out is None else partial_out.data_ptr(),
              0 if partial_lse is None else partial_lse.data_ptr()]
+    # the persistent forward's CTAs draw their units after the first from a zeroed int
+    # (forward_sm90_ws.cuh); one per call, so that calls on other streams never share it
+    tickets = (torch.zeros(1, dtype=torch.int32, device=q.device)
+               if var.plan(q.shape[-1], _arch(q.device.index)).forward.persistent else None)
+    ints.append(0 if tickets is None else tickets.data_ptr())
     _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, frame, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars, frame)
     _call(_library(key, q, frame), "flashgen_forward", ints + p_ints, floats + p_floats, q.device)

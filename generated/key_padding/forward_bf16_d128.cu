@@ -15,9 +15,10 @@ namespace {
 using T = __nv_bfloat16;
 using Variant = fg_key_padding::Variant;  // whole sequences
 // the sm90 family, warp-specialised: a producer warpgroup, 2 consumer warpgroups of 64 query rows
-using Tiles = fg::ForwardTilesSm90Ws<128, 128, 128, 3, 2>;
+constexpr bool kPersistent = false;
+using Tiles = fg::ForwardTilesSm90Ws<128, 128, 128, 3, 2, kPersistent, 1>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 128, 128, 128, 3, 2, false, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 128, 128, 128, 3, 2, kPersistent && !kGeneral, 1, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh)
 using Maps = fg::KvTensorMaps;
@@ -34,12 +35,14 @@ cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params
 }
 
 template <bool kDropout>
-int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, dim3 grid, int smem, void* stream) {
+int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, int smem, void* stream) {
   // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
   Maps maps{};
   const bool general = args.shape.varlen() || args.shape.paged() || args.splits > 1
                        || !Tiles::encode_maps(maps, args)  // K or V strides the TMA engine cannot address
       ;
+  const int q_tiles = (args.shape.q_len + 128 - 1) / 128;
+  dim3 grid(q_tiles, args.shape.batch * args.shape.heads, args.splits > 1 ? args.splits : 1);
   const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
                                      : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;
@@ -55,9 +58,7 @@ extern "C" int flashgen_forward(const int64_t* ints, const float* floats, void* 
   const auto args = fg::ForwardArgs<T>::read(in);
   const auto params = Variant::Params::read(in);
   constexpr int smem = Tiles::smem_bytes<T>();
-  const dim3 grid((args.shape.q_len + 128 - 1) / 128, args.shape.batch * args.shape.heads,
-                  args.splits > 1 ? args.splits : 1);
-  return run<false>(args, params, grid, smem, stream);
+  return run<false>(args, params, smem, stream);
 }
 
 extern "C" const char* flashgen_error_string(int status) {

@@ -127,6 +127,9 @@ struct ForwardArgs {
   int splits;
   float* partial_out;
   float* partial_lse;
+  // The persistent forward (forward_sm90_ws.cuh): an int the host zeroes before each call,
+  // from which the CTAs draw their units after the first; null for the other kernels
+  int* tickets;
   Dropout dropout;
   BlockSparseArgs sparse;
   static ForwardArgs read(ArgReader& in) {
@@ -142,6 +145,7 @@ struct ForwardArgs {
     a.splits = in.i32();
     a.partial_out = in.ptr<float>();
     a.partial_lse = in.ptr<float>();
+    a.tickets = in.ptr<int>();
     a.dropout = Dropout::read(in);
     a.sparse = BlockSparseArgs::read(in);
     return a;

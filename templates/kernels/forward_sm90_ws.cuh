@@ -33,7 +33,8 @@
 
 namespace fg {
 
-template <int D, int Dv, int BN, int Stages, int Consumers = 2>
+template <int D, int Dv, int BN, int Stages, int Consumers = 2, bool Persistent = false,
+          int QSlots = 1>
 struct ForwardTilesSm90Ws {
   // two consumers of 64 query rows, or three at d = 64 (plan/tiles.py ws_consumers): there
   // a 128-key tile has half the GEMM work of d = 128 under the same softmax, and a third
@@ -41,18 +42,20 @@ struct ForwardTilesSm90Ws {
   static constexpr int kConsumers = Consumers;
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // kTma: the producer is one thread issuing TMA loads, and needs few registers; loading
-  // with cp.async, its 128 threads' address math needs 56 (40 spilled), but with three
+  // kTma: the producer is one thread issuing TMA loads, and needs few registers (32
+  // persistent, whose unit loop's state spilled 12-72 bytes at 24); loading with
+  // cp.async, its 128 threads' address math needs 56 (40 spilled), but with three
   // consumers it keeps 32 (ptxas reported no spill), since at 152 each ptxas serialised
   // their wgmmas (C7512) and at 160 it does not
   template <bool kTma>
-  static constexpr int kProducerRegisters = kTma ? 24 : kConsumers == 3 ? 32 : 56;
+  static constexpr int kProducerRegisters =
+      kTma ? (Persistent ? 32 : 24) : kConsumers == 3 ? 32 : 56;
   // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384 with two
   // consumers, 128 x 512 with three); asking for more than it holds leaves
   // setmaxnreg.inc waiting for ever
   static constexpr int kPool = (65536 / kThreads) / 8 * 8 * kThreads;
   // the consumers share the rest, in multiples of 8 (setmaxnreg's unit), at most 240:
-  // 240 / 224 with two consumers (TMA / cp.async producer), 160 with three
+  // 240 / 224 with two consumers (TMA / cp.async producer; 232 persistent), 160 with three
   template <bool kTma>
   static constexpr int kConsumerRegisters =
       (kPool - kProducerRegisters<kTma> * 128) / (128 * kConsumers) / 8 * 8 > 240
@@ -63,27 +66,37 @@ struct ForwardTilesSm90Ws {
   using V = SwizzledTile<BN, Dv>;
   template <class Variant, class T, bool kGeneral>
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
-  static constexpr int kBarrierOffset = kConsumers * Q::kBytes + Stages * (K::kBytes + V::kBytes);
+  // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA a unit
+  // ahead (two where shared memory holds them: the next unit's Q lands under this one)
+  static constexpr int kQSlots = Persistent ? QSlots : 1;
+  static constexpr int kQBytes = kQSlots * kConsumers * Q::kBytes;
+  static constexpr int kBarrierOffset = kQBytes + Stages * (K::kBytes + V::kBytes);
   // the tiles, then a full and an empty mbarrier per stage for its K and for its V (the
-  // kernel's comment); +1024 to align the start on a swizzle pattern
-  static constexpr int kSmemBytes = kBarrierOffset + 4 * Stages * 8 + 1024;
+  // kernel's comment), and, persistent, per Q slot a full and an empty mbarrier and the
+  // slot's unit (8 bytes); +1024 to align the start on a swizzle pattern
+  static constexpr int kSmemBytes =
+      kBarrierOffset + 4 * Stages * 8 + (Persistent ? 3 * kQSlots * 8 : 0) + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
                     kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <= kPool,
                 "the reallocated registers fit the CTA's pool");
   static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumers");
-  // Host: the tensor maps of a padded batch's K and V in boxes of BN rows; false where the
-  // TMA engine cannot address them (the call then runs the cp.async instance)
+  // Host: the tensor maps of a padded batch's K and V in boxes of BN rows (persistent: and
+  // Q's, in boxes of a consumer's 64 rows); false where the TMA engine cannot address
+  // them (the call then runs the cp.async instance)
   template <class T>
   static bool encode_maps(KvTensorMaps& maps, const ForwardArgs<T>& a) {
     const Shape& n = a.shape;
     return encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
-           encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN);
+           encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN) &&
+           (!Persistent || encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, 64));
   }
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
   static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
-  static_assert(K::kBytes + V::kBytes < (1 << 20), "an mbarrier's transaction count");
+  static_assert(K::kBytes + V::kBytes < (1 << 20) && kConsumers * Q::kBytes < (1 << 20),
+                "an mbarrier's transaction count");
+  static_assert(kQSlots >= 1 && kQSlots <= 2, "one or two Q slots");
   // up to d = 256 a consumer's O (Dv / 2 floats per thread), one score tile (BN / 2) and
   // the P of the previous one (BN / 4) fit its registers: at d = 256 with BN = 64 (the plan)
   static_assert(D % 64 == 0 && Dv % 64 == 0 && D <= 256 && Dv <= 256, "128-byte rows, d <= 256");
@@ -186,21 +199,20 @@ __device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
 // Named barriers: 1 to 3, a consumer's Q rows; 4 to 6, whose turn it is to issue Q K^T.
 constexpr int kQBarrier = 1, kTurnBarrier = 4;
 
-// The units of work of a forward CTA: one Q tile (the grid's), or, persistent, every
-// gridDim.x-th of all (Q tile, batch * head) units in the order unit_at gives.
-// unit(cta, next) runs each; `next` is the unit this CTA runs after it, so that a
-// consumer can load the next unit's Q rows under this one's tail.
+// The units of a persistent forward: (Q tile, batch * head) pairs, unit u as unit_at
+// numbers it. A CTA runs unit blockIdx.x first; its producer then draws the next from
+// ForwardArgs::tickets (gridDim.x + a ticket: dynamic, so that an SM whose units were
+// short takes more, where a static split of causal units left SMs idle for 230 of 1144
+// us at N = 8192, PERF.md's seventeenth step).
 //
-// The persistent order is made for the L2. The heads are taken in sections whose K and V
-// fit in kL2SectionBytes together (16 MiB of the H100's / H200's 50 MiB), and inside a
-// section the Q tiles with the most keys under a causal mask come first, each Q tile
-// over the section's heads. An order over all heads at once (the longest Q tile of every
-// head first) measured 0.80x the plain grid's forward at N = 2048 (PERF.md, tenth step):
-// the 132 CTAs then walk 132 heads' K and V at once, ~130 MiB at d = 128, and each Q
-// tile read its K/V from HBM instead of the L2, where the grid's CTAs run a head's Q
-// tiles side by side. In this order it measured 0.64-1.01x the grid still (seventeenth
-// step: its tiles run 4-5 % slower, its first Q K^T waits for the other consumer's
-// epilogue, and the static split of causal units leaves SMs idle), so it stays opt-in.
+// The order is made for the L2. The heads are taken in sections whose K and V fit in
+// kL2SectionBytes together (16 MiB of the H100's / H200's 50 MiB), and inside a section
+// the Q tiles with the most keys under a causal mask come first, each Q tile over the
+// section's heads. An order over all heads at once (the longest Q tile of every head
+// first) measured 0.80x the plain grid's forward at N = 2048 (PERF.md, tenth step): the
+// 132 CTAs then walk 132 heads' K and V at once, ~130 MiB at d = 128, and each Q tile
+// read its K/V from HBM instead of the L2, where the grid's CTAs run a head's Q tiles
+// side by side.
 constexpr int64_t kL2SectionBytes = int64_t(16) << 20;
 
 template <int KvRowBytes>
@@ -218,41 +230,32 @@ __device__ __forceinline__ void unit_at(int u, int q_tiles, int heads, int kv_le
   bh = first + r % in_section;
 }
 
-// Unit u of a persistent CTA
-template <int KvRowBytes, class T, bool kGeneral>
-__device__ __forceinline__ ForwardCta<T, kGeneral> unit_cta(const ForwardArgs<T>& a, int block_m,
-                                                            int u) {
+// Unit u of a persistent CTA (a padded batch: the general instance runs the grid)
+template <int KvRowBytes, class T>
+__device__ __forceinline__ ForwardCta<T, false> unit_cta(const ForwardArgs<T>& a, int block_m,
+                                                         int u) {
   const int q_tiles = (a.shape.q_len + block_m - 1) / block_m;
   int m_block, bh;
   unit_at<KvRowBytes>(u, q_tiles, a.shape.batch * a.shape.heads, a.shape.kv_len, m_block, bh);
-  return ForwardCta<T, kGeneral>(a, block_m, m_block, bh);
+  return ForwardCta<T, false>(a, block_m, m_block, bh);
 }
 
-// next: the unit index the CTA runs after this one, -1 after its last (a CTA is rebuilt
-// from it with unit_cta: a CTA object kept across units went to local memory)
-template <bool kPersistent, int KvRowBytes, class T, bool kGeneral, class Unit>
-__device__ __forceinline__ void for_each_unit(const ForwardArgs<T>& a, int block_m, Unit&& unit) {
-  if constexpr (!kPersistent) {
-    unit(ForwardCta<T, kGeneral>(a, block_m), -1);
-  } else {
-    const int units = (a.shape.q_len + block_m - 1) / block_m * (a.shape.batch * a.shape.heads);
-    for (int u = blockIdx.x; u < units; u += gridDim.x) {
-      const int next = u + int(gridDim.x) < units ? u + int(gridDim.x) : -1;
-      unit(unit_cta<KvRowBytes, T, kGeneral>(a, block_m, u), next);
-    }
-  }
-}
+// The kinds of a consumer's step (one K/V tile): the first of its CTA (no P V pending),
+// a later one of the same unit (the previous tile's P V pending), or, persistent, the
+// first of a unit after another (the last P V of the unit before pending: issued before
+// this Q K^T, and that unit's O stored while the Q K^T runs).
+constexpr int kFirstTile = 0, kNextTile = 1, kCarriedTile = 2;
 
 // Template arguments as forward_kernel_sm90's, with Stages (K/V stages) and Consumers
-// (of 64 rows each) instead of BM, and kPersistent: one CTA per SM, looping over the
-// units (for_each_unit), its producer loading the next unit's tiles while the consumers
-// finish this one's.
+// (of 64 rows each) instead of BM, and kPersistent (a padded batch only): one CTA per SM,
+// running units until the tickets run out, QSlots Q buffers per consumer (see below).
 template <class V, class T, int D, int Dv, int BN, int Stages, int Consumers, bool kPersistent,
-          bool kDropout, bool kExactP, bool kGeneral>
+          int QSlots, bool kDropout, bool kExactP, bool kGeneral>
 __global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers>::kThreads, 1)
 forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
                        const __grid_constant__ KvTensorMaps maps) {
-  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers>;
+  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers, kPersistent, QSlots>;
+  static_assert(!(kPersistent && kGeneral), "the general instance runs the grid");
   // A padded batch's K and V are loaded by TMA (tma.cuh; the host encodes `maps`); the
   // general instance (a packed batch, a paged cache, split-KV) and any call whose K / V
   // the engine cannot address load them with cp.async (KvStream), `maps` unused.
@@ -262,9 +265,9 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   using Stream = typename Tiles::template Stream<V, T, kGeneral>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
-  T* sK = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes);  // [Stages]
-  T* sV = reinterpret_cast<T*>(smem + Tiles::kConsumers * Tiles::Q::kBytes +
-                               Stages * Tiles::K::kBytes);                    // [Stages]
+  T* sQ0 = reinterpret_cast<T*>(smem);                   // [kQSlots][kConsumers]
+  T* sK = reinterpret_cast<T*>(smem + Tiles::kQBytes);  // [Stages]
+  T* sV = reinterpret_cast<T*>(smem + Tiles::kQBytes + Stages * Tiles::K::kBytes);  // [Stages]
   // kSplitKv: a stage's K and V have a barrier pair each. V is read one step later than K
   // (a tile's P V is issued in the next tile's turn), so K is handed back as soon as both
   // consumers' Q K^T have read it, and the producer refills it a step earlier than one
@@ -277,8 +280,14 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   uint64_t* empty_k = full_k + Stages;                                           // [Stages]
   uint64_t* full_v = kSplitKv ? empty_k + Stages : full_k;                       // [Stages]
   uint64_t* empty_v = kSplitKv ? full_v + Stages : empty_k;                      // [Stages]
+  // persistent: a Q slot is full when the producer has written its unit and its Q rows
+  // have landed, and empty when every consumer's last Q K^T of that unit is done
+  uint64_t* q_full = full_k + 4 * Stages;    // [kQSlots]
+  uint64_t* q_empty = q_full + Tiles::kQSlots;  // [kQSlots]
+  int* slot_unit = reinterpret_cast<int*>(q_empty + Tiles::kQSlots);  // [kQSlots]; -1: no more
+  constexpr int kQ = Tiles::Q::kBytes / int(sizeof(T));
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
-  constexpr int kKvRowBytes = (D + Dv) * int(sizeof(T));  // a key's K and V (for_each_unit)
+  constexpr int kKvRowBytes = (D + Dv) * int(sizeof(T));  // a key's K and V (unit_at)
 
   if (threadIdx.x == 0) {
 #pragma unroll
@@ -288,6 +297,13 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (kSplitKv) {
         mbarrier_init(&full_v[s], kTma ? 1 : 128);
         mbarrier_init(&empty_v[s], 128 * Tiles::kConsumers);
+      }
+    }
+    if constexpr (kPersistent) {
+#pragma unroll
+      for (int s = 0; s < Tiles::kQSlots; ++s) {
+        mbarrier_init(&q_full[s], 1);
+        mbarrier_init(&q_empty[s], 128 * Tiles::kConsumers);
       }
     }
     mbarrier_init_fence();
@@ -301,14 +317,15 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   if (warpgroup == 0) {
     release_registers<Tiles::template kProducerRegisters<kTma>>();
     if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
-    for_each_unit<kPersistent, kKvRowBytes, T, kGeneral>(a, BM, [&](const Cta& cta, int) {
+    // the K/V tiles of one unit, each into its stage once every consumer is done with
+    // what that stage held
+    auto load_unit = [&](const Cta& cta) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
                       cta.template tiles<V, BN>(a, n)};
       // the K (kLoadK, kLoadV = true, false), the V (false, true) or both of walk entry
-      // `entry`, tile `tile` of the CTA, into its stage once every consumer is done with
-      // what that stage held
+      // `entry`, tile `tile` of the CTA
       auto load = [&](auto k_part, auto v_part, int tile, int entry) {
         constexpr bool kLoadK = decltype(k_part)::value, kLoadV = decltype(v_part)::value;
         const int stage = tile % Stages, round = tile / Stages;
@@ -340,7 +357,38 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         }
       }
       if (kSplitKv && previous >= 0) load(std::false_type{}, std::true_type{}, i - 1, previous);
-    });
+    };
+    if constexpr (kPersistent) {
+      // each unit: its Q rows into the next Q slot (the consumers' rows of it, one box
+      // of 64 rows per 64 columns each), then its K/V tiles
+      const int units = (a.shape.q_len + BM - 1) / BM * (a.shape.batch * a.shape.heads);
+      int u = blockIdx.x, slot = 0, use = 0;
+      for (;;) {
+        // the unit after this one, drawn now: the atomic's latency passes under this
+        // unit's loads
+        const int after = u < units ? int(gridDim.x) + atomicAdd(a.tickets, 1) : units;
+        mbarrier_wait<true>(&q_empty[slot], (use & 1) ^ 1);
+        slot_unit[slot] = u < units ? u : -1;
+        if (u >= units) {  // (the arrival publishes the slot's unit: no more)
+          mbarrier_arrive(&q_full[slot]);
+          break;
+        }
+        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
+        mbarrier_arrive_expecting(&q_full[slot], Tiles::kConsumers * Tiles::Q::kBytes);
+#pragma unroll
+        for (int c = 0; c < Tiles::kConsumers; ++c)
+          tma_load_tile<64, D>(sQ0 + (slot * Tiles::kConsumers + c) * kQ, maps.q,
+                               cta.q0 + 64 * c, cta.h, cta.b, &q_full[slot]);
+        load_unit(cta);
+        u = after;
+        if (++slot == Tiles::kQSlots) {
+          slot = 0;
+          ++use;
+        }
+      }
+    } else {
+      load_unit(Cta(a, BM));
+    }
     if constexpr (!kTma) {
       cp_async_commit();
       cp_async_wait<0>();  // no copy outlives the thread that issued it
@@ -351,173 +399,222 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   set_registers<Tiles::template kConsumerRegisters<kTma>>();
   const int consumer = warpgroup - 1;
   const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' warps
-  T* sQ = reinterpret_cast<T*>(smem + consumer * Tiles::Q::kBytes);
-  const uint32_t q_rows = smem_address(sQ);
-  // This consumer's 64 query rows of a unit, by cp.async from its 128 threads
-  // (load_tile_swizzled for threads that are not threads 0..127 of the CTA), and the wait
-  // for them. A persistent CTA loads the next unit's rows as soon as the last Q K^T of
-  // this one is done, under the unit's last softmax, P V and epilogue: loaded at the
-  // start of each unit they kept the tensor cores idle for ~1.3 us (PERF.md, sixth step).
-  auto load_q = [&](const Cta& cta) {
-    const Shape& n = cta.shape(a);
-    const int rows = cta.q0 + 64 * consumer;
-    const int tid = threadIdx.x & 127;
-    using QTile = SwizzledTile<64, D>;
-    unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
-    constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
-    const int r0 = tid / kChunks, c = tid % kChunks;
-#pragma unroll
-    for (int r = r0; r < 64; r += kRowsPerPass) {
-      const bool valid = rows + r < n.q_len;
-      cp_async_16(dst + QTile::chunk_offset(r, 8 * c),
-                  valid ? cta.q.at(cta.b, cta.h, rows + r) + 8 * c : a.q.data, valid);
-    }
-    cp_async_commit();
+  // Turns: a consumer's GEMMs of one step (Q K^T of this tile, P V of the previous
+  // one) are issued in its turn, so that the consumers' GEMMs take turns in a ring
+  // (0, 1, [2,] 0, ...) and each one's softmax runs under the others' GEMMs. Consumer
+  // 0 goes first; each hands the turn to the next once its GEMMs are issued. In the
+  // grid's CTA the last consumer's last hand-over is left out, so that every arrival is
+  // waited for; a persistent CTA's ring runs on from unit to unit (a consumer starts
+  // its next unit without waiting for the others to end this one), and consumer 0
+  // takes the last hand-over after the last unit.
+  constexpr int kLast = Tiles::kConsumers - 1;
+  const int next = consumer == kLast ? 0 : consumer + 1;
+  float o[1][Dv / 8][4];
+  OnlineSoftmax<BN / 8> softmax[1];
+  uint32_t pa[BN / 16][4];                     // P of the previous tile, the A of its P V
+  uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
+  int pending = 0;                             // the stage whose V the pending P V reads
+  int q_slot = 0;                              // persistent: the unit's Q slot
+  // waits for the V of the pending P V, tile i - 1 (loaded after tile i's K; waited for
+  // outside the turn, so as not to hold the other consumer)
+  auto wait_pending_v = [&] {
+    mbarrier_wait(&full_v[pending], ((i - 1) / Stages) & 1);
+    if constexpr (!kTma) fence_proxy_async();
   };
-  auto wait_q = [&] {
-    cp_async_wait<0>();
-    fence_proxy_async();  // the rows were written by the generic proxy; wgmma reads async
-    bar_sync(kQBarrier + consumer, 128);
+  auto issue_pv = [&](int stage) {
+    const uint32_t v_tile = smem_address(sV + stage * kV);
+    issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
+    if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
+      issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
   };
-  bool q_loaded = false;  // this unit's rows are on their way (loaded under the last one)
-  for_each_unit<kPersistent, kKvRowBytes, T, kGeneral>(a, BM, [&](const Cta& cta, int next_unit) {
-    const Shape& n = cta.shape(a);
-    const int b = cta.b, h = cta.h, q0 = cta.q0;
-    // Q's buffer is free once every warp of this consumer has seen its last Q K^T done
-    auto load_next_q = [&] {
-      if (next_unit < 0) return;
-      bar_sync(kQBarrier + consumer, 128);
-      load_q(unit_cta<kKvRowBytes, T, kGeneral>(a, BM, next_unit));
-      q_loaded = true;
-    };
-    if (kGeneral && q0 >= n.q_len) {  // varlen: past a shorter sequence's rows
-      if (q_loaded) wait_q();
-      q_loaded = false;
-      load_next_q();
-      return;
+  // One K/V tile of a unit (`walk`, its rows from row0, its Q rows at q_rows). kOverlap:
+  // Q K^T is issued before the previous tile's P V, so that it is done while that P V
+  // may still run: this tile's softmax overlaps this warpgroup's own P V (and the other
+  // consumer's GEMMs), and O is rescaled once the P V is waited for. Only with TMA loads
+  // (240 registers): with the cp.async producer the consumers have 224, the overlap
+  // measured no faster and its extra live registers spilled in document's consumers
+  // (PERF.md, issue 8's seventh step); there P V goes first and both are waited for
+  // together. Each kind (kFirstTile ...) is a separate instance, not a runtime test:
+  // ptxas tracks which wgmma groups are in flight along each path, and across a runtime
+  // branch it assumed the worst and serialised them.
+  // With three consumers (160 registers) the overlap's live P of the previous tile and
+  // the exact-P residual together spilled 304 bytes (ALiBi, d = 64): that instance,
+  // which only parameter gradients call, waits for both GEMMs together, and ptxas
+  // serialises its wgmmas there (C7511, tests/cpu/test_generated.py).
+  // kCarriedTile: the unit before's last P V goes first, then this Q K^T; once the P V
+  // is done, store_carried stores that unit's O while the Q K^T runs.
+  constexpr bool kOverlap = kTma && !(kExactP && Tiles::kConsumers == 3);
+  auto step = [&](auto kind, auto& walk, const Shape& n, int b, int h, int row0,
+                  uint32_t q_rows, auto&& store_carried) {
+    constexpr int kKind = decltype(kind)::value;
+    constexpr bool kCarry = kKind == kCarriedTile;
+    constexpr bool kPv = kKind == kNextTile;  // this unit's previous P V is pending
+    const int stage = i % Stages, round = i / Stages;
+    const int k0 = TileRow::tile_of(walk.entry) * BN;
+    const TileMask tile = walk.mask;
+    walk.advance();
+    mbarrier_wait(&full_k[stage], round & 1);
+    // the producer's cp.async writes, for this thread's wgmmas (TMA writes are made by
+    // the async proxy that wgmma reads through)
+    if constexpr (!kTma) fence_proxy_async();
+    if constexpr (kSplitKv && (kPv || kCarry)) wait_pending_v();
+
+    float s[1][BN / 8][4];
+    float row_offset[1][2];  // V::kAffineBias (forward.cuh score_and_mask)
+    bar_sync(kTurnBarrier + consumer, 256);
+    if constexpr (kCarry || (!kOverlap && kPv)) issue_pv(pending);
+    issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK + stage * kK),
+                            Tiles::K::kBlockBytes);
+    if constexpr (kOverlap && kPv) issue_pv(pending);
+    if (kPersistent || consumer != kLast || !walk.done()) bar_arrive(kTurnBarrier + next, 256);
+    if constexpr (kCarry) {
+      wgmma_wait<1>();  // the carried P V, issued first; the Q K^T may still run
+      fence_operand(o[0]);
+      mbarrier_arrive(&empty_v[pending]);
+      store_carried();
     }
-    const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0,
-                    cta.template tiles<V, BN>(a, n)};
-    if (!q_loaded) load_q(cta);
-    wait_q();  // (the last unit's GEMMs have all been waited for)
-    q_loaded = false;
-
-    float o[1][Dv / 8][4];
-    zero(o);
-    OnlineSoftmax<BN / 8> softmax[1];
-    const int row0 = q0 + 16 * warp;  // this warp's first query row
-    auto walk = kv.walk();
-    // Turns: a consumer's GEMMs of one step (Q K^T of this tile, P V of the previous
-    // one) are issued in its turn, so that the consumers' GEMMs take turns in a ring
-    // (0, 1, [2,] 0, ...) and each one's softmax runs under the others' GEMMs. Consumer
-    // 0 goes first; each hands the turn to the next once its GEMMs are issued. The last
-    // consumer's last hand-over in a unit is left out, so that every arrival is waited
-    // for.
-    constexpr int kLast = Tiles::kConsumers - 1;
-    const int next = consumer == kLast ? 0 : consumer + 1;
-    if (consumer == kLast && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
-    uint32_t pa[BN / 16][4];                     // P of the previous tile, the A of its P V
-    uint32_t pa_lost[kExactP ? BN / 16 : 1][4];  // kExactP: what rounding P lost
-    int pending = 0;                             // the stage whose V the pending P V reads
-    // waits for the V of the pending P V, tile i - 1 (loaded after tile i's K; waited for
-    // outside the turn, so as not to hold the other consumer)
-    auto wait_pending_v = [&] {
-      mbarrier_wait(&full_v[pending], ((i - 1) / Stages) & 1);
-      if constexpr (!kTma) fence_proxy_async();
-    };
-    auto issue_pv = [&](int stage) {
-      const uint32_t v_tile = smem_address(sV + stage * kV);
-      issue_gemm_rs<T, Dv, BN>(o[0], pa, v_tile, Tiles::V::kBlockBytes);
-      if constexpr (kExactP)  // forward.cuh: P V plus the MMA of what rounding P lost
-        issue_gemm_rs<T, Dv, BN>(o[0], pa_lost, v_tile, Tiles::V::kBlockBytes);
-    };
-    // One K/V tile. kOverlap: Q K^T is issued before the previous tile's P V, so that it
-    // is done while that P V may still run: this tile's softmax overlaps this warpgroup's
-    // own P V (and the other consumer's GEMMs), and O is rescaled once the P V is waited
-    // for. Only with TMA loads (240 registers): with the cp.async producer the consumers
-    // have 224, the overlap measured no faster and its extra live registers spilled in
-    // document's consumers (PERF.md, issue 8's seventh step); there P V goes first and
-    // both are waited for together. kFirst (no P V pending) is a separate instance, not
-    // a runtime test: ptxas tracks which wgmma groups are in flight along each path, and
-    // across a runtime branch it assumed the worst and serialised them.
-    // With three consumers (160 registers) the overlap's live P of the previous tile and
-    // the exact-P residual together spilled 304 bytes (ALiBi, d = 64): that instance,
-    // which only parameter gradients call, waits for both GEMMs together, and ptxas
-    // serialises its wgmmas there (C7511, tests/cpu/test_generated.py).
-    constexpr bool kOverlap = kTma && !(kExactP && Tiles::kConsumers == 3);
-    auto step = [&](auto first) {
-      constexpr bool kFirst = decltype(first)::value;
-      const int stage = i % Stages, round = i / Stages;
-      const int k0 = TileRow::tile_of(walk.entry) * BN;
-      const TileMask tile = walk.mask;
-      walk.advance();
-      mbarrier_wait(&full_k[stage], round & 1);
-      // the producer's cp.async writes, for this thread's wgmmas (TMA writes are made by
-      // the async proxy that wgmma reads through)
-      if constexpr (!kTma) fence_proxy_async();
-      if constexpr (kSplitKv && !kFirst) wait_pending_v();
-
-      float s[1][BN / 8][4];
-      float row_offset[1][2];  // V::kAffineBias (forward.cuh score_and_mask)
-      bar_sync(kTurnBarrier + consumer, 256);
-      if constexpr (!kOverlap && !kFirst) issue_pv(pending);
-      issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes,
-                              smem_address(sK + stage * kK), Tiles::K::kBlockBytes);
-      if constexpr (kOverlap && !kFirst) issue_pv(pending);
-      if (consumer != kLast || !walk.done()) bar_arrive(kTurnBarrier + next, 256);
-      wgmma_wait<!kOverlap || kFirst ? 0 : kExactP ? 2 : 1>();  // Q K^T done
-      fence_operand(s[0]);
-      if (kPersistent && walk.done()) load_next_q();  // this unit's last Q K^T
-      if constexpr (kSplitKv) mbarrier_arrive(&empty_k[stage]);  // its K has been read
-      if constexpr (!kOverlap && !kFirst) {  // and the previous P V
-        fence_operand(o[0]);
-        mbarrier_arrive(&empty_v[pending]);
-      }
-      if (tile.partial()) {
-        score_and_mask<true, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
-      } else {
-        score_and_mask<false, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
-      }
-      float alpha[1][2];
-      softmax_probabilities<kDropout, V>(s, row_offset, softmax, alpha, n, a.dropout,
-                                         b * a.shape.heads + h, row0, k0);
-      if constexpr (kOverlap && !kFirst) {  // the previous P V: its V has been read
-        wgmma_wait<0>();
-        fence_operand(o[0]);
-        mbarrier_arrive(&empty_v[pending]);
-      }
-      if constexpr (!kFirst) rescale_output(o, alpha);
-      accumulator_to_a<T>(pa, s[0]);
-      if constexpr (kExactP) {
-#pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[0][nt][e] = rounding_residual<T>(s[0][nt][e]);
-        }
-        accumulator_to_a<T>(pa_lost, s[0]);
-      }
-      pending = stage;
-      ++i;
-    };
-    if (!walk.done()) {
-      step(std::true_type{});
-      while (!walk.done()) step(std::false_type{});
-      if constexpr (kSplitKv) wait_pending_v();
-      issue_pv(pending);  // the last tile's P V
+    wgmma_wait<!kOverlap || !kPv ? 0 : kExactP ? 2 : 1>();  // Q K^T done
+    fence_operand(s[0]);
+    if (kPersistent && walk.done()) mbarrier_arrive(&q_empty[q_slot]);  // its last Q K^T
+    if constexpr (kSplitKv) mbarrier_arrive(&empty_k[stage]);  // its K has been read
+    if constexpr (!kOverlap && kPv) {  // and the previous P V
+      fence_operand(o[0]);
+      mbarrier_arrive(&empty_v[pending]);
+    }
+    if (tile.partial()) {
+      score_and_mask<true, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
+    } else {
+      score_and_mask<false, V>(s, row_offset, p, n, a.sparse, tile, b, h, row0, k0);
+    }
+    float alpha[1][2];
+    softmax_probabilities<kDropout, V>(s, row_offset, softmax, alpha, n, a.dropout,
+                                       b * a.shape.heads + h, row0, k0);
+    if constexpr (kOverlap && kPv) {  // the previous P V: its V has been read
       wgmma_wait<0>();
       fence_operand(o[0]);
       mbarrier_arrive(&empty_v[pending]);
-    } else if (kPersistent) {
-      load_next_q();  // no tile: no Q K^T read the rows
     }
-    if constexpr (kPersistent) {  // Q's buffer holds the next unit's rows by now
-      store_output<kDropout, kGeneral>(o, softmax, a, n, b, h, row0);
-    } else {  // through Q's buffer, free after the last Q K^T
-      store_output_staged<kDropout, kGeneral, Tiles::Q::kBytes>(
-          o, softmax, a, n, b, h, row0, q0 + 64 * consumer, reinterpret_cast<unsigned char*>(sQ),
-          kQBarrier + consumer);
+    if constexpr (kPv) rescale_output(o, alpha);
+    accumulator_to_a<T>(pa, s[0]);
+    if constexpr (kExactP) {
+#pragma unroll
+      for (int nt = 0; nt < BN / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[0][nt][e] = rounding_residual<T>(s[0][nt][e]);
+      }
+      accumulator_to_a<T>(pa_lost, s[0]);
     }
-  });
+    pending = stage;
+    ++i;
+  };
+  using First = std::integral_constant<int, kFirstTile>;
+  using Next = std::integral_constant<int, kNextTile>;
+  using Carried = std::integral_constant<int, kCarriedTile>;
+  // the last tile's P V, outside a turn (no Q K^T follows it)
+  auto last_pv = [&] {
+    if constexpr (kSplitKv) wait_pending_v();
+    issue_pv(pending);
+    wgmma_wait<0>();
+    fence_operand(o[0]);
+    mbarrier_arrive(&empty_v[pending]);
+  };
+
+  if constexpr (!kPersistent) {
+    const Cta cta(a, BM);
+    const Shape& n = cta.shape(a);
+    const int b = cta.b, h = cta.h, q0 = cta.q0;
+    if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
+    T* sQ = sQ0 + consumer * kQ;
+    const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0,
+                    cta.template tiles<V, BN>(a, n)};
+    // This consumer's 64 query rows, by cp.async from its 128 threads
+    // (load_tile_swizzled for threads that are not threads 0..127 of the CTA)
+    {
+      const int rows = q0 + 64 * consumer;
+      const int tid = threadIdx.x & 127;
+      unsigned char* dst = reinterpret_cast<unsigned char*>(sQ);
+      constexpr int kChunks = D / 8, kRowsPerPass = 128 / kChunks;
+      const int r0 = tid / kChunks, c = tid % kChunks;
+#pragma unroll
+      for (int r = r0; r < 64; r += kRowsPerPass) {
+        const bool valid = rows + r < n.q_len;
+        cp_async_16(dst + Tiles::Q::chunk_offset(r, 8 * c),
+                    valid ? cta.q.at(b, h, rows + r) + 8 * c : a.q.data, valid);
+      }
+      cp_async_commit();
+      cp_async_wait<0>();
+      fence_proxy_async();  // the rows were written by the generic proxy; wgmma reads async
+      bar_sync(kQBarrier + consumer, 128);
+    }
+    zero(o);
+    const int row0 = q0 + 16 * warp;  // this warp's first query row
+    const uint32_t q_rows = smem_address(sQ);
+    auto walk = kv.walk();
+    if (consumer == kLast && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
+    auto none = [] {};
+    if (!walk.done()) {
+      step(First{}, walk, n, b, h, row0, q_rows, none);
+      while (!walk.done()) step(Next{}, walk, n, b, h, row0, q_rows, none);
+      last_pv();
+    }
+    // through Q's buffer, free after the last Q K^T
+    store_output_staged<kDropout, kGeneral, Tiles::Q::kBytes>(
+        o, softmax, a, n, b, h, row0, q0 + 64 * consumer, reinterpret_cast<unsigned char*>(sQ),
+        kQBarrier + consumer);
+  } else {
+    // Persistent: each unit's Q rows come from the producer in q_slot; a unit's last P V
+    // is carried into the next unit's first step, whose Q K^T runs while this consumer
+    // stores the unit's O (from the fragments: the Q buffers hold the next units' rows).
+    const Shape& n = a.shape;
+    zero(o);
+    if (consumer == kLast) bar_arrive(kTurnBarrier + 0, 256);
+    bool carried = false;                 // a unit's O waits for its last P V
+    int carried_b = 0, carried_h = 0, carried_row0 = 0;
+    auto store_carried = [&] {
+      store_output<kDropout, false>(o, softmax, a, n, carried_b, carried_h, carried_row0);
+      zero(o);
+      softmax[0] = OnlineSoftmax<BN / 8>{};
+    };
+    for (int use = 0;;) {
+      mbarrier_wait(&q_full[q_slot], use & 1);
+      const int u = slot_unit[q_slot];
+      if (u < 0) break;
+      const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
+      const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
+                      cta.template tiles<V, BN>(a, n)};
+      const int row0 = cta.q0 + 16 * warp;
+      const uint32_t q_rows = smem_address(sQ0 + (q_slot * Tiles::kConsumers + consumer) * kQ);
+      auto walk = kv.walk();
+      if (walk.done()) {  // no tile: its rows' O is 0 and their lse -inf
+        mbarrier_arrive(&q_empty[q_slot]);
+        if (carried) {
+          last_pv();
+          store_carried();
+        }
+        carried_b = cta.b, carried_h = cta.h, carried_row0 = row0;
+        store_carried();
+        carried = false;
+      } else {
+        if (carried) {
+          step(Carried{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);
+        } else {
+          step(First{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);
+        }
+        while (!walk.done()) step(Next{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);
+        carried = true;
+        carried_b = cta.b, carried_h = cta.h, carried_row0 = row0;
+      }
+      if (++q_slot == Tiles::kQSlots) {
+        q_slot = 0;
+        ++use;
+      }
+    }
+    if (carried) {
+      last_pv();
+      store_carried();
+    }
+    if (consumer == 0) bar_sync(kTurnBarrier + 0, 256);  // the last consumer's last hand-over
+  }
 }
 
 }  // namespace fg

@@ -25,11 +25,12 @@
 
 namespace fg {
 
-// The forward's K and V, as the warp-specialised kernel's producer loads them. Passed as a
-// __grid_constant__ kernel parameter: the engine reads a tensor map from parameter (or
-// global) memory, by its generic address.
+// The forward's K and V, as the warp-specialised kernel's producer loads them, and Q, which
+// the persistent one's producer loads too (else unused). Passed as a __grid_constant__
+// kernel parameter: the engine reads a tensor map from parameter (or global) memory, by
+// its generic address.
 struct KvTensorMaps {
-  CUtensorMap k, v;
+  CUtensorMap k, v, q;
 };
 
 // The backward's Q and dO (backward_sm90.cuh); active = 0: load them with cp.async.

@@ -89,9 +89,9 @@ SPILL_BYTES = 512
 # rounding residual (kExactP, for parameter gradients only), whose consumers' 160
 # registers hold the previous tile's P twice; with the GEMMs overlapped instead it
 # spilled 304 bytes (forward_sm90_ws.cuh kOverlap). Template arguments: V, T, D, Dv, BN,
-# Stages, Consumers, kPersistent, kDropout, kExactP, kGeneral.
+# Stages, Consumers, kPersistent, QSlots, kDropout, kExactP, kGeneral.
 _SERIAL_ALLOWED = re.compile(
-    r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 3, \w+, \w+, true, ")
+    r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 3, \w+, \d+, \w+, true, ")
 
 
 def _assert_not_serialised(kernel: str, report: dict) -> None:
@@ -223,7 +223,8 @@ def _tiles_types(plan) -> tuple[str, str]:
     units name them (templates/kernels/*.cu.j2)."""
     f, b, d, dv = plan.forward, plan.backward, plan.head_dim, plan.value_dim
     if f.producer:
-        fwd = f"fg::ForwardTilesSm90Ws<{d}, {dv}, {f.block_n}, {f.kv_stages}, {f.consumers}>"
+        fwd = (f"fg::ForwardTilesSm90Ws<{d}, {dv}, {f.block_n}, {f.kv_stages}, {f.consumers}"
+               + (f", true, {f.q_slots}>" if f.persistent else ">"))
     elif f.family == "wgmma":
         fwd = f"fg::ForwardTilesSm90<{d}, {dv}, {f.block_m}, {f.block_n}>"
     else:
@@ -246,7 +247,7 @@ def test_planned_shared_memory_is_the_kernels(tmp_path):
     is what the kernels ask for at launch (Tiles::smem_bytes), for every shipped spec's
     plans on sm_80 and sm_90a: static_asserts over the tile structs alone, no kernel
     instantiated."""
-    from flashgen.plan.tiles import plan_for
+    from flashgen.plan.tiles import TileOverride, plan_for
     checks = set()
     for name in flashgen.shipped():
         spec = flashgen.load(name)
@@ -256,6 +257,10 @@ def test_planned_shared_memory_is_the_kernels(tmp_path):
                 fwd, bwd = _tiles_types(plan)
                 checks.add((fwd, plan.forward.smem_bytes(plan.head_dim, plan.value_dim)))
                 checks.add((bwd, plan.backward.smem_bytes(plan.head_dim, plan.value_dim)))
+    for d in (64, 128, 256):  # the persistent forward's Q slots (two, or one at d = 256)
+        plan = plan_for(flashgen.load("causal"), d, TileOverride(family="wgmma_ws_persistent"),
+                        "sm_90a")
+        checks.add((_tiles_types(plan)[0], plan.forward.smem_bytes(d, d)))
     source = tmp_path / "smem.cu"
     source.write_text(
         '#include "kernels/forward_sm90.cuh"\n#include "kernels/forward_sm90_ws.cuh"\n'

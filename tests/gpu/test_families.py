@@ -135,12 +135,17 @@ def _through_oracle(case, ops, monkeypatch):
         assert not row["failures"], f"{family}: {row}"
 
 
-# The persistent forward with several units per CTA, through the oracle with its
-# backward: a packed batch (the general instance), whose shorter sequence leaves units
-# past its rows that must still hand the next unit its Q rows.
+# The persistent forward with several units per CTA (more units than an H100's / H200's
+# 132 SMs), through the oracle with its backward: units drawn from the tickets, each
+# unit's last P V carried into the next unit's first step, two Q slots (d <= 128) or one
+# (d = 256), dropout's per-unit streams, a runtime kv length (units of different tile
+# counts), and a packed batch, whose general instance runs the grid instead.
 PERSISTENT_CASES = [
+    ("causal", "bf16", 128, 4, 16, 8, 1025, 1025, {}),
+    ("dropout_causal", "bf16", 128, 2, 16, 16, 700, 700, {"dropout_p": 0.2}),
+    ("key_padding", "fp16", 64, 4, 16, 16, 700, 1500, {}),
+    ("causal", "fp16", 256, 2, 8, 8, 1000, 1000, {}),
     ("causal", "fp16", 64, 2, 16, 16, 1025, 1025, {"lengths": ([1025, 300], [1025, 300])}),
-    ("causal", "bf16", 128, 2, 16, 8, 1025, 1025, {"lengths": ([300, 1025], [300, 1025])}),
 ]
 
 
