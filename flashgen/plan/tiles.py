@@ -81,9 +81,9 @@ class ForwardPlan:
     def smem_bytes(self, d: int, dv: int) -> int:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
             barriers = 4 * self.kv_stages * 8 if self.producer else 0   # a producer's mbarriers
-            q_slots = self.q_slots if self.persistent else 1  # persistent: and per Q slot two
-            if self.persistent:                                # mbarriers and its unit
-                barriers += 3 * q_slots * 8
+            q_slots = self.q_slots if self.persistent else 1  # persistent: and per Q slot and
+            if self.persistent:                                # consumer two mbarriers, a unit
+                barriers += 3 * q_slots * self.consumers * 8
             return ((q_slots * self.block_m * d + self.kv_stages * self.block_n * (d + dv))
                     * ELEMENT_BYTES + barriers + 1024)
         q = self.block_m * (d + PAD)
@@ -295,6 +295,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
             and (override is None or override.forward is None)  # a hand-picked tile: plain
             and ws_by_default(head_dim, value_dim, blocks, per_score_tables)):
         producer = True
+        persistent = persistent_by_default(widest)
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, per_score_tables)
         if producer:
@@ -313,10 +314,10 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
         if override.forward is not None:
             block_m, block_n = override.forward
             if producer:
-                if block_m not in (128, 192) or block_m == 192 and (widest > 64 or persistent):
+                if block_m not in (128, 192) or block_m == 192 and widest > 64:
                     raise TileError(f"the wgmma_ws forward has consumers of 64 query rows: BM "
-                                    f"is 128 (two), or 192 (three) at d = 64 and not "
-                                    f"persistent; not {block_m} at d = {widest}")
+                                    f"is 128 (two), or 192 (three) at d = 64; not {block_m} "
+                                    f"at d = {widest}")
                 forward = _wgmma_ws_forward(head_dim, value_dim, block_n, persistent,
                                             block_m // 64)
             else:
@@ -358,6 +359,17 @@ def ws_by_default(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
             and (blocks is None or blocks[0] >= 128))
 
 
+def persistent_by_default(widest: int) -> bool:
+    """Does the warp-specialised forward default to the persistent kernel (one CTA per
+    SM running Q tiles drawn from a counter, each unit's last P V and output store under
+    the next unit's first Q K^T: forward_sm90_ws.cuh)? Up to d = 128: same process as
+    the grid's kernel (bf16, H200), causal d = 128 1.02-1.04x and dense 0.99-1.00x at
+    N = 2048 / 8192, d = 64 1.01-1.04x, the short-row specs level (0.99-1.03x; PERF.md,
+    issue 8's twentieth step). At d = 256 its one Q slot beside two K/V stages measured
+    0.93-0.97x, so the grid stays there."""
+    return widest <= 128
+
+
 def ws_consumers(widest: int, blocks: tuple[int, int] | None, persistent: bool,
                  three: bool = True) -> int:
     """Consumer warpgroups of the warp-specialised forward: three at d = 64 (192 query
@@ -373,9 +385,10 @@ def ws_consumers(widest: int, blocks: tuple[int, int] | None, persistent: bool,
         boundaries), which a 192-row Q tile straddles more often than a 128-row one:
         document's forward measured 222 -> 181 TFLOP/s (N = 8192) and 94 -> 71 (N = 2048)
         with three.
-    A block-sparse layout keeps two (its tiles follow blocks of at most 128 rows), and so
-    does the persistent kernel."""
-    return 3 if widest <= 64 and blocks is None and not persistent and three else 2
+    A block-sparse layout keeps two (its tiles follow blocks of at most 128 rows). The
+    persistent kernel takes three too (with two it measured 0.93-0.98x the grid's three
+    at d = 64: PERF.md, issue 8's twentieth step)."""
+    return 3 if widest <= 64 and blocks is None and three else 2
 
 
 def ws_block_n(widest: int) -> int:
@@ -417,11 +430,13 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
     or three consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128,
     224 KiB): a stage is released only after its P V, so two stages leave the producer one
-    softmax's time to refill one. Persistent, two Q slots come first where two K/V stages
-    fit beside them (d <= 128: the next unit's Q rows land while this one runs; at
-    d = 128 that leaves two stages, 192 KiB), else one (d = 256)."""
-    for q_slots in ((2, 1) if persistent else (1,)):
-        for stages in (4, 3, 2):
+    softmax's time to refill one. Persistent, the same stages and two Q slots where they
+    fit beside them (d = 64: the next unit's Q rows land while this one runs), else one
+    (d = 128 and 256), which the producer refills as soon as a consumer's last Q K^T of a
+    unit is done: two slots at d = 128 left two K/V stages, whose split barriers cost the
+    forward 3-4 % at N = 8192 (PERF.md, issue 8's twentieth step)."""
+    for stages in (4, 3, 2):
+        for q_slots in ((2, 1) if persistent else (1,)):
             plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages,
                                True, persistent, q_slots)
             if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:

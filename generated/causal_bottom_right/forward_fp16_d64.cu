@@ -3,7 +3,7 @@
 //
 // attention causal_bottom_right: forward pass, fp16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  192 query rows x 128 keys per tile, a producer warpgroup and 3 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 153 KiB shared memory
+//   forward:  192 query rows x 128 keys per tile, persistent (one CTA per SM, 2 Q slots), a producer warpgroup and 3 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 177 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"
@@ -15,10 +15,11 @@ namespace {
 using T = __half;
 using Variant = fg_causal_bottom_right::Variant;  // whole sequences
 // the sm90 family, warp-specialised: a producer warpgroup, 3 consumer warpgroups of 64 query rows
-constexpr bool kPersistent = false;
-using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3, kPersistent, 1>;
+// persistent (a padded batch; the general instance runs the grid): one CTA per SM, 2 Q slots per consumer
+constexpr bool kPersistent = true;
+using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3, kPersistent, 2>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, 3, kPersistent && !kGeneral, 1, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, 3, kPersistent && !kGeneral, 2, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh)
 using Maps = fg::KvTensorMaps;
@@ -43,6 +44,16 @@ int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, int smem,
       ;
   const int q_tiles = (args.shape.q_len + 192 - 1) / 192;
   dim3 grid(q_tiles, args.shape.batch * args.shape.heads, args.splits > 1 ? args.splits : 1);
+  if (!general) {  // persistent: one CTA per SM (at most one per unit), each running units
+    static int sm_count = 0;
+    if (sm_count == 0) {
+      int device = 0;
+      cudaGetDevice(&device);
+      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
+    }
+    const int64_t units = int64_t(q_tiles) * args.shape.batch * args.shape.heads;
+    grid = dim3(unsigned(units < 1 ? 1 : units < sm_count ? units : sm_count));
+  }
   const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
                                      : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;

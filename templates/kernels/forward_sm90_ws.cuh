@@ -42,11 +42,12 @@ struct ForwardTilesSm90Ws {
   static constexpr int kConsumers = Consumers;
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // kTma: the producer is one thread issuing TMA loads, and needs few registers (32
-  // persistent, whose unit loop's state spilled 12-72 bytes at 24); loading with
-  // cp.async, its 128 threads' address math needs 56 (40 spilled), but with three
-  // consumers it keeps 32 (ptxas reported no spill), since at 152 each ptxas serialised
-  // their wgmmas (C7512) and at 160 it does not
+  // kTma: the producer is one thread issuing TMA loads, and needs few registers (24; the
+  // persistent one's unit loop spills a few words there, once per unit, and takes 32
+  // with three consumers, which get 160 either way: with two, 32 left their 232 spilling
+  // at d = 256); loading with cp.async, its 128 threads' address math needs 56 (40
+  // spilled), but with three consumers it keeps 32 (ptxas reported no spill), since at
+  // 152 each ptxas serialised their wgmmas (C7512) and at 160 it does not
   template <bool kTma>
   static constexpr int kProducerRegisters =
       kTma ? (Persistent ? 32 : 24) : kConsumers == 3 ? 32 : 56;
@@ -55,7 +56,7 @@ struct ForwardTilesSm90Ws {
   // setmaxnreg.inc waiting for ever
   static constexpr int kPool = (65536 / kThreads) / 8 * 8 * kThreads;
   // the consumers share the rest, in multiples of 8 (setmaxnreg's unit), at most 240:
-  // 240 / 224 with two consumers (TMA / cp.async producer; 232 persistent), 160 with three
+  // 240 / 224 with two consumers (TMA / cp.async producer), 160 with three
   template <bool kTma>
   static constexpr int kConsumerRegisters =
       (kPool - kProducerRegisters<kTma> * 128) / (128 * kConsumers) / 8 * 8 > 240
@@ -66,16 +67,18 @@ struct ForwardTilesSm90Ws {
   using V = SwizzledTile<BN, Dv>;
   template <class Variant, class T, bool kGeneral>
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
-  // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA a unit
-  // ahead (two where shared memory holds them: the next unit's Q lands under this one)
+  // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA (two where
+  // shared memory holds them beside the grid's K/V stages, at d = 64: the next unit's Q
+  // lands under this one; else one, refilled as soon as its consumer's last Q K^T of a
+  // unit is done)
   static constexpr int kQSlots = Persistent ? QSlots : 1;
   static constexpr int kQBytes = kQSlots * kConsumers * Q::kBytes;
   static constexpr int kBarrierOffset = kQBytes + Stages * (K::kBytes + V::kBytes);
   // the tiles, then a full and an empty mbarrier per stage for its K and for its V (the
-  // kernel's comment), and, persistent, per Q slot a full and an empty mbarrier and the
-  // slot's unit (8 bytes); +1024 to align the start on a swizzle pattern
+  // kernel's comment), and, persistent, per Q slot and consumer a full and an empty
+  // mbarrier and the unit (8 bytes); +1024 to align the start on a swizzle pattern
   static constexpr int kSmemBytes =
-      kBarrierOffset + 4 * Stages * 8 + (Persistent ? 3 * kQSlots * 8 : 0) + 1024;
+      kBarrierOffset + 4 * Stages * 8 + (Persistent ? 3 * kQSlots * kConsumers * 8 : 0) + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
@@ -280,11 +283,14 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   uint64_t* empty_k = full_k + Stages;                                           // [Stages]
   uint64_t* full_v = kSplitKv ? empty_k + Stages : full_k;                       // [Stages]
   uint64_t* empty_v = kSplitKv ? full_v + Stages : empty_k;                      // [Stages]
-  // persistent: a Q slot is full when the producer has written its unit and its Q rows
-  // have landed, and empty when every consumer's last Q K^T of that unit is done
-  uint64_t* q_full = full_k + 4 * Stages;    // [kQSlots]
-  uint64_t* q_empty = q_full + Tiles::kQSlots;  // [kQSlots]
-  int* slot_unit = reinterpret_cast<int*>(q_empty + Tiles::kQSlots);  // [kQSlots]; -1: no more
+  // persistent, per Q slot and consumer (index slot * kConsumers + consumer): full when
+  // the producer has written the consumer's unit and its Q rows have landed, empty when
+  // the consumer's last Q K^T of that unit is done (each consumer's rows apart, so that
+  // the first to finish a unit gets its next rows first)
+  constexpr int kQBuffers = Tiles::kQSlots * Tiles::kConsumers;
+  uint64_t* q_full = full_k + 4 * Stages;                          // [kQBuffers]
+  uint64_t* q_empty = q_full + kQBuffers;                          // [kQBuffers]
+  int* q_unit = reinterpret_cast<int*>(q_empty + kQBuffers);       // [kQBuffers]; -1: no more
   constexpr int kQ = Tiles::Q::kBytes / int(sizeof(T));
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
   constexpr int kKvRowBytes = (D + Dv) * int(sizeof(T));  // a key's K and V (unit_at)
@@ -301,15 +307,19 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     }
     if constexpr (kPersistent) {
 #pragma unroll
-      for (int s = 0; s < Tiles::kQSlots; ++s) {
+      for (int s = 0; s < kQBuffers; ++s) {
         mbarrier_init(&q_full[s], 1);
-        mbarrier_init(&q_empty[s], 128 * Tiles::kConsumers);
+        mbarrier_init(&q_empty[s], 128);
       }
     }
     mbarrier_init_fence();
   }
   __syncthreads();  // the barriers are initialised; the CTA never meets again
-  const int warpgroup = threadIdx.x / 128;
+  // (through a shuffle from lane 0, so that the compiler knows it is the same in every
+  // lane of a warp and keeps what derives from it, a consumer's Q address and the wgmma
+  // descriptors made from it, in uniform registers: CUTLASS's warp-group index does the
+  // same)
+  const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
   int i = 0;  // K/V tiles so far, over all units: tile i is in stage i % Stages
 
   // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
@@ -318,8 +328,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     release_registers<Tiles::template kProducerRegisters<kTma>>();
     if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
     // the K/V tiles of one unit, each into its stage once every consumer is done with
-    // what that stage held
-    auto load_unit = [&](const Cta& cta) {
+    // what that stage held; after_first() after the first tile's (or at once: no tile)
+    auto load_unit = [&](const Cta& cta, auto&& after_first) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
@@ -347,7 +357,9 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       };
       // split: tile i's K goes out before tile i - 1's V, in the order the consumers read them
       int previous = -1;  // the walk entry of tile i - 1 of this unit
-      for (auto walk = kv.walk(); !walk.done(); ++i, walk.advance()) {
+      auto walk = kv.walk();
+      if (walk.done()) after_first();
+      for (bool first = true; !walk.done(); ++i, walk.advance(), first = false) {
         if constexpr (kSplitKv) {
           load(std::true_type{}, std::false_type{}, i, walk.entry);
           if (previous >= 0) load(std::false_type{}, std::true_type{}, i - 1, previous);
@@ -355,31 +367,44 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         } else {
           load(std::true_type{}, std::true_type{}, i, walk.entry);
         }
+        if (first) after_first();
       }
       if (kSplitKv && previous >= 0) load(std::false_type{}, std::true_type{}, i - 1, previous);
     };
     if constexpr (kPersistent) {
-      // each unit: its Q rows into the next Q slot (the consumers' rows of it, one box
-      // of 64 rows per 64 columns each), then its K/V tiles
+      // Each unit: its first K/V tile, then each consumer's Q rows (one box of 64 rows per
+      // 64 columns) into the next Q slot as soon as that consumer is done with what the
+      // slot held, then the unit's other tiles. The first tile goes first because its
+      // stage is free while the unit before still runs, and the Q slot (one slot) only
+      // after that unit's last Q K^T.
       const int units = (a.shape.q_len + BM - 1) / BM * (a.shape.batch * a.shape.heads);
       int u = blockIdx.x, slot = 0, use = 0;
       for (;;) {
+        const bool valid = u < units;
         // the unit after this one, drawn now: the atomic's latency passes under this
         // unit's loads
-        const int after = u < units ? int(gridDim.x) + atomicAdd(a.tickets, 1) : units;
-        mbarrier_wait<true>(&q_empty[slot], (use & 1) ^ 1);
-        slot_unit[slot] = u < units ? u : -1;
-        if (u >= units) {  // (the arrival publishes the slot's unit: no more)
-          mbarrier_arrive(&q_full[slot]);
+        const int after = valid ? int(gridDim.x) + atomicAdd(a.tickets, 1) : units;
+        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, valid ? u : 0);
+        auto load_q = [&] {  // (an arrival publishes the consumer's unit, -1: no more)
+#pragma unroll
+          for (int c = 0; c < Tiles::kConsumers; ++c) {
+            const int buffer = slot * Tiles::kConsumers + c;
+            mbarrier_wait<true>(&q_empty[buffer], (use & 1) ^ 1);
+            q_unit[buffer] = valid ? u : -1;
+            if (!valid) {
+              mbarrier_arrive(&q_full[buffer]);
+              continue;
+            }
+            mbarrier_arrive_expecting(&q_full[buffer], Tiles::Q::kBytes);
+            tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, cta.q0 + 64 * c, cta.h, cta.b,
+                                 &q_full[buffer]);
+          }
+        };
+        if (!valid) {
+          load_q();
           break;
         }
-        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
-        mbarrier_arrive_expecting(&q_full[slot], Tiles::kConsumers * Tiles::Q::kBytes);
-#pragma unroll
-        for (int c = 0; c < Tiles::kConsumers; ++c)
-          tma_load_tile<64, D>(sQ0 + (slot * Tiles::kConsumers + c) * kQ, maps.q,
-                               cta.q0 + 64 * c, cta.h, cta.b, &q_full[slot]);
-        load_unit(cta);
+        load_unit(cta, load_q);
         u = after;
         if (++slot == Tiles::kQSlots) {
           slot = 0;
@@ -387,7 +412,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         }
       }
     } else {
-      load_unit(Cta(a, BM));
+      load_unit(Cta(a, BM), [] {});
     }
     if constexpr (!kTma) {
       cp_async_commit();
@@ -475,7 +500,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     }
     wgmma_wait<!kOverlap || !kPv ? 0 : kExactP ? 2 : 1>();  // Q K^T done
     fence_operand(s[0]);
-    if (kPersistent && walk.done()) mbarrier_arrive(&q_empty[q_slot]);  // its last Q K^T
+    if (kPersistent && walk.done())  // this unit's last Q K^T
+      mbarrier_arrive(&q_empty[q_slot * Tiles::kConsumers + consumer]);
     if constexpr (kSplitKv) mbarrier_arrive(&empty_k[stage]);  // its K has been read
     if constexpr (!kOverlap && kPv) {  // and the previous P V
       fence_operand(o[0]);
@@ -568,48 +594,54 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     const Shape& n = a.shape;
     zero(o);
     if (consumer == kLast) bar_arrive(kTurnBarrier + 0, 256);
-    bool carried = false;                 // a unit's O waits for its last P V
-    int carried_b = 0, carried_h = 0, carried_row0 = 0;
+    int carried = -1;  // the unit whose O waits for its last P V, or -1 (one register:
+                       // its batch, head and rows held apart spilled at d = 64's 160)
     auto store_carried = [&] {
-      store_output<kDropout, false>(o, softmax, a, n, carried_b, carried_h, carried_row0);
+      const Cta done = unit_cta<kKvRowBytes, T>(a, BM, carried);
+      store_output<kDropout, false>(o, softmax, a, n, done.b, done.h, done.q0 + 16 * warp);
       zero(o);
       softmax[0] = OnlineSoftmax<BN / 8>{};
     };
     for (int use = 0;;) {
-      mbarrier_wait(&q_full[q_slot], use & 1);
-      const int u = slot_unit[q_slot];
+      const int buffer = q_slot * Tiles::kConsumers + consumer;
+      mbarrier_wait(&q_full[buffer], use & 1);
+      // read through a shuffle from lane 0, so that the compiler knows it is the same in
+      // every lane: a load from shared memory is not, and everything derived from it (the
+      // unit's tiles, the loop's trip count, the K/V stage) then went to per-thread
+      // registers, every wgmma descriptor computed there and moved to uniform ones (208
+      // R2UR against the grid kernel's 40; forward 4-10 % slower, PERF.md twentieth step)
+      const int u = __shfl_sync(0xffffffffu, q_unit[buffer], 0);
       if (u < 0) break;
       const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
                       cta.template tiles<V, BN>(a, n)};
       const int row0 = cta.q0 + 16 * warp;
-      const uint32_t q_rows = smem_address(sQ0 + (q_slot * Tiles::kConsumers + consumer) * kQ);
+      const uint32_t q_rows = smem_address(sQ0 + buffer * kQ);
       auto walk = kv.walk();
       if (walk.done()) {  // no tile: its rows' O is 0 and their lse -inf
-        mbarrier_arrive(&q_empty[q_slot]);
-        if (carried) {
+        mbarrier_arrive(&q_empty[buffer]);
+        if (carried >= 0) {
           last_pv();
           store_carried();
         }
-        carried_b = cta.b, carried_h = cta.h, carried_row0 = row0;
+        carried = u;
         store_carried();
-        carried = false;
+        carried = -1;
       } else {
-        if (carried) {
+        if (carried >= 0) {
           step(Carried{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);
         } else {
           step(First{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);
         }
         while (!walk.done()) step(Next{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);
-        carried = true;
-        carried_b = cta.b, carried_h = cta.h, carried_row0 = row0;
+        carried = u;
       }
       if (++q_slot == Tiles::kQSlots) {
         q_slot = 0;
         ++use;
       }
     }
-    if (carried) {
+    if (carried >= 0) {
       last_pv();
       store_carried();
     }

@@ -259,9 +259,9 @@ def test_warp_specialised_forward_plan():
 
 def test_three_consumers_at_d64():
     """d = 64's warp-specialised forward has three consumers (192 query rows), whose
-    deterministic dQ runs on 96-row halves of its tiles; a block-sparse layout, the
-    persistent kernel, a per-element integer division, a mask reading tables and a
-    hand-picked 128-row tile keep two."""
+    deterministic dQ runs on 96-row halves of its tiles, and so does the persistent
+    kernel's; a block-sparse layout, a per-element integer division, a mask reading
+    tables and a hand-picked 128-row tile keep two."""
     from flashgen.plan.tiles import TileError, TileOverride
     causal = flashgen.load("causal")
     f = plan_for(causal, 64, arch="sm_90a").forward
@@ -277,7 +277,7 @@ def test_three_consumers_at_d64():
         assert plan_for(flashgen.load(name), 64, arch="sm_90a").forward.block_m == 192, name
     assert plan_for(flashgen.load("block_layout"), 64, arch="sm_90a").forward.block_m == 128
     persistent = plan_for(causal, 64, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
-    assert persistent.forward.block_m == 128
+    assert (persistent.forward.block_m, persistent.forward.q_slots) == (192, 2)
     two = plan_for(causal, 64, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
     assert (two.forward.producer, two.forward.consumers) == (True, 2)
     with pytest.raises(TileError, match="192 \\(three\\) at d = 64"):

@@ -2,7 +2,7 @@
 where a CTA's time goes beyond its tiles (PERF.md, issue 8's seventeenth step).
 
     PYTHONPATH=$PWD python tests/gpu/timeline.py [--specs dense,causal] [--sizes 2048,8192]
-        [--head-dim 128] [--families plain] [--copy /tmp/timeline_tree]
+        [--head-dim 128] [--families wgmma_ws] [--copy /tmp/timeline_tree]
 
 It copies the tree (flashgen, templates, grammar) to --copy, patches the copy's kernel
 (`patch`) and runs the measurement there in a child process with its own build cache, so
@@ -56,8 +56,8 @@ EDITS = [
      "    tl[0] = fg_now(), tl[7] = fg_smid();\n    const Cta cta(a, BM);\n"),
     ("      bar_sync(kQBarrier + consumer, 128);\n    }\n",
      "      bar_sync(kQBarrier + consumer, 128);\n    }\n    tl[1] = fg_now();\n"),
-    ("    if (kPersistent && walk.done()) mbarrier_arrive(&q_empty[q_slot]);  // its last Q K^T\n",
-     "    if (kPersistent && walk.done()) mbarrier_arrive(&q_empty[q_slot]);  // its last Q K^T\n"
+    ("      mbarrier_arrive(&q_empty[q_slot * Tiles::kConsumers + consumer]);\n",
+     "      mbarrier_arrive(&q_empty[q_slot * Tiles::kConsumers + consumer]);\n"
      "    if constexpr (kKind == kFirstTile) tl[2] = fg_now();\n    ++tl[6];\n"),
     ("    pending = stage;\n    ++i;\n  };",
      "    pending = stage;\n    ++i;\n    if constexpr (kKind == kFirstTile) tl[3] = fg_now();\n  };"),
@@ -141,9 +141,10 @@ def main() -> None:
     parser.add_argument("--specs", default="dense,causal")
     parser.add_argument("--sizes", default="2048,8192")
     parser.add_argument("--head-dim", type=int, default=128)
-    # (the persistent kernel carries a unit's O into the next unit's first step: its units
-    # overlap, and these stamps, one set per unit, are not placed for it)
-    parser.add_argument("--families", default="plain")
+    # the grid's kernel (the default at d = 256; family wgmma_ws below): the persistent one
+    # carries a unit's O into the next unit's first step, its units overlap, and these
+    # stamps, one set per unit, are not placed for it
+    parser.add_argument("--families", default="wgmma_ws")
     parser.add_argument("--copy", default="/tmp/flashgen_timeline_tree")
     parser.add_argument("--measure", nargs=4, metavar=("SPEC", "FAMILY", "N", "D"),
                         help=argparse.SUPPRESS)  # the child process, inside the copy
