@@ -22,9 +22,15 @@
 //   - inside a consumer (the TMA instance), this tile's softmax waits for its Q K^T only
 //     and runs while the previous tile's P V still accumulates into O; O is rescaled
 //     after it.
-// Persistent (kPersistent): one CTA per SM walks many Q tiles, and its producer loads the
-// next one's K/V while the consumers finish this one's, so short rows (a sliding window,
-// padded keys) stop paying each CTA's start and end with idle tensor cores (PERF.md).
+// Persistent (kPersistent, the default of a padded batch at d <= 128): one CTA per SM
+// runs many Q tiles (units, drawn from a counter after its first). The producer loads
+// each consumer's next Q rows by TMA as soon as that consumer's last Q K^T of a unit is
+// done, and the next unit's K/V while the consumers finish this one's; a consumer
+// carries its unit's last P V into the next unit's first turn and stores the unit's O
+// while that turn's Q K^T runs. So a unit no longer pays a CTA's start (Q and K's first
+// arrival, a Q K^T and softmax with no partner) and end (the last P V and the epilogue
+// with idle tensor cores), ~3 tiles of time at d = 128 (PERF.md, issue 8's seventeenth
+// and twentieth steps).
 #pragma once
 #include "forward.cuh"
 #include "pipeline.cuh"
