@@ -44,16 +44,8 @@ int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, int smem,
       ;
   const int q_tiles = (args.shape.q_len + 128 - 1) / 128;
   dim3 grid(q_tiles, args.shape.batch * args.shape.heads, args.splits > 1 ? args.splits : 1);
-  if (!general) {  // persistent: one CTA per SM (at most one per unit), each running units
-    static int sm_count = 0;
-    if (sm_count == 0) {
-      int device = 0;
-      cudaGetDevice(&device);
-      cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device);
-    }
-    const int64_t units = int64_t(q_tiles) * args.shape.batch * args.shape.heads;
-    grid = dim3(unsigned(units < 1 ? 1 : units < sm_count ? units : sm_count));
-  }
+  // persistent (a padded batch): one CTA per SM, each running (Q tile, batch * head) units
+  if (!general) grid = fg::persistent_grid(int64_t(q_tiles) * args.shape.batch * args.shape.heads);
   const cudaError_t status = general ? launch_forward<kDropout, true>(args, params, maps, grid, smem, stream)
                                      : launch_forward<kDropout, false>(args, params, maps, grid, smem, stream);
   if (status != cudaSuccess || args.splits <= 1) return status;
