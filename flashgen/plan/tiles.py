@@ -366,8 +366,9 @@ def persistent_by_default(widest: int) -> bool:
     the grid's kernel (bf16, H200), causal d = 128 1.02-1.04x and dense 0.99-1.00x at
     N = 2048 / 8192, d = 64 1.01-1.04x, the short-row specs at d = 128 0.97-1.01x
     (sliding window, key padding, document at N = 8192; document at N = 2048, a
-    host-bound call, 0.93x; PERF.md, issue 8's twentieth step). At d = 256 its one Q slot beside two K/V stages measured
-    0.93-0.97x, so the grid stays there."""
+    host-bound call, 0.93x) and at d = 64 1.01-1.04x (sliding window, key padding;
+    PERF.md, issue 8's twentieth step). At d = 256 its one Q slot beside two K/V stages
+    measured 0.93-0.97x, so the grid stays there."""
     return widest <= 128
 
 
