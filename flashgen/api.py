@@ -322,7 +322,10 @@ def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001
     (the benchmark's block-size sweep); shared memory and warp layouts are checked per
     head dim when a module builds. family picks the kernel family: "wgmma" (Hopper's
     warpgroup MMA, the default on sm_90a where the head dims allow it; the backward's up
-    to d = 128) or "mma" (mma.sync, every arch)."""
+    to d = 128) or "mma" (mma.sync, every arch); for the forward on sm_90a also
+    "wgmma_ws" (the warp-specialised kernel, one CTA per Q tile) and
+    "wgmma_ws_persistent" (one CTA per SM running Q tiles, the default at d <= 128;
+    templates/kernels/forward_sm90_ws.cuh)."""
     spec_ = load(spec, name)
     tiles = None
     if forward_tile is not None or backward_tile is not None or family is not None:
