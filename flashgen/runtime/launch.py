@@ -454,7 +454,8 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     # the persistent forward's CTAs draw their units after the first from a zeroed int
     # (forward_sm90_ws.cuh); one per call, so that calls on other streams never share it
     tickets = (torch.zeros(1, dtype=torch.int32, device=q.device)
-               if var.plan(q.shape[-1], _arch(q.device.index)).forward.persistent else None)
+               if q.is_cuda and var.plan(q.shape[-1], _arch(q.device.index)).forward.persistent
+               else None)
     ints.append(0 if tickets is None else tickets.data_ptr())
     _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, frame, ints, floats)
     p_ints, p_floats = _params(var, tensors, scalars, frame)
