@@ -363,8 +363,8 @@ def persistent_by_default(widest: int) -> bool:
     """Does the warp-specialised forward default to the persistent kernel (one CTA per
     SM running Q tiles drawn from a counter, each unit's last P V and output store under
     the next unit's first Q K^T: forward_sm90_ws.cuh)? Up to d = 128: same process as
-    the grid's kernel (bf16, H200), causal d = 128 1.02-1.04x and dense 0.99-1.00x at
-    N = 2048 / 8192, d = 64 1.01-1.04x, the short-row specs at d = 128 0.97-1.01x
+    the grid's kernel (bf16, H200, three runs), causal d = 128 1.01-1.05x and dense
+    0.98-1.00x at N = 2048 / 8192, d = 64 1.01-1.04x, the short-row specs at d = 128 0.97-1.01x
     (sliding window, key padding, document at N = 8192; document at N = 2048, a
     host-bound call, 0.93x) and at d = 64 1.01-1.04x (sliding window, key padding;
     PERF.md, issue 8's twentieth step). At d = 256 its one Q slot beside two K/V stages
@@ -388,8 +388,8 @@ def ws_consumers(widest: int, blocks: tuple[int, int] | None, persistent: bool,
         document's forward measured 222 -> 181 TFLOP/s (N = 8192) and 94 -> 71 (N = 2048)
         with three.
     A block-sparse layout keeps two (its tiles follow blocks of at most 128 rows). The
-    persistent kernel takes three too (with two it measured 0.93-0.98x the grid's three
-    at d = 64: PERF.md, issue 8's twentieth step)."""
+    persistent kernel takes three too (its first design, with two, measured 0.86-1.02x
+    the grid's three at d = 64: PERF.md, issue 8's twentieth step)."""
     return 3 if widest <= 64 and blocks is None and three else 2
 
 
@@ -435,8 +435,8 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     softmax's time to refill one. Persistent, the same stages and two Q slots where they
     fit beside them (d = 64: the next unit's Q rows land while this one runs), else one
     (d = 128 and 256), which the producer refills as soon as a consumer's last Q K^T of a
-    unit is done: two slots at d = 128 left two K/V stages, whose split barriers cost the
-    forward 3-4 % at N = 8192 (PERF.md, issue 8's twentieth step)."""
+    unit is done: two slots at d = 128 left two K/V stages with split barriers, 1.5-3 %
+    slower in the same call (PERF.md, issue 8's twentieth step)."""
     for stages in (4, 3, 2):
         for q_slots in ((2, 1) if persistent else (1,)):
             plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages,

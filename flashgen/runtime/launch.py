@@ -12,7 +12,8 @@ variant's Params::read / Grads::read:
           out, then dQ, dK, dV, then dQ, dK, dV in fp32 (or 0)) its pointer and batch,
           head, row strides; plain pointers
           (lse, fp32 out or 0, the exact-P flag, the split-KV count and its partial
-          out and lse or 0, the persistent forward's tickets or 0 | fp32 out or 0, lse, dlse or 0, delta, dQ accumulator) where
+          out and lse or 0, the persistent forward's tickets or 0 | fp32 out or 0,
+          lse, dlse or 0, delta, dQ accumulator) where
           args.cuh reads them; backward's
           deterministic flag (after dV); the dropout (seed lo, seed hi, offset,
           threshold, then the frame's q_first and kv_first; all 0 without dropout); the

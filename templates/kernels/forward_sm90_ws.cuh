@@ -48,12 +48,11 @@ struct ForwardTilesSm90Ws {
   static constexpr int kConsumers = Consumers;
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // kTma: the producer is one thread issuing TMA loads, and needs few registers (24; the
-  // persistent one's unit loop spills a few words there, once per unit, and takes 32
-  // with three consumers, which get 160 either way: with two, 32 left their 232 spilling
-  // at d = 256); loading with cp.async, its 128 threads' address math needs 56 (40
-  // spilled), but with three consumers it keeps 32 (ptxas reported no spill), since at
-  // 152 each ptxas serialised their wgmmas (C7512) and at 160 it does not
+  // kTma: the producer is one thread issuing TMA loads, and needs few registers: 24, or
+  // 32 persistent, whose unit loop spilled up to 72 bytes at 24 (two consumers then get
+  // 232, three 160 either way); loading with cp.async, its 128 threads' address math
+  // needs 56 (40 spilled), but with three consumers it keeps 32 (ptxas reported no
+  // spill), since at 152 each ptxas serialised their wgmmas (C7512) and at 160 it does not
   template <bool kTma>
   static constexpr int kProducerRegisters =
       kTma ? (Persistent ? 32 : 24) : kConsumers == 3 ? 32 : 56;
@@ -62,7 +61,7 @@ struct ForwardTilesSm90Ws {
   // setmaxnreg.inc waiting for ever
   static constexpr int kPool = (65536 / kThreads) / 8 * 8 * kThreads;
   // the consumers share the rest, in multiples of 8 (setmaxnreg's unit), at most 240:
-  // 240 / 224 with two consumers (TMA / cp.async producer), 160 with three
+  // 240 / 224 with two consumers (TMA / cp.async producer; 232 persistent), 160 with three
   template <bool kTma>
   static constexpr int kConsumerRegisters =
       (kPool - kProducerRegisters<kTma> * 128) / (128 * kConsumers) / 8 * 8 > 240
@@ -202,7 +201,6 @@ __device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
     for (int w = 0; w < Dv / kW32; ++w)
       store_window_staged<float, kW32>(o[0], inv_sum, w, stage, barrier, rows_valid, f32_row);
   }
-
 }
 
 // Named barriers: 1 to 3, a consumer's Q rows; 4 to 6, whose turn it is to issue Q K^T.
