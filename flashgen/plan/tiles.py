@@ -61,6 +61,7 @@ class ForwardPlan:
     producer: bool = False     # wgmma: a producer warpgroup and consumers of 64 rows (wgmma_ws)
     persistent: bool = False   # producer: one CTA per SM, looping over the Q tiles
     q_slots: int = 1           # persistent: Q buffers per consumer, loaded a unit ahead
+    o_stage: bool = False      # persistent: an output buffer per consumer, stored by TMA
 
     @property
     def rows_per_warp(self) -> int:
@@ -84,8 +85,9 @@ class ForwardPlan:
             q_slots = self.q_slots if self.persistent else 1  # persistent: and per Q slot and
             if self.persistent:                                # consumer two mbarriers, a unit
                 barriers += 3 * q_slots * self.consumers * 8
-            return ((q_slots * self.block_m * d + self.kv_stages * self.block_n * (d + dv))
-                    * ELEMENT_BYTES + barriers + 1024)
+            o_stage = self.block_m * dv if self.persistent and self.o_stage else 0
+            return ((q_slots * self.block_m * d + self.kv_stages * self.block_n * (d + dv)
+                     + o_stage) * ELEMENT_BYTES + barriers + 1024)
         q = self.block_m * (d + PAD)
         kv = 2 * self.block_n * (d + PAD + dv + PAD)
         return (q + kv) * ELEMENT_BYTES
@@ -138,7 +140,9 @@ class TilePlan:
                if f.family == "wgmma" else f"{f.warps} warps ({f.rows_per_warp} rows each)")
         if f.producer:
             how = ((f"persistent (one CTA per SM, {f.q_slots} Q slot"
-                    f"{'s' if f.q_slots > 1 else ''}), " if f.persistent else "")
+                    f"{'s' if f.q_slots > 1 else ''}"
+                    f"{', an output stage per consumer' if f.o_stage else ''}), "
+                    if f.persistent else "")
                    + f"a producer warpgroup and {f.consumers} consumer warpgroups of 64 rows "
                      "(wgmma)")
         return [
@@ -437,12 +441,13 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     (d = 128 and 256), which the producer refills as soon as a consumer's last Q K^T of a
     unit is done: two slots at d = 128 left two K/V stages with split barriers, 1.5-3 %
     slower in the same call (PERF.md, issue 8's twentieth step)."""
-    for stages in (4, 3, 2):
-        for q_slots in ((2, 1) if persistent else (1,)):
-            plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages,
-                               True, persistent, q_slots)
-            if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
-                return plan
+    for o_stage in ((True, False) if persistent and consumers == 2 else (False,)):
+        for stages in (4, 3, 2):
+            for q_slots in ((2, 1) if persistent else (1,)):
+                plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages,
+                                   True, persistent, q_slots, o_stage)
+                if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
+                    return plan
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")
 
 

@@ -40,7 +40,7 @@
 namespace fg {
 
 template <int D, int Dv, int BN, int Stages, int Consumers = 2, bool Persistent = false,
-          int QSlots = 1>
+          int QSlots = 1, bool OStage = false>
 struct ForwardTilesSm90Ws {
   // two consumers of 64 query rows, or three at d = 64 (plan/tiles.py ws_consumers): there
   // a 128-key tile has half the GEMM work of d = 128 under the same softmax, and a third
@@ -55,7 +55,7 @@ struct ForwardTilesSm90Ws {
   // spill), since at 152 each ptxas serialised their wgmmas (C7512) and at 160 it does not
   template <bool kTma>
   static constexpr int kProducerRegisters =
-      kTma ? (Persistent ? 32 : 24) : kConsumers == 3 ? 32 : 56;
+      kTma ? (Persistent ? (kConsumers == 2 ? 40 : 32) : 24) : kConsumers == 3 ? 32 : 56;
   // the pool is what __launch_bounds__(kThreads, 1) gives the CTA (168 x 384 with two
   // consumers, 128 x 512 with three); asking for more than it holds leaves
   // setmaxnreg.inc waiting for ever
@@ -78,10 +78,16 @@ struct ForwardTilesSm90Ws {
   // unit is done)
   static constexpr int kQSlots = Persistent ? QSlots : 1;
   static constexpr int kQBytes = kQSlots * kConsumers * Q::kBytes;
-  static constexpr int kBarrierOffset = kQBytes + Stages * (K::kBytes + V::kBytes);
-  // the tiles, then a full and an empty mbarrier per stage for its K and for its V (the
-  // kernel's comment), and, persistent, per Q slot and consumer a full and an empty
-  // mbarrier and the unit (8 bytes); +1024 to align the start on a swizzle pattern
+  // Persistent, OStage: an output stage per consumer, through which a unit's O goes to
+  // memory by TMA stores that nobody waits for (store_output_tma)
+  using O = SwizzledTile<64, Dv>;
+  static constexpr bool kOStage = Persistent && OStage;
+  static constexpr int kOBytes = kOStage ? kConsumers * O::kBytes : 0;
+  static constexpr int kBarrierOffset = kQBytes + Stages * (K::kBytes + V::kBytes) + kOBytes;
+  // the Q slots, the K/V stages and the output stages, then a full and an empty mbarrier
+  // per stage for its K and for its V (the kernel's comment), and, persistent, per Q slot
+  // and consumer a full and an empty mbarrier and the unit (8 bytes); +1024 to align the
+  // start on a swizzle pattern
   static constexpr int kSmemBytes =
       kBarrierOffset + 4 * Stages * 8 + (Persistent ? 3 * kQSlots * kConsumers * 8 : 0) + 1024;
   template <class T>
@@ -98,7 +104,10 @@ struct ForwardTilesSm90Ws {
     const Shape& n = a.shape;
     return encode_tensor_map(&maps.k, a.k, n.batch, n.kv_heads, n.kv_len, D, BN) &&
            encode_tensor_map(&maps.v, a.v, n.batch, n.kv_heads, n.kv_len, Dv, BN) &&
-           (!Persistent || encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, 64));
+           (!Persistent || encode_tensor_map(&maps.q, a.q, n.batch, n.heads, n.q_len, D, 64)) &&
+           (!kOStage || encode_tensor_map(&maps.o, Strided4<const T>{a.out.data, a.out.batch,
+                                                                    a.out.head, a.out.row},
+                                          n.batch, n.heads, n.q_len, Dv, 64));
   }
   static_assert(Stages >= 2 && BN % 16 == 0 && BN <= 256, "k16 steps of P V; N <= 256");
   static_assert(kSmemBytes <= 227 * 1024, "the CTA's shared memory");
@@ -203,7 +212,50 @@ __device__ __forceinline__ void store_output_staged(const float (&o)[1][DT][4],
   }
 }
 
-// Named barriers: 1 to 3, a consumer's Q rows; 4 to 6, whose turn it is to issue Q K^T.
+// store_output for a consumer of 64 rows from rows0 of a padded batch, through its output
+// stage (a SwizzledTile<64, Dv>) and TMA stores (tma.cuh) that the consumer's thread 0
+// issues and nobody waits for but the next call: its 128 threads write their pairs into
+// the stage (32 shared stores a thread at d = 128, each warp instruction one wavefront,
+// where store_output's 32 global stores take 8 each), meet on `barrier`, and go on.
+template <bool kDropout, class T, int DT, int NT>
+__device__ __forceinline__ void store_output_tma(const float (&o)[1][DT][4],
+                                                 const OnlineSoftmax<NT> (&softmax)[1],
+                                                 const ForwardArgs<T>& a, const Shape& n, int b,
+                                                 int h, int rows0, unsigned char* stage,
+                                                 int barrier, const CUtensorMap& map) {
+  constexpr int Dv = 8 * DT;
+  using Stage = SwizzledTile<64, Dv>;
+  const int tid = threadIdx.x & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
+  const int warp_row = 16 * (tid >> 5);  // the warp's first row of the 64
+  float inv_sum[2], lse[2];
+  output_row_scales<kDropout>(softmax[0], a, inv_sum, lse);
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int q = rows0 + warp_row + g + 8 * r;
+    if (t == 0 && q < n.q_len) a.lse[output_row<false>(n, b, h, q)] = lse[r];
+  }
+  if (tid == 0) bulk_wait_read<0>();  // the stage's last store has read it (a unit ago)
+  bar_sync(barrier, 128);
+#pragma unroll
+  for (int dt = 0; dt < DT; ++dt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      // the fragments' 8 rows land in 8 chunks of the swizzle: no bank conflict
+      const int row = warp_row + g + 8 * r;
+      *reinterpret_cast<uint32_t*>(stage + Stage::chunk_offset(row, 8 * dt) + 4 * t) =
+          pack2<T>(o[0][dt][2 * r] * inv_sum[r], o[0][dt][2 * r + 1] * inv_sum[r]);
+    }
+  }
+  fence_proxy_async();  // the stage was written by the generic proxy; the TMA reads async
+  bar_sync(barrier, 128);
+  if (tid == 0) {
+    tma_store_tile<64, Dv>(stage, map, rows0, h, b);
+    bulk_commit();
+  }
+}
+
+// Named barriers: 1 to 3, a consumer's Q rows (persistent: its output stage); 4 to 6,
+// whose turn it is to issue Q K^T.
 constexpr int kQBarrier = 1, kTurnBarrier = 4;
 
 // The units of a persistent forward: (Q tile, batch * head) pairs, unit u as unit_at
@@ -225,9 +277,11 @@ constexpr int64_t kL2SectionBytes = int64_t(16) << 20;
 template <int KvRowBytes>
 __device__ __forceinline__ void unit_at(int u, int q_tiles, int heads, int kv_len,
                                         int& m_block, int& bh) {
-  const int64_t head_bytes = int64_t(kv_len > 0 ? kv_len : 1) * KvRowBytes;
-  const int64_t fit = kL2SectionBytes / head_bytes;
-  const int per_section = fit < 1 ? 1 : fit > heads ? heads : int(fit);
+  // the heads whose K and V fit a section: (bytes / row bytes) / keys, one 32-bit division
+  // (a consumer computes this per unit, on its path; a 64-bit one is a long subroutine)
+  constexpr int kSectionRows = int(kL2SectionBytes / KvRowBytes);
+  const int fit = kSectionRows / (kv_len > 0 ? kv_len : 1);
+  const int per_section = fit < 1 ? 1 : fit > heads ? heads : fit;
   const int section = u / (per_section * q_tiles);
   const int first = section * per_section;
   // (the last section may be short)
@@ -257,11 +311,11 @@ constexpr int kFirstTile = 0, kNextTile = 1, kCarriedTile = 2;
 // (of 64 rows each) instead of BM, and kPersistent (a padded batch only): one CTA per SM,
 // running units until the tickets run out, QSlots Q buffers per consumer (see below).
 template <class V, class T, int D, int Dv, int BN, int Stages, int Consumers, bool kPersistent,
-          int QSlots, bool kDropout, bool kExactP, bool kGeneral>
+          int QSlots, bool OStage, bool kDropout, bool kExactP, bool kGeneral>
 __global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers>::kThreads, 1)
 forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
                        const __grid_constant__ KvTensorMaps maps) {
-  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers, kPersistent, QSlots>;
+  using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers, kPersistent, QSlots, OStage>;
   static_assert(!(kPersistent && kGeneral), "the general instance runs the grid");
   // A padded batch's K and V are loaded by TMA (tma.cuh; the host encodes `maps`); the
   // general instance (a packed batch, a paged cache, split-KV) and any call whose K / V
@@ -275,6 +329,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   T* sQ0 = reinterpret_cast<T*>(smem);                   // [kQSlots][kConsumers]
   T* sK = reinterpret_cast<T*>(smem + Tiles::kQBytes);  // [Stages]
   T* sV = reinterpret_cast<T*>(smem + Tiles::kQBytes + Stages * Tiles::K::kBytes);  // [Stages]
+  // [kConsumers], Tiles::kOStage
+  unsigned char* sO = smem + Tiles::kQBytes + Stages * (Tiles::K::kBytes + Tiles::V::kBytes);
   // kSplitKv: a stage's K and V have a barrier pair each. V is read one step later than K
   // (a tile's P V is issued in the next tile's turn), so K is handed back as soon as both
   // consumers' Q K^T have read it, and the producer refills it a step earlier than one
@@ -376,44 +432,54 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (kSplitKv && previous >= 0) load(std::false_type{}, std::true_type{}, i - 1, previous);
     };
     if constexpr (kPersistent) {
-      // Each unit: its first K/V tile, then each consumer's Q rows (one box of 64 rows per
-      // 64 columns) into the next Q slot as soon as that consumer is done with what the
-      // slot held, then the unit's other tiles. The first tile goes first because its
-      // stage is free while the unit before still runs, and the Q slot (one slot) only
-      // after that unit's last Q K^T.
+      // Each consumer's Q rows of a unit (one box of 64 rows per 64 columns) go into a Q
+      // slot as soon as that consumer is done with what the slot held. With two slots the
+      // next unit's rows go out during this one, after its first K/V tile, and land a
+      // unit ahead; with one, this unit's rows go out after its first K/V tile, once the
+      // unit before has done its last Q K^T. (Two slots loaded like one left consumers
+      // waiting ~1.3 us for Q at each unit: PERF.md, issue 8's twenty-first step.) A
+      // unit's first tile goes first because its stage is free while the unit before
+      // still runs.
+      constexpr bool kQAhead = Tiles::kQSlots == 2;
       const int units = (a.shape.q_len + BM - 1) / BM * (a.shape.batch * a.shape.heads);
-      int u = blockIdx.x, slot = 0, use = 0;
-      for (;;) {
+      // the Q rows of this CTA's k-th unit, `unit` (an arrival publishes it; -1: no more)
+      auto load_q = [&](int unit, int k) {
+        const int slot = k % Tiles::kQSlots, use = k / Tiles::kQSlots;
+        const bool valid = unit < units;
+        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, valid ? unit : 0);
+#pragma unroll
+        for (int c = 0; c < Tiles::kConsumers; ++c) {
+          const int buffer = slot * Tiles::kConsumers + c;
+          mbarrier_wait<true>(&q_empty[buffer], (use & 1) ^ 1);
+          q_unit[buffer] = valid ? unit : -1;
+          if (!valid) {
+            mbarrier_arrive(&q_full[buffer]);
+            continue;
+          }
+          mbarrier_arrive_expecting(&q_full[buffer], Tiles::Q::kBytes);
+          tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, cta.q0 + 64 * c, cta.h, cta.b,
+                               &q_full[buffer]);
+        }
+      };
+      int u = blockIdx.x;
+      if (kQAhead) load_q(u, 0);
+      for (int k = 0;; ++k) {
         const bool valid = u < units;
         // the unit after this one, drawn now: the atomic's latency passes under this
         // unit's loads
         const int after = valid ? int(gridDim.x) + atomicAdd(a.tickets, 1) : units;
-        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, valid ? u : 0);
-        auto load_q = [&] {  // (an arrival publishes the consumer's unit, -1: no more)
-#pragma unroll
-          for (int c = 0; c < Tiles::kConsumers; ++c) {
-            const int buffer = slot * Tiles::kConsumers + c;
-            mbarrier_wait<true>(&q_empty[buffer], (use & 1) ^ 1);
-            q_unit[buffer] = valid ? u : -1;
-            if (!valid) {
-              mbarrier_arrive(&q_full[buffer]);
-              continue;
-            }
-            mbarrier_arrive_expecting(&q_full[buffer], Tiles::Q::kBytes);
-            tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, cta.q0 + 64 * c, cta.h, cta.b,
-                                 &q_full[buffer]);
-          }
-        };
         if (!valid) {
-          load_q();
+          if (!kQAhead) load_q(u, k);  // (ahead: published with the unit before)
           break;
         }
-        load_unit(cta, load_q);
+        load_unit(unit_cta<kKvRowBytes, T>(a, BM, u), [&] {
+          if (kQAhead) {
+            load_q(after, k + 1);
+          } else {
+            load_q(u, k);
+          }
+        });
         u = after;
-        if (++slot == Tiles::kQSlots) {
-          slot = 0;
-          ++use;
-        }
       }
     } else {
       load_unit(Cta(a, BM), [] {});
@@ -602,7 +668,13 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
                        // its batch, head and rows held apart spilled at d = 64's 160)
     auto store_carried = [&] {
       const Cta done = unit_cta<kKvRowBytes, T>(a, BM, carried);
-      store_output<kDropout, false>(o, softmax, a, n, done.b, done.h, done.q0 + 16 * warp);
+      if (Tiles::kOStage && a.out_f32 == nullptr) {  // (a training call's fp32 O: below)
+        store_output_tma<kDropout>(o, softmax, a, n, done.b, done.h, done.q0 + 64 * consumer,
+                                   sO + consumer * Tiles::O::kBytes, kQBarrier + consumer,
+                                   maps.o);
+      } else {
+        store_output<kDropout, false>(o, softmax, a, n, done.b, done.h, done.q0 + 16 * warp);
+      }
       zero(o);
       softmax[0] = OnlineSoftmax<BN / 8>{};
     };
@@ -649,6 +721,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       last_pv();
       store_carried();
     }
+    // the output stage is not left before its last store has read it
+    if (Tiles::kOStage && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
     if (consumer == 0) bar_sync(kTurnBarrier + 0, 256);  // the last consumer's last hand-over
   }
 }

@@ -25,12 +25,12 @@
 
 namespace fg {
 
-// The forward's K and V, as the warp-specialised kernel's producer loads them, and Q, which
-// the persistent one's producer loads too (else unused). Passed as a __grid_constant__
-// kernel parameter: the engine reads a tensor map from parameter (or global) memory, by
-// its generic address.
+// The forward's K and V, as the warp-specialised kernel's producer loads them, Q, which
+// the persistent one's producer loads too, and O, which its consumers store through an
+// output stage (else unused). Passed as a __grid_constant__ kernel parameter: the engine
+// reads a tensor map from parameter (or global) memory, by its generic address.
 struct KvTensorMaps {
-  CUtensorMap k, v, q;
+  CUtensorMap k, v, q, o;
 };
 
 // The backward's Q and dO (backward_sm90.cuh); active = 0: load them with cp.async.
@@ -102,6 +102,29 @@ __device__ __forceinline__ void tma_load_tile(void* smem, const CUtensorMap& map
 #pragma unroll
   for (int c = 0; c < COLS / 64; ++c)
     tma_load_box(static_cast<unsigned char*>(smem) + c * ROWS * 128, map, 64 * c, r, h, b, bar);
+}
+
+// Device: the reverse of tma_load_box, one box from shared memory (the layout that
+// tma_load_box writes) to rows r .. r + box_rows - 1, columns c .. c + 63 of (b, h), in the
+// issuing thread's current bulk group; rows past the tensor's end are not written. The
+// threads' writes to the box need fence_proxy_async and a barrier before it, and the box
+// may be overwritten only after bulk_wait_read.
+__device__ __forceinline__ void tma_store_box(const void* smem, const CUtensorMap& map, int c,
+                                              int r, int h, int b) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.global.shared::cta.tile.bulk_group [%0, {%2, %3, %4, %5}], [%1];\n"
+      :: "l"(reinterpret_cast<uint64_t>(&map)), "r"(smem_address(smem)), "r"(c), "r"(r), "r"(h),
+         "r"(b)
+      : "memory");
+}
+
+// A SwizzledTile<ROWS, COLS> to rows r .. r + ROWS - 1 of (b, h): one box per 64 columns
+template <int ROWS, int COLS>
+__device__ __forceinline__ void tma_store_tile(const void* smem, const CUtensorMap& map, int r,
+                                               int h, int b) {
+#pragma unroll
+  for (int c = 0; c < COLS / 64; ++c)
+    tma_store_box(static_cast<const unsigned char*>(smem) + c * ROWS * 128, map, 64 * c, r, h, b);
 }
 
 // Device: `bytes` of fp32 in shared memory added element by element to global memory by

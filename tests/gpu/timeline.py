@@ -33,6 +33,7 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 KERNEL = "templates/kernels/forward_sm90_ws.cuh"
+PERSISTENT = "wgmma_ws_persistent"
 
 STAMPS = '''
 // timeline.py's stamps: the global timer's low 32 bits (ns) and the SM
@@ -73,23 +74,92 @@ EDITS = [
 ]
 
 
-def patch(source: str) -> str:
-    """The kernel's source with the stamps; ValueError names an anchor the kernel lost."""
-    for anchor, replacement in EDITS:
+# The persistent kernel's stamps: its units overlap (a unit's O is stored under the next
+# unit's first Q K^T), so a unit's stamps go to a buffer of their own, not over its lse:
+# the copy's launch.py allocates the tickets int with 16 words per (unit, consumer) after
+# it, and thread 0 of each consumer writes them when they happen (one store each).
+# Words: 0 the consumer reaches the unit, 1 its Q rows are in, and in the unit's first step
+# 2 its first K tile is in, 3 the consumer has its turn, 4 the carried P V is done, 5 the
+# unit before's O is stored, 6 the first Q K^T is done, 7 the first step ends; 8 the
+# unit's last step ends; 9 its tiles; 10 the SM; 11 the consumer's unit count so far;
+# 12, 13, 14 the unit's summed waits for K tiles, for turns and for its Q K^Ts (issue ->
+# done, with the store in the first step's).
+TL_WORDS = 16
+TL_MACRO = '''
+#define FG_TL(e, t)                                                                          \\
+  do {                                                                                       \\
+    if (kPersistent && (threadIdx.x & 127) == 0)                                             \\
+      a.tickets[1 + (tl_unit * Tiles::kConsumers + consumer) * 16 + (e)] = int(t);          \\
+  } while (0)
+'''
+PERSISTENT_EDITS = [
+    ("namespace fg {\n", "namespace fg {\n" + STAMPS + TL_MACRO),
+    ("  int q_slot = 0;",
+     "  int q_slot = 0;\n  int tl_unit = 0, tl_tiles = 0, tl_seq = 0;\n"
+     "  uint32_t tl_k = 0, tl_turn = 0, tl_qk = 0;"),
+    ("    walk.advance();\n    mbarrier_wait(&full_k[stage], round & 1);\n",
+     "    walk.advance();\n    const uint32_t tl_a = fg_now();\n"
+     "    mbarrier_wait(&full_k[stage], round & 1);\n    const uint32_t tl_b = fg_now();\n"
+     "    tl_k += tl_b - tl_a;\n    ++tl_tiles;\n"
+     "    if constexpr (kKind != kNextTile) FG_TL(2, tl_b);\n"),
+    ("    bar_sync(kTurnBarrier + consumer, 256);\n    if constexpr (kCarry",
+     "    bar_sync(kTurnBarrier + consumer, 256);\n    const uint32_t tl_c = fg_now();\n"
+     "    tl_turn += tl_c - tl_b;\n    if constexpr (kKind != kNextTile) FG_TL(3, tl_c);\n"
+     "    if constexpr (kCarry"),
+    ("      wgmma_wait<1>();  // the carried P V",
+     "      wgmma_wait<1>();\n      FG_TL(4, fg_now());  // the carried P V"),
+    ("      store_carried();\n    }\n    wgmma_wait<",
+     "      store_carried();\n      FG_TL(5, fg_now());\n    }\n    wgmma_wait<"),
+    ("    fence_operand(s[0]);\n    if (kPersistent && walk.done())",
+     "    fence_operand(s[0]);\n    {\n      const uint32_t tl_d = fg_now();\n"
+     "      tl_qk += tl_d - tl_c;\n      if constexpr (kKind != kNextTile) FG_TL(6, tl_d);\n    }\n"
+     "    if (kPersistent && walk.done())"),
+    ("    pending = stage;\n    ++i;\n  };",
+     "    pending = stage;\n    ++i;\n    if constexpr (kKind != kNextTile) FG_TL(7, fg_now());\n  };"),
+    ("      mbarrier_wait(&q_full[buffer], use & 1);\n",
+     "      const uint32_t tl_0 = fg_now();\n      mbarrier_wait(&q_full[buffer], use & 1);\n"
+     "      const uint32_t tl_1 = fg_now();\n"),
+    ("      if (u < 0) break;\n",
+     "      if (u < 0) break;\n      tl_unit = u;\n      tl_k = tl_turn = tl_qk = 0;\n      tl_tiles = 0;\n"
+     "      FG_TL(0, tl_0);\n      FG_TL(1, tl_1);\n"),
+    ("        while (!walk.done()) step(Next{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);\n"
+     "        carried = u;\n",
+     "        while (!walk.done()) step(Next{}, walk, n, cta.b, cta.h, row0, q_rows, store_carried);\n"
+     "        carried = u;\n        FG_TL(8, fg_now());\n        FG_TL(9, tl_tiles);\n"
+     "        FG_TL(10, fg_smid());\n        FG_TL(11, tl_seq++);\n        FG_TL(12, tl_k);\n"
+     "        FG_TL(13, tl_turn);\n        FG_TL(14, tl_qk);\n"),
+]
+LAUNCH = "flashgen/runtime/launch.py"
+# the copy's launch.py: room for the stamps after the tickets int, kept for measure()
+LAUNCH_EDITS = [
+    ("    tickets = (torch.zeros(1, dtype=torch.int32, device=q.device)",
+     "    tickets = (torch.zeros(1 + 16 * 4 * (1 << 16), dtype=torch.int32, device=q.device)"),
+    ("    ints.append(0 if tickets is None else tickets.data_ptr())",
+     "    ints.append(0 if tickets is None else tickets.data_ptr())\n"
+     "    globals()['LAST_TICKETS'] = tickets"),
+]
+
+
+def patch(source: str, edits=EDITS, path: str = KERNEL) -> str:
+    """The source with the stamps; ValueError names an anchor the source lost."""
+    for anchor, replacement in edits:
         if source.count(anchor) != 1:
-            raise ValueError(f"{KERNEL} has {source.count(anchor)} copies of the anchor "
+            raise ValueError(f"{path} has {source.count(anchor)} copies of the anchor "
                              f"{anchor.strip()[:60]!r}; update tests/gpu/timeline.py")
         source = source.replace(anchor, replacement)
     return source
 
 
-def copy_tree(dst: pathlib.Path) -> None:
+def copy_tree(dst: pathlib.Path, persistent: bool) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     for part in ("flashgen", "templates", "grammar"):
         shutil.copytree(ROOT / part, dst / part,
                         ignore=shutil.ignore_patterns("__pycache__", "results"))
     kernel = dst / KERNEL
-    kernel.write_text(patch(kernel.read_text()))
+    kernel.write_text(patch(kernel.read_text(), PERSISTENT_EDITS if persistent else EDITS))
+    if persistent:
+        launch = dst / LAUNCH
+        launch.write_text(patch(launch.read_text(), LAUNCH_EDITS, LAUNCH))
 
 
 def measure(spec: str, family: str, N: int, d: int) -> str:
@@ -107,6 +177,8 @@ def measure(spec: str, family: str, N: int, d: int) -> str:
             _, lse = op(q, k, v, return_lse=True)
         torch.cuda.synchronize()
     forward = launch.variant(op.key).plan(d, launch._arch(q.device.index)).forward
+    if forward.persistent and family == PERSISTENT:
+        return persistent_row(spec, family, N, forward, launch.LAST_TICKETS)
     if not forward.producer or forward.persistent:
         return f"{spec} N={N} {family}: the plan is not the grid's warp-specialised forward"
     bm, consumers = forward.block_m, forward.block_m // 64
@@ -136,15 +208,48 @@ def measure(spec: str, family: str, N: int, d: int) -> str:
             f"gap {med(np.array(gaps)):.2f}")
 
 
+def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
+    """One row for the persistent kernel, from the stamps after its tickets int: means over
+    the units (the time a consumer spends on a unit is what they add up to), in us."""
+    import numpy as np
+
+    consumers = forward.block_m // 64
+    words = tickets[1:].view(-1, consumers, TL_WORDS).cpu().numpy().astype(np.int64)
+    words = words[words[:, 0, 9] > 0]  # units with a tile, stamped
+    ev = words[..., :9]
+    t = (ev - ev[..., 0].min()) & 0xFFFFFFFF  # ns from the first stamp (32-bit timer)
+    tiles = words[..., 9]
+    sms = np.unique(words[:, 0, 10])
+    carried = words[..., 11] > 0  # the consumer's first unit has no carried step
+
+    def mean(x, where=None):
+        x = x if where is None else x[where]
+        return float(np.mean(x)) / 1000 if x.size else float("nan")
+
+    c = 0  # consumer 0's view; the last consumer's unit time beside it
+    unit = t[..., 8] - t[..., 0]
+    rest = (t[..., 8] - t[..., 7]) / np.maximum(tiles - 1, 1)
+    span = (t[..., 8].max() - t[..., 0].min()) / 1000
+    busy = unit[:, c].sum() / 1000 / len(sms)
+    return (f"{spec:8s} N={N:5d} {family:20s} span {span:7.1f} busy {busy:7.1f} | "
+            f"tiles {np.mean(tiles[:, c]):4.1f} unit {mean(unit[:, c]):5.2f} / {mean(unit[:, -1]):5.2f} "
+            f"Q {mean(t[:, c, 1] - t[:, c, 0]):.2f} K {mean(t[:, c, 2] - t[:, c, 1]):.2f} "
+            f"turn {mean(t[:, c, 3] - t[:, c, 2]):.2f} "
+            f"carriedPV {mean(t[:, c, 4] - t[:, c, 3], carried[:, c]):.2f} "
+            f"store {mean(t[:, c, 5] - t[:, c, 4], carried[:, c]):.2f} "
+            f"firstS {mean(t[:, c, 6] - t[:, c, 3]):.2f} soft {mean(t[:, c, 7] - t[:, c, 6]):.2f} "
+            f"tile {mean(rest[:, c]):.2f} | per tile: K {mean(words[:, c, 12] / tiles[:, c]):.2f} "
+            f"turn {mean(words[:, c, 13] / tiles[:, c]):.2f} QK {mean(words[:, c, 14] / tiles[:, c]):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--specs", default="dense,causal")
     parser.add_argument("--sizes", default="2048,8192")
     parser.add_argument("--head-dim", type=int, default=128)
-    # the grid's kernel (the default at d = 256; family wgmma_ws below): the persistent one
-    # carries a unit's O into the next unit's first step, its units overlap, and these
-    # stamps, one set per unit, are not placed for it
-    parser.add_argument("--families", default="wgmma_ws")
+    # wgmma_ws: the grid's kernel (stamps over lse); wgmma_ws_persistent: the persistent
+    # one (stamps after its tickets int: PERSISTENT_EDITS)
+    parser.add_argument("--families", default="wgmma_ws,wgmma_ws_persistent")
     parser.add_argument("--copy", default="/tmp/flashgen_timeline_tree")
     parser.add_argument("--measure", nargs=4, metavar=("SPEC", "FAMILY", "N", "D"),
                         help=argparse.SUPPRESS)  # the child process, inside the copy
@@ -153,16 +258,22 @@ def main() -> None:
         spec, family, N, d = args.measure
         print(measure(spec, family, int(N), int(d)), flush=True)
         return
-    copy = pathlib.Path(args.copy)
-    copy_tree(copy)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]),
-               FLASHGEN_CACHE_DIR=str(copy / ".cache"))
-    env.pop("FLASHGEN_POISON", None)  # the stamps replace lse; NaN-filled outputs are moot
+    families = args.families.split(",")
+    envs = {}
+    for persistent in sorted({f == PERSISTENT for f in families}):
+        copy = pathlib.Path(args.copy + ("_persistent" if persistent else ""))
+        copy_tree(copy, persistent)
+        # the cache beside the copy, not in it: a run after prebuilding into it keeps it
+        env = dict(os.environ, FLASHGEN_CACHE_DIR=f"{copy}_cache",
+                   PYTHONPATH=os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]))
+        env.pop("FLASHGEN_POISON", None)  # the stamps replace lse; NaN-filled outputs are moot
+        envs[persistent] = env
     for spec in args.specs.split(","):
         for N in map(int, args.sizes.split(",")):
-            for family in args.families.split(","):
+            for family in families:
                 subprocess.run([sys.executable, str(pathlib.Path(__file__).resolve()), "--measure",
-                                spec, family, str(N), str(args.head_dim)], env=env, check=False)
+                                spec, family, str(N), str(args.head_dim)],
+                               env=envs[family == PERSISTENT], check=False)
 
 
 if __name__ == "__main__":
