@@ -89,9 +89,9 @@ SPILL_BYTES = 512
 # rounding residual (kExactP, for parameter gradients only), whose consumers' 160
 # registers hold the previous tile's P twice; with the GEMMs overlapped instead it
 # spilled 304 bytes (forward_sm90_ws.cuh kOverlap). Template arguments: V, T, D, Dv, BN,
-# Stages, Consumers, kPersistent, QSlots, kDropout, kExactP, kGeneral.
+# Stages, Consumers, kPersistent, QSlots, OStage, kDropout, kExactP, kGeneral.
 _SERIAL_ALLOWED = re.compile(
-    r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 3, \w+, \d+, \w+, true, ")
+    r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 3, \w+, \d+, \w+, \w+, true, ")
 
 
 def _assert_not_serialised(kernel: str, report: dict) -> None:
@@ -199,18 +199,22 @@ def test_warp_specialised_forward_compiles(name, d, family):
 
 
 @pytest.mark.nvcc
-def test_timeline_patch_compiles():
+@pytest.mark.parametrize("persistent", [False, True], ids=["grid", "persistent"])
+def test_timeline_patch_compiles(persistent):
     """tests/gpu/timeline.py's stamps still find their places in the warp-specialised
-    forward and the patched kernel compiles without spilling: the tool that split the
-    forward's fixed cost per CTA (PERF.md, issue 8's seventeenth step) does not rot."""
+    forward (the grid's kernel, and the persistent one with the copy's launch.py) and the
+    patched kernel compiles without spilling: the tool that split the forward's fixed
+    cost per unit (PERF.md, issue 8's seventeenth and twenty-first steps) does not rot."""
     from flashgen.build.cache import ptxas_report
     from flashgen.render.kernels import render_module
-    from tests.gpu.timeline import KERNEL, patch
+    from tests.gpu.timeline import EDITS, KERNEL, LAUNCH, LAUNCH_EDITS, PERSISTENT_EDITS, patch
     spec = flashgen.load("dense")
     sources = render_module(spec, "flashgen/specs/dense.attn", "bf16", 128, arch="sm_90a")
     header = KERNEL.removeprefix("templates/")
     sources = {f: t for f, t in sources.items() if not f.startswith("backward")}
-    sources[header] = patch(sources[header])
+    sources[header] = patch(sources[header], PERSISTENT_EDITS if persistent else EDITS)
+    if persistent:
+        assert "LAST_TICKETS" in patch((ROOT / LAUNCH).read_text(), LAUNCH_EDITS, LAUNCH)
     assert "fg_now()" in sources[header]
     report = {k: r for k, r in ptxas_report(sources, "sm_90a").items() if "forward_kernel" in k}
     assert report
@@ -224,7 +228,7 @@ def _tiles_types(plan) -> tuple[str, str]:
     f, b, d, dv = plan.forward, plan.backward, plan.head_dim, plan.value_dim
     if f.producer:
         fwd = (f"fg::ForwardTilesSm90Ws<{d}, {dv}, {f.block_n}, {f.kv_stages}, {f.consumers}"
-               + (f", true, {f.q_slots}>" if f.persistent else ">"))
+               + (f", true, {f.q_slots}, {str(f.o_stage).lower()}>" if f.persistent else ">"))
     elif f.family == "wgmma":
         fwd = f"fg::ForwardTilesSm90<{d}, {dv}, {f.block_m}, {f.block_n}>"
     else:
@@ -257,7 +261,8 @@ def test_planned_shared_memory_is_the_kernels(tmp_path):
                 fwd, bwd = _tiles_types(plan)
                 checks.add((fwd, plan.forward.smem_bytes(plan.head_dim, plan.value_dim)))
                 checks.add((bwd, plan.backward.smem_bytes(plan.head_dim, plan.value_dim)))
-    for d in (64, 128, 256):  # the persistent forward's Q slots (two, or one at d = 256)
+    # the persistent forward's Q slots (two, or one at d = 256) and output stages (d = 128)
+    for d in (64, 128, 256):
         plan = plan_for(flashgen.load("causal"), d, TileOverride(family="wgmma_ws_persistent"),
                         "sm_90a")
         checks.add((_tiles_types(plan)[0], plan.forward.smem_bytes(d, d)))

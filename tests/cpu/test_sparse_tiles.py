@@ -244,6 +244,11 @@ def test_warp_specialised_forward_plan():
     persistent = plan_for(causal, 128, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
     assert persistent.forward.producer and persistent.forward.persistent
     assert "persistent" in persistent.describe()[0]
+    # d = 128: an output stage per consumer and two Q slots beside two K/V stages (224
+    # KiB), where the grid has three stages
+    assert (persistent.forward.o_stage, persistent.forward.q_slots,
+            persistent.forward.kv_stages) == (True, 2, 2)
+    assert "an output stage per consumer" in persistent.describe()[0]
     with pytest.raises(TileError, match="BM is 128"):
         plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(64, 64)), "sm_90a")
     assert plan.backward.family == "wgmma"
@@ -278,6 +283,7 @@ def test_three_consumers_at_d64():
     assert plan_for(flashgen.load("block_layout"), 64, arch="sm_90a").forward.block_m == 128
     persistent = plan_for(causal, 64, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
     assert (persistent.forward.block_m, persistent.forward.q_slots) == (192, 2)
+    assert not persistent.forward.o_stage  # three consumers at 160 registers: no stage
     two = plan_for(causal, 64, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
     assert (two.forward.producer, two.forward.consumers) == (True, 2)
     with pytest.raises(TileError, match="192 \\(three\\) at d = 64"):

@@ -1,28 +1,40 @@
 """A per-unit timeline of the warp-specialised forward (templates/kernels/forward_sm90_ws.cuh):
-where a CTA's time goes beyond its tiles (PERF.md, issue 8's seventeenth step).
+where a unit's time goes beyond its tiles (PERF.md, issue 8's seventeenth and twenty-first
+steps).
 
     PYTHONPATH=$PWD python tests/gpu/timeline.py [--specs dense,causal] [--sizes 2048,8192]
-        [--head-dim 128] [--families wgmma_ws] [--copy /tmp/timeline_tree]
+        [--head-dim 128] [--families wgmma_ws,wgmma_ws_persistent] [--copy /tmp/timeline_tree]
 
-It copies the tree (flashgen, templates, grammar) to --copy, patches the copy's kernel
-(`patch`) and runs the measurement there in a child process with its own build cache, so
-that the tree's kernels and their cache are never touched. In the patched kernel each
-consumer stamps `%globaltimer` at six points of each unit and writes them, with the
-unit's tile count and `%smid`, over the first 8 lse rows of its 64 (as raw uint32): the
-stamps cost a few instructions and nothing in the loop. Per (spec, N, family) it prints
-medians over all units, in us:
+It copies the tree (flashgen, templates, grammar) to --copy (+ "_persistent" for the
+persistent kernel), patches the copy's kernel (`patch`) and runs the measurement there in
+a child process with a build cache of its own, so that the tree's kernels and their cache
+are never touched. The stamps read `%globaltimer` and cost a few instructions each.
 
-    Q      unit start -> its Q rows in shared memory
+The grid's kernel (family wgmma_ws, EDITS): each consumer stamps six points of its CTA
+and writes them, with the tile count and `%smid`, over the first 8 lse rows of its 64 (as
+raw uint32). Per (spec, N) it prints medians over the CTAs, in us:
+
+    Q      start -> its Q rows in shared memory
     firstS Q ready -> the first Q K^T done
     soft   the first tile's softmax
     tile   each later tile (its Q K^T, softmax and the previous P V, in turns)
     epi    the last P V done -> O stored, consumer 0 / the last consumer
     lag    the last consumer's end after consumer 0's
-    unit   first start -> last end of the unit's consumers
-    gap    one unit's end -> the next unit's start on the same SM
-and the kernel's span against the SMs' mean busy time (their difference: idle SMs).
-The timer ticks in 0.256 us steps on an H200: medians over thousands of units resolve
-less than a tick per unit, single values do not.
+    unit   first start -> last end of the CTA's consumers
+    gap    one CTA's end -> the next one's start on the same SM
+
+The persistent kernel (family wgmma_ws_persistent, PERSISTENT_EDITS): a unit's O is
+stored under the next unit's first Q K^T, so its stamps go to words after the tickets
+int (TL_WORDS per unit and consumer). Per (spec, N) it prints consumer 0's means over the
+units, in us: `unit` (consumer 0 / the last consumer), and of the unit's first step the
+waits for its Q rows (`Q`), its first K tile (`K`) and its turn (`turn`), the carried
+P V, the unit before's O store (`store`), `firstS` (turn -> first Q K^T done, the two
+before included) and `soft`; `tile` is each later tile; then per tile the unit's summed
+waits for K, for turns and for its Q K^Ts.
+
+Both print the kernel's span against the SMs' mean busy time (their difference: idle
+SMs). The timer ticks in 0.256 us steps on an H200: statistics over thousands of units
+resolve less than a tick per unit, single values do not.
 """
 import argparse
 import os
@@ -214,7 +226,9 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
     import numpy as np
 
     consumers = forward.block_m // 64
-    words = tickets[1:].view(-1, consumers, TL_WORDS).cpu().numpy().astype(np.int64)
+    per_unit = consumers * TL_WORDS
+    words = tickets[1:1 + (tickets.numel() - 1) // per_unit * per_unit]
+    words = words.view(-1, consumers, TL_WORDS).cpu().numpy().astype(np.int64)
     words = words[words[:, 0, 9] > 0]  # units with a tile, stamped
     ev = words[..., :9]
     t = (ev - ev[..., 0].min()) & 0xFFFFFFFF  # ns from the first stamp (32-bit timer)
