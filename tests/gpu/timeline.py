@@ -184,9 +184,12 @@ def measure(spec: str, family: str, N: int, d: int) -> str:
     B, H = max(1, 16384 // N), 2048 // d
     op = flashgen.compile(spec) if family == "plain" else flashgen.compile(spec, family=family)
     q, k, v = (torch.randn(B, H, N, d, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    # the spec's parameters as the benchmark draws them (key lengths in [1, N], ...)
+    from flashgen.runtime.examples import example_params
+    params = example_params(op.spec, B, H, N, N, torch.Generator().manual_seed(0), "cuda")
     with torch.no_grad():
         for _ in range(3):
-            _, lse = op(q, k, v, return_lse=True)
+            _, lse = op(q, k, v, return_lse=True, **params)
         torch.cuda.synchronize()
     forward = launch.variant(op.key).plan(d, launch._arch(q.device.index)).forward
     if forward.persistent and family == PERSISTENT:
