@@ -367,12 +367,12 @@ def persistent_by_default(widest: int) -> bool:
     """Does the warp-specialised forward default to the persistent kernel (one CTA per
     SM running Q tiles drawn from a counter, each unit's last P V and output store under
     the next unit's first Q K^T: forward_sm90_ws.cuh)? Up to d = 128: same process as
-    the grid's kernel (bf16, H200, three runs), causal d = 128 1.01-1.05x and dense
-    0.98-1.00x at N = 2048 / 8192, d = 64 1.01-1.04x, the short-row specs at d = 128 0.97-1.01x
-    (sliding window, key padding, document at N = 8192; document at N = 2048, a
-    host-bound call, 0.93x) and at d = 64 1.01-1.04x (sliding window, key padding;
-    PERF.md, issue 8's twentieth step). At d = 256 its one Q slot beside two K/V stages
-    measured 0.93-0.97x, so the grid stays there."""
+    the grid's kernel (bf16, H200), at d = 128 with its output stage causal 1.03x /
+    1.09-1.11x (N = 8192 / 2048), dense 0.99-1.00x / 1.02-1.04x, key padding 1.04x /
+    1.08x, sliding window 1.09x / 1.11-1.12x (PERF.md, issue 8's twenty-first step); at
+    d = 64 1.01-1.04x, sliding window and key padding there too (twentieth step). At
+    d = 256 its one Q slot beside two K/V stages measured 0.93-0.97x, so the grid stays
+    there."""
     return widest <= 128
 
 
@@ -436,11 +436,17 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
     or three consumers of 64 query rows, as many K/V stages as fit (up to 4; 3 at d = 128,
     224 KiB): a stage is released only after its P V, so two stages leave the producer one
-    softmax's time to refill one. Persistent, the same stages and two Q slots where they
-    fit beside them (d = 64: the next unit's Q rows land while this one runs), else one
-    (d = 128 and 256), which the producer refills as soon as a consumer's last Q K^T of a
-    unit is done: two slots at d = 128 left two K/V stages with split barriers, 1.5-3 %
-    slower in the same call (PERF.md, issue 8's twentieth step)."""
+    softmax's time to refill one. Persistent, first an output stage per consumer where
+    it fits with two consumers (d = 128: two K/V stages with split barriers, two Q slots
+    and the stages, 224 KiB), then the most stages and two Q slots where they fit beside
+    them (d = 64: the next unit's Q rows land while this one runs), else one (d = 256),
+    which the producer refills as soon as a consumer's last Q K^T of a unit is done.
+    At d = 128 the output stage (the unit's O by TMA stores, not from the fragments) with
+    the Q rows a unit ahead measured +1.3-5.6 % forward over three stages and one slot
+    (causal N = 2048 496 -> 524, sliding window +11-12 %, dense N = 8192 -0.6-1.5 %),
+    where two slots alone had been 1.5-3 % slower (PERF.md, issue 8's twentieth and
+    twenty-first steps). Three consumers (d = 64) keep their 160 registers: the stage
+    had raised softcap's spills there, and a buffered store had measured level."""
     for o_stage in ((True, False) if persistent and consumers == 2 else (False,)):
         for stages in (4, 3, 2):
             for q_slots in ((2, 1) if persistent else (1,)):

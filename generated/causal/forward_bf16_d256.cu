@@ -16,11 +16,12 @@ using T = __nv_bfloat16;
 using Variant = fg_causal::Variant;  // whole sequences
 // the sm90 family, warp-specialised: a producer warpgroup, 2 consumer warpgroups of 64 query rows
 constexpr bool kPersistent = false;
-using Tiles = fg::ForwardTilesSm90Ws<256, 256, 64, 2, 2, kPersistent, 1>;
+constexpr bool kOutputStage = false;
+using Tiles = fg::ForwardTilesSm90Ws<256, 256, 64, 2, 2, kPersistent, 1, kOutputStage>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 256, 256, 64, 2, 2, kPersistent && !kGeneral, 1, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 256, 256, 64, 2, 2, kPersistent && !kGeneral, 1, kOutputStage, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
-// K and V the TMA engine can address: tma.cuh)
+// K and V the TMA engine can address: tma.cuh; persistent, of Q and, with the output stage, of O too)
 using Maps = fg::KvTensorMaps;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with

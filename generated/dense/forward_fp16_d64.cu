@@ -17,11 +17,12 @@ using Variant = fg_dense::Variant;  // whole sequences
 // the sm90 family, warp-specialised: a producer warpgroup, 3 consumer warpgroups of 64 query rows
 // persistent (a padded batch; the general instance runs the grid): one CTA per SM, 2 Q slots per consumer
 constexpr bool kPersistent = true;
-using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3, kPersistent, 2>;
+constexpr bool kOutputStage = false;
+using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3, kPersistent, 2, kOutputStage>;
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, 3, kPersistent && !kGeneral, 2, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, 3, kPersistent && !kGeneral, 2, kOutputStage, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
-// K and V the TMA engine can address: tma.cuh)
+// K and V the TMA engine can address: tma.cuh; persistent, of Q and, with the output stage, of O too)
 using Maps = fg::KvTensorMaps;
 
 // exact_p (P V plus the MMA of P's rounding residual) serves float parameters' gradients: only a spec with

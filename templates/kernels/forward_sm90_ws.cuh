@@ -24,13 +24,15 @@
 //     after it.
 // Persistent (kPersistent, the default of a padded batch at d <= 128): one CTA per SM
 // runs many Q tiles (units, drawn from a counter after its first). The producer loads
-// each consumer's next Q rows by TMA as soon as that consumer's last Q K^T of a unit is
-// done, and the next unit's K/V while the consumers finish this one's; a consumer
-// carries its unit's last P V into the next unit's first turn and stores the unit's O
-// while that turn's Q K^T runs. So a unit no longer pays a CTA's start (Q and K's first
-// arrival, a Q K^T and softmax with no partner) and end (the last P V and the epilogue
-// with idle tensor cores), ~3 tiles of time at d = 128 (PERF.md, issue 8's seventeenth
-// and twentieth steps).
+// each consumer's Q rows by TMA into Q slots (two: a unit ahead; one at d = 256: as
+// soon as that consumer's last Q K^T of a unit is done), and the next unit's K/V while
+// the consumers finish this one's; a consumer carries its unit's last P V into the next
+// unit's first turn and stores the unit's O while that turn's Q K^T runs, at d = 128
+// through an output stage and TMA stores (OStage: the stages and two Q slots take the
+// third K/V stage). So a unit no longer pays a CTA's start (Q and K's first arrival, a
+// Q K^T and softmax with no partner) and end (the last P V and the epilogue with idle
+// tensor cores), ~3 tiles of time at d = 128 (PERF.md, issue 8's seventeenth, twentieth
+// and twenty-first steps).
 #pragma once
 #include "forward.cuh"
 #include "pipeline.cuh"
@@ -49,8 +51,12 @@ struct ForwardTilesSm90Ws {
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
   // kTma: the producer is one thread issuing TMA loads, and needs few registers: 24, or
-  // 32 persistent, whose unit loop spilled up to 72 bytes at 24 (two consumers then get
-  // 232, three 160 either way); loading with cp.async, its 128 threads' address math
+  // persistent 40 with two consumers (which get 232 either way; at 32 its unit loop with
+  // two Q slots and split K/V barriers spilled 27 words in the sliding window's) and 32
+  // with three (160 each; its loop spilled up to 72 bytes at 24, and with the Q rows a
+  // unit ahead it spills a few words at 32, reloaded from L1 per tile by its one thread,
+  // forward level with the kernel before that change: 40 would leave the consumers
+  // 152); loading with cp.async, its 128 threads' address math
   // needs 56 (40 spilled), but with three consumers it keeps 32 (ptxas reported no
   // spill), since at 152 each ptxas serialised their wgmmas (C7512) and at 160 it does not
   template <bool kTma>
@@ -73,13 +79,14 @@ struct ForwardTilesSm90Ws {
   template <class Variant, class T, bool kGeneral>
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
   // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA (two where
-  // shared memory holds them beside the grid's K/V stages, at d = 64: the next unit's Q
-  // lands under this one; else one, refilled as soon as its consumer's last Q K^T of a
-  // unit is done)
+  // shared memory holds them, at d = 64 and 128: the next unit's Q lands under this one;
+  // else one, refilled as soon as its consumer's last Q K^T of a unit is done)
   static constexpr int kQSlots = Persistent ? QSlots : 1;
   static constexpr int kQBytes = kQSlots * kConsumers * Q::kBytes;
   // Persistent, OStage: an output stage per consumer, through which a unit's O goes to
-  // memory by TMA stores that nobody waits for (store_output_tma)
+  // memory by TMA stores that nobody waits for (store_output_tma). From the fragments a
+  // consumer's store took 1.98 us of its time at each unit, on the path to its next
+  // turn; through the stage 1.20 (PERF.md, issue 8's twenty-first step)
   using O = SwizzledTile<64, Dv>;
   static constexpr bool kOStage = Persistent && OStage;
   static constexpr int kOBytes = kOStage ? kConsumers * O::kBytes : 0;
@@ -334,10 +341,11 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   // kSplitKv: a stage's K and V have a barrier pair each. V is read one step later than K
   // (a tile's P V is issued in the next tile's turn), so K is handed back as soon as both
   // consumers' Q K^T have read it, and the producer refills it a step earlier than one
-  // pair per stage lets it. With two stages (d = 256) that step keeps the loads ahead:
-  // forward 465 -> 707 TFLOP/s dense (N = 8192). With three (d = 128) one pair per stage
-  // (K and V loaded and released together) measured 2-4 % faster: the extra waits and
-  // arrivals per tile cost more than the slack gained (PERF.md, issue 8's ninth step).
+  // pair per stage lets it. With two stages (d = 256, and the persistent kernel at d =
+  // 128, whose output stages take the third) that step keeps the loads ahead: forward
+  // 465 -> 707 TFLOP/s dense (N = 8192). With three (the grid at d = 128) one pair per
+  // stage (K and V loaded and released together) measured 2-4 % faster: the extra waits
+  // and arrivals per tile cost more than the slack gained (PERF.md, issue 8's ninth step).
   constexpr bool kSplitKv = Stages == 2;
   uint64_t* full_k = reinterpret_cast<uint64_t*>(smem + Tiles::kBarrierOffset);  // [Stages]
   uint64_t* empty_k = full_k + Stages;                                           // [Stages]
