@@ -442,8 +442,9 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     them (d = 64: the next unit's Q rows land while this one runs), else one (d = 256),
     which the producer refills as soon as a consumer's last Q K^T of a unit is done.
     At d = 128 the output stage (the unit's O by TMA stores, not from the fragments) with
-    the Q rows a unit ahead measured +1.3-5.6 % forward over three stages and one slot
-    (causal N = 2048 496 -> 524, sliding window +11-12 %, dense N = 8192 -0.6-1.5 %),
+    the Q rows a unit ahead measured, forward against three stages and one slot in the
+    same call: causal +1.3 % / +5.6 % (N = 8192 / 2048: 623 -> 631, 496 -> 524), dense
+    -0.6-1.5 % / +2 %, key padding +2 % / +6 %, sliding window +12 % / +11 %,
     where two slots alone had been 1.5-3 % slower (PERF.md, issue 8's twentieth and
     twenty-first steps). Three consumers (d = 64) keep their 160 registers: the stage
     had raised softcap's spills there, and a buffered store had measured level."""

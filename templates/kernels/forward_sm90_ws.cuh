@@ -50,15 +50,15 @@ struct ForwardTilesSm90Ws {
   static constexpr int kConsumers = Consumers;
   static constexpr int BM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // kTma: the producer is one thread issuing TMA loads, and needs few registers: 24, or
-  // persistent 40 with two consumers (which get 232 either way; at 32 its unit loop with
-  // two Q slots and split K/V barriers spilled 27 words in the sliding window's) and 32
-  // with three (160 each; its loop spilled up to 72 bytes at 24, and with the Q rows a
-  // unit ahead it spills a few words at 32, reloaded from L1 per tile by its one thread,
-  // forward level with the kernel before that change: 40 would leave the consumers
-  // 152); loading with cp.async, its 128 threads' address math
-  // needs 56 (40 spilled), but with three consumers it keeps 32 (ptxas reported no
-  // spill), since at 152 each ptxas serialised their wgmmas (C7512) and at 160 it does not
+  // The producer's registers. kTma: one thread issues every TMA load and needs few: 24 in
+  // the grid's CTA. Persistent, its unit loop needs more: 40 with two consumers, which get
+  // 232 either way (at 32 the loop with two Q slots and split K/V barriers spilled 27
+  // words in the sliding window's); 32 with three, which keeps them 160 (at 24 it spilled
+  // up to 72 bytes; at 32, with the Q rows a unit ahead, a few words that its one thread
+  // reloads from L1 per tile, the forward level with the kernel before). Loading with
+  // cp.async, its 128 threads' address math needs 56 (40 spilled), but with three
+  // consumers it keeps 32 (ptxas reported no spill), since at 152 each ptxas serialised
+  // their wgmmas (C7512) and at 160 it does not.
   template <bool kTma>
   static constexpr int kProducerRegisters =
       kTma ? (Persistent ? (kConsumers == 2 ? 40 : 32) : 24) : kConsumers == 3 ? 32 : 56;
