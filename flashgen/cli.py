@@ -166,6 +166,7 @@ def cmd_explain(args) -> int:
     from .ir.pretty import pretty
     from .plan import io_model
     from .plan.tile_map import tile_map
+    from .analysis import bounds
     from .runtime.arguments import TORCH_DTYPES
     spec = api.load(args.spec, args.name)
     q_len, kv_len = args.sizes
@@ -208,6 +209,12 @@ def cmd_explain(args) -> int:
     if spec.mask is not None:
         print("   by the kernels' own tile_class() (the mask's static interval analysis), "
               "compiled for the host")
+        for index, what in (("kv_idx", "keys a query may see (kv_range)"),
+                            ("q_idx", "queries that may see a key (q_range)")):
+            solved = bounds.index_range(spec, index)
+            if solved is not None:
+                print(f"   {what}, the mask solved for {index}: "
+                      f"{bounds.describe(solved, index)}")
     for line in tiles_at(next(iter(plans))).describe_inputs():
         print(f"   {line}")
     # one grid per tile size (and per (batch, head) the mask tells apart), with its users

@@ -78,7 +78,7 @@ def _float_step(e: Expr, index: str) -> Expr | None:
     if not _reads(e, index):
         return B.ZERO
     if isinstance(e, ToFloat):
-        k = _int_step(e.operand, index)
+        k = int_step(e.operand, index)
         return None if k is None else B.const(k)
     if isinstance(e, Unary) and e.op == "neg":
         d = _float_step(e.operand, index)
@@ -104,7 +104,7 @@ def _float_step(e: Expr, index: str) -> Expr | None:
     return None   # a table read, a call, a select on the index...: not affine (or not known to be)
 
 
-def _int_step(e: Expr, index: str) -> int | None:
+def int_step(e: Expr, index: str) -> int | None:
     """The constant d e / d index of an integer e (the index, sums, constant multiples),
     else None: a step that varies (kv_idx * n) would need the per-element form anyway."""
     if e.type is not Type.INT:
@@ -114,17 +114,17 @@ def _int_step(e: Expr, index: str) -> int | None:
     if isinstance(e, Var):
         return 1   # the index itself
     if isinstance(e, Unary) and e.op == "neg":
-        k = _int_step(e.operand, index)
+        k = int_step(e.operand, index)
         return None if k is None else -k
     if isinstance(e, Binary):
         if e.op in ("add", "sub"):
-            a, b = _int_step(e.left, index), _int_step(e.right, index)
+            a, b = int_step(e.left, index), int_step(e.right, index)
             if a is None or b is None:
                 return None
             return a + b if e.op == "add" else a - b
         if e.op == "mul":
             for c, x in ((e.left, e.right), (e.right, e.left)):
                 if isinstance(c, Const):
-                    k = _int_step(x, index)
+                    k = int_step(x, index)
                     return None if k is None else int(c.value) * k
     return None

@@ -78,6 +78,28 @@ extern "C" void flashgen_tile_classes(const int64_t* ints, const float* floats, 
         }
 }
 
+// The mask's range of one index (flashgen/analysis/bounds.py) for each tile of `block`
+// rows: keys != 0, the keys kv_range() allows each Q tile; else the queries q_range()
+// allows each KV tile. out[batches][heads][tiles][2] = (lo, hi); the whole int32 range
+// where the mask bounds nothing.
+extern "C" void flashgen_index_ranges(const int64_t* ints, const float* floats, int batches,
+                                      int heads, int q_len, int kv_len, int block, int keys,
+                                      int64_t* out) {
+  using V = NAMESPACE::FramedVariant;  // frame 0: a whole call
+  HostReader in{ints, floats};
+  const V::Params p = V::Params::read(in);
+  const int len = keys ? q_len : kv_len, tiles = (len + block - 1) / block;
+  for (int b = 0; b < batches; ++b)
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < tiles; ++i) {
+        const int lo = i * block, hi = (lo + block < len ? lo + block : len) - 1;
+        const fg::Iv range = keys ? fg::mask_kv_range<V>(p, b, h, lo, hi, q_len, kv_len)
+                                  : fg::mask_q_range<V>(p, b, h, lo, hi, q_len, kv_len);
+        *out++ = range.lo;
+        *out++ = range.hi;
+      }
+}
+
 // mask() at every element, as the kernels' partial tiles compute it (from the row and
 // column parts where the mask is split, variant.cuh): out[batches][heads][q_len][kv_len].
 extern "C" void flashgen_mask_values(const int64_t* ints, const float* floats, int batches,
@@ -120,6 +142,10 @@ def _host_library(spec: AttentionSpec) -> ctypes.CDLL:
     values.restype = None
     values.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
                        *[ctypes.c_int] * 4, ctypes.c_void_p]
+    ranges = library.flashgen_index_ranges
+    ranges.restype = None
+    ranges.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                       *[ctypes.c_int] * 6, ctypes.c_void_p]
     return library
 
 
@@ -158,6 +184,26 @@ def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
     library.flashgen_tile_classes((ctypes.c_int64 * max(1, len(ints)))(*ints),
                                   (ctypes.c_float * max(1, len(floats)))(*floats),
                                   batches, heads, q_len, kv_len, block_m, block_n,
+                                  out.data_ptr())
+    return out
+
+
+def index_ranges(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
+                  kv_len: int, block: int, keys: bool, frame: Frame = WHOLE) -> torch.Tensor:
+    """What kv_range() (keys: for each Q tile of `block` rows) or q_range() (for each KV
+    tile) says: int64 [batches, heads, tiles, 2] of (lo, hi), in the call's indices, not
+    clipped to the sequence; (INT32_MIN, INT32_MAX) where the mask bounds nothing."""
+    tiles = -(-(q_len if keys else kv_len) // block)
+    if spec.mask is None:
+        out = torch.empty(batches, heads, tiles, 2, dtype=torch.int64)
+        out[..., 0], out[..., 1] = -2**31, 2**31 - 1
+        return out
+    library = _host_library(spec)
+    ints, floats, _kept_alive = _pack_params(spec, params, frame)
+    out = torch.empty(batches, heads, tiles, 2, dtype=torch.int64)
+    library.flashgen_index_ranges((ctypes.c_int64 * max(1, len(ints)))(*ints),
+                                  (ctypes.c_float * max(1, len(floats)))(*floats),
+                                  batches, heads, q_len, kv_len, block, int(keys),
                                   out.data_ptr())
     return out
 

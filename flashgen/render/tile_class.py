@@ -17,10 +17,14 @@ full. Other varying reads and float arithmetic are not tracked, and leave the ti
 mixed."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from ..analysis.bounds import AllOf, Bound, Nothing, Range, bounds, describe, index_range
 from ..ir.nodes import (AttentionSpec, Binary, Call, Const, Expr, Load, Local, ScalarParam,
                         Select, ToFloat, Unary, Var, inline_lets, uses)
 from ..ir.types import Type
-from .cuda_expr import Renderer, c_literal
+from ..ir.pretty import pretty
+from .cuda_expr import Renderer, c_literal, render_many
 
 _RANGE_VARS = {"q_idx": "fg::Iv{q_lo, q_hi}", "kv_idx": "fg::Iv{kv_lo, kv_hi}"}
 _INT_CALLS = {"min": "fg::iv_min", "max": "fg::iv_max", "clamp": "fg::iv_clamp",
@@ -104,3 +108,61 @@ def scans_tables(spec: AttentionSpec) -> bool:
                 and any({"q_idx", "kv_idx"} & uses(i) for i in node.indices)):
             return True
     return False
+
+
+# ---- the mask's index ranges (flashgen/analysis/bounds.py), as interval arithmetic
+
+_OTHER = {"kv_idx": "q", "q_idx": "kv"}    # a range of keys is asked for a range of queries
+
+
+@dataclass(frozen=True)
+class RangeFunctionView:
+    """kv_range (the keys the mask may show to a range of queries) or q_range (the
+    queries that may see a range of keys): variant.cuh.j2's range_function."""
+    name: str            # kv_range or q_range
+    given: str           # the parameters' prefix: q (q_lo, q_hi) or kv
+    whole: str           # the solved index's prefix: kv (kv_lo, kv_hi: the whole row) or q
+    origin: tuple[str, ...]
+    statements: tuple[str, ...]
+    leaves: tuple[tuple[str, str, str], ...]   # (name, comment, C text) per comparison
+    result: str
+
+
+def range_function(spec: AttentionSpec, index: str, origin: tuple[str, ...]
+                   ) -> RangeFunctionView | None:
+    """The C++ of the mask's range of `index`, or None where the mask bounds nothing."""
+    r = index_range(spec, index)
+    if r is None:
+        return None
+    leaves = bounds(r)
+    roots = []
+    for b in leaves:
+        roots += [b.left, b.right] + [x for x in (b.lower, b.upper) if x is not None]
+    statements, texts = render_many([], roots, IntervalRenderer)
+    names, views, at = {}, [], 0
+    for i, b in enumerate(leaves):
+        left, right = texts[at], texts[at + 1]
+        at += 2
+        lower = upper = "fg::iv_any()"
+        if b.lower is not None:
+            lower, at = texts[at], at + 1
+        if b.upper is not None:
+            upper, at = texts[at], at + 1
+        names[id(b)] = f"bound{i}"
+        views.append((f"bound{i}", f"{pretty(b.comparison)}: {describe(b, index)}",
+                      f"fg::solved({left}, {right}, {lower}, {upper})"))
+    name = "kv_range" if index == "kv_idx" else "q_range"
+    return RangeFunctionView(name, _OTHER[index], index.removesuffix("_idx"), origin,
+                             tuple(statements), tuple(views), _combine(r, names))
+
+
+def _combine(r: Range, names: dict[int, str]) -> str:
+    if isinstance(r, Bound):
+        return names[id(r)]
+    if isinstance(r, Nothing):
+        return "fg::no_index()"
+    fn = "fg::range_and" if isinstance(r, AllOf) else "fg::range_or"
+    text = _combine(r.parts[0], names)
+    for part in r.parts[1:]:
+        text = f"{fn}({text}, {_combine(part, names)})"
+    return text

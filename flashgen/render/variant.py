@@ -14,7 +14,7 @@ from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES, Type
 from .cuda_expr import C_TYPE, render_body, render_many
 from .mask_parts import split_mask
-from .tile_class import IntervalRenderer, scans_tables
+from .tile_class import IntervalRenderer, RangeFunctionView, range_function, scans_tables
 
 C_ELEMENT = {"f32": "float", "i32": "int", "bool": "bool"}
 
@@ -83,6 +83,8 @@ class VariantView:
     bias_q_step: FunctionView | None  # d bias / d q_idx, where the bias is affine in q_idx too
     bias_varies: bool                # bias_step is not the constant 0
     tile_class: FunctionView | None
+    kv_range: RangeFunctionView | None   # the keys the mask may show (analysis/bounds.py)
+    q_range: RangeFunctionView | None    # the queries that may see a range of keys
     grads: tuple[GradView, ...]
     param_grads: ParamGradsView | None
 
@@ -174,11 +176,14 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
                 bias_q_step = _function(spec, source_path, "bias_q_step", affine.q_step, False,
                                         spec.score_spans, "d bias / d q_idx, derived by "
                                         "flashgen from:")
-    tile_class = None
+    tile_class = kv_range = q_range = None
     if spec.mask is not None:
         tile_class = _function(spec, source_path, "tile_class", spec.mask, False, spec.mask_spans,
                                "the mask over a tile, by interval analysis "
                                "(flashgen/render/tile_class.py), of:", IntervalRenderer)
+        origin = _origin(spec, source_path, spec.mask_spans)
+        kv_range = range_function(spec, "kv_idx", origin)
+        q_range = range_function(spec, "q_idx", origin)
     grads, param_grads = _param_grads(spec, source_path)
     return VariantView(
         name=spec.name, namespace=f"fg_{spec.name}", source_path=source_path,
@@ -187,7 +192,7 @@ def variant_view(spec: AttentionSpec, source_path: str) -> VariantView:
         dropout=spec.dropout, block_sparse=spec.block_sparse is not None,
         runtime_tiles=scans_tables(spec), mask=mask, mask_parts=parts,
         score=score, score_grad=grad, bias=bias, bias_step=bias_step, bias_q_step=bias_q_step,
-        bias_varies=bias_step is not None and bias_step.result != "0.0f", tile_class=tile_class, grads=grads,
+        bias_varies=bias_step is not None and bias_step.result != "0.0f", tile_class=tile_class, kv_range=kv_range, q_range=q_range, grads=grads,
         param_grads=param_grads)
 
 

@@ -83,6 +83,43 @@ struct VariantOf {
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 
+  // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
+  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  static constexpr bool kKvRange = true;
+  static constexpr bool kQRange = true;
+
+  // The keys [lo, hi] the mask may show to the queries [q_lo, q_hi]: its comparisons
+  // solved for kv_idx (flashgen/analysis/bounds.py), each where neither side may have wrapped
+  // at 32 bits over kv_lo..kv_hi (every key); INT32_MIN / INT32_MAX where unbounded, empty
+  // when lo > hi, in the call's indices. Of:
+  // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
+  static FG_HD fg::Iv kv_range(const Params& p, int b, int h, int q_lo, int q_hi, int q_len, int kv_len) {
+    int kv_lo = 0, kv_hi = kv_len - 1;
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
+    // q_idx >= kv_idx: kv_idx <= q_idx
+    const fg::Iv bound0 = fg::solved(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}, fg::iv_any(), fg::Iv{q_lo, q_hi});
+    // q_idx - kv_idx < window: kv_idx >= q_idx - window + 1
+    const fg::Iv bound1 = fg::solved(fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv(p.window), fg::iv_add(fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::iv(p.window)), fg::iv(1)), fg::iv_any());
+    const fg::Iv range = fg::range_and(bound0, bound1);
+    return kFramed ? fg::range_shift(range, -p.frame.kv_first) : range;
+  }
+
+  // The queries [lo, hi] the mask may show the keys [kv_lo, kv_hi]: its comparisons
+  // solved for q_idx (flashgen/analysis/bounds.py), each where neither side may have wrapped
+  // at 32 bits over q_lo..q_hi (every query); INT32_MIN / INT32_MAX where unbounded, empty
+  // when lo > hi, in the call's indices. Of:
+  // flashgen/specs/alibi_window_softcap.attn:8: mask  = sliding_window(window)
+  static FG_HD fg::Iv q_range(const Params& p, int b, int h, int kv_lo, int kv_hi, int q_len, int kv_len) {
+    int q_lo = 0, q_hi = q_len - 1;
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
+    // q_idx >= kv_idx: q_idx >= kv_idx
+    const fg::Iv bound0 = fg::solved(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}, fg::Iv{kv_lo, kv_hi}, fg::iv_any());
+    // q_idx - kv_idx < window: q_idx <= window + kv_idx - 1
+    const fg::Iv bound1 = fg::solved(fg::iv_sub(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}), fg::iv(p.window), fg::iv_any(), fg::iv_sub(fg::iv_add(fg::iv(p.window), fg::Iv{kv_lo, kv_hi}), fg::iv(1)));
+    const fg::Iv range = fg::range_and(bound0, bound1);
+    return kFramed ? fg::range_shift(range, -p.frame.q_first) : range;
+  }
+
   // flashgen/specs/alibi_window_softcap.attn:9: score = score + slopes[h] * (kv_idx - q_idx)
   // flashgen/specs/alibi_window_softcap.attn:10: score = cap * tanh(score / cap)     # applied to the ALiBi-shifted score
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {

@@ -63,6 +63,11 @@ struct VariantOf {
   static constexpr int kBlockQ = 64;
   static constexpr int kBlockK = 64;
 
+  // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
+  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  static constexpr bool kKvRange = false;
+  static constexpr bool kQRange = false;
+
   // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
   // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
   // score_and_mask). kBiasVaries: bias_step is not the constant 0. kAffineBiasQ: the bias

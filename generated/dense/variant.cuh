@@ -60,6 +60,11 @@ struct VariantOf {
   // the mask's table reads split by row and column: mask_row, mask_col, mask_at
   static constexpr bool kSplitMask = false;
 
+  // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
+  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  static constexpr bool kKvRange = false;
+  static constexpr bool kQRange = false;
+
   // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
   // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
   // score_and_mask). kBiasVaries: bias_step is not the constant 0. kAffineBiasQ: the bias

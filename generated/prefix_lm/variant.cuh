@@ -78,6 +78,27 @@ struct VariantOf {
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 
+  // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
+  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  static constexpr bool kKvRange = true;
+  static constexpr bool kQRange = false;
+
+  // The keys [lo, hi] the mask may show to the queries [q_lo, q_hi]: its comparisons
+  // solved for kv_idx (flashgen/analysis/bounds.py), each where neither side may have wrapped
+  // at 32 bits over kv_lo..kv_hi (every key); INT32_MIN / INT32_MAX where unbounded, empty
+  // when lo > hi, in the call's indices. Of:
+  // flashgen/specs/prefix_lm.attn:5: mask = prefix_lm(prefix)
+  static FG_HD fg::Iv kv_range(const Params& p, int b, int h, int q_lo, int q_hi, int q_len, int kv_len) {
+    int kv_lo = 0, kv_hi = kv_len - 1;
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
+    // kv_idx < prefix: kv_idx <= prefix - 1
+    const fg::Iv bound0 = fg::solved(fg::Iv{kv_lo, kv_hi}, fg::iv(p.prefix), fg::iv_any(), fg::iv_sub(fg::iv(p.prefix), fg::iv(1)));
+    // q_idx >= kv_idx: kv_idx <= q_idx
+    const fg::Iv bound1 = fg::solved(fg::Iv{q_lo, q_hi}, fg::Iv{kv_lo, kv_hi}, fg::iv_any(), fg::Iv{q_lo, q_hi});
+    const fg::Iv range = fg::range_or(bound0, bound1);
+    return kFramed ? fg::range_shift(range, -p.frame.kv_first) : range;
+  }
+
   // kAffineBias: score = score + bias with the bias affine in kv_idx, so that a forward
   // kernel takes bias once per row and tile and adds bias_step per key (kernels/forward.cuh
   // score_and_mask). kBiasVaries: bias_step is not the constant 0. kAffineBiasQ: the bias

@@ -63,6 +63,11 @@ struct VariantOf {
   // the mask's table reads split by row and column: mask_row, mask_col, mask_at
   static constexpr bool kSplitMask = false;
 
+  // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
+  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  static constexpr bool kKvRange = false;
+  static constexpr bool kQRange = false;
+
   // flashgen/specs/t5_bias.attn:6: score = score + bias[h, t5_bucket(32, 128)]
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);

@@ -109,6 +109,26 @@ struct VariantOf {
     return !visible.may_true ? 0 : !visible.may_false ? 1 : 2;
   }
 
+  // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
+  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  static constexpr bool kKvRange = true;
+  static constexpr bool kQRange = false;
+
+  // The keys [lo, hi] the mask may show to the queries [q_lo, q_hi]: its comparisons
+  // solved for kv_idx (flashgen/analysis/bounds.py), each where neither side may have wrapped
+  // at 32 bits over kv_lo..kv_hi (every key); INT32_MIN / INT32_MAX where unbounded, empty
+  // when lo > hi, in the call's indices. Of:
+  // flashgen/specs/temperature.attn:6: mask  = key_padding(kv_lengths)
+  static FG_HD fg::Iv kv_range(const Params& p, int b, int h, int q_lo, int q_hi, int q_len, int kv_len) {
+    int kv_lo = 0, kv_hi = kv_len - 1;
+    if constexpr (kFramed) p.frame.ranges_to_spec(q_lo, q_hi, kv_lo, kv_hi, q_len, kv_len);
+    const fg::Iv r0 = fg::iv_load(p.kv_lengths, fg::iv(b));
+    // kv_idx < kv_lengths[b]: kv_idx <= kv_lengths[b] - 1
+    const fg::Iv bound0 = fg::solved(fg::Iv{kv_lo, kv_hi}, r0, fg::iv_any(), fg::iv_sub(r0, fg::iv(1)));
+    const fg::Iv range = bound0;
+    return kFramed ? fg::range_shift(range, -p.frame.kv_first) : range;
+  }
+
   // flashgen/specs/temperature.attn:7: score = score * inv_temp[h]
   static FG_HD float score(const Params& p, float score, int b, int h, int q_idx, int kv_idx, int q_len, int kv_len) {
     if constexpr (kFramed) p.frame.to_spec(q_idx, kv_idx, q_len, kv_len);

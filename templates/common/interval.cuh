@@ -117,6 +117,23 @@ FG_HD Tri tri_eq(Tri a, Tri b) {  // bool == bool
 }
 FG_HD Tri tri_ne(Tri a, Tri b) { return tri_not(tri_eq(a, b)); }
 
+// Index ranges (a variant's kv_range and q_range, flashgen/analysis/bounds.py): the
+// values [lo, hi] an index may take where the mask is true, empty when lo > hi,
+// INT32_MIN / INT32_MAX where a side is unbounded.
+FG_HD Iv no_index() { return {INT32_MAX, INT32_MIN}; }
+// Every int32: an interval rule gave up, possibly because a sum could leave int32
+FG_HD bool may_wrap(Iv side) { return side.lo == INT32_MIN && side.hi == INT32_MAX; }
+// `left op right` solved for the index as index >= lower and index <= upper (iv_any()
+// where it says nothing): [lower.lo, upper.hi], which holds when neither side wraps.
+// left and right are the sides over every index value of the call, so a side that could
+// wrap there has the interval of every int32, and the comparison then bounds nothing.
+FG_HD Iv solved(Iv left, Iv right, Iv lower, Iv upper) {
+  return may_wrap(left) || may_wrap(right) ? iv_any() : Iv{lower.lo, upper.hi};
+}
+FG_HD Iv range_and(Iv a, Iv b) { return {a.lo > b.lo ? a.lo : b.lo, a.hi < b.hi ? a.hi : b.hi}; }
+FG_HD Iv range_or(Iv a, Iv b) { return {a.lo < b.lo ? a.lo : b.lo, a.hi > b.hi ? a.hi : b.hi}; }
+FG_HD Iv range_shift(Iv a, int64_t by) { return {a.lo + by, a.hi + by}; }
+
 // A tensor read over a tile. Exact when every index is (lengths[b]: one element). When
 // only the last index varies (doc[b, q_lo..q_hi]) the read takes the [min, max] of the
 // values in range, found by scanning them: a document mask then skips the tiles of

@@ -6,6 +6,7 @@
 // Classes: 0 skip (no element visible), 1 full (every element visible), 2 partial.
 #pragma once
 #include "expr.cuh"
+#include "interval.cuh"
 
 namespace fg {
 
@@ -29,6 +30,27 @@ FG_HD int kernel_tile_class(const typename V::Params& p, int b, int h, int q0, i
                             int block_m, int block_n, int q_len, int kv_len) {
   const int c = mask_tile_class<V>(p, b, h, q0, k0, block_m, block_n, q_len, kv_len);
   return c == 1 && k0 + block_n > kv_len ? 2 : c;
+}
+
+// The keys the mask may show to the queries [q_lo, q_hi] (the variant's kv_range: its
+// comparisons solved for kv_idx, flashgen/analysis/bounds.py), and the queries that may see
+// the keys [kv_lo, kv_hi] (q_range); every int32 where the mask bounds nothing. Not clipped
+// to the sequence.
+template <class V>
+FG_HD Iv mask_kv_range(const typename V::Params& p, int b, int h, int q_lo, int q_hi, int q_len,
+                       int kv_len) {
+  if constexpr (V::kHasMask && V::kKvRange) {
+    return V::kv_range(p, b, h, q_lo, q_hi, q_len, kv_len);
+  }
+  return iv_any();
+}
+template <class V>
+FG_HD Iv mask_q_range(const typename V::Params& p, int b, int h, int kv_lo, int kv_hi, int q_len,
+                      int kv_len) {
+  if constexpr (V::kHasMask && V::kQRange) {
+    return V::q_range(p, b, h, kv_lo, kv_hi, q_len, kv_len);
+  }
+  return iv_any();
 }
 
 }  // namespace fg

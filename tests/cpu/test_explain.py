@@ -231,3 +231,20 @@ def test_kernel_labels_read_both_spellings_of_bool_template_arguments():
             "forward (varlen / split-KV)"
         assert _kernel_label(f"void fg::dq_kernel<V, T, {off}>(A)") == "deterministic dQ"
     assert _kernel_label("void fg::combine_kernel<__half, 64>(A)").startswith("forward split-KV")
+
+
+@pytest.mark.nvcc
+def test_explain_gives_the_mask_solved_for_the_indices(monkeypatch, capsys):
+    monkeypatch.setattr(cache, "ptxas_report", lambda sources, arch: {})
+    assert cli.main(["explain", "sliding_window", "--dtype", "bf16", "--head-dim", "64",
+                     "--sizes", "512"]) == 0
+    out = capsys.readouterr().out
+    assert ("keys a query may see (kv_range), the mask solved for kv_idx: "
+            "kv_idx <= q_idx && kv_idx >= q_idx - window + 1") in out
+    assert ("queries that may see a key (q_range), the mask solved for q_idx: "
+            "q_idx >= kv_idx && q_idx <= window + kv_idx - 1") in out
+    assert cli.main(["explain", "prefix_lm", "--dtype", "bf16", "--head-dim", "64",
+                     "--sizes", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "kv_idx <= prefix - 1 || kv_idx <= q_idx" in out
+    assert "(q_range)" not in out     # a query sees the prefix wherever it is

@@ -22,7 +22,7 @@ from . import naive
 from .test_tile_class import B as TILE_B
 from .test_tile_class import H as TILE_H
 from .test_tile_class import N as TILE_N
-from .test_tile_class import check_rendered_mask, check_tile_classes
+from .test_tile_class import check_index_ranges, check_rendered_mask, check_tile_classes
 
 ALPHABET = st.sampled_from(list("attention mask score param let def if then else {}()[],=:+-*/%<>!&|#.0123456789_ \n")
                            + ["q_idx", "kv_idx", "causal", "f32", "H", "tanh", "&&", "||", "==",
@@ -150,12 +150,13 @@ def host_cache(tmp_path_factory):
 
 @pytest.mark.nvcc
 @pytest.mark.parametrize("seed", MASKED_SEEDS)
-def test_fuzz_masks_render_exactly_and_classify_soundly(seed, host_cache):
+def test_fuzz_masks_render_exactly_classify_and_bound_soundly(seed, host_cache):
     spec = flashgen.compile(random_case(seed).text).spec
     params = example_params(spec, TILE_B, TILE_H, TILE_N, TILE_N,
                             torch.Generator().manual_seed(seed), with_defaults=True)
     check_rendered_mask(spec, params)
     check_tile_classes(spec, params, spec.name)
+    check_index_ranges(spec, params, spec.name)
 
 
 @pytest.mark.nvcc

@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import flashgen
-from flashgen.plan.tile_map import FULL, SKIP, host_module, mask_values, tile_classes
+from flashgen.plan.tile_map import (FULL, SKIP, host_module, index_ranges, mask_values,
+                                    tile_classes)
 from flashgen.reference.attention import grid_variables
 from flashgen.reference.evaluate import Evaluator
+from flashgen.runtime.arguments import WHOLE, Frame
 from flashgen.runtime.examples import example_params
 
 B, H, N = 2, 2, 200
@@ -22,6 +24,10 @@ B, H, N = 2, 2, 200
 MUST_SKIP = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "key_padding",
              "alibi", "dilated", "document", "alibi_window_softcap", "strided_causal",
              "butterfly_causal", "dropout_causal", "softcap"}
+# masks whose key range, solved from the mask (flashgen/analysis/bounds.py), is for every
+# query exactly the span from its first visible key to its last
+EXACT_KEY_RANGE = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "key_padding",
+                   "alibi", "alibi_window_softcap", "softcap", "temperature", "dropout_causal"}
 MUST_FULL = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "key_padding",
              "alibi", "alibi_window_softcap", "softcap"}
 _sizes = random.Random(1)
@@ -39,8 +45,9 @@ def host_cache(tmp_path_factory):
         yield
 
 
-def _exact_mask(spec, params) -> torch.Tensor:
-    evaluator = Evaluator(spec, grid_variables(B, H, N, N, "cpu"), params, torch.float32, "cpu")
+def _exact_mask(spec, params, frame: Frame = WHOLE) -> torch.Tensor:
+    evaluator = Evaluator(spec, grid_variables(B, H, N, N, "cpu", frame), params, torch.float32,
+                          "cpu")
     return evaluator(spec.mask).expand(B, H, N, N)
 
 
@@ -71,6 +78,46 @@ def check_tile_classes(spec, params, label: str) -> tuple[int, int]:
     return skipped, full
 
 
+def check_index_ranges(spec, params, label: str, frame: Frame = WHOLE) -> int:
+    """Assert that kv_range() holds every key a query of its Q tile sees, and q_range() every
+    query that sees a key of its KV tile, at several tile sizes; the number of tiles of
+    the other side that the ranges leave out."""
+    mask = _exact_mask(spec, params, frame)
+    index = torch.arange(N)
+    left_out = 0
+    for block in (1, 16, 64, 128, 7, 50):
+        for keys in (True, False):
+            ranges = index_ranges(spec, params, B, H, N, N, block, keys, frame)
+            seen = mask if keys else mask.transpose(2, 3)     # [B, H, this side, other side]
+            pad = -N % block
+            seen = F.pad(seen.to(torch.uint8), (0, 0, 0, pad)).bool()
+            seen = seen.view(B, H, -1, block, N).any(dim=3)   # per tile: the other side seen
+            lo, hi = ranges[..., :1], ranges[..., 1:]
+            outside = seen & ((index < lo) | (index > hi))
+            assert not outside.any(), (
+                f"{label} {'kv' if keys else 'q'}_range, tiles of {block}: visible indices "
+                f"outside the range at {outside.nonzero()[:5].tolist()}")
+            if block == 64:
+                # tiles of 64 on the other side wholly outside [lo, hi]
+                first, last = lo.clamp(0, N - 1) // 64, hi.clamp(0, N - 1) // 64
+                tiles = torch.arange(-(-N // 64))
+                left_out += int(((tiles < first) | (tiles > last) | (lo > hi)).sum())
+    return left_out
+
+
+def check_exact_key_range(spec, params, label: str):
+    """kv_range() of each single query is its first to its last visible key."""
+    mask = _exact_mask(spec, params)
+    ranges = index_ranges(spec, params, B, H, N, N, 1, True)
+    index = torch.arange(N)
+    first = torch.where(mask, index, N).amin(dim=3)
+    last = torch.where(mask, index, -1).amax(dim=3)
+    rows = mask.any(dim=3)
+    lo, hi = ranges[..., 0].clamp(0, N - 1), ranges[..., 1].clamp(0, N - 1)
+    assert torch.equal(lo[rows], first[rows]) and torch.equal(hi[rows], last[rows]), \
+        f"{label}: the key range is wider than the visible keys"
+
+
 def check_rendered_mask(spec, params):
     """The variant's mask() compiled for the host -- from its row and column parts where
     the mask is split (flashgen/render/mask_parts.py) -- equals the reference's mask."""
@@ -98,3 +145,29 @@ def test_rendered_mask_is_exact(name):
     spec = flashgen.load(name)
     params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(1), with_defaults=True)
     check_rendered_mask(spec, params)
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
+def test_index_ranges_are_sound(name):
+    """kv_range and q_range never leave out a visible element; the masks that bound the keys
+    of a query (causal, windows, prefix-LM, key padding) leave tiles out, exactly."""
+    spec = flashgen.load(name)
+    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(2), with_defaults=True)
+    left_out = check_index_ranges(spec, params, name)
+    if name in EXACT_KEY_RANGE:
+        assert left_out > 0, f"{name}: the ranges leave no tile out"
+        check_exact_key_range(spec, params, name)
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", ["sliding_window", "causal_bottom_right", "prefix_lm"])
+def test_index_ranges_with_a_frame(name):
+    """A shard's ranges (context parallelism: the spec sees global indices) are in the
+    call's indices."""
+    spec = flashgen.load(name)
+    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(3), with_defaults=True)
+    if "window" in params:
+        params["window"] = 70
+    check_index_ranges(spec, params, name, Frame(q_first=300, kv_first=180, q_extra=500,
+                                                 kv_extra=400))
