@@ -28,7 +28,7 @@ from ..ir.nodes import AttentionSpec
 from ..reference.attention import rows_evaluator, visible_rows
 from ..reference.patterns import fixed_layout
 from ..render.kernels import support_headers
-from ..render.tile_class import mask_reads
+from ..render.tile_class import mask_reads, scans_tables
 from ..render.variant import render_variant
 from ..runtime.arguments import WHOLE, Frame
 from ..runtime.examples import example_layout, example_params
@@ -208,6 +208,16 @@ def index_ranges(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
     return out
 
 
+def outside_key_range(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
+                      kv_len: int, block_m: int, block_n: int) -> torch.Tensor:
+    """bool [batches, heads, q_tiles, kv_tiles]: the KV tiles that hold no key of their Q
+    tile's kv_range() in [0, kv_len), which a forward kernel's walk leaves out (trim_row)."""
+    ranges = index_ranges(spec, params, batches, heads, q_len, kv_len, block_m, True)
+    lo, hi = ranges[..., :1].clamp(min=0), ranges[..., 1:].clamp(max=kv_len - 1)
+    first = torch.arange(-(-kv_len // block_n)) * block_n
+    return (lo > hi) | (first + block_n - 1 < lo) | (first > hi)
+
+
 def mask_values(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
                 kv_len: int, frame: Frame = WHOLE) -> torch.Tensor:
     """The variant's compiled mask() at every element: bool [batches, heads, q_len, kv_len]
@@ -326,6 +336,12 @@ class TileMap:
         classes = torch.where((classes == FULL) & (ragged | layout_partial), PARTIAL, classes)
         if listed is not None:
             classes = torch.where(listed, classes, SKIP)
+        elif not scans_tables(self.spec):
+            # a row without a list is cut to the mask's key range (kernels/mask.cuh
+            # trim_row): the forward never visits the tiles outside it
+            classes = torch.where(outside_key_range(self.spec, self.params, self.batches,
+                                                    self.grid_heads, self.q_len, self.kv_len,
+                                                    block_m, block_n), SKIP, classes)
         return classes.to(torch.int8)
 
     def describe_inputs(self) -> list[str]:

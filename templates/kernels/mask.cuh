@@ -33,6 +33,23 @@ __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, i
   return {c, layout_partial};
 }
 
+// A row without a list (every tile of the row: sparse.cuh tile_row), cut to the tiles of
+// `tile` indices that hold an index of `range` in [0, len): the mask's kv_range for a Q
+// tile's row of K/V tiles, or its q_range for a KV tile's row of Q tiles (tile_class.cuh,
+// the mask's comparisons solved for the index, flashgen/analysis/bounds.py). The walk
+// then neither loads nor classifies the tiles outside: a sliding window's Q tile at
+// N = 8192 starts at its first visible tile instead of classifying the 55 before it,
+// span by span, in the producer and in every consumer thread (PERF.md). A listed row
+// (block-sparse, or data-dependent tile classes) is left as it is.
+__device__ __forceinline__ TileRow trim_row(TileRow row, Iv range, int tile, int len) {
+  if (row.list != nullptr) return row;
+  // clipped to [0, len - 1] in 64 bits, then 32 (tile indices are non-negative ints)
+  const int lo = int(range.lo > 0 ? range.lo : 0);
+  const int hi = int(range.hi < len - 1 ? range.hi : len - 1);
+  const int begin = max(row.begin, lo / tile), end = min(row.end, hi / tile + 1);
+  return {nullptr, begin, lo > hi ? begin : max(end, begin)};
+}
+
 // Does the mask skip every tile of [q0, q0 + q_span) x [k0, k0 + k_span), several tiles
 // along one side (TileWalk's spans, schedule.cuh)? Only a static mask can say so: a
 // data-dependent one's classes come from its lists, and a spec without a mask skips nothing.

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import flashgen
 from flashgen.plan.tile_map import (FULL, SKIP, host_module, index_ranges, mask_values,
-                                    tile_classes)
+                                    outside_key_range, tile_classes)
 from flashgen.reference.attention import grid_variables
 from flashgen.reference.evaluate import Evaluator
 from flashgen.runtime.arguments import WHOLE, Frame
@@ -171,3 +171,24 @@ def test_index_ranges_with_a_frame(name):
         params["window"] = 70
     check_index_ranges(spec, params, name, Frame(q_first=300, kv_first=180, q_extra=500,
                                                  kv_extra=400))
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
+def test_key_range_cuts_only_skipped_tiles(name):
+    """For the shipped specs the cut (kernels/mask.cuh trim_row) changes which tiles the walk
+    asks about, not what it finds: every tile outside a Q tile's key range, and outside a KV
+    tile's query range, is one tile_class() skips."""
+    spec = flashgen.load(name)
+    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(4), with_defaults=True)
+    for block_m, block_n in ((128, 128), (64, 128), (192, 128), (16, 16)):
+        classes = tile_classes(spec, params, B, H, N, N, block_m, block_n)
+        outside = outside_key_range(spec, params, B, H, N, N, block_m, block_n)
+        assert not (outside & (classes != SKIP)).any(), f"{name} {block_m}x{block_n}"
+        # the backward's cut: the Q tiles outside each KV tile's query range
+        ranges = index_ranges(spec, params, B, H, N, N, block_n, False)
+        lo, hi = ranges[..., 0].clamp(min=0), ranges[..., 1].clamp(max=N - 1)
+        first = torch.arange(classes.shape[2]).view(-1, 1) * block_m
+        outside_q = (lo > hi).unsqueeze(2) | (first + block_m - 1 < lo.unsqueeze(2)) | \
+            (first > hi.unsqueeze(2))
+        assert not (outside_q & (classes != SKIP)).any(), f"{name} {block_m}x{block_n} (q)"
