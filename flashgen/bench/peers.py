@@ -195,17 +195,32 @@ def sweep_peer(kv_block: int) -> str:
     return f"{SWEEP_PREFIX}{kv_block}"
 
 
+def sweep_tiles(spec: AttentionSpec, d: int, kv_block: int, arch: str) -> TileOverride:
+    """The tiles of a block-size sweep peer on `arch`: the planner's forward kernel (its
+    family and query rows, so that the sweep varies the keys per tile of the kernel a call
+    runs) with kv_block keys per tile. TileError where the planner refuses them (shared
+    memory, a shape the kernel cannot take)."""
+    from ..plan.tiles import TileOverride, check_override, plan_for
+    forward = plan_for(spec, d, arch=arch).forward
+    tiles = check_override(TileOverride(forward=(forward.block_m, kv_block),
+                                        family=forward.kernel_family),
+                           d, spec.value_dim_for(d))
+    plan_for(spec, d, tiles, arch)
+    return tiles
+
+
 def sweep_runner(peer: str, subject: Subject) -> Runner:
-    """flashgen with the forward tile (the plan's BM, BN from the peer's name); a tile the
-    planner refuses (shared memory, warp layout) is NotExpressible."""
-    from ..plan.tiles import TileError, TileOverride, check_override, plan_for
+    """flashgen with the forward's KV tile from the peer's name (sweep_tiles); a tile the
+    planner refuses is NotExpressible."""
+    from ..build.cache import device_arch
+    from ..plan.tiles import TileError
     op, call, kwargs = subject.op, subject.call, subject.op_kwargs
-    d = call.q.shape[-1]
-    tile = (plan_for(op.spec, d).forward.block_m, int(peer[len(SWEEP_PREFIX):]))
-    try:   # shared memory and warp layout at this head dim too
-        tiles = check_override(TileOverride(forward=tile), d, op.spec.value_dim_for(d))
+    kv_block = int(peer[len(SWEEP_PREFIX):])
+    try:
+        tiles = sweep_tiles(op.spec, call.q.shape[-1], kv_block,
+                            device_arch(call.q.device.index))
     except TileError as why:
-        raise NotExpressible(f"forward tile {tile[0]}x{tile[1]}: {why}") from None
+        raise NotExpressible(f"forward KV tile {kv_block}: {why}") from None
     swept = AttentionOp(op.spec, op.source_path, tiles)
     return Runner(lambda: swept(call.q, call.k, call.v, **kwargs))
 

@@ -16,14 +16,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .. import api
-from ..build.cache import quiet
-from ..plan.tiles import TileError, TileOverride, check_override, plan_for
+from ..build.cache import device_arch, quiet
+from ..plan.tiles import TileError, TileOverride, plan_for
 from ..runtime.arguments import TORCH_DTYPES, bind
 from ..runtime.examples import example_layout, example_params
 from . import NotExpressible
 from .flops import attention_flops, tflops
 from .grid import visibility
-from .peers import FAMILY_PREFIX, FLASHGEN, SWEEP_PREFIX, Subject, runner
+from .peers import FAMILY_PREFIX, FLASHGEN, SWEEP_PREFIX, Subject, runner, sweep_tiles
 from ..progress import Progress
 from .report import Results
 from .timing import peak_extra_bytes, time_ms
@@ -133,16 +133,15 @@ class Settings:
     max_seconds: float = 1.0    # the timed runs of one measurement take at most about this
 
 
-def _sweep_tile(source: str, d: int, kv_block: int) -> tuple[int, int] | None:
-    """The forward tile of a block-size sweep peer, or None where the planner refuses it
-    (the runner then records why)."""
-    spec = api.load(source)
-    tile = (plan_for(spec, d).forward.block_m, kv_block)
+def _sweep_tiles(source: str, d: int, kv_block: int) -> TileOverride | None:
+    """The tiles of a block-size sweep peer (peers.sweep_tiles) on this machine's GPU
+    (sm_90a without one, as api.build), or None where the planner refuses them (the runner
+    then records why)."""
+    arch = device_arch() if torch.cuda.is_available() else "sm_90a"
     try:
-        check_override(TileOverride(forward=tile), d, spec.value_dim_for(d))
+        return sweep_tiles(api.load(source), d, kv_block, arch)
     except TileError:
         return None
-    return tile
 
 
 def _family_fits(source: str, d: int, family: str) -> bool:
@@ -163,9 +162,9 @@ def build_kernels(cases: list[Case], progress: Progress, kv_blocks: tuple[int, .
     jobs = {(source, dtype, d, None, None): None for source, dtype, d in configs}
     for source, dtype, d in configs:
         for kv_block in kv_blocks:
-            tile = _sweep_tile(source, d, kv_block)
-            if tile is not None:
-                jobs[(source, dtype, d, tile, None)] = None
+            tiles = _sweep_tiles(source, d, kv_block)
+            if tiles is not None:
+                jobs[(source, dtype, d, tiles.forward, tiles.family)] = None
         for family in families:
             if _family_fits(source, d, family):
                 jobs[(source, dtype, d, None, family)] = None

@@ -64,6 +64,13 @@ class ForwardPlan:
     o_stage: bool = False      # persistent: an output buffer per consumer, stored by TMA
 
     @property
+    def kernel_family(self) -> str:
+        """The family name (FAMILIES) that selects this kernel in a TileOverride."""
+        if self.persistent:
+            return "wgmma_ws_persistent"
+        return "wgmma_ws" if self.producer else self.family
+
+    @property
     def rows_per_warp(self) -> int:
         return self.block_m // self.warps
 
@@ -199,7 +206,8 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
         raise TileError(f"family must be one of {', '.join(FAMILIES)}, not {tiles.family!r}")
     if tiles.forward is not None:
         block_m, block_n = tiles.forward
-        if block_m not in (64, 128) and not (block_m == 192 and tiles.family == "wgmma_ws"):
+        three_consumers = tiles.family in ("wgmma_ws", "wgmma_ws_persistent")
+        if block_m not in (64, 128) and not (block_m == 192 and three_consumers):
             raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 "
                             f"or 32 query rows; 192 for three wgmma_ws consumers), "
                             f"not {block_m}")

@@ -362,11 +362,16 @@ def test_plan_of_long_quick_and_suite():
 def test_block_size_sweep_runs_flashgen_at_each_kv_tile_as_peers():
     """--kv-blocks adds flashgen at other forward KV tiles as peers (ratios to the plan's
     tile in every row); a tile the planner refuses is left to its rows (n/a), not built."""
-    from flashgen.bench.suite import _sweep_tile
+    from flashgen.bench.suite import _sweep_tiles
     plan = make_plan(_args("causal", "--kv-blocks", "32,64,128", "--peers", "flash"))
     assert plan.settings.peers == ("flash", "flashgen@kv32", "flashgen@kv64", "flashgen@kv128")
-    assert _sweep_tile("causal", 128, 32) == (128, 32)          # the plan's 128 query rows
-    assert _sweep_tile("causal", 256, 256) is None              # shared memory: refused
+    # the planner's kernel (family and query rows: 128 at d = 128, 192 at d = 64) with
+    # the swept keys per tile
+    tiles = _sweep_tiles("causal", 128, 32)
+    assert (tiles.forward, tiles.family) == ((128, 32), "wgmma_ws_persistent")
+    tiles = _sweep_tiles("causal", 64, 64)
+    assert (tiles.forward, tiles.family) == ((192, 64), "wgmma_ws_persistent")
+    assert _sweep_tiles("causal", 128, 256) is None             # shared memory: refused
     with pytest.raises(BenchError, match="power of two"):
         make_plan(_args("causal", "--kv-blocks", "48"))
 
