@@ -395,8 +395,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   // draws the unit.)
   TileRow grid_row{};
   if constexpr (!kPersistent) {
-    const Cta cta(a, BM);
-    grid_row = cta.template tiles<V, BM, BN>(a, p, cta.shape(a));
+    const Cta grid_cta(a, BM);
+    grid_row = grid_cta.template tiles<V, BM, BN>(a, p, grid_cta.shape(a));
   }
 
   // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
