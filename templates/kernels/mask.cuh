@@ -20,12 +20,12 @@ enum class TileClass : int { kSkip = 0, kFull = 1, kPartial = 2 };
 struct TileMask {
   TileClass cls;
   bool check_layout;
-  __device__ __forceinline__ bool skip() const { return cls == TileClass::kSkip; }
-  __device__ __forceinline__ bool partial() const { return cls == TileClass::kPartial; }
+  FG_HD bool skip() const { return cls == TileClass::kSkip; }
+  FG_HD bool partial() const { return cls == TileClass::kPartial; }
 };
 
 template <class V, int BM, int BN>
-__device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, int b, int h,
+FG_HD TileMask classify_tile(const typename V::Params& p, int b, int h,
                                                   int q0, int k0, int q_len, int kv_len,
                                                   bool layout_partial = false) {
   TileClass c = static_cast<TileClass>(kernel_tile_class<V>(p, b, h, q0, k0, BM, BN, q_len, kv_len));
@@ -34,10 +34,10 @@ __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, i
 }
 
 // Does the mask skip every tile of [q0, q0 + q_span) x [k0, k0 + k_span), several tiles
-// along one side (TileWalk's spans, schedule.cuh)? Only a static mask can say so: a
+// along one side (TileWalk's spans, walk.cuh)? Only a static mask can say so: a
 // data-dependent one's classes come from its lists, and a spec without a mask skips nothing.
 template <class V>
-__device__ __forceinline__ bool span_skipped(const typename V::Params& p, int b, int h, int q0,
+FG_HD bool span_skipped(const typename V::Params& p, int b, int h, int q0,
                                              int q_span, int k0, int k_span, int q_len,
                                              int kv_len) {
   if constexpr (V::kHasMask && !V::kRuntimeTiles) {
@@ -51,7 +51,7 @@ __device__ __forceinline__ bool span_skipped(const typename V::Params& p, int b,
 // class comes from its list; launched without lists (never by flashgen's launcher),
 // every tile runs as partial, which is always exact.
 template <class V, int BM, int BN>
-__device__ __forceinline__ TileMask classify_entry(const typename V::Params& p,
+FG_HD TileMask classify_entry(const typename V::Params& p,
                                                    const BlockSparseArgs& sparse, int b, int h,
                                                    int q0, int k0, int q_len, int kv_len,
                                                    int entry) {

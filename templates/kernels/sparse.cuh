@@ -19,6 +19,8 @@
 #pragma once
 #include <cstdint>
 
+#include "expr.cuh"
+
 namespace fg {
 
 // Tile lists of one layout in one direction: rows are Q tiles (forward, deterministic
@@ -60,24 +62,24 @@ struct TileRow {
   const int* list;  // null: dense
   int n;
   int first = 0;    // a split-KV CTA's part of the row starts here (split())
-  __device__ __forceinline__ int size() const { return n; }
-  __device__ __forceinline__ int entry(int i) const {
+  FG_HD int size() const { return n; }
+  FG_HD int entry(int i) const {
     return list ? list[first + i] : 2 * (first + i);
   }
   // Part `part` of `parts` of the row's candidates, contiguous and as even as the count
   // allows (split-KV decoding: each part is one CTA's, combined by lse afterwards).
-  __device__ __forceinline__ TileRow split(int part, int parts) const {
+  FG_HD TileRow split(int part, int parts) const {
     const int begin = int(int64_t(n) * part / parts), end = int(int64_t(n) * (part + 1) / parts);
     return {list, end - begin, first + begin};
   }
-  static __device__ __forceinline__ int tile_of(int entry) { return entry >> 1; }
+  static FG_HD int tile_of(int entry) { return entry >> 1; }
   // block-sparse lists: only some blocks of the tile are visible, check the layout per
   // element; mask-class lists: the tile is partial
-  static __device__ __forceinline__ bool low_bit(int entry) { return entry & 1; }
+  static FG_HD bool low_bit(int entry) { return entry & 1; }
 };
 
 template <class V>
-__device__ __forceinline__ TileRow tile_row(const TileLists& l, int b, int h, int row,
+FG_HD TileRow tile_row(const TileLists& l, int b, int h, int row,
                                             int all_tiles) {
   if constexpr (V::kHasBlockSparse || V::kRuntimeTiles) {
     if (l.count != nullptr) {
