@@ -4,7 +4,7 @@ A sliding window's `q_idx >= kv_idx && q_idx - kv_idx < window` shows query q on
 [q - window + 1, q]. The tile classification (render/tile_class.py) finds that out one
 tile, or one span of tiles, at a time: a Q tile of the window at N = 8192 asks about the
 55 tiles it skips before reaching its 9 visible ones, in the producer and in every
-consumer thread of a kernel (kernels/schedule.cuh TileWalk). Solved for kv_idx, the mask's
+consumer thread of a kernel (kernels/walk.cuh TileWalk). Solved for kv_idx, the mask's
 comparisons give the row's visible keys in one evaluation, and the kernels walk only the
 tiles between them.
 

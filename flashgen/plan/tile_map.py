@@ -43,8 +43,25 @@ ELEMENT_BUDGET = 1 << 28
 HOST_SOURCE = r"""// The kernels' tile classification on the host (flashgen/plan/tile_map.py).
 #include <cstdint>
 
+#include <utility>
+
+#include "kernels/walk.cuh"
 #include "tile_class.cuh"
 #include "variant.cuh"
+
+// The row of candidate tiles a kernel's walk starts from: every tile of row i (a Q tile's
+// K/V tiles, keys; a KV tile's Q tiles, else), cut to the mask's range as the kernels cut
+// it (kernels/mask.cuh cut_to_keys, cut_to_queries)
+template <class V>
+fg::TileRow walk_row(const typename V::Params& p, int b, int h, int i, int keys, int block_m,
+                     int block_n, int q_len, int kv_len) {
+  if (keys) {
+    const fg::TileRow all{nullptr, 0, (kv_len + block_n - 1) / block_n};
+    return fg::cut_to_keys<V>(all, p, b, h, i * block_m, block_m, block_n, q_len, kv_len);
+  }
+  const fg::TileRow all{nullptr, 0, (q_len + block_m - 1) / block_m};
+  return fg::cut_to_queries<V>(all, p, b, h, i * block_n, block_n, block_m, q_len, kv_len);
+}
 
 // Params::read over the launcher's argument arrays, in the order of
 // flashgen/runtime/launch.py (as templates/kernels/args.cuh ArgReader reads them).
@@ -100,6 +117,49 @@ extern "C" void flashgen_index_ranges(const int64_t* ints, const float* floats, 
       }
 }
 
+// The kernels' walks (kernels/walk.cuh TileWalk, with the span questions they ask): the
+// forward's over each Q tile's K/V tiles (keys != 0: out[batches][heads][q_tiles][kv_tiles])
+// or the backward's over each KV tile's Q tiles (out[batches][heads][kv_tiles][q_tiles]),
+// with the rows the kernels start from (walk_row): -1 where the walk does not visit the
+// pair, else the class it found (kernel_tile_class: the bounds mask included); 3 where it
+// visits a tile twice or out of order.
+extern "C" void flashgen_walks(const int64_t* ints, const float* floats, int batches, int heads,
+                               int q_len, int kv_len, int block_m, int block_n, int keys,
+                               int8_t* out) {
+  using V = NAMESPACE::FramedVariant;  // frame 0: a whole call
+  HostReader in{ints, floats};
+  const V::Params p = V::Params::read(in);
+  const int q_tiles = (q_len + block_m - 1) / block_m, kv_tiles = (kv_len + block_n - 1) / block_n;
+  const int rows = keys ? q_tiles : kv_tiles, cols = keys ? kv_tiles : q_tiles;
+  for (int b = 0; b < batches; ++b)
+    for (int h = 0; h < heads; ++h)
+      for (int i = 0; i < rows; ++i, out += cols) {
+        for (int j = 0; j < cols; ++j) out[j] = -1;
+        // (q0, k0) of the pair of this row's tile and column tile t
+        auto at = [&](int t) { return keys ? std::pair<int, int>{i * block_m, t * block_n}
+                                           : std::pair<int, int>{t * block_m, i * block_n}; };
+        const fg::TileRow row = walk_row<V>(p, b, h, i, keys, block_m, block_n, q_len, kv_len);
+        auto classify = [&](int, int entry) {
+          const auto [q0, k0] = at(fg::TileRow::tile_of(entry));
+          return fg::TileMask{static_cast<fg::TileClass>(fg::kernel_tile_class<V>(
+                                  p, b, h, q0, k0, block_m, block_n, q_len, kv_len)), false};
+        };
+        auto span_skip = [&](int, int tile, int tiles) {  // as the kernels ask
+          return keys ? fg::span_skipped<V>(p, b, h, i * block_m, block_m, tile * block_n,
+                                            tiles * block_n, q_len, kv_len)
+                      : fg::span_skipped<V>(p, b, h, tile * block_m, tiles * block_m,
+                                            i * block_n, block_n, q_len, kv_len);
+        };
+        int last = -1;
+        for (auto walk = fg::tile_walk([&](int) { return row; }, classify, 1, span_skip);
+             !walk.done(); walk.advance()) {
+          const int t = fg::TileRow::tile_of(walk.entry);
+          out[t] = t <= last ? 3 : static_cast<int8_t>(walk.mask.cls);
+          last = t;
+        }
+      }
+}
+
 // mask() at every element, as the kernels' partial tiles compute it (from the row and
 // column parts where the mask is split, variant.cuh): out[batches][heads][q_len][kv_len].
 extern "C" void flashgen_mask_values(const int64_t* ints, const float* floats, int batches,
@@ -111,17 +171,22 @@ extern "C" void flashgen_mask_values(const int64_t* ints, const float* floats, i
     for (int h = 0; h < heads; ++h)
       for (int q = 0; q < q_len; ++q)
         for (int kv = 0; kv < kv_len; ++kv) {
-          if constexpr (V::kHasMask) *out++ = V::mask(p, b, h, q, kv, q_len, kv_len);
-          else *out++ = 1;
+          *out++ = fg::mask_or_true<V>(p, b, h, q, kv, q_len, kv_len);
         }
 }
 """
 
 
+# the kernels' headers of the walk (walk.cuh and what it includes); the others' edits need
+# no rebuild here
+WALK_HEADERS = ("kernels/walk.cuh", "kernels/mask.cuh", "kernels/sparse.cuh")
+
+
 def host_sources(spec: AttentionSpec) -> dict[str, str]:
-    """The host library's sources: the variant header, the common headers it includes
-    (not the kernels': their edits need no rebuild here), and the grid function."""
-    headers = {name: text for name, text in support_headers().items() if "/" not in name}
+    """The host library's sources: the variant header, the common headers it includes, the
+    kernels' walk headers, and the grid functions."""
+    headers = {name: text for name, text in support_headers().items()
+               if "/" not in name or name in WALK_HEADERS}
     return {**headers, "variant.cuh": render_variant(spec, f"<{spec.name}>"),
             "tile_classes.cu": HOST_SOURCE.replace("NAMESPACE", f"fg_{spec.name}")}
 
@@ -142,6 +207,10 @@ def _host_library(spec: AttentionSpec) -> ctypes.CDLL:
     values.restype = None
     values.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
                        *[ctypes.c_int] * 4, ctypes.c_void_p]
+    walks = library.flashgen_walks
+    walks.restype = None
+    walks.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                      *[ctypes.c_int] * 7, ctypes.c_void_p]
     ranges = library.flashgen_index_ranges
     ranges.restype = None
     ranges.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
@@ -216,6 +285,26 @@ def outside_key_range(spec: AttentionSpec, params: dict, batches: int, heads: in
     lo, hi = ranges[..., :1].clamp(min=0), ranges[..., 1:].clamp(max=kv_len - 1)
     first = torch.arange(-(-kv_len // block_n)) * block_n
     return (lo > hi) | (first + block_n - 1 < lo) | (first > hi)
+
+
+def walks(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int, kv_len: int,
+          block_m: int, block_n: int, keys: bool, frame: Frame = WHOLE) -> torch.Tensor:
+    """What the kernels' walks visit (kernels/walk.cuh, run on the host): keys, the
+    forward's over each Q tile's K/V tiles, int8 [batches, heads, q_tiles, kv_tiles]; else
+    the backward's over each KV tile's Q tiles, [batches, heads, kv_tiles, q_tiles]. -1
+    where a pair is not visited, else the class the walk found (FULL / PARTIAL, the bounds
+    mask included); 3 where a tile is visited twice or out of order. Rows as a dense spec's
+    (no block-sparse or data-dependent lists: those rows are the lists)."""
+    library = _host_library(spec)
+    ints, floats, _kept_alive = _pack_params(spec, params, frame)
+    q_tiles, kv_tiles = -(-q_len // block_m), -(-kv_len // block_n)
+    shape = (q_tiles, kv_tiles) if keys else (kv_tiles, q_tiles)
+    out = torch.empty(batches, heads, *shape, dtype=torch.int8)
+    library.flashgen_walks((ctypes.c_int64 * max(1, len(ints)))(*ints),
+                           (ctypes.c_float * max(1, len(floats)))(*floats),
+                           batches, heads, q_len, kv_len, block_m, block_n, int(keys),
+                           out.data_ptr())
+    return out
 
 
 def mask_values(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,

@@ -32,6 +32,16 @@ FG_HD int kernel_tile_class(const typename V::Params& p, int b, int h, int q0, i
   return c == 1 && k0 + block_n > kv_len ? 2 : c;
 }
 
+// The mask at one element; true where the spec has none
+template <class V>
+FG_HD bool mask_or_true(const typename V::Params& p, int b, int h, int q, int kv, int q_len,
+                        int kv_len) {
+  if constexpr (V::kHasMask) {
+    return V::mask(p, b, h, q, kv, q_len, kv_len);
+  }
+  return true;
+}
+
 // The keys the mask may show to the queries [q_lo, q_hi] (the variant's kv_range: its
 // comparisons solved for kv_idx, flashgen/analysis/bounds.py), and the queries that may see
 // the keys [kv_lo, kv_hi] (q_range); every int32 where the mask bounds nothing. Not clipped

@@ -342,15 +342,11 @@ __device__ __forceinline__ auto key_tile_walk(const BackwardArgs<T>& a, const ty
                                               const Shape& n, int b, int hk, int n_block) {
   const int group = n.heads / n.kv_heads, q_tiles = (n.q_len + BM - 1) / BM;
   const int k0 = n_block * BN, q_len = n.q_len, kv_len = n.kv_len;
-  const int k_hi = (k0 + BN < kv_len ? k0 + BN : kv_len) - 1;
   return tile_walk(
-      [&a, &p, b, hk, group, n_block, q_tiles, k0, k_hi, q_len, kv_len](int r) {
-        const TileRow row = tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles);
-        if constexpr (V::kQRange) {  // cut to the queries the mask's comparisons leave
-          return trim_row(row, mask_q_range<V>(p, b, hk * group + r, k0, k_hi, q_len, kv_len),
-                          BM, q_len);
-        }
-        return row;
+      [&a, &p, b, hk, group, n_block, q_tiles, k0, q_len, kv_len](int r) {
+        // cut to the queries the mask's comparisons leave
+        return cut_to_queries<V>(tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles),
+                                 p, b, hk * group + r, k0, BN, BM, q_len, kv_len);
       },
       [&a, &p, b, hk, group, k0, q_len, kv_len](int r, int entry) {
         return classify_entry<V, BM, BN>(p, a.sparse, b, hk * group + r,
@@ -551,12 +547,8 @@ struct DqTiles {
 template <class V, int BM, int BN, class T>
 __device__ __forceinline__ TileRow dq_tiles(const BackwardArgs<T>& a, const typename V::Params& p,
                                             const Shape& n, int b, int h, int list_row, int q0) {
-  const TileRow row = tile_row<V>(a.sparse.by_q, b, h, list_row, (n.kv_len + BN - 1) / BN);
-  if constexpr (V::kKvRange) {
-    const int q_hi = (q0 + BM < n.q_len ? q0 + BM : n.q_len) - 1;
-    return trim_row(row, mask_kv_range<V>(p, b, h, q0, q_hi, n.q_len, n.kv_len), BN, n.kv_len);
-  }
-  return row;
+  return cut_to_keys<V>(tile_row<V>(a.sparse.by_q, b, h, list_row, (n.kv_len + BN - 1) / BN), p,
+                        b, h, q0, BM, BN, n.q_len, n.kv_len);
 }
 
 template <class V, class T, int D, int Dv, int BM, int BN, int W, int ListRows, bool kDropout>

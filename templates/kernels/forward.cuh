@@ -276,11 +276,9 @@ struct ForwardCta {
   template <class V, int BM, int BN>
   __device__ __forceinline__ TileRow tiles(const ForwardArgs<T>& a, const typename V::Params& p,
                                            const Shape& n) const {
-    TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, (n.kv_len + BN - 1) / BN);
-    if constexpr (V::kKvRange) {
-      const int q_hi = (q0 + BM < n.q_len ? q0 + BM : n.q_len) - 1;
-      row = trim_row(row, mask_kv_range<V>(p, b, h, q0, q_hi, n.q_len, n.kv_len), BN, n.kv_len);
-    }
+    const TileRow row =
+        cut_to_keys<V>(tile_row<V>(a.sparse.by_q, b, h, m_block, (n.kv_len + BN - 1) / BN), p,
+                       b, h, q0, BM, BN, n.q_len, n.kv_len);
     return kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row;
   }
 };

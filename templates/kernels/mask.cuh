@@ -20,12 +20,12 @@ enum class TileClass : int { kSkip = 0, kFull = 1, kPartial = 2 };
 struct TileMask {
   TileClass cls;
   bool check_layout;
-  __device__ __forceinline__ bool skip() const { return cls == TileClass::kSkip; }
-  __device__ __forceinline__ bool partial() const { return cls == TileClass::kPartial; }
+  FG_HD bool skip() const { return cls == TileClass::kSkip; }
+  FG_HD bool partial() const { return cls == TileClass::kPartial; }
 };
 
 template <class V, int BM, int BN>
-__device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, int b, int h,
+FG_HD TileMask classify_tile(const typename V::Params& p, int b, int h,
                                                   int q0, int k0, int q_len, int kv_len,
                                                   bool layout_partial = false) {
   TileClass c = static_cast<TileClass>(kernel_tile_class<V>(p, b, h, q0, k0, BM, BN, q_len, kv_len));
@@ -41,20 +41,45 @@ __device__ __forceinline__ TileMask classify_tile(const typename V::Params& p, i
 // N = 8192 starts at its first visible tile instead of classifying the 55 before it,
 // span by span, in the producer and in every consumer thread (PERF.md). A listed row
 // (block-sparse, or data-dependent tile classes) is left as it is.
-__device__ __forceinline__ TileRow trim_row(TileRow row, Iv range, int tile, int len) {
+FG_HD TileRow trim_row(TileRow row, Iv range, int tile, int len) {
   if (row.list != nullptr) return row;
   // clipped to [0, len - 1] in 64 bits, then 32 (tile indices are non-negative ints)
   const int lo = int(range.lo > 0 ? range.lo : 0);
   const int hi = int(range.hi < len - 1 ? range.hi : len - 1);
-  const int begin = max(row.begin, lo / tile), end = min(row.end, hi / tile + 1);
-  return {nullptr, begin, lo > hi ? begin : max(end, begin)};
+  const int first = lo / tile, last = hi / tile;
+  const int begin = row.begin > first ? row.begin : first;
+  const int end = lo > hi ? begin : (row.end < last + 1 ? row.end : last + 1);
+  return {nullptr, begin, end > begin ? end : begin};
+}
+
+// The row of K/V tiles (of `tile` keys) of the query rows [q0, q0 + rows), cut to the keys
+// the mask's comparisons leave them (the forward, the deterministic dQ pass; the host's
+// walk in flashgen/plan/tile_map.py), and the row of Q tiles (of `tile` queries) of the
+// keys [k0, k0 + cols), cut to the queries that may see them (the backward)
+template <class V>
+FG_HD TileRow cut_to_keys(TileRow row, const typename V::Params& p, int b, int h, int q0, int rows,
+                          int tile, int q_len, int kv_len) {
+  if constexpr (V::kKvRange) {
+    const int q_hi = (q0 + rows < q_len ? q0 + rows : q_len) - 1;
+    return trim_row(row, mask_kv_range<V>(p, b, h, q0, q_hi, q_len, kv_len), tile, kv_len);
+  }
+  return row;
+}
+template <class V>
+FG_HD TileRow cut_to_queries(TileRow row, const typename V::Params& p, int b, int h, int k0,
+                             int cols, int tile, int q_len, int kv_len) {
+  if constexpr (V::kQRange) {
+    const int k_hi = (k0 + cols < kv_len ? k0 + cols : kv_len) - 1;
+    return trim_row(row, mask_q_range<V>(p, b, h, k0, k_hi, q_len, kv_len), tile, q_len);
+  }
+  return row;
 }
 
 // Does the mask skip every tile of [q0, q0 + q_span) x [k0, k0 + k_span), several tiles
-// along one side (TileWalk's spans, schedule.cuh)? Only a static mask can say so: a
+// along one side (TileWalk's spans, walk.cuh)? Only a static mask can say so: a
 // data-dependent one's classes come from its lists, and a spec without a mask skips nothing.
 template <class V>
-__device__ __forceinline__ bool span_skipped(const typename V::Params& p, int b, int h, int q0,
+FG_HD bool span_skipped(const typename V::Params& p, int b, int h, int q0,
                                              int q_span, int k0, int k_span, int q_len,
                                              int kv_len) {
   if constexpr (V::kHasMask && !V::kRuntimeTiles) {
@@ -68,7 +93,7 @@ __device__ __forceinline__ bool span_skipped(const typename V::Params& p, int b,
 // class comes from its list; launched without lists (never by flashgen's launcher),
 // every tile runs as partial, which is always exact.
 template <class V, int BM, int BN>
-__device__ __forceinline__ TileMask classify_entry(const typename V::Params& p,
+FG_HD TileMask classify_entry(const typename V::Params& p,
                                                    const BlockSparseArgs& sparse, int b, int h,
                                                    int q0, int k0, int q_len, int kv_len,
                                                    int entry) {

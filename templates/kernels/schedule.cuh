@@ -1,95 +1,15 @@
-// Which tiles a CTA visits, in order, and the K/V stream of one Q tile.
-//
-// TileWalk enumerates candidate tiles (all, or a block-sparse list: sparse.cuh) minus
-// those the mask analysis skips (mask.cuh); the backward pass walks its Q tiles with it.
-// KvStream is the walk of the forward pass and the deterministic dQ pass, which hold
-// one Q tile: K/V tiles stream through two shared-memory stages, the next tile's
-// cp.async loads issued before this tile computes, so the copy overlaps the math.
+// The K/V stream of one Q tile: the walk of the forward pass and the deterministic dQ
+// pass, which hold one Q tile. K/V tiles stream through two shared-memory stages, the
+// next tile's cp.async loads issued before this tile computes, so the copy overlaps the
+// math. Which tiles, in which order: walk.cuh's TileWalk.
 #pragma once
 #include "args.cuh"
 #include "copy.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
+#include "walk.cuh"
 
 namespace fg {
-
-// Walks, in order, the tiles of `rows` rows of candidate tiles (the forward pass: one
-// row; the backward: one per query head of the GQA group) that `classify` does not
-// skip. The entry after the current one is read when the walk moves, a whole tile of
-// math before it is needed, so the list's memory latency stays off the path from one
-// tile's barrier to the next tile's cp.async (measured: 1 % of the sparse forward).
-//
-// Skipped tiles still cost a classification each, on the walker's path. A row without a
-// list (a dense row: position i is tile i) comes cut to the tiles the mask's comparisons
-// leave (mask.cuh trim_row: a sliding window's Q tile at N = 8192 starts at the first of
-// its 9 visible tiles instead of classifying the 55 before them). Inside it,
-// `span_skip(r, tile, kSpanTiles)` asks the mask's interval analysis about kSpanTiles
-// tiles at once, for the masks whose skipped tiles the cut leaves (a document's, a
-// prefix and a window apart): a span it calls skip is skipped whole. The analysis is
-// sound over any range, so a skipped span holds no visible element; a span it cannot
-// decide is walked tile by tile.
-constexpr int kSpanTiles = 8;
-
-// The default span_skip: none. Both kernels' walks pass span_skipped (mask.cuh), which
-// itself answers no for data-dependent masks; rows with a list (block-sparse) never ask.
-struct NoSpanSkip {
-  __device__ __forceinline__ bool operator()(int, int, int) const { return false; }
-};
-
-template <class RowOf, class Classify, class SpanSkip = NoSpanSkip>
-struct TileWalk {
-  RowOf row_of;        // r -> TileRow
-  Classify classify;   // (r, entry) -> TileMask
-  int rows;
-  SpanSkip span_skip;  // (r, first tile, tiles) -> every tile of the span is skipped
-  int r = 0, pos = -1, entry = 0;  // the current tile (pos: in row); r == rows at the end
-  TileMask mask{};
-  TileRow row{};
-  int ahead = 0;                  // row.entry(pos + 1), read early
-
-  __device__ __forceinline__ bool done() const { return r >= rows; }
-  __device__ __forceinline__ void start() {
-    r = 0;
-    row = row_of(0);
-    pos = row.begin - 1;
-    ahead = row.size() > 0 ? row.entry(row.begin) : 0;
-    advance();
-  }
-  __device__ __forceinline__ void advance() {
-    int p = pos + 1, e = ahead;
-    for (;;) {
-      while (p < row.end) {
-        if (row.list == nullptr && p % kSpanTiles == 0 && p + kSpanTiles <= row.end &&
-            span_skip(r, p, kSpanTiles)) {
-          p += kSpanTiles;
-          e = p < row.end ? row.entry(p) : 0;
-          continue;
-        }
-        mask = classify(r, e);
-        if (!mask.skip()) {
-          pos = p;
-          entry = e;
-          ahead = p + 1 < row.end ? row.entry(p + 1) : 0;
-          return;
-        }
-        ++p;
-        e = p < row.end ? row.entry(p) : 0;
-      }
-      if (++r >= rows) return;
-      row = row_of(r);
-      p = row.begin;
-      e = row.size() > 0 ? row.entry(p) : 0;
-    }
-  }
-};
-
-template <class RowOf, class Classify, class SpanSkip = NoSpanSkip>
-__device__ __forceinline__ TileWalk<RowOf, Classify, SpanSkip> tile_walk(
-    RowOf row_of, Classify classify, int rows, SpanSkip span_skip = {}) {
-  TileWalk<RowOf, Classify, SpanSkip> walk{row_of, classify, rows, span_skip};
-  walk.start();
-  return walk;
-}
 
 // How a stream's tiles lie in shared memory. PaddedRows: rows padded by 16 bytes for
 // ldmatrix (the mma.sync family). SwizzledRows: 128-byte-swizzled 64-column blocks for

@@ -19,6 +19,8 @@
 #pragma once
 #include <cstdint>
 
+#include "expr.cuh"
+
 namespace fg {
 
 // Tile lists of one layout in one direction: rows are Q tiles (forward, deterministic
@@ -62,22 +64,22 @@ struct BlockSparseArgs {
 struct TileRow {
   const int* list;  // null: dense
   int begin, end;
-  __device__ __forceinline__ int size() const { return end - begin; }
-  __device__ __forceinline__ int entry(int i) const { return list ? list[i] : 2 * i; }
+  FG_HD int size() const { return end - begin; }
+  FG_HD int entry(int i) const { return list ? list[i] : 2 * i; }
   // Part `part` of `parts` of the row's candidates, contiguous and as even as the count
   // allows (split-KV decoding: each part is one CTA's, combined by lse afterwards).
-  __device__ __forceinline__ TileRow split(int part, int parts) const {
+  FG_HD TileRow split(int part, int parts) const {
     const int64_t n = end - begin;
     return {list, begin + int(n * part / parts), begin + int(n * (part + 1) / parts)};
   }
-  static __device__ __forceinline__ int tile_of(int entry) { return entry >> 1; }
+  static FG_HD int tile_of(int entry) { return entry >> 1; }
   // block-sparse lists: only some blocks of the tile are visible, check the layout per
   // element; mask-class lists: the tile is partial
-  static __device__ __forceinline__ bool low_bit(int entry) { return entry & 1; }
+  static FG_HD bool low_bit(int entry) { return entry & 1; }
 };
 
 template <class V>
-__device__ __forceinline__ TileRow tile_row(const TileLists& l, int b, int h, int row,
+FG_HD TileRow tile_row(const TileLists& l, int b, int h, int row,
                                             int all_tiles) {
   if constexpr (V::kHasBlockSparse || V::kRuntimeTiles) {
     if (l.count != nullptr) {

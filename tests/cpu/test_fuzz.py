@@ -22,7 +22,8 @@ from . import naive
 from .test_tile_class import B as TILE_B
 from .test_tile_class import H as TILE_H
 from .test_tile_class import N as TILE_N
-from .test_tile_class import check_index_ranges, check_rendered_mask, check_tile_classes
+from .test_tile_class import (check_index_ranges, check_rendered_mask, check_tile_classes,
+                              check_walks)
 
 ALPHABET = st.sampled_from(list("attention mask score param let def if then else {}()[],=:+-*/%<>!&|#.0123456789_ \n")
                            + ["q_idx", "kv_idx", "causal", "f32", "H", "tanh", "&&", "||", "==",
@@ -157,6 +158,7 @@ def test_fuzz_masks_render_exactly_classify_and_bound_soundly(seed, host_cache):
     check_rendered_mask(spec, params)
     check_tile_classes(spec, params, spec.name)
     check_index_ranges(spec, params, spec.name)
+    check_walks(spec, params, spec.name, exact=False)
 
 
 @pytest.mark.nvcc

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import flashgen
-from flashgen.plan.tile_map import (FULL, SKIP, host_module, index_ranges, mask_values,
-                                    outside_key_range, tile_classes)
+from flashgen.plan.tile_map import (FULL, PARTIAL, SKIP, host_module, index_ranges, mask_values,
+                                    tile_classes, walks)
 from flashgen.reference.attention import grid_variables
 from flashgen.reference.evaluate import Evaluator
 from flashgen.runtime.arguments import WHOLE, Frame
@@ -32,7 +32,7 @@ MUST_FULL = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "ke
              "alibi", "alibi_window_softcap", "softcap"}
 _sizes = random.Random(1)
 # the kernels' tile sizes, the walk's spans of 8 tiles along either side (TileWalk,
-# schedule.cuh), and odd ones: tiles start at many different offsets
+# walk.cuh), and odd ones: tiles start at many different offsets
 TILINGS = [(16, 16), (64, 32), (64, 64), (128, 64), (128, 128), (1, 1), (16, 128), (128, 16),
            *((_sizes.randint(2, 50), _sizes.randint(2, 50)) for _ in range(12))]
 
@@ -118,6 +118,38 @@ def check_exact_key_range(spec, params, label: str):
         f"{label}: the key range is wider than the visible keys"
 
 
+def check_walks(spec, params, label: str, exact: bool = True) -> None:
+    """The kernels' walks (kernels/walk.cuh, run on the host, from the rows the kernels cut
+    to the mask's ranges) over every row of tiles, both directions, at the kernels' tilings
+    and odd ones: each visits its tiles once, in order, with the class tile_class() gives
+    them (partial where they cross the last key); it visits no tile the analysis skips and
+    leaves out no tile with a visible element. `exact`: it visits every tile the analysis
+    does not skip (the cut leaves out only skipped tiles: the shipped specs)."""
+    mask = (_exact_mask(spec, params) if spec.mask is not None
+            else torch.ones(B, H, N, N, dtype=torch.bool))
+    for block_m, block_n in ((128, 128), (192, 128), (64, 128), (128, 64), (16, 16), (50, 7)):
+        classes = tile_classes(spec, params, B, H, N, N, block_m, block_n)
+        ragged = torch.arange(classes.shape[3]) * block_n + block_n > N
+        classes = torch.where((classes == FULL) & ragged, PARTIAL, classes)
+        visible = _per_tile(mask, block_m, block_n, torch.any, False)
+        for keys in (True, False):
+            walked = walks(spec, params, B, H, N, N, block_m, block_n, keys)
+            if not keys:
+                walked = walked.transpose(2, 3)
+            where = f"{label} {block_m}x{block_n} {'forward' if keys else 'backward'}"
+            assert not (walked == 3).any(), f"{where}: a tile visited twice or out of order"
+            seen = walked >= 0
+            assert torch.equal(walked[seen], classes[seen].to(torch.int8)), \
+                f"{where}: classes differ at {(seen & (walked != classes)).nonzero()[:5].tolist()}"
+            assert not (seen & (classes == SKIP)).any(), f"{where}: a skipped tile visited"
+            missed = ~seen & visible
+            assert not missed.any(), \
+                f"{where}: tiles with visible elements not visited: {missed.nonzero()[:5].tolist()}"
+            if exact:
+                cut = ~seen & (classes != SKIP)
+                assert not cut.any(), f"{where}: tiles tile_class() runs cut: {cut.nonzero()[:5].tolist()}"
+
+
 def check_rendered_mask(spec, params):
     """The variant's mask() compiled for the host -- from its row and column parts where
     the mask is split (flashgen/render/mask_parts.py) -- equals the reference's mask."""
@@ -174,21 +206,8 @@ def test_index_ranges_with_a_frame(name):
 
 
 @pytest.mark.nvcc
-@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
-def test_key_range_cuts_only_skipped_tiles(name):
-    """For the shipped specs the cut (kernels/mask.cuh trim_row) changes which tiles the walk
-    asks about, not what it finds: every tile outside a Q tile's key range, and outside a KV
-    tile's query range, is one tile_class() skips."""
+@pytest.mark.parametrize("name", flashgen.shipped())
+def test_walks_visit_what_the_mask_shows(name):
     spec = flashgen.load(name)
-    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(4), with_defaults=True)
-    for block_m, block_n in ((128, 128), (64, 128), (192, 128), (16, 16)):
-        classes = tile_classes(spec, params, B, H, N, N, block_m, block_n)
-        outside = outside_key_range(spec, params, B, H, N, N, block_m, block_n)
-        assert not (outside & (classes != SKIP)).any(), f"{name} {block_m}x{block_n}"
-        # the backward's cut: the Q tiles outside each KV tile's query range
-        ranges = index_ranges(spec, params, B, H, N, N, block_n, False)
-        lo, hi = ranges[..., 0].clamp(min=0), ranges[..., 1].clamp(max=N - 1)
-        first = torch.arange(classes.shape[2]).view(-1, 1) * block_m
-        outside_q = (lo > hi).unsqueeze(2) | (first + block_m - 1 < lo.unsqueeze(2)) | \
-            (first > hi.unsqueeze(2))
-        assert not (outside_q & (classes != SKIP)).any(), f"{name} {block_m}x{block_n} (q)"
+    params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(5), with_defaults=True)
+    check_walks(spec, params, name)
