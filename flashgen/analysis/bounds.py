@@ -27,8 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ir.nodes import (AttentionSpec, Binary, Const, Expr, Select, Unary, Var, inline_lets,
+                        transform)
 from ..ir.pretty import pretty
-from ..ir.nodes import AttentionSpec, Binary, Const, Expr, Select, Unary, Var, inline_lets, transform
 from ..ir.types import Type
 from .affine import int_step
 
@@ -215,7 +216,9 @@ def _sub(a: Expr, b: Expr) -> Expr:
     if _is_int(b, 0):
         return a
     if _is_int(a, 0):
-        return b.operand if isinstance(b, Unary) and b.op == "neg" else Unary("neg", b, type=Type.INT)
+        if isinstance(b, Unary) and b.op == "neg":
+            return b.operand
+        return Unary("neg", b, type=Type.INT)
     if isinstance(b, Unary) and b.op == "neg":
         return _add_expr(a, b.operand)
     if isinstance(a, Const) and isinstance(b, Const) and a.value - b.value in _INT32:

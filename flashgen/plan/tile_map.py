@@ -197,25 +197,30 @@ def host_module(spec: AttentionSpec) -> BuiltModule:
     return build(host_sources(spec), name=f"tile_class_{spec.name}", arch="sm_80")
 
 
+# The host library's functions (HOST_SOURCE): each takes the packed ints and floats, then
+# this many int arguments, then the output pointer.
+_HOST_FUNCTIONS = {"flashgen_tile_classes": 6, "flashgen_mask_values": 4, "flashgen_walks": 7,
+                   "flashgen_index_ranges": 6}
+
+
 def _host_library(spec: AttentionSpec) -> ctypes.CDLL:
     library = host_module(spec).library()
-    function = library.flashgen_tile_classes
-    function.restype = None
-    function.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                         *[ctypes.c_int] * 6, ctypes.c_void_p]
-    values = library.flashgen_mask_values
-    values.restype = None
-    values.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                       *[ctypes.c_int] * 4, ctypes.c_void_p]
-    walks = library.flashgen_walks
-    walks.restype = None
-    walks.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                      *[ctypes.c_int] * 7, ctypes.c_void_p]
-    ranges = library.flashgen_index_ranges
-    ranges.restype = None
-    ranges.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
-                       *[ctypes.c_int] * 6, ctypes.c_void_p]
+    for name, int_args in _HOST_FUNCTIONS.items():
+        function = getattr(library, name)
+        function.restype = None
+        function.argtypes = [ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_float),
+                             *[ctypes.c_int] * int_args, ctypes.c_void_p]
     return library
+
+
+def _run_host(spec: AttentionSpec, params: dict, frame: Frame, function: str, *args: int,
+              out: torch.Tensor) -> torch.Tensor:
+    """Call one of the host library's functions on the call's parameters, into `out`."""
+    ints, floats, _kept_alive = _pack_params(spec, params, frame)
+    getattr(_host_library(spec), function)((ctypes.c_int64 * max(1, len(ints)))(*ints),
+                                           (ctypes.c_float * max(1, len(floats)))(*floats),
+                                           *args, out.data_ptr())
+    return out
 
 
 def _pack_params(spec: AttentionSpec, params: dict, frame: Frame = WHOLE
@@ -247,14 +252,9 @@ def tile_classes(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
     q_tiles, kv_tiles = -(-q_len // block_m), -(-kv_len // block_n)
     if spec.mask is None:
         return torch.full((batches, heads, q_tiles, kv_tiles), FULL, dtype=torch.int8)
-    library = _host_library(spec)
-    ints, floats, _kept_alive = _pack_params(spec, params, frame)
-    out = torch.empty(batches, heads, q_tiles, kv_tiles, dtype=torch.int8)
-    library.flashgen_tile_classes((ctypes.c_int64 * max(1, len(ints)))(*ints),
-                                  (ctypes.c_float * max(1, len(floats)))(*floats),
-                                  batches, heads, q_len, kv_len, block_m, block_n,
-                                  out.data_ptr())
-    return out
+    return _run_host(spec, params, frame, "flashgen_tile_classes", batches, heads, q_len, kv_len,
+                     block_m, block_n,
+                     out=torch.empty(batches, heads, q_tiles, kv_tiles, dtype=torch.int8))
 
 
 def index_ranges(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
@@ -267,14 +267,8 @@ def index_ranges(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
         out = torch.empty(batches, heads, tiles, 2, dtype=torch.int64)
         out[..., 0], out[..., 1] = -2**31, 2**31 - 1
         return out
-    library = _host_library(spec)
-    ints, floats, _kept_alive = _pack_params(spec, params, frame)
-    out = torch.empty(batches, heads, tiles, 2, dtype=torch.int64)
-    library.flashgen_index_ranges((ctypes.c_int64 * max(1, len(ints)))(*ints),
-                                  (ctypes.c_float * max(1, len(floats)))(*floats),
-                                  batches, heads, q_len, kv_len, block, int(keys),
-                                  out.data_ptr())
-    return out
+    return _run_host(spec, params, frame, "flashgen_index_ranges", batches, heads, q_len, kv_len,
+                     block, int(keys), out=torch.empty(batches, heads, tiles, 2, dtype=torch.int64))
 
 
 def outside_key_range(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
@@ -295,29 +289,18 @@ def walks(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: in
     where a pair is not visited, else the class the walk found (FULL / PARTIAL, the bounds
     mask included); 3 where a tile is visited twice or out of order. Rows as a dense spec's
     (no block-sparse or data-dependent lists: those rows are the lists)."""
-    library = _host_library(spec)
-    ints, floats, _kept_alive = _pack_params(spec, params, frame)
     q_tiles, kv_tiles = -(-q_len // block_m), -(-kv_len // block_n)
     shape = (q_tiles, kv_tiles) if keys else (kv_tiles, q_tiles)
-    out = torch.empty(batches, heads, *shape, dtype=torch.int8)
-    library.flashgen_walks((ctypes.c_int64 * max(1, len(ints)))(*ints),
-                           (ctypes.c_float * max(1, len(floats)))(*floats),
-                           batches, heads, q_len, kv_len, block_m, block_n, int(keys),
-                           out.data_ptr())
-    return out
+    return _run_host(spec, params, frame, "flashgen_walks", batches, heads, q_len, kv_len, block_m,
+                     block_n, int(keys), out=torch.empty(batches, heads, *shape, dtype=torch.int8))
 
 
 def mask_values(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
                 kv_len: int, frame: Frame = WHOLE) -> torch.Tensor:
     """The variant's compiled mask() at every element: bool [batches, heads, q_len, kv_len]
     (a check of the rendered mask against the reference; needs nvcc)."""
-    library = _host_library(spec)
-    ints, floats, _kept_alive = _pack_params(spec, params, frame)
-    out = torch.empty(batches, heads, q_len, kv_len, dtype=torch.int8)
-    library.flashgen_mask_values((ctypes.c_int64 * max(1, len(ints)))(*ints),
-                                 (ctypes.c_float * max(1, len(floats)))(*floats),
-                                 batches, heads, q_len, kv_len, out.data_ptr())
-    return out.bool()
+    return _run_host(spec, params, frame, "flashgen_mask_values", batches, heads, q_len, kv_len,
+                     out=torch.empty(batches, heads, q_len, kv_len, dtype=torch.int8)).bool()
 
 
 @dataclass(frozen=True)

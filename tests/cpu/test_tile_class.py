@@ -30,6 +30,8 @@ EXACT_KEY_RANGE = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm
                    "alibi", "alibi_window_softcap", "softcap", "temperature", "dropout_causal"}
 MUST_FULL = {"causal", "causal_bottom_right", "sliding_window", "prefix_lm", "key_padding",
              "alibi", "alibi_window_softcap", "softcap"}
+# the shipped specs with a mask
+MASKED = [n for n in flashgen.shipped() if flashgen.load(n).mask is not None]
 _sizes = random.Random(1)
 # the kernels' tile sizes, the walk's spans of 8 tiles along either side (TileWalk,
 # walk.cuh), and odd ones: tiles start at many different offsets
@@ -180,7 +182,7 @@ def test_rendered_mask_is_exact(name):
 
 
 @pytest.mark.nvcc
-@pytest.mark.parametrize("name", [n for n in flashgen.shipped() if flashgen.load(n).mask is not None])
+@pytest.mark.parametrize("name", MASKED)
 def test_index_ranges_are_sound(name):
     """kv_range and q_range never leave out a visible element; the masks that bound the keys
     of a query (causal, windows, prefix-LM, key padding) leave tiles out, exactly."""
