@@ -68,8 +68,8 @@ class Everything:
 
 @dataclass(frozen=True)
 class Nothing:
-    """No index: the mask is false (`false`, or `a < b && a > b` solved to an empty range
-    is not detected: only a constant false is)."""
+    """No index: the mask is the constant false. (A contradiction such as `a < b && a > b`
+    is not looked for: its range comes out empty wherever its bounds cross.)"""
 
 
 Range = Bound | AllOf | AnyOf | Everything | Nothing
@@ -134,9 +134,10 @@ def _solve(comparison: Binary, index: str) -> Range:
     if sl is None or sr is None or sl - sr not in (1, -1) or op == "ne":
         return EVERYTHING
     left0, right0 = _at_zero(left, index), _at_zero(right, index)
-    if sl - sr == 1:        # index + (left0 - right0) op 0
+    # left - right = step * index + (left0 - right0), so `left op right` is
+    if sl - sr == 1:        # index op right0 - left0
         bound = _sub(right0, left0)
-    else:                   # left0 - right0 op index
+    else:                   # left0 - right0 op index, that is index op' left0 - right0
         bound, op = _sub(left0, right0), _FLIP[op]
     lower = upper = None
     if op in ("ge", "eq"):
