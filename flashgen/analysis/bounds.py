@@ -14,7 +14,9 @@ left - right = s * index + rest, s = +1 or -1, holds exactly when `index op' bou
 the bound `rest` solved for: `q_idx - kv_idx < window` is `kv_idx >= q_idx - window + 1`.
 `&&` intersects its sides' ranges, `||` takes their hull, `!` is pushed to the
 comparisons (De Morgan; `!(a < b)` is `a >= b`), an `if` takes the hull of its branches,
-and anything else (a table read, a float comparison, `%`, `==` of bools) bounds nothing.
+a comparison with min, max, abs or clamp unfolds into comparisons without them
+(`abs(q_idx - kv_idx) <= w` is `q_idx - kv_idx <= w && -(q_idx - kv_idx) <= w`), and
+anything else (a table read, a float comparison, `%`, `==` of bools) bounds nothing.
 So every visible (q, kv) has kv inside the range: the range may hold invisible keys (the
 tiles there are classified as before), never miss a visible one.
 
@@ -27,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir.nodes import (AttentionSpec, Binary, Const, Expr, Select, Unary, Var, inline_lets,
-                        transform)
+from ..ir.nodes import (AttentionSpec, Binary, Call, Const, Expr, Select, Unary, Var,
+                        inline_lets, transform)
 from ..ir.pretty import pretty
 from ..ir.types import Type
 from .affine import int_step
@@ -123,8 +125,47 @@ def _range(e: Expr, index: str, negated: bool) -> Range:
         return _all_of(left, right) if (e.op == "and") != negated else _any_of(left, right)
     if isinstance(e, Binary) and e.op in _NEGATE and e.left.type is Type.INT:
         op = _NEGATE[e.op] if negated else e.op
-        return _solve(Binary(op, e.left, e.right, type=Type.BOOL, span=e.span), index)
+        comparison = Binary(op, e.left, e.right, type=Type.BOOL, span=e.span)
+        unfolded = _unfold(comparison)
+        if unfolded is not None:
+            return _range(unfolded, index, False)
+        return _solve(comparison, index)
     return EVERYTHING
+
+
+def _unfold(comparison: Binary) -> Expr | None:
+    """A comparison with min, max, abs or clamp on a side as comparisons without it, else
+    None: `a < min(b, c)` is `a < b && a < c`, `a <= abs(x)` is `a <= x || a <= -x`. Exact
+    in int32 but for abs(INT32_MIN), which the kernels' guard drops (the side -x wraps)."""
+    op = comparison.op
+    if op in ("eq", "ne"):
+        return None
+    for call, a, o in ((comparison.right, comparison.left, op),
+                       (comparison.left, comparison.right, _FLIP[op])):   # `a o call(...)`
+        if not (isinstance(call, Call) and call.type is Type.INT):
+            continue
+        below = o in ("lt", "le")          # a below the call's value
+        if call.function in ("min", "max"):
+            b, c = call.args
+            join = "and" if (call.function == "min") == below else "or"
+            return _join(join, _compare(o, a, b), _compare(o, a, c))
+        if call.function == "abs":
+            x, = call.args
+            return _join("or" if below else "and", _compare(o, a, x),
+                         _compare(o, a, Unary("neg", x, type=Type.INT)))
+        if call.function == "clamp":       # min(max(x, lo), hi), as the language defines it
+            x, lo, hi = call.args
+            inner = Call("max", (x, lo), type=Type.INT)
+            return _compare(o, a, Call("min", (inner, hi), type=Type.INT))
+    return None
+
+
+def _compare(op: str, a: Expr, b: Expr) -> Binary:
+    return Binary(op, a, b, type=Type.BOOL)
+
+
+def _join(op: str, a: Expr, b: Expr) -> Binary:
+    return Binary(op, a, b, type=Type.BOOL)
 
 
 def _solve(comparison: Binary, index: str) -> Range:
@@ -183,10 +224,14 @@ def _at_zero(e: Expr, index: str) -> Expr:
 
 
 def _fold(e: Expr) -> Expr:
-    """Drop the zeros that substituting index = 0 left (x + 0, 0 - x, 2 * 0...)."""
+    """Drop the zeros that substituting index = 0 left (x + 0, 0 - x, 2 * 0...) and the
+    double negations."""
     def fold(n: Expr):
         if isinstance(n, Unary) and n.op == "neg" and _is_int(n.operand, 0):
             return n.operand
+        if isinstance(n, Unary) and n.op == "neg" and isinstance(n.operand, Unary) \
+                and n.operand.op == "neg":
+            return n.operand.operand
         if not isinstance(n, Binary) or n.type is not Type.INT:
             return None
         if n.op == "mul" and (_is_int(n.left, 0) or _is_int(n.right, 0)):

@@ -213,3 +213,27 @@ def test_walks_visit_what_the_mask_shows(name):
     spec = flashgen.load(name)
     params = example_params(spec, B, H, N, N, torch.Generator().manual_seed(5), with_defaults=True)
     check_walks(spec, params, name)
+
+
+UNFOLDED = {  # masks with min / max / abs / clamp around an index; exact: the key range is too
+    "band_abs": ("abs(q_idx - kv_idx) <= w", True),
+    "causal_capped": ("kv_idx <= min(q_idx, w)", True),
+    "prefix_or_causal": ("kv_idx < max(w, q_idx + 1)", True),
+    "outside_band": ("!(abs(kv_idx - q_idx) < w)", False),
+    "clamped": ("clamp(q_idx - kv_idx, 0, w) == q_idx - kv_idx", False),
+}
+
+
+@pytest.mark.nvcc
+@pytest.mark.parametrize("name", sorted(UNFOLDED))
+def test_index_ranges_through_min_max_abs(name):
+    """A comparison with min, max, abs or clamp on a side unfolds into comparisons without it
+    (flashgen/analysis/bounds.py): sound, and exact where the visible keys are a band."""
+    mask, exact = UNFOLDED[name]
+    spec = flashgen.compile(f"attention {name} {{\n  head_dim = 64\n  param w: i32\n"
+                            f"  mask = {mask}\n}}\n").spec
+    params = {"w": 37}
+    left_out = check_index_ranges(spec, params, name)
+    if exact:
+        assert left_out > 0, f"{name}: the ranges leave no tile out"
+        check_exact_key_range(spec, params, name)
