@@ -237,3 +237,4 @@ def test_index_ranges_through_min_max_abs(name):
     if exact:
         assert left_out > 0, f"{name}: the ranges leave no tile out"
         check_exact_key_range(spec, params, name)
+    check_walks(spec, params, name, exact=False)   # the kernels' walks from the cut rows
