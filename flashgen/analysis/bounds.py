@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..ir import build as B
 from ..ir.nodes import (AttentionSpec, Binary, Call, Const, Expr, Select, Unary, Var,
                         inline_lets, transform)
 from ..ir.pretty import pretty
@@ -148,24 +149,17 @@ def _unfold(comparison: Binary) -> Expr | None:
         if call.function in ("min", "max"):
             b, c = call.args
             join = "and" if (call.function == "min") == below else "or"
-            return _join(join, _compare(o, a, b), _compare(o, a, c))
+            return B.compare(join, B.compare(o, a, b), B.compare(o, a, c))
         if call.function == "abs":
             x, = call.args
-            return _join("or" if below else "and", _compare(o, a, x),
-                         _compare(o, a, Unary("neg", x, type=Type.INT)))
+            return B.compare("or" if below else "and", B.compare(o, a, x),
+                         B.compare(o, a, Unary("neg", x, type=Type.INT)))
         if call.function == "clamp":       # min(max(x, lo), hi), as the language defines it
             x, lo, hi = call.args
             inner = Call("max", (x, lo), type=Type.INT)
-            return _compare(o, a, Call("min", (inner, hi), type=Type.INT))
+            return B.compare(o, a, Call("min", (inner, hi), type=Type.INT))
     return None
 
-
-def _compare(op: str, a: Expr, b: Expr) -> Binary:
-    return Binary(op, a, b, type=Type.BOOL)
-
-
-def _join(op: str, a: Expr, b: Expr) -> Binary:
-    return Binary(op, a, b, type=Type.BOOL)
 
 
 def _solve(comparison: Binary, index: str) -> Range:

@@ -209,7 +209,8 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
         three_consumers = tiles.family in ("wgmma_ws", "wgmma_ws_persistent")
         if block_m not in (64, 128) and not (block_m == 192 and three_consumers):
             raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 "
-                            f"or 32 query rows; 192 for three wgmma_ws consumers), "
+                            f"or 32 query rows; 192 for three consumers of family="
+                            f"wgmma_ws or wgmma_ws_persistent), "
                             f"not {block_m}")
         if block_n not in (16, 32, 64, 128, 256):
             raise TileError(f"forward_tile: BN must be a power of two from 16 to 256, not {block_n}")
