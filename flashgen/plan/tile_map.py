@@ -28,7 +28,7 @@ from ..ir.nodes import AttentionSpec
 from ..reference.attention import rows_evaluator, visible_rows
 from ..reference.patterns import fixed_layout
 from ..render.kernels import support_headers
-from ..render.tile_class import mask_reads
+from ..render.tile_class import mask_reads, scans_tables
 from ..render.variant import render_variant
 from ..runtime.arguments import WHOLE, Frame
 from ..runtime.examples import example_layout, example_params
@@ -50,11 +50,17 @@ HOST_SOURCE = r"""// The kernels' tile classification on the host (flashgen/plan
 #include "variant.cuh"
 
 // The row of candidate tiles a kernel's walk starts from: every tile of row i (a Q tile's
-// K/V tiles, keys; a KV tile's Q tiles, else)
+// K/V tiles, keys; a KV tile's Q tiles, else), cut to the mask's range as the kernels cut
+// it (kernels/mask.cuh cut_to_keys, cut_to_queries)
 template <class V>
-fg::TileRow walk_row(const typename V::Params&, int, int, int, int keys, int block_m,
+fg::TileRow walk_row(const typename V::Params& p, int b, int h, int i, int keys, int block_m,
                      int block_n, int q_len, int kv_len) {
-  return {nullptr, keys ? (kv_len + block_n - 1) / block_n : (q_len + block_m - 1) / block_m, 0};
+  if (keys) {
+    const fg::TileRow all{nullptr, 0, (kv_len + block_n - 1) / block_n};
+    return fg::cut_to_keys<V>(all, p, b, h, i * block_m, block_m, block_n, q_len, kv_len);
+  }
+  const fg::TileRow all{nullptr, 0, (q_len + block_m - 1) / block_m};
+  return fg::cut_to_queries<V>(all, p, b, h, i * block_n, block_n, block_m, q_len, kv_len);
 }
 
 // Params::read over the launcher's argument arrays, in the order of
@@ -265,6 +271,16 @@ def index_ranges(spec: AttentionSpec, params: dict, batches: int, heads: int, q_
                      block, int(keys), out=torch.empty(batches, heads, tiles, 2, dtype=torch.int64))
 
 
+def outside_key_range(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int,
+                      kv_len: int, block_m: int, block_n: int) -> torch.Tensor:
+    """bool [batches, heads, q_tiles, kv_tiles]: the KV tiles that hold no key of their Q
+    tile's kv_range() in [0, kv_len), which a forward kernel's walk leaves out (trim_row)."""
+    ranges = index_ranges(spec, params, batches, heads, q_len, kv_len, block_m, True)
+    lo, hi = ranges[..., :1].clamp(min=0), ranges[..., 1:].clamp(max=kv_len - 1)
+    first = torch.arange(-(-kv_len // block_n)) * block_n
+    return (lo > hi) | (first + block_n - 1 < lo) | (first > hi)
+
+
 def walks(spec: AttentionSpec, params: dict, batches: int, heads: int, q_len: int, kv_len: int,
           block_m: int, block_n: int, keys: bool, frame: Frame = WHOLE) -> torch.Tensor:
     """What the kernels' walks visit (kernels/walk.cuh, run on the host): keys, the
@@ -392,6 +408,12 @@ class TileMap:
         classes = torch.where((classes == FULL) & (ragged | layout_partial), PARTIAL, classes)
         if listed is not None:
             classes = torch.where(listed, classes, SKIP)
+        elif not scans_tables(self.spec):
+            # a row without a list is cut to the mask's key range (kernels/mask.cuh
+            # trim_row): the forward never visits the tiles outside it
+            classes = torch.where(outside_key_range(self.spec, self.params, self.batches,
+                                                    self.grid_heads, self.q_len, self.kv_len,
+                                                    block_m, block_n), SKIP, classes)
         return classes.to(torch.int8)
 
     def describe_inputs(self) -> list[str]:

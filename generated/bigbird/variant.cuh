@@ -64,7 +64,8 @@ struct VariantOf {
   static constexpr int kBlockK = 64;
 
   // kKvRange / kQRange: the mask bounds the keys a query sees / the queries a key is seen
-  // by, and kv_range / q_range say where (common/tile_class.cuh mask_kv_range, mask_q_range)
+  // by, and kv_range / q_range say where (kernels/mask.cuh trim_row: a row's tiles outside them
+  // are not walked)
   static constexpr bool kKvRange = false;
   static constexpr bool kQRange = false;
 

@@ -343,8 +343,10 @@ __device__ __forceinline__ auto key_tile_walk(const BackwardArgs<T>& a, const ty
   const int group = n.heads / n.kv_heads, q_tiles = (n.q_len + BM - 1) / BM;
   const int k0 = n_block * BN, q_len = n.q_len, kv_len = n.kv_len;
   return tile_walk(
-      [&a, b, hk, group, n_block, q_tiles](int r) {
-        return tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles);
+      [&a, &p, b, hk, group, n_block, q_tiles, k0, q_len, kv_len](int r) {
+        // cut to the queries the mask's comparisons leave
+        return cut_to_queries<V>(tile_row<V>(a.sparse.by_kv, b, hk * group + r, n_block, q_tiles),
+                                 p, b, hk * group + r, k0, BN, BM, q_len, kv_len);
       },
       [&a, &p, b, hk, group, k0, q_len, kv_len](int r, int entry) {
         return classify_entry<V, BM, BN>(p, a.sparse, b, hk * group + r,
@@ -540,6 +542,15 @@ struct DqTiles {
   static_assert(BM == 16 * W, "each warp owns 16 query rows");
 };
 
+// The deterministic dQ CTA's row of K/V tiles: the forward's list row, or every tile cut
+// to the keys the mask's comparisons leave its BM query rows (trim_row)
+template <class V, int BM, int BN, class T>
+__device__ __forceinline__ TileRow dq_tiles(const BackwardArgs<T>& a, const typename V::Params& p,
+                                            const Shape& n, int b, int h, int list_row, int q0) {
+  return cut_to_keys<V>(tile_row<V>(a.sparse.by_q, b, h, list_row, (n.kv_len + BN - 1) / BN), p,
+                        b, h, q0, BM, BN, n.q_len, n.kv_len);
+}
+
 template <class V, class T, int D, int Dv, int BM, int BN, int W, int ListRows, bool kDropout>
 __global__ void __launch_bounds__(32 * W, 1)
 dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
@@ -558,10 +569,9 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   const int q0 = m_block * BM;
   if (q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int kv_tiles = (n.kv_len + BN - 1) / BN;
   const KvStream<V, T, D, Dv, BM, BN, Tiles::kThreads> kv{
       sK, sV, p, n, a.sparse, a.k.from_row(n.kv_start), a.v.from_row(n.kv_start), b, h, hk, q0,
-      tile_row<V>(a.sparse.by_q, b, h, q0 / ListRows, kv_tiles)};
+      dq_tiles<V, BM, BN>(a, p, n, b, h, q0 / ListRows, q0)};
   load_tile<BM, D, Tiles::kThreads>(sQ, a.q.at(b, h, n.q_start + q0), a.q.row, n.q_len - q0,
                                     a.q.data);
   load_tile<BM, Dv, Tiles::kThreads>(sdO, a.dout.at(b, h, n.q_start + q0), a.dout.row,

@@ -272,9 +272,13 @@ struct ForwardCta {
     return kGeneral ? sequence : a.shape;
   }
   // the CTA's row of candidate K/V tiles; a split (split-KV) takes its part of it
-  template <class V, int BN>
-  __device__ __forceinline__ TileRow tiles(const ForwardArgs<T>& a, const Shape& n) const {
-    const TileRow row = tile_row<V>(a.sparse.by_q, b, h, m_block, (n.kv_len + BN - 1) / BN);
+  // (of BM query rows from q0), cut to the keys the mask's comparisons leave (trim_row)
+  template <class V, int BM, int BN>
+  __device__ __forceinline__ TileRow tiles(const ForwardArgs<T>& a, const typename V::Params& p,
+                                           const Shape& n) const {
+    const TileRow row =
+        cut_to_keys<V>(tile_row<V>(a.sparse.by_q, b, h, m_block, (n.kv_len + BN - 1) / BN), p,
+                       b, h, q0, BM, BN, n.q_len, n.kv_len);
     return kGeneral && a.splits > 1 ? row.split(blockIdx.z, a.splits) : row;
   }
 };
@@ -311,7 +315,7 @@ forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   T* sK = sQ + Tiles::kQ;     // [2][BN][D + pad]
   T* sV = sK + 2 * Tiles::kK;  // [2][BN][Dv + pad]
   const typename Tiles::template Stream<V, T, kGeneral> kv{
-      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BN>(a, n)};
+      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BM, BN>(a, p, n)};
 
   load_tile<BM, D, Tiles::kThreads>(sQ, cta.q.at(b, h, q0), a.q.row, n.q_len - q0, a.q.data);
 

@@ -62,7 +62,7 @@ forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
   T* sK = reinterpret_cast<T*>(smem + Tiles::Q::kBytes);  // [2] K tiles
   T* sV = reinterpret_cast<T*>(smem + Tiles::Q::kBytes + 2 * Tiles::K::kBytes);
   const typename Tiles::template Stream<V, T, kGeneral> kv{
-      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BN>(a, n)};
+      sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, cta.template tiles<V, BM, BN>(a, p, n)};
 
   SwizzledRows::load<BM, D, Tiles::kThreads>(sQ, cta.q.at(b, h, q0), a.q.row, n.q_len - q0,
                                              a.q.data);

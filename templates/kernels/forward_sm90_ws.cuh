@@ -389,6 +389,15 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   // same)
   const int warpgroup = __shfl_sync(0xffffffffu, int(threadIdx.x / 128), 0);
   int i = 0;  // K/V tiles so far, over all units: tile i is in stage i % Stages
+  // The grid CTA's row of K/V tiles, taken before the producer gives registers away: its
+  // cut to the mask's key range (trim_row) is 64-bit interval arithmetic, which spilled
+  // in the producer's 24 / 32 registers. (A persistent CTA takes each unit's row as it
+  // draws the unit.)
+  TileRow grid_row{};
+  if constexpr (!kPersistent) {
+    const Cta grid_cta(a, BM);
+    grid_row = grid_cta.template tiles<V, BM, BN>(a, p, grid_cta.shape(a));
+  }
 
   // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
   // threads by threadIdx.x, 0..127.
@@ -397,11 +406,10 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
     // the K/V tiles of one unit, each into its stage once every consumer is done with
     // what that stage held; after_first() after the first tile's (or at once: no tile)
-    auto load_unit = [&](const Cta& cta, auto&& after_first) {
+    auto load_unit = [&](const Cta& cta, const TileRow& row, auto&& after_first) {
       const Shape& n = cta.shape(a);
       if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
-      const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
-                      cta.template tiles<V, BN>(a, n)};
+      const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0, row};
       // the K (kLoadK, kLoadV = true, false), the V (false, true) or both of walk entry
       // `entry`, tile `tile` of the CTA
       auto load = [&](auto k_part, auto v_part, int tile, int entry) {
@@ -480,7 +488,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
           if (!kQAhead) load_q(u, k);  // (ahead: published with the unit before)
           break;
         }
-        load_unit(unit_cta<kKvRowBytes, T>(a, BM, u), [&] {
+        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
+        load_unit(cta, cta.template tiles<V, BM, BN>(a, p, cta.shape(a)), [&] {
           if (kQAhead) {
             load_q(after, k + 1);
           } else {
@@ -490,7 +499,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         u = after;
       }
     } else {
-      load_unit(Cta(a, BM), [] {});
+      load_unit(Cta(a, BM), grid_row, [] {});
     }
     if constexpr (!kTma) {
       cp_async_commit();
@@ -629,8 +638,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     const int b = cta.b, h = cta.h, q0 = cta.q0;
     if (kGeneral && q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows
     T* sQ = sQ0 + consumer * kQ;
-    const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0,
-                    cta.template tiles<V, BN>(a, n)};
+    const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, b, h, cta.hk, q0, grid_row};
     // This consumer's 64 query rows, by cp.async from its 128 threads
     // (load_tile_swizzled for threads that are not threads 0..127 of the CTA)
     {
@@ -698,7 +706,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       if (u < 0) break;
       const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
       const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
-                      cta.template tiles<V, BN>(a, n)};
+                      cta.template tiles<V, BM, BN>(a, p, n)};
       const int row0 = cta.q0 + 16 * warp;
       const uint32_t q_rows = smem_address(sQ0 + buffer * kQ);
       auto walk = kv.walk();

@@ -33,6 +33,48 @@ FG_HD TileMask classify_tile(const typename V::Params& p, int b, int h,
   return {c, layout_partial};
 }
 
+// A row without a list (every tile of the row: sparse.cuh tile_row), cut to the tiles of
+// `tile` indices that hold an index of `range` in [0, len): the mask's kv_range for a Q
+// tile's row of K/V tiles, or its q_range for a KV tile's row of Q tiles (tile_class.cuh,
+// the mask's comparisons solved for the index, flashgen/analysis/bounds.py). The walk
+// then neither loads nor classifies the tiles outside: a sliding window's Q tile at
+// N = 8192 starts at its first visible tile instead of classifying the 55 before it,
+// span by span, in the producer and in every consumer thread (PERF.md). A listed row
+// (block-sparse, or data-dependent tile classes) is left as it is.
+FG_HD TileRow trim_row(TileRow row, Iv range, int tile, int len) {
+  if (row.list != nullptr) return row;
+  // clipped to [0, len - 1] in 64 bits, then 32 (tile indices are non-negative ints)
+  const int lo = int(range.lo > 0 ? range.lo : 0);
+  const int hi = int(range.hi < len - 1 ? range.hi : len - 1);
+  const int first = lo / tile, last = hi / tile;
+  const int begin = row.begin > first ? row.begin : first;
+  const int end = lo > hi ? begin : (row.end < last + 1 ? row.end : last + 1);
+  return {nullptr, begin, end > begin ? end : begin};
+}
+
+// The row of K/V tiles (of `tile` keys) of the query rows [q0, q0 + rows), cut to the keys
+// the mask's comparisons leave them (the forward, the deterministic dQ pass; the host's
+// walk in flashgen/plan/tile_map.py), and the row of Q tiles (of `tile` queries) of the
+// keys [k0, k0 + cols), cut to the queries that may see them (the backward)
+template <class V>
+FG_HD TileRow cut_to_keys(TileRow row, const typename V::Params& p, int b, int h, int q0, int rows,
+                          int tile, int q_len, int kv_len) {
+  if constexpr (V::kKvRange) {
+    const int q_hi = (q0 + rows < q_len ? q0 + rows : q_len) - 1;
+    return trim_row(row, mask_kv_range<V>(p, b, h, q0, q_hi, q_len, kv_len), tile, kv_len);
+  }
+  return row;
+}
+template <class V>
+FG_HD TileRow cut_to_queries(TileRow row, const typename V::Params& p, int b, int h, int k0,
+                             int cols, int tile, int q_len, int kv_len) {
+  if constexpr (V::kQRange) {
+    const int k_hi = (k0 + cols < kv_len ? k0 + cols : kv_len) - 1;
+    return trim_row(row, mask_q_range<V>(p, b, h, k0, k_hi, q_len, kv_len), tile, q_len);
+  }
+  return row;
+}
+
 // Does the mask skip every tile of [q0, q0 + q_span) x [k0, k0 + k_span), several tiles
 // along one side (TileWalk's spans, walk.cuh)? Only a static mask can say so: a
 // data-dependent one's classes come from its lists, and a spec without a mask skips nothing.

@@ -56,21 +56,21 @@ struct BlockSparseArgs {
   }
 };
 
-// The candidate tiles of one row: its list, or every tile 0..n-1 of a dense spec. An
-// entry is 2 * tile + (layout check needed); a dense row's entries are 2 * i.
+// The candidate tiles of one row: positions [begin, end) of its list, or tiles
+// [begin, end) of a dense row (every tile 0..n-1, or the part a split-KV CTA or the
+// mask's index range leaves: mask.cuh trim_row). An entry is 2 * tile + (layout check
+// needed); a dense row's entry at position i is 2 * i. Positions are absolute, so that a
+// walk keeps its position and the end, as many registers as with a count.
 struct TileRow {
   const int* list;  // null: dense
-  int n;
-  int first = 0;    // a split-KV CTA's part of the row starts here (split())
-  FG_HD int size() const { return n; }
-  FG_HD int entry(int i) const {
-    return list ? list[first + i] : 2 * (first + i);
-  }
+  int begin, end;
+  FG_HD int size() const { return end - begin; }
+  FG_HD int entry(int i) const { return list ? list[i] : 2 * i; }
   // Part `part` of `parts` of the row's candidates, contiguous and as even as the count
   // allows (split-KV decoding: each part is one CTA's, combined by lse afterwards).
   FG_HD TileRow split(int part, int parts) const {
-    const int begin = int(int64_t(n) * part / parts), end = int(int64_t(n) * (part + 1) / parts);
-    return {list, end - begin, first + begin};
+    const int64_t n = end - begin;
+    return {list, begin + int(n * part / parts), begin + int(n * (part + 1) / parts)};
   }
   static FG_HD int tile_of(int entry) { return entry >> 1; }
   // block-sparse lists: only some blocks of the tile are visible, check the layout per
@@ -90,10 +90,10 @@ FG_HD TileRow tile_row(const TileLists& l, int b, int h, int row,
       // for, stops at its own last tile (entries ascend).
       int count = l.count[at];
       while (count > 0 && TileRow::tile_of(list[count - 1]) >= all_tiles) --count;
-      return {list, count, 0};
+      return {list, 0, count};
     }
   }
-  return {nullptr, all_tiles, 0};
+  return {nullptr, 0, all_tiles};
 }
 
 // Is the block holding (q, kv) visible? Asked only in tiles whose blocks differ.

@@ -15,12 +15,15 @@ namespace fg {
 // math before it is needed, so the list's memory latency stays off the path from one
 // tile's barrier to the next tile's cp.async (measured: 1 % of the sparse forward).
 //
-// Skipped tiles still cost a classification each, on the walker's path (a sliding
-// window's Q tile skips 55 of 64 at N = 8192). In a row without a list (a dense row:
-// position i is tile first + i), `span_skip(r, tile, kSpanTiles)` asks the mask's
-// interval analysis about kSpanTiles tiles at once: a span it calls skip is skipped
-// whole. The analysis is sound over any range, so a skipped span holds no visible
-// element; a span it cannot decide is walked tile by tile.
+// Skipped tiles still cost a classification each, on the walker's path. A row without a
+// list (a dense row: position i is tile i) comes cut to the tiles the mask's comparisons
+// leave (mask.cuh trim_row: a sliding window's Q tile at N = 8192 starts at the first of
+// its 9 visible tiles instead of classifying the 55 before them). Inside it,
+// `span_skip(r, tile, kSpanTiles)` asks the mask's interval analysis about kSpanTiles
+// tiles at once, for the masks whose skipped tiles the cut leaves (a document's, a
+// prefix and a window apart): a span it calls skip is skipped whole. The analysis is
+// sound over any range, so a skipped span holds no visible element; a span it cannot
+// decide is walked tile by tile.
 constexpr int kSpanTiles = 8;
 
 // The default span_skip: none. Both kernels' walks pass span_skipped (mask.cuh), which
@@ -35,7 +38,7 @@ struct TileWalk {
   Classify classify;   // (r, entry) -> TileMask
   int rows;
   SpanSkip span_skip;  // (r, first tile, tiles) -> every tile of the span is skipped
-  int r = 0, pos = -1, entry = 0;  // the current tile; r == rows at the end
+  int r = 0, pos = -1, entry = 0;  // the current tile (pos: in row); r == rows at the end
   TileMask mask{};
   TileRow row{};
   int ahead = 0;                  // row.entry(pos + 1), read early
@@ -44,34 +47,34 @@ struct TileWalk {
   FG_HD void start() {
     r = 0;
     row = row_of(0);
-    pos = -1;
-    ahead = row.size() > 0 ? row.entry(0) : 0;
+    pos = row.begin - 1;
+    ahead = row.size() > 0 ? row.entry(row.begin) : 0;
     advance();
   }
   FG_HD void advance() {
     int p = pos + 1, e = ahead;
     for (;;) {
-      while (p < row.size()) {
-        if (row.list == nullptr && p % kSpanTiles == 0 && p + kSpanTiles <= row.size() &&
-            span_skip(r, row.first + p, kSpanTiles)) {
+      while (p < row.end) {
+        if (row.list == nullptr && p % kSpanTiles == 0 && p + kSpanTiles <= row.end &&
+            span_skip(r, p, kSpanTiles)) {
           p += kSpanTiles;
-          e = p < row.size() ? row.entry(p) : 0;
+          e = p < row.end ? row.entry(p) : 0;
           continue;
         }
         mask = classify(r, e);
         if (!mask.skip()) {
           pos = p;
           entry = e;
-          ahead = p + 1 < row.size() ? row.entry(p + 1) : 0;
+          ahead = p + 1 < row.end ? row.entry(p + 1) : 0;
           return;
         }
         ++p;
-        e = p < row.size() ? row.entry(p) : 0;
+        e = p < row.end ? row.entry(p) : 0;
       }
       if (++r >= rows) return;
       row = row_of(r);
-      p = 0;
-      e = row.size() > 0 ? row.entry(0) : 0;
+      p = row.begin;
+      e = row.size() > 0 ? row.entry(p) : 0;
     }
   }
 };

@@ -158,7 +158,7 @@ def test_fuzz_masks_render_exactly_classify_and_bound_soundly(seed, host_cache):
     check_rendered_mask(spec, params)
     check_tile_classes(spec, params, spec.name)
     check_index_ranges(spec, params, spec.name)
-    check_walks(spec, params, spec.name)
+    check_walks(spec, params, spec.name, exact=False)
 
 
 @pytest.mark.nvcc

@@ -120,11 +120,13 @@ def check_exact_key_range(spec, params, label: str):
         f"{label}: the key range is wider than the visible keys"
 
 
-def check_walks(spec, params, label: str) -> None:
-    """The kernels' walks (kernels/walk.cuh, run on the host) over every row of tiles, both
-    directions, at the kernels' tilings and odd ones: each visits its tiles once, in order,
-    with the class tile_class() gives them (partial where they cross the last key); it
-    visits no tile the analysis skips and leaves out no tile with a visible element."""
+def check_walks(spec, params, label: str, exact: bool = True) -> None:
+    """The kernels' walks (kernels/walk.cuh, run on the host, from the rows the kernels cut
+    to the mask's ranges) over every row of tiles, both directions, at the kernels' tilings
+    and odd ones: each visits its tiles once, in order, with the class tile_class() gives
+    them (partial where they cross the last key); it visits no tile the analysis skips and
+    leaves out no tile with a visible element. `exact`: it visits every tile the analysis
+    does not skip (the cut leaves out only skipped tiles: the shipped specs)."""
     mask = (_exact_mask(spec, params) if spec.mask is not None
             else torch.ones(B, H, N, N, dtype=torch.bool))
     for block_m, block_n in ((128, 128), (192, 128), (64, 128), (128, 64), (16, 16), (50, 7)):
@@ -145,6 +147,9 @@ def check_walks(spec, params, label: str) -> None:
             missed = ~seen & visible
             assert not missed.any(), \
                 f"{where}: tiles with visible elements not visited: {missed.nonzero()[:5].tolist()}"
+            if exact:
+                cut = ~seen & (classes != SKIP)
+                assert not cut.any(), f"{where}: tiles tile_class() runs cut: {cut.nonzero()[:5].tolist()}"
 
 
 def check_rendered_mask(spec, params):
@@ -232,3 +237,4 @@ def test_index_ranges_through_min_max_abs(name):
     if exact:
         assert left_out > 0, f"{name}: the ranges leave no tile out"
         check_exact_key_range(spec, params, name)
+    check_walks(spec, params, name, exact=False)   # the kernels' walks from the cut rows
