@@ -153,13 +153,12 @@ def _unfold(comparison: Binary) -> Expr | None:
         if call.function == "abs":
             x, = call.args
             return B.compare("or" if below else "and", B.compare(o, a, x),
-                         B.compare(o, a, Unary("neg", x, type=Type.INT)))
+                             B.compare(o, a, Unary("neg", x, type=Type.INT)))
         if call.function == "clamp":       # min(max(x, lo), hi), as the language defines it
             x, lo, hi = call.args
             inner = Call("max", (x, lo), type=Type.INT)
             return B.compare(o, a, Call("min", (inner, hi), type=Type.INT))
     return None
-
 
 
 def _solve(comparison: Binary, index: str) -> Range:

@@ -25,9 +25,8 @@ struct TileMask {
 };
 
 template <class V, int BM, int BN>
-FG_HD TileMask classify_tile(const typename V::Params& p, int b, int h,
-                                                  int q0, int k0, int q_len, int kv_len,
-                                                  bool layout_partial = false) {
+FG_HD TileMask classify_tile(const typename V::Params& p, int b, int h, int q0, int k0,
+                             int q_len, int kv_len, bool layout_partial = false) {
   TileClass c = static_cast<TileClass>(kernel_tile_class<V>(p, b, h, q0, k0, BM, BN, q_len, kv_len));
   if (c == TileClass::kFull && layout_partial) c = TileClass::kPartial;
   return {c, layout_partial};
@@ -79,9 +78,8 @@ FG_HD TileRow cut_to_queries(TileRow row, const typename V::Params& p, int b, in
 // along one side (TileWalk's spans, walk.cuh)? Only a static mask can say so: a
 // data-dependent one's classes come from its lists, and a spec without a mask skips nothing.
 template <class V>
-FG_HD bool span_skipped(const typename V::Params& p, int b, int h, int q0,
-                                             int q_span, int k0, int k_span, int q_len,
-                                             int kv_len) {
+FG_HD bool span_skipped(const typename V::Params& p, int b, int h, int q0, int q_span, int k0,
+                        int k_span, int q_len, int kv_len) {
   if constexpr (V::kHasMask && !V::kRuntimeTiles) {
     return mask_tile_class<V>(p, b, h, q0, k0, q_span, k_span, q_len, kv_len) == 0;
   } else {
@@ -93,10 +91,8 @@ FG_HD bool span_skipped(const typename V::Params& p, int b, int h, int q0,
 // class comes from its list; launched without lists (never by flashgen's launcher),
 // every tile runs as partial, which is always exact.
 template <class V, int BM, int BN>
-FG_HD TileMask classify_entry(const typename V::Params& p,
-                                                   const BlockSparseArgs& sparse, int b, int h,
-                                                   int q0, int k0, int q_len, int kv_len,
-                                                   int entry) {
+FG_HD TileMask classify_entry(const typename V::Params& p, const BlockSparseArgs& sparse,
+                              int b, int h, int q0, int k0, int q_len, int kv_len, int entry) {
   if constexpr (V::kRuntimeTiles) {
     const bool partial = !sparse.mask_classes || TileRow::low_bit(entry);
     return {partial ? TileClass::kPartial : TileClass::kFull, false};

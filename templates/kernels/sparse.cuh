@@ -79,8 +79,7 @@ struct TileRow {
 };
 
 template <class V>
-FG_HD TileRow tile_row(const TileLists& l, int b, int h, int row,
-                                            int all_tiles) {
+FG_HD TileRow tile_row(const TileLists& l, int b, int h, int row, int all_tiles) {
   if constexpr (V::kHasBlockSparse || V::kRuntimeTiles) {
     if (l.count != nullptr) {
       const int64_t at =
