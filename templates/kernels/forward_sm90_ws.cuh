@@ -231,6 +231,7 @@ __device__ __forceinline__ void store_output_tma(const float (&o)[1][DT][4],
                                                  int h, int rows0, unsigned char* stage,
                                                  int barrier, const CUtensorMap& map) {
   constexpr int Dv = 8 * DT;
+  static_assert(DT % 2 == 0, "two 8-column blocks per stmatrix");
   using Stage = SwizzledTile<64, Dv>;
   const int tid = threadIdx.x & 127, lane = tid & 31, g = lane >> 2, t = lane & 3;
   const int warp_row = 16 * (tid >> 5);  // the warp's first row of the 64
@@ -243,15 +244,17 @@ __device__ __forceinline__ void store_output_tma(const float (&o)[1][DT][4],
   }
   if (tid == 0) bulk_wait_read<0>();  // the stage's last store has read it (a unit ago)
   bar_sync(barrier, 128);
+  // by stmatrix, two 8-column blocks of the warp's 16 rows an instruction: lane l gives
+  // row l % 8 (+ 8 for the odd matrices) of block dt + l / 16; the 8 rows of a matrix
+  // land in 8 chunks of the swizzle, so no bank conflict
+  const int m = lane >> 3, row = warp_row + (lane & 7) + 8 * (m & 1);
 #pragma unroll
-  for (int dt = 0; dt < DT; ++dt) {
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      // the fragments' 8 rows land in 8 chunks of the swizzle: no bank conflict
-      const int row = warp_row + g + 8 * r;
-      *reinterpret_cast<uint32_t*>(stage + Stage::chunk_offset(row, 8 * dt) + 4 * t) =
-          pack2<T>(o[0][dt][2 * r] * inv_sum[r], o[0][dt][2 * r + 1] * inv_sum[r]);
-    }
+  for (int dt = 0; dt < DT; dt += 2) {
+    auto pair = [&](int j, int r) {
+      return pack2<T>(o[0][j][2 * r] * inv_sum[r], o[0][j][2 * r + 1] * inv_sum[r]);
+    };
+    stmatrix_x4(stage + Stage::chunk_offset(row, 8 * (dt + (m >> 1))), pair(dt, 0),
+                pair(dt, 1), pair(dt + 1, 0), pair(dt + 1, 1));
   }
   fence_proxy_async();  // the stage was written by the generic proxy; the TMA reads async
   bar_sync(barrier, 128);
@@ -681,7 +684,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     zero(o);
     if (consumer == kLast) bar_arrive(kTurnBarrier + 0, 256);
     int carried = -1;  // the unit whose O waits for its last P V, or -1 (one register:
-                       // its batch, head and rows held apart spilled at d = 64's 160)
+                       // its batch, head and rows held apart spilled at d = 64's 160, and
+                       // with the output stage at d = 128 in document and T5's consumers)
     auto store_carried = [&] {
       const Cta done = unit_cta<kKvRowBytes, T>(a, BM, carried);
       if (Tiles::kOStage && a.out_f32 == nullptr) {  // (a training call's fp32 O: below)

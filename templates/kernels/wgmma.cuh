@@ -50,6 +50,16 @@ __device__ __forceinline__ uint64_t smem_descriptor(uint32_t addr, uint32_t lead
          (uint64_t((stride_bytes & 0x3FFFF) >> 4) << 32) | (uint64_t(1) << 62);  // 1: 128B swizzle
 }
 
+// Four 8 x 8 b16 matrices from the warp's registers into shared memory (sm_90): r[i]
+// holds this lane's pair of matrix i in the accumulator layout (row lane / 4, columns
+// 2 (lane % 4), +1), and lane l gives the address of row l % 8 of matrix l / 8 (16
+// contiguous bytes). A quarter of the instructions of storing each pair by itself.
+__device__ __forceinline__ void stmatrix_x4(void* row, uint32_t r0, uint32_t r1, uint32_t r2,
+                                            uint32_t r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};\n"
+               :: "r"(smem_address(row)), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
+}
+
 // Orders this thread's earlier register writes (accumulators, A fragments) before the
 // wgmmas that read them.
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
