@@ -106,16 +106,19 @@ def load(spec: str | os.PathLike, name: str | None = None) -> AttentionSpec:
     return specs[0]
 
 
-def _saved_for_backward(q, k, v, grad_tables) -> int:
+def _saved_for_backward(q, k, v, grad_tables, dropout_p: float = 0.0) -> int:
     """What the forward pass keeps for a backward pass (launch.SAVE_*): nothing without
-    autograd, O in fp32 for dq / dk / dv, and P V with P less rounded for a float table's
-    gradient. grad_tables: the tables the score differentiates (Variant.grad_params); a
-    table only the mask reads has no gradient, whatever its requires_grad says."""
+    autograd; for dq / dk / dv nothing either (delta = rowsum(dO * O) is taken from O in
+    the input dtype, as FlashAttention and cuDNN do), except under dropout, where a row
+    with one visible key has O = v / (1 - p), which rounds while its exact dS is 0, and
+    the fp32 O keeps delta exact; P V with P less rounded for a float table's gradient.
+    grad_tables: the tables the score differentiates (Variant.grad_params); a table only
+    the mask reads has no gradient, whatever its requires_grad says."""
     if not torch.is_grad_enabled():
         return launch.SAVE_NOTHING
     if any(t.requires_grad for t in grad_tables):
         return launch.SAVE_EXACT_F32_OUT
-    if q.requires_grad or k.requires_grad or v.requires_grad:
+    if dropout_p > 0 and (q.requires_grad or k.requires_grad or v.requires_grad):
         return launch.SAVE_F32_OUT
     return launch.SAVE_NOTHING
 
@@ -254,7 +257,8 @@ class AttentionOp:
         packed = ([varlen.cu_q, varlen.cu_k], [varlen.max_q, varlen.max_k]) if varlen else ((), ())
         out, lse, _, _ = attention(self.key, q, k, v, tensors, scalars, call.scale,
                                    call.dropout_p, seed_words(seed), call.layout,
-                                   bool(deterministic), _saved_for_backward(q, k, v, grad_tables),
+                                   bool(deterministic),
+                                   _saved_for_backward(q, k, v, grad_tables, call.dropout_p),
                                    launch.kv_splits(self.key, q, k, kv_splits, varlen), *packed)
         return (out, lse) if return_lse else out
 

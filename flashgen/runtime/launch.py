@@ -357,13 +357,16 @@ def _dropout_and_sparse(key: str, sizes: Sizes, q, dropout_p, rng, layout, tenso
 
 # What a forward pass keeps for a backward pass beside out and lse. The backward's delta =
 # rowsum(dO * O) stands for rowsum(P * dP) and every dS of the row carries its error
-# (templates/kernels/backward.cuh delta_kernel): O rounded to fp16/bf16 made gradients
-# that cancel to ~0 (a slope times a constant, a row with one key under dropout) miss
-# the reference by up to 1000x, so a backward pass reads O in fp32; float parameters'
-# gradients, which sum whole rows of dS, also need P V summed with P nearly unrounded
-# (forward.cuh kExactP: a second P V MMA, forward only).
-SAVE_NOTHING = 0        # inference
-SAVE_F32_OUT = 1        # dq, dk, dv wanted: O in fp32 too
+# (templates/kernels/backward.cuh delta_kernel). dq / dk / dv take it from O in the input
+# dtype, as FlashAttention and cuDNN do: its rounding stays inside the oracle's bound
+# (tests/cpu/test_delta_rounding.py) and saves the forward's fp32 store and the delta
+# kernel's fp32 read. Two cases need O in fp32: gradients that cancel to ~0 (a slope
+# times a constant, a row with one key under dropout, whose O = v / (1 - p) rounds)
+# missed the reference by up to 1000x; float parameters' gradients, which sum whole rows
+# of dS, also need P V summed with P nearly unrounded (forward.cuh kExactP: a second
+# P V MMA, forward only).
+SAVE_NOTHING = 0        # inference, and dq / dk / dv without dropout
+SAVE_F32_OUT = 1        # dq, dk, dv under dropout: O in fp32 too
 SAVE_EXACT_F32_OUT = 2  # a float parameter's gradient wanted: and P's rounding residual
 
 

@@ -52,14 +52,16 @@ def test_forward_and_backward_ops_pass_their_arguments(monkeypatch):
 
 
 def test_forward_keeps_for_backward_only_what_autograd_needs():
-    """Inference keeps nothing; dq/dk/dv want O in fp32 for delta; a float table's
-    gradient also wants P V with P unrounded (launch.SAVE_*, PERF.md step 11)."""
+    """Inference keeps nothing, nor do dq/dk/dv (delta from O in the input dtype) but
+    under dropout, which wants O in fp32; a float table's gradient also wants P V with P
+    unrounded (launch.SAVE_*, PERF.md steps 11 and 24)."""
     from flashgen.api import _saved_for_backward
     q, k, v = (torch.randn(1, 2, 8, 64) for _ in range(3))
     slopes = torch.rand(2)
     assert _saved_for_backward(q, k, v, [slopes]) == launch.SAVE_NOTHING
     q.requires_grad_()
-    assert _saved_for_backward(q, k, v, [slopes]) == launch.SAVE_F32_OUT
+    assert _saved_for_backward(q, k, v, [slopes]) == launch.SAVE_NOTHING
+    assert _saved_for_backward(q, k, v, [slopes], dropout_p=0.1) == launch.SAVE_F32_OUT
     with torch.no_grad():
         assert _saved_for_backward(q, k, v, [slopes]) == launch.SAVE_NOTHING
     slopes.requires_grad_()
