@@ -1,0 +1,104 @@
+"""A/B of a runtime switch (any setting a call reads when it runs: what a forward keeps for
+the backward, a launch.py flag, ...), forward+backward in one process on one GPU and one
+build, on the benchmark suite's own inputs (B * N = 16k tokens, H = 2048 / d), the settings
+interleaved over rounds; FlexAttention and cuDNN in the same process where asked.
+
+    PYTHONPATH=$PWD python tests/gpu/switch_ab.py saved [--specs a,b] [--sizes 2048,8192] [--d 128]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+from typing import Callable
+
+import torch
+
+import flashgen.api as api
+from flashgen.bench import suite
+from flashgen.bench.flops import attention_flops, tflops
+from flashgen.bench.peers import runner
+from flashgen.bench.timing import time_ms
+from flashgen.progress import Progress
+from flashgen.runtime import launch
+
+SPECS = "causal,sliding_window,document,block_layout,key_padding,prefix_lm,dense"
+FLEX = "sliding_window,document,block_layout"
+CUDNN = "causal,dense"
+
+
+def compare(settings: dict[str, Callable[[], None]], restore: Callable[[], None], specs: str,
+            sizes: list[int], d: int, flex: str = "", cudnn: str = "", rounds: int = 3) -> None:
+    """settings: label -> a function that puts the switch in that position (the first is A,
+    the second B; the gain column is B's time over A's); restore: puts it back."""
+    cases = suite.grid_cases(specs.split(","), sizes, ["bf16"], [d], [])
+    suite.build_kernels(cases, Progress())
+    a_label, b_label = list(settings)[:2]
+    rows = []
+    for case in cases:
+        subject = suite._subject(case, api.compile(case.source), torch.device("cuda"))
+        dout = torch.randn_like(subject.call.q)
+        flops = attention_flops(case.B, case.H, case.q_len, case.N, case.d, case.d,
+                                subject.visibility.fraction, "fwd+bwd")
+        fn = suite._direction_fn(runner("flashgen", subject).forward, "fwd+bwd", subject, dout)
+        times = {label: [] for label in settings}
+        try:
+            for _ in range(rounds):
+                for label, put in settings.items():
+                    put()
+                    times[label].append(time_ms(fn, warmup=3, reps=30, max_seconds=1.0).median_ms)
+        finally:
+            restore()
+        row = {label: statistics.median(t) for label, t in times.items()}
+        for peer, names in (("flex", flex), ("cudnn", cudnn)):
+            if case.spec not in names.split(","):
+                continue
+            try:
+                pf = suite._direction_fn(runner(peer, subject).forward, "fwd+bwd", subject, dout)
+                row[peer] = time_ms(pf, warmup=3, reps=30, max_seconds=1.0).median_ms
+            except Exception as error:  # noqa: BLE001 (a peer that cannot run is a result)
+                print(f"{case.label()}: {peer}: {str(error).splitlines()[0][:120]}")
+        rows.append((case, flops, row))
+        print(case.label(), {k: round(v, 3) for k, v in row.items()}, flush=True)
+        del subject, fn
+        suite._free_memory()
+    print(f"\nd = {d}, forward+backward ms, {a_label!r} against {b_label!r}")
+    print(f"{'case':28s} {'A ms':>8s} {'B ms':>8s} {'B/A-1':>7s} {'TF A':>6s} {'TF B':>6s} "
+          f"{'peer':>6s} {'peer ms':>8s} {'x A':>5s}")
+    for case, flops, row in rows:
+        a, b = row[a_label], row[b_label]
+        peer = next((p for p in ("flex", "cudnn") if p in row), None)
+        tail = f"{peer:>6s} {row[peer]:8.3f} {row[peer] / a:5.2f}" if peer else ""
+        print(f"{case.spec + ' N=' + str(case.N):28s} {a:8.3f} {b:8.3f} {b / a - 1:+7.1%} "
+              f"{tflops(flops, a):6.1f} {tflops(flops, b):6.1f} {tail}")
+
+
+def _saved_settings():
+    """delta from O in the input dtype (SAVE_NOTHING, dq / dk / dv without dropout) against O
+    kept in fp32 (SAVE_F32_OUT; PERF.md, issue 8's twenty-fourth step)"""
+    def put(saved):
+        return lambda: setattr(api, "_saved_for_backward", lambda *a, **kw: saved)
+    original = api._saved_for_backward
+    return ({"bf16 O": put(launch.SAVE_NOTHING), "fp32 O": put(launch.SAVE_F32_OUT)},
+            lambda: setattr(api, "_saved_for_backward", original))
+
+
+SWITCHES = {"saved": _saved_settings}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("switch", choices=sorted(SWITCHES))
+    ap.add_argument("--specs", default=SPECS)
+    ap.add_argument("--sizes", default="2048,8192")
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--flex", default=FLEX, help="specs whose FlexAttention f+b runs beside")
+    ap.add_argument("--cudnn", default=CUDNN)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    settings, restore = SWITCHES[args.switch]()
+    compare(settings, restore, args.specs, [int(n) for n in args.sizes.split(",")], args.d,
+            args.flex, args.cudnn, args.rounds)
+
+
+if __name__ == "__main__":
+    main()
