@@ -31,7 +31,8 @@ namespace fg {
 // the row carries its error, and a parameter's gradient sums them, so O's rounding to
 // fp16/bf16 showed as a 1000x error in a head slope's gradient (a per-head constant
 // shift, whose exact gradient cancels to ~0). The forward pass keeps O in fp32 for
-// this (out_f32); O in the input dtype is the fallback.
+// such calls and under dropout (out_f32); dq / dk / dv alone read O in the input dtype,
+// as FlashAttention and cuDNN (runtime/launch.py SAVE_*).
 //
 // It also zeroes the fp32 dQ accumulator that the backward kernel's atomics (or bulk
 // reductions) add into, BM x D floats per tile (dq_accum_tiles), where the host used to
