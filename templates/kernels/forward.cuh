@@ -183,8 +183,9 @@ __device__ __forceinline__ void softmax_tile(float (&s)[MT][NT][4],
 }
 
 // After the last tile: O / rowsum and lse to memory, rows past the end left out. A split
-// (split-KV) writes its normalised partial O and lse in fp32 for combine_kernel; a call
-// under autograd also writes O in fp32 (out_f32) for the backward's delta. Serves both
+// (split-KV) writes its normalised partial O and lse in fp32 for combine_kernel; a training
+// call with dropout or a table's gradient also writes O in fp32 (out_f32) for the
+// backward's delta (runtime/launch.py SAVE_*). Serves both
 // kernel families: their accumulators share mma.sync's fragment layout (wgmma.cuh).
 // A row's output scale (1 / rowsum, times dropout's 1 / (1 - p)) and lse, this thread's
 // two rows of one m16 tile: store_output's and the staged epilogue's (forward_sm90_ws.cuh)
