@@ -391,18 +391,53 @@ def _ninja_path() -> str:
     raise BuildError("ninja not found: pip install ninja")
 
 
+def build_time_limit() -> float | None:
+    """FLASHGEN_BUILD_TIMEOUT: the seconds one module's build may take before it is stopped
+    and raises BuildError (unset or 0: no limit). The fuzzer sets it, so that a spec whose
+    compile runs away is a failed case with its seed, not a suite that never ends."""
+    text = os.environ.get("FLASHGEN_BUILD_TIMEOUT", "").strip()
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise BuildError(f"FLASHGEN_BUILD_TIMEOUT must be a number of seconds, not {text!r}") from None
+    return seconds if seconds > 0 else None
+
+
 def _run_ninja(directory: Path, stem: str, verbose: bool):
     # -v shows the nvcc command lines; a failure shows its command line in any case.
     command = [_ninja_path(), *(["-v"] if verbose else [])]
+    limit = build_time_limit()
     process = subprocess.Popen(command, cwd=directory, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
+    stopped = threading.Event()
+
+    def stop():
+        # ninja, on SIGTERM, kills the process group of each command it runs (nvcc with its
+        # cicc and ptxas), then exits; its output pipe then closes and the loop below ends.
+        stopped.set()
+        process.terminate()
+
+    timer = threading.Timer(limit, stop) if limit is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     output = []
-    # Read line by line so that a verbose build of many minutes shows progress as it goes.
-    for line in process.stdout:
-        output.append(line)
-        if verbose:
-            print(line, end="", flush=True)
-    if process.wait() != 0:
+    try:
+        # Read line by line so that a verbose build of many minutes shows progress as it goes.
+        for line in process.stdout:
+            output.append(line)
+            if verbose:
+                print(line, end="", flush=True)
+        returncode = process.wait()
+    finally:
+        if timer is not None:
+            timer.cancel()
+    if stopped.is_set() and returncode != 0:   # (one that finished as the timer fired stands)
+        raise BuildError(f"building {stem} took longer than FLASHGEN_BUILD_TIMEOUT ({limit:g} s) "
+                         "and was stopped", "".join(output), command)
+    if returncode != 0:
         raise BuildError(f"building {stem} failed", "".join(output), command)
 
 

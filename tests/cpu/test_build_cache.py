@@ -339,3 +339,37 @@ def test_quiet_blocks_silence_build_lines_in_every_thread(tmp_cache, capsys, mon
     with cache.quiet(), ThreadPoolExecutor(2) as pool:
         pool.submit(build, TINY, name="answer", arch="sm_80", label="answer").result()
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.nvcc
+def test_a_build_past_its_time_limit_is_stopped_with_its_compiler(tmp_cache, tmp_path, monkeypatch):
+    """FLASHGEN_BUILD_TIMEOUT stops a runaway compile: BuildError names the limit, the
+    compiler is killed with ninja (not left running), nothing is cached, and the same
+    build without the limit then succeeds."""
+    import shutil
+    real = shutil.which("nvcc")
+    pid_file = tmp_path / "slow_nvcc.pid"
+    slow = tmp_path / "slow_nvcc"
+    slow.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+                    f'echo $$ > {pid_file}\nexec sleep 300\n')
+    slow.chmod(0o755)
+    monkeypatch.setattr(cache, "nvcc_path", lambda: str(slow))
+    monkeypatch.setenv("FLASHGEN_BUILD_TIMEOUT", "2")
+    start = time.perf_counter()
+    with pytest.raises(BuildError, match=r"took longer than FLASHGEN_BUILD_TIMEOUT \(2 s\)"):
+        build(TINY, name="tiny", arch="sm_80")
+    assert time.perf_counter() - start < 30
+    sleeper = int(pid_file.read_text())
+    deadline = time.time() + 10
+    while Path(f"/proc/{sleeper}").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{sleeper}").exists(), "the compiler outlived its stopped build"
+    assert [p.suffix for p in tmp_cache.iterdir()] == [".lock"]   # no module, no leftovers
+
+    monkeypatch.undo()
+    monkeypatch.setenv("FLASHGEN_CACHE_DIR", str(tmp_cache))
+    monkeypatch.setenv("FLASHGEN_BUILD_TIMEOUT", "not a number")
+    with pytest.raises(BuildError, match="must be a number of seconds"):
+        build(TINY, name="tiny", arch="sm_80")
+    monkeypatch.setenv("FLASHGEN_BUILD_TIMEOUT", "0")
+    assert build(TINY, name="tiny", arch="sm_80").library().fg_answer() == 42

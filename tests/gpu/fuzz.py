@@ -32,9 +32,17 @@ from tests.gpu.oracle import DTYPES, compare
 from tests.specgen import FuzzCase, random_case
 
 
+# A module's build may take this long before it fails its case (FLASHGEN_BUILD_TIMEOUT,
+# flashgen/build/cache.py). Seed 47 once ran ptxas past eight minutes a kernel, and with no
+# limit the suite waited on it until its call's time ran out, every other case unreported.
+BUILD_TIME_LIMIT_S = 300
+
+
 def build_all(cases: list[FuzzCase], workers: int | None = None) -> dict[int, str]:
-    """Build every case's module in parallel; {seed: error text} for those that failed."""
+    """Build every case's module in parallel; {seed: error text} for those that failed,
+    a build past BUILD_TIME_LIMIT_S among them (unless FLASHGEN_BUILD_TIMEOUT says else)."""
     arch = launch._arch(torch.cuda.current_device())
+    os.environ.setdefault("FLASHGEN_BUILD_TIMEOUT", str(BUILD_TIME_LIMIT_S))
 
     def one(case):
         try:
