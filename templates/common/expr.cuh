@@ -160,17 +160,12 @@ struct TensorRef {
     return at_index({int(index)...});
   }
 
+  // A plain load, not __ldg: nvcc's __ldg is an asm statement, which the compiler does not
+  // merge, so a score reading inv_temp[h] at every element of a tile loaded it 128 times
+  // per thread and tile (the temperature spec's forward: 459-590 global loads a kernel,
+  // 15-81 so). On sm_80 and later both go through the L1.
   FG_HD T at_index(const int (&index)[Rank]) const {
-    const int64_t offset = clamped_offset<Rank>(index, size, stride);
-#ifdef __CUDA_ARCH__
-    if constexpr (sizeof(T) == 1) {   // bool: __ldg has no overload; read the byte (torch.bool)
-      return T(__ldg(reinterpret_cast<const unsigned char*>(data) + offset));
-    } else {
-      return __ldg(data + offset);
-    }
-#else
-    return data[offset];
-#endif
+    return data[clamped_offset<Rank>(index, size, stride)];
   }
 
   // Filled by the launcher from the host's argument array (templates/kernels/args.cuh).

@@ -59,29 +59,43 @@ def test_generated_headers_compile(tmp_path, arch):
 
 
 
-@pytest.mark.nvcc
-def test_a_clamped_table_read_compiles_to_min_and_max(tmp_path):
-    """TensorRef::at clamps each index with max / min. Written as comparisons, nvcc made
-    two branches of every read in a large kernel (the bounds come from the parameter
-    space there), and a score reading tables at each element of an unrolled tile gave
-    ptxas thousands of basic blocks: fuzz seed 47's forward took it over eight minutes
-    a kernel, 14 s with max / min. Here the PTX must hold no comparison at all."""
+def _table_reads_ptx(tmp_path, body: str, params: str) -> str:
+    """The sm_90a PTX of a kernel over expr.cuh's table reads."""
     source = tmp_path / "reads.cu"
-    source.write_text('#include "expr.cuh"\n'
-                      "__global__ void reads(fg::TensorRef<int, 2> t, int* out, int b) {\n"
-                      "  int sum = 0;\n"
-                      "#pragma unroll\n"
-                      "  for (int i = 0; i < 8; ++i) sum += t.at(b, int(threadIdx.x) + 3 * i);\n"
-                      "  out[threadIdx.x] = sum;\n"
-                      "}\n")
+    source.write_text(f'#include "expr.cuh"\n__global__ void reads({params}) {{\n{body}\n}}\n')
     ptx = tmp_path / "reads.ptx"
     result = subprocess.run(["nvcc", "-std=c++17", "-O3", "-arch=sm_90a", "-ptx", str(source),
                              "-o", str(ptx), "-I", str(resources.templates_dir() / "common")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    text = ptx.read_text()
-    assert text.count("ld.global") == 8
-    assert not re.search(r"\b(setp|bra)\b", text), "a clamped read compiled to comparisons"
+    return ptx.read_text()
+
+
+@pytest.mark.nvcc
+def test_a_clamped_table_read_compiles_to_min_and_max(tmp_path):
+    """TensorRef::at clamps each index with max / min. Written as comparisons, nvcc made
+    two branches of every read in a large kernel (the bounds come from the parameter
+    space there), and a score reading tables at each element of an unrolled tile gave
+    ptxas thousands of basic blocks: fuzz seed 47's forward took it over five minutes
+    a kernel, 13 s with max / min. Here the PTX must hold no comparison at all."""
+    ptx = _table_reads_ptx(tmp_path, "  int sum = 0;\n#pragma unroll\n"
+                           "  for (int i = 0; i < 8; ++i) sum += t.at(b, int(threadIdx.x) + 3 * i);\n"
+                           "  out[threadIdx.x] = sum;", "fg::TensorRef<int, 2> t, int* out, int b")
+    assert ptx.count("ld.global") == 8
+    assert not re.search(r"\b(setp|bra)\b", ptx), "a clamped read compiled to comparisons"
+
+
+@pytest.mark.nvcc
+def test_one_table_element_read_at_every_element_is_loaded_once(tmp_path):
+    """A score such as `score * inv_temp[h]` reads the same element at each of a tile's
+    elements; the kernels inline it per element, and the compiler must merge the reads.
+    Through __ldg (an asm statement) it did not: 128 loads per thread and tile."""
+    ptx = _table_reads_ptx(tmp_path, "  float s[16];\n#pragma unroll\n"
+                           "  for (int i = 0; i < 16; ++i) s[i] = float(threadIdx.x + i) * t.at(h);\n"
+                           "#pragma unroll\n"
+                           "  for (int i = 0; i < 16; ++i) out[16 * threadIdx.x + i] = s[i];",
+                           "fg::TensorRef<float, 1> t, float* out, int h")
+    assert ptx.count("ld.global") == 1
 
 def test_cli_generate_list_check_demo(tmp_path, capsys):
     assert main(["generate", "alibi", "-o", str(tmp_path)]) == 0
