@@ -161,7 +161,7 @@ struct TensorRef {
   }
 
   // A plain load, not __ldg: nvcc's __ldg is an asm statement, which the compiler does not
-  // merge, so a score reading inv_temp[h] at every element of a tile loaded it 128 times
+  // merge, so a score reading inv_temp[h] at every element of a tile loaded it 64 times
   // per thread and tile (the temperature spec's forward: 459-590 global loads a kernel,
   // 15-81 so). On sm_80 and later both go through the L1.
   FG_HD T at_index(const int (&index)[Rank]) const {

@@ -89,7 +89,7 @@ def test_a_clamped_table_read_compiles_to_min_and_max(tmp_path):
 def test_one_table_element_read_at_every_element_is_loaded_once(tmp_path):
     """A score such as `score * inv_temp[h]` reads the same element at each of a tile's
     elements; the kernels inline it per element, and the compiler must merge the reads.
-    Through __ldg (an asm statement) it did not: 128 loads per thread and tile."""
+    Through __ldg (an asm statement) it did not: 64 loads per thread and tile."""
     ptx = _table_reads_ptx(tmp_path, "  float s[16];\n#pragma unroll\n"
                            "  for (int i = 0; i < 16; ++i) s[i] = float(threadIdx.x + i) * t.at(h);\n"
                            "#pragma unroll\n"
