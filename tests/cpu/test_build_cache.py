@@ -220,6 +220,18 @@ def test_missing_nvcc_is_a_readable_build_error(tmp_cache, monkeypatch):
     assert not any(Path(tmp_cache).glob(".tiny_*"))
 
 
+def _slow_nvcc(tmp_path: Path, build_step: str) -> Path:
+    """A stand-in nvcc: `--version` answers as the real one (the module key asks), and a
+    compile runs the shell `build_step` instead ($REAL: the real nvcc)."""
+    import shutil
+    slow = tmp_path / "slow_nvcc"
+    slow.write_text(f'#!/bin/sh\nREAL={shutil.which("nvcc")}\n'
+                    'if [ "$1" = "--version" ]; then exec "$REAL" --version; fi\n'
+                    f"{build_step}\n")
+    slow.chmod(0o755)
+    return slow
+
+
 _KILLED_CHILD = """
 import sys
 from flashgen.build import cache
@@ -233,16 +245,11 @@ def test_a_build_killed_halfway_leaves_nothing_a_later_load_takes_for_a_module(t
     """SIGKILL a process (and its nvcc) in the middle of compiling: no module appears, the
     lock dies with it, and the next build cleans the leftovers and builds afresh."""
     import os
-    import shutil
     import signal
     import subprocess
     import sys
-    real = shutil.which("nvcc")
     started = tmp_path / "nvcc_started"
-    slow = tmp_path / "slow_nvcc"
-    slow.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then exec {real} --version; fi\n'
-                    f'touch {started}\nsleep 60\nexec {real} "$@"\n')
-    slow.chmod(0o755)
+    slow = _slow_nvcc(tmp_path, f'touch {started}\nsleep 60\nexec "$REAL" "$@"')
     code = f"cache_sources = {TINY!r}\n" + _KILLED_CHILD
     child = subprocess.Popen([sys.executable, "-c", code, str(slow)], start_new_session=True,
                              env={**os.environ, "FLASHGEN_CACHE_DIR": str(tmp_cache)})
@@ -346,13 +353,8 @@ def test_a_build_past_its_time_limit_is_stopped_with_its_compiler(tmp_cache, tmp
     """FLASHGEN_BUILD_TIMEOUT stops a runaway compile: BuildError names the limit, the
     compiler is killed with ninja (not left running), nothing is cached, and the same
     build without the limit then succeeds."""
-    import shutil
-    real = shutil.which("nvcc")
     pid_file = tmp_path / "slow_nvcc.pid"
-    slow = tmp_path / "slow_nvcc"
-    slow.write_text(f'#!/bin/sh\nif [ "$1" = "--version" ]; then exec {real} --version; fi\n'
-                    f'echo $$ > {pid_file}\nexec sleep 300\n')
-    slow.chmod(0o755)
+    slow = _slow_nvcc(tmp_path, f"echo $$ > {pid_file}\nexec sleep 300")
     monkeypatch.setattr(cache, "nvcc_path", lambda: str(slow))
     monkeypatch.setenv("FLASHGEN_BUILD_TIMEOUT", "2")
     start = time.perf_counter()
