@@ -436,7 +436,8 @@ def _run_ninja(directory: Path, stem: str, verbose: bool):
             timer.cancel()
     if stopped.is_set() and returncode != 0:   # (one that finished as the timer fired stands)
         raise BuildError(f"building {stem} took longer than FLASHGEN_BUILD_TIMEOUT ({limit:g} s) "
-                         "and was stopped", "".join(output), command)
+                         "and was stopped: raise the limit, or unset it for none",
+                         "".join(output), command)
     if returncode != 0:
         raise BuildError(f"building {stem} failed", "".join(output), command)
 

@@ -134,7 +134,7 @@ FG_HD int ceil_to_int(float x) {
 // The element offset of idx in a tensor, every index clamped to [0, size - 1]. With
 // max / min, not comparisons: nvcc turned the comparisons into two branches per read,
 // and a score that reads tables at every element of an unrolled tile then gave ptxas
-// thousands of basic blocks (fuzz seed 47: over eight minutes for one kernel, 14 s so).
+// thousands of basic blocks (fuzz seed 47: ptxas 324 s on one forward kernel, 13 s so).
 template <int Rank>
 FG_HD int64_t clamped_offset(const int (&idx)[Rank], const int* size, const int64_t* stride) {
   int64_t offset = 0;

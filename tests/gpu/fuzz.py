@@ -33,8 +33,9 @@ from tests.specgen import FuzzCase, random_case
 
 
 # A module's build may take this long before it fails its case (FLASHGEN_BUILD_TIMEOUT,
-# flashgen/build/cache.py). Seed 47 once ran ptxas past eight minutes a kernel, and with no
-# limit the suite waited on it until its call's time ran out, every other case unreported.
+# flashgen/build/cache.py). Seed 47's build once ran past eight minutes (ptxas on its
+# forward), and with no limit the suite waited on it until its call's time ran out, every
+# other case unreported.
 BUILD_TIME_LIMIT_S = 300
 
 
