@@ -1,14 +1,19 @@
 """A/B of a runtime switch (any setting a call reads when it runs: what a forward keeps for
-the backward, a launch.py flag, ...), forward+backward in one process on one GPU and one
-build, on the benchmark suite's own inputs (B * N = 16k tokens, H = 2048 / d), the settings
-interleaved over rounds; FlexAttention and cuDNN in the same process where asked.
+the backward, a launch.py flag, a hand-written header's text, ...), forward or
+forward+backward in one process on one GPU, on the benchmark suite's own inputs
+(B * N = 16k tokens, H = 2048 / d), the settings interleaved over rounds; FlexAttention and
+cuDNN in the same process where asked.
 
     PYTHONPATH=$PWD python tests/gpu/switch_ab.py saved [--specs a,b] [--sizes 2048,8192] [--d 128]
+    PYTHONPATH=$PWD python tests/gpu/switch_ab.py header --header expr.cuh --other OLD.cuh \
+        --directions fwd,fwd+bwd
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,19 +32,26 @@ CUDNN = "causal,dense"
 
 
 def compare(settings: dict[str, Callable[[], None]], restore: Callable[[], None], specs: str,
-            sizes: list[int], d: int, flex: str = "", cudnn: str = "", rounds: int = 3) -> None:
+            sizes: list[int], d: int, flex: str = "", cudnn: str = "", rounds: int = 3,
+            direction: str = "fwd+bwd") -> None:
     """settings: label -> a function that puts the switch in that position (the first is A,
-    the second B; the gain column is B's time over A's); restore: puts it back."""
+    the second B; the gain column is B's time over A's); restore: puts it back. Every
+    position's modules are built (or found in the cache) before the first timing."""
     cases = suite.grid_cases(specs.split(","), sizes, ["bf16"], [d], [])
-    suite.build_kernels(cases, Progress())
+    try:
+        for put in settings.values():
+            put()
+            suite.build_kernels(cases, Progress())
+    finally:
+        restore()
     a_label, b_label = list(settings)[:2]
     rows = []
     for case in cases:
         subject = suite._subject(case, api.compile(case.source), torch.device("cuda"))
         dout = torch.randn_like(subject.call.q)
         flops = attention_flops(case.B, case.H, case.q_len, case.N, case.d, case.d,
-                                subject.visibility.fraction, "fwd+bwd")
-        fn = suite._direction_fn(runner("flashgen", subject).forward, "fwd+bwd", subject, dout)
+                                subject.visibility.fraction, direction)
+        fn = suite._direction_fn(runner("flashgen", subject).forward, direction, subject, dout)
         times = {label: [] for label in settings}
         try:
             for _ in range(rounds):
@@ -53,7 +65,7 @@ def compare(settings: dict[str, Callable[[], None]], restore: Callable[[], None]
             if case.spec not in names.split(","):
                 continue
             try:
-                pf = suite._direction_fn(runner(peer, subject).forward, "fwd+bwd", subject, dout)
+                pf = suite._direction_fn(runner(peer, subject).forward, direction, subject, dout)
                 row[peer] = time_ms(pf, warmup=3, reps=30, max_seconds=1.0).median_ms
             except Exception as error:  # noqa: BLE001 (a peer that cannot run is a result)
                 print(f"{case.label()}: {peer}: {str(error).splitlines()[0][:120]}")
@@ -61,7 +73,7 @@ def compare(settings: dict[str, Callable[[], None]], restore: Callable[[], None]
         print(case.label(), {k: round(v, 3) for k, v in row.items()}, flush=True)
         del subject, fn
         suite._free_memory()
-    print(f"\nd = {d}, forward+backward ms, {a_label!r} against {b_label!r}")
+    print(f"\nd = {d}, {direction} ms, {a_label!r} against {b_label!r}")
     print(f"{'case':28s} {'A ms':>8s} {'B ms':>8s} {'B/A-1':>7s} {'TF A':>6s} {'TF B':>6s} "
           f"{'peer':>6s} {'peer ms':>8s} {'x A':>5s}")
     for case, flops, row in rows:
@@ -82,7 +94,39 @@ def _saved_settings():
             lambda: setattr(api, "_saved_for_backward", original))
 
 
-SWITCHES = {"saved": _saved_settings}
+def _header_settings(header: str, other: str):
+    """a hand-written header (templates/common or templates/kernels, by the name the units
+    include it by: "expr.cuh", "kernels/mma.cuh") as another tree has it (the file `other`)
+    against this tree's: each position has its own modules (the header is part of their
+    hash) and its own cache of them, and the calls made in a position load that position's."""
+    if not other:
+        raise SystemExit("header: --other FILE is the header's other text")
+    text = Path(other).read_text()
+    render, module = launch.render_module, launch.module
+    module_other = functools.cache(module.__wrapped__)   # the same builder, its own cache
+    state = {"other": False}
+
+    def render_module(*args, **kwargs):
+        sources = render(*args, **kwargs)
+        if header not in sources:
+            raise SystemExit(f"header: no header {header!r} in a module "
+                             f"(they are {', '.join(n for n in sources if n.endswith('.cuh'))})")
+        return {**sources, header: text} if state["other"] else sources
+
+    def dispatch(*args, **kwargs):
+        return (module_other if state["other"] else module)(*args, **kwargs)
+
+    def put(other_text: bool):
+        return lambda: state.update(other=other_text)
+
+    def restore():
+        launch.render_module, launch.module = render, module
+    launch.render_module, launch.module = render_module, dispatch
+    return {f"{Path(other).name}": put(True), f"this tree's {header}": put(False)}, restore
+
+
+SWITCHES = {"saved": lambda args: _saved_settings(),
+            "header": lambda args: _header_settings(args.header, args.other)}
 
 
 def main(argv=None):
@@ -94,10 +138,14 @@ def main(argv=None):
     ap.add_argument("--flex", default=FLEX, help="specs whose FlexAttention f+b runs beside")
     ap.add_argument("--cudnn", default=CUDNN)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--directions", default="fwd+bwd", help="fwd, fwd+bwd or both (a table each)")
+    ap.add_argument("--header", default="expr.cuh", help="header: the header's name in a module")
+    ap.add_argument("--other", default="", help="header: the file with its other text (A)")
     args = ap.parse_args(argv)
-    settings, restore = SWITCHES[args.switch]()
-    compare(settings, restore, args.specs, [int(n) for n in args.sizes.split(",")], args.d,
-            args.flex, args.cudnn, args.rounds)
+    settings, restore = SWITCHES[args.switch](args)
+    for direction in args.directions.split(","):
+        compare(settings, restore, args.specs, [int(n) for n in args.sizes.split(",")], args.d,
+                args.flex, args.cudnn, args.rounds, direction)
 
 
 if __name__ == "__main__":
