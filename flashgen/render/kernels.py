@@ -7,6 +7,7 @@ plain nvcc, and the host calls them through ctypes (flashgen/runtime/launch.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .. import resources
 from ..ir.nodes import AttentionSpec
@@ -65,10 +66,11 @@ def render_units(spec: AttentionSpec, source_path: str, dtype: str, head_dim: in
     return units
 
 
-def support_headers() -> dict[str, str]:
+def support_headers(root: Path | None = None) -> dict[str, str]:
     """The hand-written headers, under the names the units include them by: common/ at
-    the top (expr.cuh, interval.cuh), kernels/ as kernels/*.cuh."""
-    root = resources.templates_dir()
+    the top (expr.cuh, interval.cuh), kernels/ as kernels/*.cuh. root: another templates
+    folder's (an A/B against another tree, tests/gpu/switch_ab.py)."""
+    root = root or resources.templates_dir()
     headers = {p.name: p.read_text() for p in sorted((root / "common").glob("*.cuh"))}
     headers.update({f"kernels/{p.name}": p.read_text()
                     for p in sorted((root / "kernels").glob("*.cuh"))})

@@ -7,6 +7,7 @@ cuDNN in the same process where asked.
     PYTHONPATH=$PWD python tests/gpu/switch_ab.py saved [--specs a,b] [--sizes 2048,8192] [--d 128]
     PYTHONPATH=$PWD python tests/gpu/switch_ab.py header --header expr.cuh --other OLD.cuh \
         --directions fwd,fwd+bwd
+    PYTHONPATH=$PWD python tests/gpu/switch_ab.py header --other OLD_TREE/templates
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from flashgen.bench.flops import attention_flops, tflops
 from flashgen.bench.peers import runner
 from flashgen.bench.timing import time_ms
 from flashgen.progress import Progress
+from flashgen.render import kernels
 from flashgen.runtime import launch
 
 SPECS = "causal,sliding_window,document,block_layout,key_padding,prefix_lm,dense"
@@ -95,23 +97,27 @@ def _saved_settings():
 
 
 def _header_settings(header: str, other: str):
-    """a hand-written header (templates/common or templates/kernels, by the name the units
-    include it by: "expr.cuh", "kernels/mma.cuh") as another tree has it (the file `other`)
-    against this tree's: each position has its own modules (the header is part of their
-    hash) and its own cache of them, and the calls made in a position load that position's."""
+    """hand-written headers as another tree has them against this tree's. `other`: a file,
+    the text of one header (`header`: its name in a module, "expr.cuh", "kernels/mma.cuh"),
+    or a templates/ folder, whose common/*.cuh and kernels/*.cuh all stand in (the
+    rendered units and variant.cuh stay this tree's). Each position has its own modules
+    (the headers are part of their hash) and its own cache of them, and the calls made in a
+    position load that position's."""
     if not other:
-        raise SystemExit("header: --other FILE is the header's other text")
-    text = Path(other).read_text()
+        raise SystemExit("header: --other is a header's other text, or a templates/ folder")
+    texts = (kernels.support_headers(Path(other)) if Path(other).is_dir()
+             else {header: Path(other).read_text()})
     render, module = launch.render_module, launch.module
     module_other = functools.cache(module.__wrapped__)   # the same builder, its own cache
     state = {"other": False}
 
     def render_module(*args, **kwargs):
         sources = render(*args, **kwargs)
-        if header not in sources:
-            raise SystemExit(f"header: no header {header!r} in a module "
-                             f"(they are {', '.join(n for n in sources if n.endswith('.cuh'))})")
-        return {**sources, header: text} if state["other"] else sources
+        unknown = set(texts) - set(sources)
+        if unknown:
+            raise SystemExit(f"header: no {', '.join(sorted(unknown))} in a module (its headers: "
+                             f"{', '.join(n for n in sources if n.endswith('.cuh'))})")
+        return {**sources, **texts} if state["other"] else sources
 
     def dispatch(*args, **kwargs):
         return (module_other if state["other"] else module)(*args, **kwargs)
@@ -122,7 +128,8 @@ def _header_settings(header: str, other: str):
     def restore():
         launch.render_module, launch.module = render, module
     launch.render_module, launch.module = render_module, dispatch
-    return {f"{Path(other).name}": put(True), f"this tree's {header}": put(False)}, restore
+    label = Path(other).name if not Path(other).is_dir() else f"{other} headers"
+    return {label: put(True), "this tree's": put(False)}, restore
 
 
 SWITCHES = {"saved": lambda args: _saved_settings(),
@@ -140,7 +147,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--directions", default="fwd+bwd", help="fwd, fwd+bwd or both (a table each)")
     ap.add_argument("--header", default="expr.cuh", help="header: the header's name in a module")
-    ap.add_argument("--other", default="", help="header: the file with its other text (A)")
+    ap.add_argument("--other", default="",
+                    help="header: the file with its other text, or a templates/ folder (A)")
     args = ap.parse_args(argv)
     settings, restore = SWITCHES[args.switch](args)
     for direction in args.directions.split(","):

@@ -48,6 +48,14 @@ TEST_SPECS = {
         score = score + slopes[h] * (kv_idx - q_idx)
         block_sparse = bigbird(block = 64, window = 1, global = 1, random = 3, seed = 1)
     }""",
+    # a window narrower than a tile: its edge tiles show one consumer's 64 rows the first
+    # key half, the second, or none (PERF.md: half steps, branch `half-steps`, not kept)
+    "narrow_window": """attention narrow_window {
+        head_dim = 64, 128
+        param window: i32 = 100
+        mask = sliding_window(window)
+        dropout
+    }""",
     # analysis/affine.py: a bias affine in kv_idx whose step is a select and whose row
     # part reads a table, under a band mask (partial tiles, rows with nothing visible)
     "affine_bias": """attention affine_bias {
@@ -240,6 +248,14 @@ EXTRA = [
      dict(dropout_p=0.5, deterministic=True)),
     ("wide_bigbird", "bf16", 256, 1, 2, 1, 1000, 1000, False, {}),
     ("causal", "fp16", 256, 2, 8, 2, 1000, 1000, True, {}),
+    # edge tiles (narrow_window above): plain, with dropout, GQA, and under a score with
+    # table gradients (the forward's exact-P instance) at ALiBi's window of 512
+    ("narrow_window", "bf16", 128, 2, 4, 2, 1000, 1000, False, {}),
+    ("narrow_window", "fp16", 64, 1, 4, 4, 777, 900, False, {}),
+    ("narrow_window", "bf16", 128, 1, 4, 1, 1000, 1000, False, dict(dropout_p=0.1)),
+    ("narrow_window", "fp16", 64, 2, 2, 2, 500, 500, False, dict(dropout_p=0.5)),
+    ("alibi_window_softcap", "bf16", 128, 1, 4, 4, 1500, 1500, False, {}),
+    ("alibi_window_softcap", "bf16", 64, 1, 4, 2, 1500, 1500, False, {}),
     # a data-dependent mask's tile lists, built per call (runtime/launch.py _mask_tiles)
     ("document", "bf16", 64, 2, 4, 2, 1000, 1000, False, {}),
     ("document", "fp16", 128, 1, 4, 1, 2048, 2048, True, {}),
