@@ -480,3 +480,37 @@ def test_families_run_flashgen_on_other_kernel_families_as_peers():
     text = report.table([dict(row, peer="flashgen"), dict(row, peer="flashgen/mma", ms=2.0,
                                                           tflops=50.0)])
     assert "flashgen/mma" in text.splitlines()[1]
+
+
+def test_header_ab_renders_each_position_from_its_own_headers(tmp_path):
+    """tests/gpu/switch_ab.py's `header` switch: with a templates/ folder as the other
+    tree, the first position renders every hand-written header from that folder and the
+    second from this tree; restore() leaves the launcher as it was."""
+    import shutil
+
+    from flashgen import resources
+    from flashgen.runtime import launch
+    from tests.gpu import switch_ab
+    other = tmp_path / "templates"
+    shutil.copytree(resources.templates_dir(), other)
+    (other / "common" / "expr.cuh").write_text("// the other tree's expr.cuh\n")
+    (other / "kernels" / "mask.cuh").write_text("// the other tree's mask.cuh\n")
+    render, module = launch.render_module, launch.module
+    settings, restore = switch_ab._header_settings("expr.cuh", str(other))
+    try:
+        op = flashgen.compile("causal")
+        v = launch.variant(op.key)
+        rendered = {}
+        for label, put in settings.items():
+            put()
+            rendered[label] = launch.render_module(v.spec, v.source_path, "bf16", 64, None,
+                                                   "sm_90a")
+    finally:
+        restore()
+    theirs, ours = rendered.values()
+    assert theirs["expr.cuh"] == "// the other tree's expr.cuh\n"
+    assert theirs["kernels/mask.cuh"] == "// the other tree's mask.cuh\n"
+    assert ours["expr.cuh"] == (resources.templates_dir() / "common" / "expr.cuh").read_text()
+    assert {n: t for n, t in theirs.items() if n not in ("expr.cuh", "kernels/mask.cuh")} == \
+        {n: t for n, t in ours.items() if n not in ("expr.cuh", "kernels/mask.cuh")}
+    assert (launch.render_module, launch.module) == (render, module)
