@@ -58,7 +58,6 @@ def test_generated_headers_compile(tmp_path, arch):
     assert result.returncode == 0, result.stderr
 
 
-
 def _table_reads_ptx(tmp_path, body: str, params: str) -> str:
     """The sm_90a PTX of a kernel over expr.cuh's table reads."""
     source = tmp_path / "reads.cu"
@@ -96,6 +95,7 @@ def test_one_table_element_read_at_every_element_is_loaded_once(tmp_path):
                            "  for (int i = 0; i < 16; ++i) out[16 * threadIdx.x + i] = s[i];",
                            "fg::TensorRef<float, 1> t, float* out, int h")
     assert ptx.count("ld.global") == 1
+
 
 def test_cli_generate_list_check_demo(tmp_path, capsys):
     assert main(["generate", "alibi", "-o", str(tmp_path)]) == 0

@@ -43,7 +43,6 @@ def build_all(cases: list[FuzzCase], workers: int | None = None) -> dict[int, st
     """Build every case's module in parallel; {seed: error text} for those that failed,
     a build past BUILD_TIME_LIMIT_S among them (unless FLASHGEN_BUILD_TIMEOUT says else)."""
     arch = launch._arch(torch.cuda.current_device())
-    os.environ.setdefault("FLASHGEN_BUILD_TIMEOUT", str(BUILD_TIME_LIMIT_S))
 
     def one(case):
         try:
@@ -52,9 +51,17 @@ def build_all(cases: list[FuzzCase], workers: int | None = None) -> dict[int, st
             return case.seed, None
         except Exception as e:  # noqa: BLE001  (a failed build is a failed case, not a stop)
             return case.seed, f"{type(e).__name__}: {str(e)[:2000]}"
-    # hundreds of modules: the caller reports the count, not a line per build
-    with quiet(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 4) as pool:
-        return {seed: err for seed, err in pool.map(one, cases) if err is not None}
+    # the limit holds for these builds only: set for the process, it would also stop the
+    # modules of any test that runs after the fuzz suite in the same pytest session
+    unset = "FLASHGEN_BUILD_TIMEOUT" not in os.environ
+    os.environ.setdefault("FLASHGEN_BUILD_TIMEOUT", str(BUILD_TIME_LIMIT_S))
+    try:
+        # hundreds of modules: the caller reports the count, not a line per build
+        with quiet(), ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 4) as pool:
+            return {seed: err for seed, err in pool.map(one, cases) if err is not None}
+    finally:
+        if unset:
+            del os.environ["FLASHGEN_BUILD_TIMEOUT"]
 
 
 def run_case(case: FuzzCase) -> dict:
