@@ -514,3 +514,32 @@ def test_header_ab_renders_each_position_from_its_own_headers(tmp_path):
     assert {n: t for n, t in theirs.items() if n not in ("expr.cuh", "kernels/mask.cuh")} == \
         {n: t for n, t in ours.items() if n not in ("expr.cuh", "kernels/mask.cuh")}
     assert (launch.render_module, launch.module) == (render, module)
+
+
+def test_plan_ab_plans_and_renders_each_position_its_own_way():
+    """tests/gpu/switch_ab.py's `plan` switch: the first position plans the warp-specialised
+    forward with the given fields and renders its kernel with them, the second as the
+    planner does; restore() leaves the planner and the launcher as they were."""
+    from flashgen.plan import tiles
+    from flashgen.runtime import launch
+    from tests.gpu import switch_ab
+    planner, module = tiles._wgmma_ws_forward, launch.module
+    settings, restore = switch_ab._plan_settings("kv_stages=3,q_slots=1,o_stage=0")
+    try:
+        op = flashgen.compile("causal")
+        v = launch.variant(op.key)
+        plans, rendered = {}, {}
+        for label, put in settings.items():
+            put()
+            plans[label] = v.plan(128, "sm_90a").forward
+            rendered[label] = launch.render_module(v.spec, v.source_path, "bf16", 128, None,
+                                                   "sm_90a")
+    finally:
+        restore()
+    theirs, ours = plans.values()
+    assert (theirs.kv_stages, theirs.q_slots, theirs.o_stage) == (3, 1, False)
+    assert ours == tiles.plan_for(v.spec, 128, arch="sm_90a").forward
+    assert (ours.kv_stages, ours.q_slots, ours.o_stage) == (2, 2, True)
+    assert rendered["kv_stages=3,q_slots=1,o_stage=0"] != rendered["this tree's"]
+    assert (tiles._wgmma_ws_forward, launch.module) == (planner, module)
+    assert v.plan(128, "sm_90a") == tiles.plan_for(v.spec, 128, arch="sm_90a")

@@ -8,10 +8,12 @@ cuDNN in the same process where asked.
     PYTHONPATH=$PWD python tests/gpu/switch_ab.py header --header expr.cuh --other OLD.cuh \
         --directions fwd,fwd+bwd
     PYTHONPATH=$PWD python tests/gpu/switch_ab.py header --other OLD_TREE/templates
+    PYTHONPATH=$PWD python tests/gpu/switch_ab.py plan --fields kv_stages=3,q_slots=1,o_stage=0
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import statistics
 from pathlib import Path
@@ -24,6 +26,7 @@ from flashgen.bench import suite
 from flashgen.bench.flops import attention_flops, tflops
 from flashgen.bench.peers import runner
 from flashgen.bench.timing import time_ms
+from flashgen.plan import tiles
 from flashgen.progress import Progress
 from flashgen.render import kernels
 from flashgen.runtime import launch
@@ -132,8 +135,48 @@ def _header_settings(header: str, other: str):
     return {label: put(True), "this tree's": put(False)}, restore
 
 
+def _plan_settings(fields: str):
+    """the warp-specialised forward's plan with some fields set (`fields`: "kv_stages=3,
+    q_slots=1,o_stage=0"; ForwardPlan's names) against the planner's own. Where the
+    planner's plan is not warp-specialised or the fields leave it as it is, both positions
+    run the same kernel. Each position has its own plans and its own modules (the plan is
+    rendered into the source, so the build cache tells them apart)."""
+    if not fields:
+        raise SystemExit("plan: --fields kv_stages=3,q_slots=1,o_stage=0 (ForwardPlan's names)")
+    changes = {}
+    for item in fields.split(","):
+        name, value = item.split("=")
+        if name not in {f.name for f in dataclasses.fields(tiles.ForwardPlan)}:
+            raise SystemExit(f"plan: ForwardPlan has no field {name!r}")
+        changes[name] = int(value) if name in ("kv_stages", "q_slots", "block_n") else bool(int(value))
+    planner, module = tiles._wgmma_ws_forward, launch.module
+    module_other = functools.cache(module.__wrapped__)
+    state = {"other": False}
+
+    def ws_forward(*args, **kwargs):
+        plan = planner(*args, **kwargs)
+        return dataclasses.replace(plan, **changes) if state["other"] else plan
+
+    def dispatch(*args, **kwargs):
+        return (module_other if state["other"] else module)(*args, **kwargs)
+
+    def put(other: bool):
+        def switch():
+            state.update(other=other)
+            for v in launch._VARIANTS.values():   # plans are cached per variant
+                v._plans.clear()
+        return switch
+
+    def restore():
+        tiles._wgmma_ws_forward, launch.module = planner, module
+        put(False)()
+    tiles._wgmma_ws_forward, launch.module = ws_forward, dispatch
+    return {fields: put(True), "this tree's": put(False)}, restore
+
+
 SWITCHES = {"saved": lambda args: _saved_settings(),
-            "header": lambda args: _header_settings(args.header, args.other)}
+            "header": lambda args: _header_settings(args.header, args.other),
+            "plan": lambda args: _plan_settings(args.fields)}
 
 
 def main(argv=None):
@@ -149,6 +192,9 @@ def main(argv=None):
     ap.add_argument("--header", default="expr.cuh", help="header: the header's name in a module")
     ap.add_argument("--other", default="",
                     help="header: the file with its other text, or a templates/ folder (A)")
+    ap.add_argument("--fields", default="",
+                    help="plan: the warp-specialised forward's plan fields in A, "
+                         "kv_stages=3,q_slots=1,o_stage=0")
     args = ap.parse_args(argv)
     settings, restore = SWITCHES[args.switch](args)
     for direction in args.directions.split(","):
