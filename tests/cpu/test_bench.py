@@ -543,3 +543,12 @@ def test_plan_ab_plans_and_renders_each_position_its_own_way():
     assert rendered["kv_stages=3,q_slots=1,o_stage=0"] != rendered["this tree's"]
     assert (tiles._wgmma_ws_forward, launch.module) == (planner, module)
     assert v.plan(128, "sm_90a") == tiles.plan_for(v.spec, 128, arch="sm_90a")
+
+
+@pytest.mark.parametrize("fields", ["kv_stages", "kv_stages=three", "stages=3"])
+def test_plan_ab_names_a_bad_field_without_a_traceback(fields):
+    """switch_ab.py plan --fields: a malformed item or an unknown name is a plain message
+    that lists ForwardPlan's fields."""
+    from tests.gpu import switch_ab
+    with pytest.raises(SystemExit, match="is not NAME=INTEGER with a ForwardPlan field"):
+        switch_ab._plan_settings(fields)

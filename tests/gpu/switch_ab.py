@@ -99,6 +99,19 @@ def _saved_settings():
             lambda: setattr(api, "_saved_for_backward", original))
 
 
+def _module_per_position():
+    """(state, dispatch, module): launch.module's builder with a cache of its own for the
+    other position (state["other"]), so that each position's calls load that position's
+    modules; `module` is the original, for restore()."""
+    module = launch.module
+    module_other = functools.cache(module.__wrapped__)   # the same builder, its own cache
+    state = {"other": False}
+
+    def dispatch(*args, **kwargs):
+        return (module_other if state["other"] else module)(*args, **kwargs)
+    return state, dispatch, module
+
+
 def _header_settings(header: str, other: str):
     """hand-written headers as another tree has them against this tree's. `other`: a file,
     the text of one header (`header`: its name in a module, "expr.cuh", "kernels/mma.cuh"),
@@ -110,9 +123,8 @@ def _header_settings(header: str, other: str):
         raise SystemExit("header: --other is a header's other text, or a templates/ folder")
     texts = (kernels.support_headers(Path(other)) if Path(other).is_dir()
              else {header: Path(other).read_text()})
-    render, module = launch.render_module, launch.module
-    module_other = functools.cache(module.__wrapped__)   # the same builder, its own cache
-    state = {"other": False}
+    render = launch.render_module
+    state, dispatch, module = _module_per_position()
 
     def render_module(*args, **kwargs):
         sources = render(*args, **kwargs)
@@ -121,9 +133,6 @@ def _header_settings(header: str, other: str):
             raise SystemExit(f"header: no {', '.join(sorted(unknown))} in a module (its headers: "
                              f"{', '.join(n for n in sources if n.endswith('.cuh'))})")
         return {**sources, **texts} if state["other"] else sources
-
-    def dispatch(*args, **kwargs):
-        return (module_other if state["other"] else module)(*args, **kwargs)
 
     def put(other_text: bool):
         return lambda: state.update(other=other_text)
@@ -143,22 +152,20 @@ def _plan_settings(fields: str):
     rendered into the source, so the build cache tells them apart)."""
     if not fields:
         raise SystemExit("plan: --fields kv_stages=3,q_slots=1,o_stage=0 (ForwardPlan's names)")
+    names = {f.name for f in dataclasses.fields(tiles.ForwardPlan)}
     changes = {}
     for item in fields.split(","):
-        name, value = item.split("=")
-        if name not in {f.name for f in dataclasses.fields(tiles.ForwardPlan)}:
-            raise SystemExit(f"plan: ForwardPlan has no field {name!r}")
+        name, _, value = item.partition("=")
+        if name not in names or not value.strip().isdigit():
+            raise SystemExit(f"plan: --fields {fields!r}: {item!r} is not NAME=INTEGER with a "
+                             f"ForwardPlan field ({', '.join(sorted(names))})")
         changes[name] = int(value) if name in ("kv_stages", "q_slots", "block_n") else bool(int(value))
-    planner, module = tiles._wgmma_ws_forward, launch.module
-    module_other = functools.cache(module.__wrapped__)
-    state = {"other": False}
+    planner = tiles._wgmma_ws_forward
+    state, dispatch, module = _module_per_position()
 
     def ws_forward(*args, **kwargs):
         plan = planner(*args, **kwargs)
         return dataclasses.replace(plan, **changes) if state["other"] else plan
-
-    def dispatch(*args, **kwargs):
-        return (module_other if state["other"] else module)(*args, **kwargs)
 
     def put(other: bool):
         def switch():
