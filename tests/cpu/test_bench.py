@@ -545,10 +545,25 @@ def test_plan_ab_plans_and_renders_each_position_its_own_way():
     assert v.plan(128, "sm_90a") == tiles.plan_for(v.spec, 128, arch="sm_90a")
 
 
-@pytest.mark.parametrize("fields", ["kv_stages", "kv_stages=three", "stages=3"])
+@pytest.mark.parametrize("fields", ["kv_stages", "kv_stages=three", "stages=3", "family=1"])
 def test_plan_ab_names_a_bad_field_without_a_traceback(fields):
     """switch_ab.py plan --fields: a malformed item or an unknown name is a plain message
     that lists ForwardPlan's fields."""
     from tests.gpu import switch_ab
     with pytest.raises(SystemExit, match="is not NAME=INTEGER with a ForwardPlan field"):
         switch_ab._plan_settings(fields)
+
+
+def test_plan_ab_reads_each_field_as_its_declared_type():
+    """switch_ab.py plan --fields: an integer field stays an integer (kv_stages=3), a flag
+    becomes a bool (o_stage=0), by ForwardPlan's own annotations."""
+    from tests.gpu import switch_ab
+    from flashgen.plan import tiles
+    settings, restore = switch_ab._plan_settings("kv_stages=3,o_stage=0")
+    try:
+        settings["kv_stages=3,o_stage=0"]()
+        plan = tiles._wgmma_ws_forward(128, 128, 128, True, 2)
+        assert (plan.kv_stages, plan.o_stage) == (3, False)
+        assert type(plan.kv_stages) is int and type(plan.o_stage) is bool
+    finally:
+        restore()

@@ -152,14 +152,18 @@ def _plan_settings(fields: str):
     rendered into the source, so the build cache tells them apart)."""
     if not fields:
         raise SystemExit("plan: --fields kv_stages=3,q_slots=1,o_stage=0 (ForwardPlan's names)")
-    names = {f.name for f in dataclasses.fields(tiles.ForwardPlan)}
+    # each field's type as ForwardPlan declares it ("int" or "bool": the annotations are
+    # strings), so that a new integer field is not read as a flag
+    types = {f.name: f.type for f in dataclasses.fields(tiles.ForwardPlan)
+             if f.type in ("int", "bool", int, bool)}
+    names = set(types)
     changes = {}
     for item in fields.split(","):
         name, _, value = item.partition("=")
         if name not in names or not value.strip().isdigit():
             raise SystemExit(f"plan: --fields {fields!r}: {item!r} is not NAME=INTEGER with a "
                              f"ForwardPlan field ({', '.join(sorted(names))})")
-        changes[name] = int(value) if name in ("kv_stages", "q_slots", "block_n") else bool(int(value))
+        changes[name] = bool(int(value)) if types[name] in ("bool", bool) else int(value)
     planner = tiles._wgmma_ws_forward
     state, dispatch, module = _module_per_position()
 
