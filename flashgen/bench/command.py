@@ -20,6 +20,7 @@ from .suite import (
     LONG_SIZES,
     LONG_SPECS,
     QUICK_SIZES,
+    SETTLE_SECONDS,
     Case,
     Settings,
     decode_cases,
@@ -66,6 +67,9 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--out", help="results folder (default: flashgen/bench/results/DATE-GPU); "
                                  "a folder with results resumes: measured rows are kept")
     p.add_argument("--warmup", type=int, help="untimed runs per measurement (default 3)")
+    p.add_argument("--settle", type=float,
+                   help="seconds of untimed runs before each measurement, so every subject is "
+                        f"timed under the GPU's power cap (default {SETTLE_SECONDS}; --quick: 0)")
     p.add_argument("--reps", type=int, help="timed runs per measurement, at most (default 20)")
 
 
@@ -133,8 +137,11 @@ def make_plan(args) -> Plan:
              else DECODE_SIZES if args.decode else GRID_SIZES)
     warmup = args.warmup if args.warmup is not None else QUICK_WARMUP if args.quick else 3
     reps = args.reps if args.reps is not None else QUICK_REPS if args.quick else 20
+    settle = args.settle if args.settle is not None else 0.0 if args.quick else SETTLE_SECONDS
     if warmup < 0 or reps < 3:
         raise BenchError("--warmup must be >= 0 and --reps >= 3 (the median of fewer says little)")
+    if settle < 0:
+        raise BenchError("--settle must be >= 0 seconds")
     notes: list[str] = []
     strict = bool(args.dtype or args.head_dim)
     if args.decode:
@@ -145,7 +152,7 @@ def make_plan(args) -> Plan:
         cases = make(sources, sizes, dtypes, head_dims, notes, strict)
     if not cases:
         raise BenchError("no case to run: " + "; ".join(notes))
-    return Plan(cases, Settings(peers, directions, warmup, reps), notes)
+    return Plan(cases, Settings(peers, directions, warmup, reps, settle_seconds=settle), notes)
 
 
 def _require_gpu():

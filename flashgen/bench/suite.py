@@ -26,7 +26,7 @@ from .grid import visibility
 from .peers import FAMILY_PREFIX, FLASHGEN, SWEEP_PREFIX, Subject, runner, sweep_tiles
 from ..progress import Progress
 from .report import Results
-from .timing import peak_extra_bytes, time_ms
+from .timing import SETTLE_SECONDS, peak_extra_bytes, time_ms
 
 TOKENS = 16384
 HIDDEN = 2048
@@ -131,6 +131,7 @@ class Settings:
     warmup: int = 3
     reps: int = 20
     max_seconds: float = 1.0    # the timed runs of one measurement take at most about this
+    settle_seconds: float = SETTLE_SECONDS  # untimed runs first, under the power cap (timing.py)
 
 
 def _sweep_tiles(source: str, d: int, kv_block: int) -> TileOverride | None:
@@ -322,7 +323,8 @@ class _Run:
                 torch.cuda.synchronize()
                 first_call_s = time.perf_counter() - start
                 extra = peak_extra_bytes(fn)
-                timing = time_ms(fn, s.warmup, s.reps, s.max_seconds)
+                timing = time_ms(fn, s.warmup, s.reps, s.max_seconds,
+                                 settle_seconds=s.settle_seconds)
             except torch.OutOfMemoryError:
                 return {"status": "OOM"}
             except Exception as error:  # noqa: BLE001 (an unsupported backend raises: a result)

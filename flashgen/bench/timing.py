@@ -3,18 +3,27 @@
 Each timed run is bracketed by two events, after the L2 cache is cleared by writing a
 256 MiB buffer (as triton.testing.do_bench does): runs do not find the previous run's
 inputs in L2, and the GPU is busy with the clearing while the CPU issues the run, so
-launch overhead stays out of short runs. The result is the median over the runs."""
+launch overhead stays out of short runs. The result is the median over the runs.
+
+Before the timed runs, fn runs for `settle_seconds` of wall time. An H100 under a long
+forward draws its 700 W cap within 50-200 ms of a cool start, and its clock then drops
+until per-call times are 8-11 % longer (PERF.md, "the power cap"): a measurement of 20
+runs that starts cool is timed at boost clocks, one that follows another subject's runs
+at capped clocks, so two subjects' ratio depended on their order. Settled, every subject
+is timed in the state a training loop runs in."""
 from __future__ import annotations
 
 import functools
 import gc
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 L2_CLEAR_BYTES = 256 << 20
+SETTLE_SECONDS = 0.4        # the cap is reached within 0.2 s at the suite's largest sizes
 
 
 @dataclass(frozen=True)
@@ -31,13 +40,19 @@ def _l2_buffer(device: torch.device) -> torch.Tensor:
 
 
 def time_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 20, max_seconds: float = 1.0,
-            device=None) -> Timing:
-    """fn's GPU time: `warmup` untimed runs, then up to `reps` timed ones (at least 3),
-    fewer when they would take longer than max_seconds together."""
+            device=None, settle_seconds: float = SETTLE_SECONDS) -> Timing:
+    """fn's GPU time: `warmup` untimed runs, more untimed runs (each after the L2 clear,
+    as the timed ones) until settle_seconds have passed, then up to `reps` timed ones (at
+    least 3), fewer when they would take longer than max_seconds together."""
     device = torch.device(device or torch.cuda.current_device())
     clear = _l2_buffer(device)
     for _ in range(warmup):
         fn()
+    settle_until = time.perf_counter() + settle_seconds
+    while time.perf_counter() < settle_until:
+        clear.zero_()
+        fn()
+        torch.cuda.synchronize(device)   # the clock is the GPU's: no queue runs past it
 
     def timed(n: int) -> list[float]:
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
