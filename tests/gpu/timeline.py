@@ -30,7 +30,10 @@ units, in us: `unit` (consumer 0 / the last consumer), and of the unit's first s
 waits for its Q rows (`Q`), its first K tile (`K`) and its turn (`turn`), the carried
 P V, the unit before's O store (`store`), `firstS` (turn -> first Q K^T done, the two
 before included) and `soft`; `tile` is each later tile; then per tile the unit's summed
-waits for K, for turns and for its Q K^Ts.
+waits for K, for turns and for its Q K^Ts. Last, the producer's side of a unit's first K tile:
+`stage` (from starting the unit to issuing that tile: its tile row and the wait for the
+stage), `lead` (issued this long before consumer 0 had its Q rows; < 0: after) and
+`flight` (issue -> consumer 0's wait for it ends, over the units where it waited).
 
 Both print the kernel's span against the SMs' mean busy time (their difference: idle
 SMs). The timer ticks in 0.256 us steps on an H200: statistics over thousands of units
@@ -95,7 +98,11 @@ EDITS = [
 # unit before's O is stored, 6 the first Q K^T is done, 7 the first step ends; 8 the
 # unit's last step ends; 9 its tiles; 10 the SM; 11 the consumer's unit count so far;
 # 12, 13, 14 the unit's summed waits for K tiles, for turns and for its Q K^Ts (issue ->
-# done, with the store in the first step's).
+# done, with the store in the first step's). Word 15 is the producer's (its one TMA
+# thread): consumer 0's, the time it starts to load the unit (before its tile row and the
+# wait for the first tile's stage); the last consumer's, the time it has issued the unit's
+# first K tile. Against consumer 0's words 1 and 2 they say whether a unit's first K
+# tile was issued late (the stage, the Q slot) or was slow to arrive (HBM).
 TL_WORDS = 16
 TL_MACRO = '''
 #define FG_TL(e, t)                                                                          \\
@@ -131,6 +138,18 @@ PERSISTENT_EDITS = [
     ("      mbarrier_wait(&q_full[buffer], use & 1);\n",
      "      const uint32_t tl_0 = fg_now();\n      mbarrier_wait(&q_full[buffer], use & 1);\n"
      "      const uint32_t tl_1 = fg_now();\n"),
+    # the producer's two stamps (word 15)
+    ("    auto load_unit = [&](const Cta& cta, const TileRow& row, auto&& after_first) {\n",
+     "    int tl_pu = -1;  // the unit the producer loads (persistent)\n"
+     "    auto load_unit = [&](const Cta& cta, const TileRow& row, auto&& after_first) {\n"),
+    ("        if (first) after_first();\n",
+     "        if (kPersistent && first && tl_pu >= 0)\n"
+     "          a.tickets[1 + (tl_pu * Tiles::kConsumers + Tiles::kConsumers - 1) * 16 + 15] =\n"
+     "              int(fg_now());\n"
+     "        if (first) after_first();\n"),
+    ("        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit(",
+     "        tl_pu = u;\n        a.tickets[1 + u * Tiles::kConsumers * 16 + 15] = int(fg_now());\n"
+     "        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit("),
     ("      if (u < 0) break;\n",
      "      if (u < 0) break;\n      tl_unit = u;\n      tl_k = tl_turn = tl_qk = 0;\n      tl_tiles = 0;\n"
      "      FG_TL(0, tl_0);\n      FG_TL(1, tl_1);\n"),
@@ -248,6 +267,18 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
     rest = (t[..., 8] - t[..., 7]) / np.maximum(tiles - 1, 1)
     span = (t[..., 8].max() - t[..., 0].min()) / 1000
     busy = unit[:, c].sum() / 1000 / len(sms)
+
+    def since(later, earlier):  # ns, signed, across the 32-bit timer's wrap
+        return ((later - earlier + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+    # the producer (word 15): its wait for the first tile's stage (and the tile row), how
+    # long before the consumer had its Q rows it issued the first K tile (< 0: after), and
+    # that tile's flight to the consumer's wait ending (the load, when the consumer waited)
+    p_start, p_issue = words[:, 0, 15], words[:, -1, 15]
+    waited = since(words[:, c, 2], words[:, c, 1]) > 100
+    producer = (f" | producer: stage {mean(since(p_issue, p_start)):.2f} "
+                f"lead {mean(since(words[:, c, 1], p_issue)):.2f} "
+                f"flight {mean(since(words[:, c, 2], p_issue), waited):.2f} "
+                f"({int(waited.sum())} of {len(waited)} units waited)") if consumers > 1 else ""
     return (f"{spec:8s} N={N:5d} {family:20s} span {span:7.1f} busy {busy:7.1f} | "
             f"tiles {np.mean(tiles[:, c]):4.1f} unit {mean(unit[:, c]):5.2f} / {mean(unit[:, -1]):5.2f} "
             f"Q {mean(t[:, c, 1] - t[:, c, 0]):.2f} K {mean(t[:, c, 2] - t[:, c, 1]):.2f} "
@@ -256,7 +287,8 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
             f"store {mean(t[:, c, 5] - t[:, c, 4], carried[:, c]):.2f} "
             f"firstS {mean(t[:, c, 6] - t[:, c, 3]):.2f} soft {mean(t[:, c, 7] - t[:, c, 6]):.2f} "
             f"tile {mean(rest[:, c]):.2f} | per tile: K {mean(words[:, c, 12] / tiles[:, c]):.2f} "
-            f"turn {mean(words[:, c, 13] / tiles[:, c]):.2f} QK {mean(words[:, c, 14] / tiles[:, c]):.2f}")
+            f"turn {mean(words[:, c, 13] / tiles[:, c]):.2f} QK {mean(words[:, c, 14] / tiles[:, c]):.2f}"
+            + producer)
 
 
 def main() -> None:
