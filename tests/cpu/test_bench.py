@@ -359,6 +359,74 @@ def test_plan_of_long_quick_and_suite():
     assert len(make_plan(_args("--suite", "--sizes", "1024")).cases) > len(SHIPPED)
 
 
+def test_plan_settles_under_the_power_cap_unless_quick():
+    from flashgen.bench.timing import SETTLE_SECONDS
+    assert make_plan(_args("causal")).settings.settle_seconds == SETTLE_SECONDS
+    assert make_plan(_args("causal", "--quick")).settings.settle_seconds == 0
+    assert make_plan(_args("causal", "--quick", "--settle", "1.5")).settings.settle_seconds == 1.5
+    with pytest.raises(BenchError, match="--settle"):
+        make_plan(_args("causal", "--settle", "-1"))
+
+
+class _FakeGpu:
+    """torch.cuda's events and waits over a fake clock: each run of fn takes `run_ms` of
+    GPU time, queued until a wait; `log` keeps what the CPU did, in order."""
+
+    def __init__(self, monkeypatch, run_ms: float):
+        import flashgen.bench.timing as timing
+        self.now, self.run_ms, self.log, self.queued = 0.0, run_ms, [], 0
+        gpu = self
+
+        class Event:
+            def __init__(self, enable_timing=False):
+                self.at = None
+
+            def record(self):
+                gpu.log.append("record")
+                self.at = gpu.queued
+
+            def elapsed_time(self, other):
+                return (other.at - self.at) * gpu.run_ms
+
+        def synchronize(device=None):
+            gpu.log.append("wait")
+            gpu.now += gpu.queued * gpu.run_ms / 1e3
+            gpu.queued = 0
+
+        monkeypatch.setattr(timing.torch.cuda, "Event", Event)
+        monkeypatch.setattr(timing.torch.cuda, "synchronize", synchronize)
+        monkeypatch.setattr(timing.time, "perf_counter", lambda: gpu.now)
+        monkeypatch.setattr(timing, "_l2_buffer", lambda device: torch.zeros(1))
+
+    def fn(self):
+        self.log.append("run")
+        self.queued += 1
+
+
+@pytest.mark.parametrize("run_ms, batch", [(0.5, 40), (2.0, 10), (50.0, 1)])
+def test_time_ms_settles_in_batches_of_20_ms_before_timing(monkeypatch, run_ms, batch):
+    """The untimed runs before a measurement cover settle_seconds of GPU time, issued in
+    batches of ~20 ms between waits (a wait after each run leaves the GPU idle for every
+    launch: it never reached the power cap), then the timed runs follow."""
+    from flashgen.bench.timing import time_ms
+    gpu = _FakeGpu(monkeypatch, run_ms)
+    timing = time_ms(gpu.fn, warmup=2, reps=5, max_seconds=1.0, device="cpu", settle_seconds=0.4)
+    assert timing.median_ms == run_ms and timing.reps == 5
+    log = "".join({"run": "r", "wait": "w", "record": "e"}[x] for x in gpu.log)
+    settle = log[2 + len("ere" + "w"):log.index("e", 6)]  # after the warm-up and the sizing run
+    batches = [len(b) for b in settle.split("w") if b]
+    assert batches and all(n == batch for n in batches)
+    # 400 ms covered, overshooting by at most a batch (and the fake clock's rounding)
+    assert sum(batches) * run_ms >= 400 - 1e-6 and (sum(batches) - batch) * run_ms <= 400 + 1e-6
+
+
+def test_time_ms_without_settle_times_after_the_warm_up(monkeypatch):
+    from flashgen.bench.timing import time_ms
+    gpu = _FakeGpu(monkeypatch, 1.0)
+    time_ms(gpu.fn, warmup=3, reps=4, device="cpu", settle_seconds=0)
+    assert "".join({"run": "r", "wait": "w", "record": "e"}[x] for x in gpu.log)[:5] == "rrrer"
+
+
 def test_block_size_sweep_runs_flashgen_at_each_kv_tile_as_peers():
     """--kv-blocks adds flashgen at other forward KV tiles as peers (ratios to the plan's
     tile in every row); a tile the planner refuses is left to its rows (n/a), not built."""
