@@ -7,7 +7,7 @@ launch overhead stays out of short runs. The result is the median over the runs.
 
 Before the timed runs, fn runs for `settle_seconds` of wall time. An H100 under a long
 forward draws its 700 W cap within 50-200 ms of a cool start, and its clock then drops
-until per-call times are 8-11 % longer (PERF.md, "the power cap"): a measurement of 20
+until per-call times are 8-12 % longer (PERF.md, "the power cap"): a measurement of 20
 runs that starts cool is timed at boost clocks, one that follows another subject's runs
 at capped clocks, so two subjects' ratio depended on their order. Settled, every subject
 is timed in the state a training loop runs in."""
@@ -23,7 +23,9 @@ from dataclasses import dataclass
 import torch
 
 L2_CLEAR_BYTES = 256 << 20
-SETTLE_SECONDS = 0.4        # the cap is reached within 0.2 s at the suite's largest sizes
+# the cap is reached within 0.2 s at dense N = 8192; lighter runs (dense N = 2048, ~600 W)
+# still drift 1-2 % slower after 0.4 s, a residue this leaves
+SETTLE_SECONDS = 0.4
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ steps).
 
     PYTHONPATH=$PWD python tests/gpu/timeline.py [--specs dense,causal] [--sizes 2048,8192]
         [--head-dim 128] [--families wgmma_ws,wgmma_ws_persistent] [--copy /tmp/timeline_tree]
+        [--producer]
 
 It copies the tree (flashgen, templates, grammar) to --copy (+ "_persistent" for the
 persistent kernel), patches the copy's kernel (`patch`) and runs the measurement there in
@@ -29,11 +30,14 @@ int (TL_WORDS per unit and consumer). Per (spec, N) it prints consumer 0's means
 units, in us: `unit` (consumer 0 / the last consumer), and of the unit's first step the
 waits for its Q rows (`Q`), its first K tile (`K`) and its turn (`turn`), the carried
 P V, the unit before's O store (`store`), `firstS` (turn -> first Q K^T done, the two
-before included) and `soft`; `tile` is each later tile; then per tile the unit's summed
-waits for K, for turns and for its Q K^Ts. Last, the producer's side of a unit's first K tile:
-`stage` (from starting the unit to issuing that tile: its tile row and the wait for the
-stage), `lead` (issued this long before consumer 0 had its Q rows; < 0: after) and
-`flight` (issue -> consumer 0's wait for it ends, over the units where it waited).
+before included) and `soft`; `tile` is each later tile (weighted over the units, one-tile
+units left out) and `beyond` a unit's time past its tiles at that rate; then per tile
+the unit's summed waits for K, for turns and for its Q K^Ts. Last, with --producer, the
+producer's side of a unit's first K tile: `stage` (from starting the unit to issuing
+that tile: its tile row and the wait for the stage), `lead` (issued this long before
+consumer 0 had its Q rows; < 0: after), `flight` (issue -> consumer 0's wait for it
+ends; also over the units where it waited two ticks or more) and `Qslot` (after the
+issue, the producer's wait for a Q slot and the Q load, before the unit's next tile).
 
 Both print the kernel's span against the SMs' mean busy time (their difference: idle
 SMs). The timer ticks in 0.256 us steps on an H200: statistics over thousands of units
@@ -91,24 +95,26 @@ EDITS = [
 
 # The persistent kernel's stamps: its units overlap (a unit's O is stored under the next
 # unit's first Q K^T), so a unit's stamps go to a buffer of their own, not over its lse:
-# the copy's launch.py allocates the tickets int with 16 words per (unit, consumer) after
-# it, and thread 0 of each consumer writes them when they happen (one store each).
+# the copy's launch.py allocates the tickets int with TL_WORDS words per (unit, consumer)
+# after it, and thread 0 of each consumer writes them when they happen (one store each).
 # Words: 0 the consumer reaches the unit, 1 its Q rows are in, and in the unit's first step
 # 2 its first K tile is in, 3 the consumer has its turn, 4 the carried P V is done, 5 the
 # unit before's O is stored, 6 the first Q K^T is done, 7 the first step ends; 8 the
 # unit's last step ends; 9 its tiles; 10 the SM; 11 the consumer's unit count so far;
 # 12, 13, 14 the unit's summed waits for K tiles, for turns and for its Q K^Ts (issue ->
-# done, with the store in the first step's). Word 15 is the producer's (its one TMA
-# thread): consumer 0's, the time it starts to load the unit (before its tile row and the
-# wait for the first tile's stage); the last consumer's, the time it has issued the unit's
-# first K tile. Against consumer 0's words 1 and 2 they say whether a unit's first K
-# tile was issued late (the stage, the Q slot) or was slow to arrive (HBM).
-TL_WORDS = 16
+# done, with the store in the first step's). With --producer, words 16-18 of consumer 0's
+# are the producer's (its one TMA thread): 16 it starts the unit (before the unit's tile row and
+# the wait for its first tile's stage), 17 it has issued the unit's first K tile, 18 it
+# has loaded the next unit's Q rows (or this one's, one slot), after waiting for their
+# slot. Against consumer 0's words 1 and 2 they say whether a unit's first K tile was
+# issued late (the stage, the tile row, the Q slot of the unit before) or slow to arrive
+# (HBM).
+TL_WORDS = 20
 TL_MACRO = '''
 #define FG_TL(e, t)                                                                          \\
   do {                                                                                       \\
     if (kPersistent && (threadIdx.x & 127) == 0)                                             \\
-      a.tickets[1 + (tl_unit * Tiles::kConsumers + consumer) * 16 + (e)] = int(t);          \\
+      a.tickets[1 + (tl_unit * Tiles::kConsumers + consumer) * 20 + (e)] = int(t);          \\
   } while (0)
 '''
 PERSISTENT_EDITS = [
@@ -138,18 +144,6 @@ PERSISTENT_EDITS = [
     ("      mbarrier_wait(&q_full[buffer], use & 1);\n",
      "      const uint32_t tl_0 = fg_now();\n      mbarrier_wait(&q_full[buffer], use & 1);\n"
      "      const uint32_t tl_1 = fg_now();\n"),
-    # the producer's two stamps (word 15)
-    ("    auto load_unit = [&](const Cta& cta, const TileRow& row, auto&& after_first) {\n",
-     "    int tl_pu = -1;  // the unit the producer loads (persistent)\n"
-     "    auto load_unit = [&](const Cta& cta, const TileRow& row, auto&& after_first) {\n"),
-    ("        if (first) after_first();\n",
-     "        if (kPersistent && first && tl_pu >= 0)\n"
-     "          a.tickets[1 + (tl_pu * Tiles::kConsumers + Tiles::kConsumers - 1) * 16 + 15] =\n"
-     "              int(fg_now());\n"
-     "        if (first) after_first();\n"),
-    ("        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit(",
-     "        tl_pu = u;\n        a.tickets[1 + u * Tiles::kConsumers * 16 + 15] = int(fg_now());\n"
-     "        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit("),
     ("      if (u < 0) break;\n",
      "      if (u < 0) break;\n      tl_unit = u;\n      tl_k = tl_turn = tl_qk = 0;\n      tl_tiles = 0;\n"
      "      FG_TL(0, tl_0);\n      FG_TL(1, tl_1);\n"),
@@ -160,11 +154,26 @@ PERSISTENT_EDITS = [
      "        FG_TL(10, fg_smid());\n        FG_TL(11, tl_seq++);\n        FG_TL(12, tl_k);\n"
      "        FG_TL(13, tl_turn);\n        FG_TL(14, tl_qk);\n"),
 ]
+# --producer: the producer's stamps too (words 16-18 of consumer 0's). They cost the
+# producer registers: the persistent sliding window's producer spills 20 / 68 bytes with
+# them against 16 / 28 without (ptxas, sm_90a; the consumers' stamps add none), so they
+# are a separate run, and their numbers carry that perturbation.
+PRODUCER_EDITS = [
+    ("        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit(",
+     "        a.tickets[1 + u * Tiles::kConsumers * 20 + 16] = int(fg_now());\n"
+     "        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit("),
+    ("a.shape(a)), [&] {\n          if (kQAhead) {\n",
+     "a.shape(a)), [&] {\n          a.tickets[1 + u * Tiles::kConsumers * 20 + 17] = int(fg_now());\n"
+     "          if (kQAhead) {\n"),
+    ("            load_q(u, k);\n          }\n",
+     "            load_q(u, k);\n          }\n"
+     "          a.tickets[1 + u * Tiles::kConsumers * 20 + 18] = int(fg_now());\n"),
+]
 LAUNCH = "flashgen/runtime/launch.py"
 # the copy's launch.py: room for the stamps after the tickets int, kept for measure()
 LAUNCH_EDITS = [
     ("    tickets = (torch.zeros(1, dtype=torch.int32, device=q.device)",
-     "    tickets = (torch.zeros(1 + 16 * 4 * (1 << 16), dtype=torch.int32, device=q.device)"),
+     "    tickets = (torch.zeros(1 + 20 * 4 * (1 << 16), dtype=torch.int32, device=q.device)"),
     ("    ints.append(0 if tickets is None else tickets.data_ptr())",
      "    ints.append(0 if tickets is None else tickets.data_ptr())\n"
      "    globals()['LAST_TICKETS'] = tickets"),
@@ -181,13 +190,14 @@ def patch(source: str, edits=EDITS, path: str = KERNEL) -> str:
     return source
 
 
-def copy_tree(dst: pathlib.Path, persistent: bool) -> None:
+def copy_tree(dst: pathlib.Path, persistent: bool, producer: bool = False) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     for part in ("flashgen", "templates", "grammar"):
         shutil.copytree(ROOT / part, dst / part,
                         ignore=shutil.ignore_patterns("__pycache__", "results"))
     kernel = dst / KERNEL
-    kernel.write_text(patch(kernel.read_text(), PERSISTENT_EDITS if persistent else EDITS))
+    edits = PERSISTENT_EDITS + (PRODUCER_EDITS if producer else []) if persistent else EDITS
+    kernel.write_text(patch(kernel.read_text(), edits))
     if persistent:
         launch = dst / LAUNCH
         launch.write_text(patch(launch.read_text(), LAUNCH_EDITS, LAUNCH))
@@ -264,21 +274,33 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
 
     c = 0  # consumer 0's view; the last consumer's unit time beside it
     unit = t[..., 8] - t[..., 0]
-    rest = (t[..., 8] - t[..., 7]) / np.maximum(tiles - 1, 1)
+    # a later tile: the steps after the first over the units that have them, weighted by
+    # their count (a mean of per-unit means let one-tile units, whose rest is 0, pull it
+    # down 1-2 % under a causal mask); `beyond`: what a unit takes beyond its tiles at that
+    # rate (its fixed cost, first step included)
+    several = tiles > 1
+    rest = np.array([(t[:, k, 8] - t[:, k, 7])[several[:, k]].sum()
+                     / max(int((tiles[:, k] - 1)[several[:, k]].sum()), 1)
+                     for k in range(consumers)])
     span = (t[..., 8].max() - t[..., 0].min()) / 1000
     busy = unit[:, c].sum() / 1000 / len(sms)
 
     def since(later, earlier):  # ns, signed, across the 32-bit timer's wrap
         return ((later - earlier + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-    # the producer (word 15): its wait for the first tile's stage (and the tile row), how
-    # long before the consumer had its Q rows it issued the first K tile (< 0: after), and
-    # that tile's flight to the consumer's wait ending (the load, when the consumer waited)
-    p_start, p_issue = words[:, 0, 15], words[:, -1, 15]
-    waited = since(words[:, c, 2], words[:, c, 1]) > 100
-    producer = (f" | producer: stage {mean(since(p_issue, p_start)):.2f} "
-                f"lead {mean(since(words[:, c, 1], p_issue)):.2f} "
-                f"flight {mean(since(words[:, c, 2], p_issue), waited):.2f} "
-                f"({int(waited.sum())} of {len(waited)} units waited)") if consumers > 1 else ""
+    # the producer (words 16-18 of consumer 0's): from starting the unit to issuing its
+    # first K tile (the tile row, the wait for the stage), how long before consumer 0 had
+    # its Q rows it issued that tile (< 0: after), the tile's flight (issue -> consumer 0's
+    # wait for it over), and the wait for a Q slot that follows the issue, before the
+    # unit's next tile; `waited`: units whose consumer 0 waited for the tile two timer
+    # ticks (0.256 us each on an H200) or more
+    p = words[:, 0]
+    stamped = bool((p[:, 17] != 0).any())
+    waited = since(p[:, 2], p[:, 1]) >= 512
+    producer = (f" | producer: stage {mean(since(p[:, 17], p[:, 16])):.2f} "
+                f"lead {mean(since(p[:, 1], p[:, 17])):.2f} "
+                f"flight {mean(since(p[:, 2], p[:, 17])):.2f} "
+                f"(waited: {mean(since(p[:, 2], p[:, 17]), waited):.2f} in {int(waited.sum())} "
+                f"of {len(waited)} units) Qslot {mean(since(p[:, 18], p[:, 17])):.2f}") if stamped else ""
     return (f"{spec:8s} N={N:5d} {family:20s} span {span:7.1f} busy {busy:7.1f} | "
             f"tiles {np.mean(tiles[:, c]):4.1f} unit {mean(unit[:, c]):5.2f} / {mean(unit[:, -1]):5.2f} "
             f"Q {mean(t[:, c, 1] - t[:, c, 0]):.2f} K {mean(t[:, c, 2] - t[:, c, 1]):.2f} "
@@ -286,7 +308,7 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
             f"carriedPV {mean(t[:, c, 4] - t[:, c, 3], carried[:, c]):.2f} "
             f"store {mean(t[:, c, 5] - t[:, c, 4], carried[:, c]):.2f} "
             f"firstS {mean(t[:, c, 6] - t[:, c, 3]):.2f} soft {mean(t[:, c, 7] - t[:, c, 6]):.2f} "
-            f"tile {mean(rest[:, c]):.2f} | per tile: K {mean(words[:, c, 12] / tiles[:, c]):.2f} "
+            f"tile {rest[c] / 1000:.2f} beyond {mean(unit[:, c] - tiles[:, c] * rest[c]):.2f} | per tile: K {mean(words[:, c, 12] / tiles[:, c]):.2f} "
             f"turn {mean(words[:, c, 13] / tiles[:, c]):.2f} QK {mean(words[:, c, 14] / tiles[:, c]):.2f}"
             + producer)
 
@@ -300,6 +322,8 @@ def main() -> None:
     # one (stamps after its tickets int: PERSISTENT_EDITS)
     parser.add_argument("--families", default="wgmma_ws,wgmma_ws_persistent")
     parser.add_argument("--copy", default="/tmp/flashgen_timeline_tree")
+    parser.add_argument("--producer", action="store_true",
+                        help="the persistent kernel's producer stamps too (PRODUCER_EDITS)")
     parser.add_argument("--measure", nargs=4, metavar=("SPEC", "FAMILY", "N", "D"),
                         help=argparse.SUPPRESS)  # the child process, inside the copy
     args = parser.parse_args()
@@ -310,8 +334,9 @@ def main() -> None:
     families = args.families.split(",")
     envs = {}
     for persistent in sorted({f == PERSISTENT for f in families}):
-        copy = pathlib.Path(args.copy + ("_persistent" if persistent else ""))
-        copy_tree(copy, persistent)
+        copy = pathlib.Path(args.copy + ("_persistent" if persistent else "")
+                            + ("_producer" if persistent and args.producer else ""))
+        copy_tree(copy, persistent, args.producer)
         # the cache beside the copy, not in it: a run after prebuilding into it keeps it
         env = dict(os.environ, FLASHGEN_CACHE_DIR=f"{copy}_cache",
                    PYTHONPATH=os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]))
