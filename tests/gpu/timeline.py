@@ -110,11 +110,13 @@ EDITS = [
 # issued late (the stage, the tile row, the Q slot of the unit before) or slow to arrive
 # (HBM).
 TL_WORDS = 20
-TL_MACRO = '''
+TL_MACRO = f'''
+constexpr int kTlWords = {TL_WORDS};  // timeline.py's TL_WORDS
+''' + '''
 #define FG_TL(e, t)                                                                          \\
   do {                                                                                       \\
     if (kPersistent && (threadIdx.x & 127) == 0)                                             \\
-      a.tickets[1 + (tl_unit * Tiles::kConsumers + consumer) * 20 + (e)] = int(t);          \\
+      a.tickets[1 + (tl_unit * Tiles::kConsumers + consumer) * kTlWords + (e)] = int(t);    \\
   } while (0)
 '''
 PERSISTENT_EDITS = [
@@ -160,20 +162,20 @@ PERSISTENT_EDITS = [
 # are a separate run, and their numbers carry that perturbation.
 PRODUCER_EDITS = [
     ("        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit(",
-     "        a.tickets[1 + u * Tiles::kConsumers * 20 + 16] = int(fg_now());\n"
+     "        a.tickets[1 + u * Tiles::kConsumers * kTlWords + 16] = int(fg_now());\n"
      "        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit("),
     ("a.shape(a)), [&] {\n          if (kQAhead) {\n",
-     "a.shape(a)), [&] {\n          a.tickets[1 + u * Tiles::kConsumers * 20 + 17] = int(fg_now());\n"
+     "a.shape(a)), [&] {\n          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 17] = int(fg_now());\n"
      "          if (kQAhead) {\n"),
     ("            load_q(u, k);\n          }\n",
      "            load_q(u, k);\n          }\n"
-     "          a.tickets[1 + u * Tiles::kConsumers * 20 + 18] = int(fg_now());\n"),
+     "          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 18] = int(fg_now());\n"),
 ]
 LAUNCH = "flashgen/runtime/launch.py"
 # the copy's launch.py: room for the stamps after the tickets int, kept for measure()
 LAUNCH_EDITS = [
     ("    tickets = (torch.zeros(1, dtype=torch.int32, device=q.device)",
-     "    tickets = (torch.zeros(1 + 20 * 4 * (1 << 16), dtype=torch.int32, device=q.device)"),
+     f"    tickets = (torch.zeros(1 + {TL_WORDS} * 4 * (1 << 16), dtype=torch.int32, device=q.device)"),
     ("    ints.append(0 if tickets is None else tickets.data_ptr())",
      "    ints.append(0 if tickets is None else tickets.data_ptr())\n"
      "    globals()['LAST_TICKETS'] = tickets"),
