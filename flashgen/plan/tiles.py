@@ -42,6 +42,7 @@ SM90_SMEM_LIMIT = 227 * 1024   # and on H100 / H200
 DEFAULT_ARCH = "sm_90a"        # the plan `flashgen generate` writes and explain shows
 PAD = 8                        # elements of padding per shared row (templates/kernels/mma.cuh)
 ELEMENT_BYTES = 2              # fp16 / bf16
+UNIT_CARD_BYTES = 40           # a persistent forward's unit card (forward_sm90_ws.cuh UnitCard)
 FORWARD_WARPS = 4
 
 
@@ -90,8 +91,8 @@ class ForwardPlan:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
             barriers = 4 * self.kv_stages * 8 if self.producer else 0   # a producer's mbarriers
             q_slots = self.q_slots if self.persistent else 1  # persistent: and per Q slot and
-            if self.persistent:                                # consumer two mbarriers, a unit
-                barriers += 3 * q_slots * self.consumers * 8
+            if self.persistent:                  # consumer two mbarriers and a unit's card
+                barriers += (2 * 8 + UNIT_CARD_BYTES) * q_slots * self.consumers
             o_stage = self.block_m * dv if self.persistent and self.o_stage else 0
             return ((q_slots * self.block_m * d + self.kv_stages * self.block_n * (d + dv)
                      + o_stage) * ELEMENT_BYTES + barriers + 1024)

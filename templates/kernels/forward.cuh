@@ -260,10 +260,15 @@ struct ForwardCta {
       : ForwardCta(a, block_m, gridDim.x - 1 - blockIdx.x, blockIdx.y) {}
   // Q tile m_block of (batch, head) bh: a persistent CTA's unit of work
   __device__ __forceinline__ ForwardCta(const ForwardArgs<T>& a, int block_m, int m_block, int bh)
+      : ForwardCta(a, block_m, m_block, bh / a.shape.heads, bh % a.shape.heads,
+                   bh % a.shape.heads / (a.shape.heads / a.shape.kv_heads)) {}
+  // ... of batch b, head h and KV head hk (a persistent unit's card: forward_sm90_ws.cuh)
+  __device__ __forceinline__ ForwardCta(const ForwardArgs<T>& a, int block_m, int m_block, int b,
+                                        int h, int hk)
       : m_block(m_block),
-        b(bh / a.shape.heads),
-        h(bh % a.shape.heads),
-        hk(h / (a.shape.heads / a.shape.kv_heads)),
+        b(b),
+        h(h),
+        hk(hk),
         q0(m_block * block_m),
         sequence(kGeneral ? a.shape.for_sequence(b) : Shape{}),
         q(kGeneral ? a.q.from_row(sequence.q_start) : a.q),

@@ -93,10 +93,12 @@ struct ForwardTilesSm90Ws {
   static constexpr int kBarrierOffset = kQBytes + Stages * (K::kBytes + V::kBytes) + kOBytes;
   // the Q slots, the K/V stages and the output stages, then a full and an empty mbarrier
   // per stage for its K and for its V (the kernel's comment), and, persistent, per Q slot
-  // and consumer a full and an empty mbarrier and the unit (8 bytes); +1024 to align the
-  // start on a swizzle pattern
+  // and consumer a full and an empty mbarrier and the unit's card (UnitCard, 40 bytes);
+  // +1024 to align the start on a swizzle pattern
+  static constexpr int kCardBytes = 40;
   static constexpr int kSmemBytes =
-      kBarrierOffset + 4 * Stages * 8 + (Persistent ? 3 * kQSlots * kConsumers * 8 : 0) + 1024;
+      kBarrierOffset + 4 * Stages * 8 +
+      (Persistent ? (2 * 8 + kCardBytes) * kQSlots * kConsumers : 0) + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
@@ -311,6 +313,26 @@ __device__ __forceinline__ ForwardCta<T, false> unit_cta(const ForwardArgs<T>& a
   return ForwardCta<T, false>(a, block_m, m_block, bh);
 }
 
+// A persistent unit as the producer hands it to a consumer with its Q rows: where it lies
+// and its row of K/V tiles. Worked out once, by the producer, during the unit before
+// (two Q slots), instead of by every consumer between its units: there the dependent
+// divisions of unit_at and the Cta and the mask's 64-bit interval arithmetic (trim_row)
+// took 0.6-0.9 us that the unit's first Q K^T waited for (PERF.md, "the unit card").
+struct UnitCard {
+  TileRow row;
+  int unit;  // -1: no more units
+  int m_block, b, h, hk;
+};
+
+template <int KvRowBytes, class V, int BM, int BN, class T>
+__device__ __forceinline__ UnitCard unit_card(const ForwardArgs<T>& a,
+                                              const typename V::Params& p, int u, int units) {
+  if (u >= units) return UnitCard{TileRow{}, -1, 0, 0, 0, 0};
+  const ForwardCta<T, false> cta = unit_cta<KvRowBytes>(a, BM, u);
+  return UnitCard{cta.template tiles<V, BM, BN>(a, p, a.shape), u, cta.m_block, cta.b, cta.h,
+                  cta.hk};
+}
+
 // The kinds of a consumer's step (one K/V tile): the first of its CTA (no P V pending),
 // a later one of the same unit (the previous tile's P V pending), or, persistent, the
 // first of a unit after another (the last P V of the unit before pending: issued before
@@ -361,7 +383,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   constexpr int kQBuffers = Tiles::kQSlots * Tiles::kConsumers;
   uint64_t* q_full = full_k + 4 * Stages;                          // [kQBuffers]
   uint64_t* q_empty = q_full + kQBuffers;                          // [kQBuffers]
-  int* q_unit = reinterpret_cast<int*>(q_empty + kQBuffers);       // [kQBuffers]; -1: no more
+  UnitCard* q_card = reinterpret_cast<UnitCard*>(q_empty + kQBuffers);  // [kQBuffers]
+  static_assert(sizeof(UnitCard) == Tiles::kCardBytes && alignof(UnitCard) <= 8, "the card");
   constexpr int kQ = Tiles::Q::kBytes / int(sizeof(T));
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
   constexpr int kKvRowBytes = (D + Dv) * int(sizeof(T));  // a key's K and V (unit_at)
@@ -461,42 +484,44 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       // still runs.
       constexpr bool kQAhead = Tiles::kQSlots == 2;
       const int units = (a.shape.q_len + BM - 1) / BM * (a.shape.batch * a.shape.heads);
-      // the Q rows of this CTA's k-th unit, `unit` (an arrival publishes it; -1: no more)
-      auto load_q = [&](int unit, int k) {
+      // the Q rows of this CTA's k-th unit, and its card (an arrival publishes both; a
+      // card of unit -1: no more)
+      auto load_q = [&](const UnitCard& card, int k) {
         const int slot = k % Tiles::kQSlots, use = k / Tiles::kQSlots;
-        const bool valid = unit < units;
-        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, valid ? unit : 0);
 #pragma unroll
         for (int c = 0; c < Tiles::kConsumers; ++c) {
           const int buffer = slot * Tiles::kConsumers + c;
           mbarrier_wait<true>(&q_empty[buffer], (use & 1) ^ 1);
-          q_unit[buffer] = valid ? unit : -1;
-          if (!valid) {
+          q_card[buffer] = card;
+          if (card.unit < 0) {
             mbarrier_arrive(&q_full[buffer]);
             continue;
           }
           mbarrier_arrive_expecting(&q_full[buffer], Tiles::Q::kBytes);
-          tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, cta.q0 + 64 * c, cta.h, cta.b,
-                               &q_full[buffer]);
+          tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, card.m_block * BM + 64 * c, card.h,
+                               card.b, &q_full[buffer]);
         }
       };
+      auto card_of = [&](int unit) { return unit_card<kKvRowBytes, V, BM, BN>(a, p, unit, units); };
       int u = blockIdx.x;
-      if (kQAhead) load_q(u, 0);
+      if (kQAhead) load_q(card_of(u), 0);
       for (int k = 0;; ++k) {
-        const bool valid = u < units;
-        // the unit after this one, drawn now: the atomic's latency passes under this
-        // unit's loads
-        const int after = valid ? int(gridDim.x) + atomicAdd(a.tickets, 1) : units;
-        if (!valid) {
-          if (!kQAhead) load_q(u, k);  // (ahead: published with the unit before)
+        // this unit's card: with two slots worked out during the unit before and read
+        // back from its slot (held in registers through that unit's loads it spilled)
+        const UnitCard card = kQAhead ? q_card[(k % Tiles::kQSlots) * Tiles::kConsumers]
+                                      : card_of(u);
+        if (card.unit < 0) {
+          if (!kQAhead) load_q(card, k);  // (ahead: published with the unit before)
           break;
         }
-        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
-        load_unit(cta, cta.template tiles<V, BM, BN>(a, p, cta.shape(a)), [&] {
+        // the unit after this one, drawn now: the atomic's latency passes under this
+        // unit's loads
+        const int after = int(gridDim.x) + atomicAdd(a.tickets, 1);
+        load_unit(Cta(a, BM, card.m_block, card.b, card.h, card.hk), card.row, [&] {
           if (kQAhead) {
-            load_q(after, k + 1);
+            load_q(card_of(after), k + 1);
           } else {
-            load_q(u, k);
+            load_q(card, k);
           }
         });
         u = after;
@@ -706,11 +731,17 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       // unit's tiles, the loop's trip count, the K/V stage) then went to per-thread
       // registers, every wgmma descriptor computed there and moved to uniform ones (208
       // R2UR against the grid kernel's 40; forward 4-10 % slower, PERF.md twentieth step)
-      const int u = __shfl_sync(0xffffffffu, q_unit[buffer], 0);
+      const UnitCard& card = q_card[buffer];
+      const int u = __shfl_sync(0xffffffffu, card.unit, 0);
       if (u < 0) break;
-      const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);
-      const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0,
-                      cta.template tiles<V, BM, BN>(a, p, n)};
+      const Cta cta(a, BM, __shfl_sync(0xffffffffu, card.m_block, 0),
+                    __shfl_sync(0xffffffffu, card.b, 0), __shfl_sync(0xffffffffu, card.h, 0),
+                    __shfl_sync(0xffffffffu, card.hk, 0));
+      const TileRow row{
+          reinterpret_cast<const int*>(__shfl_sync(
+              0xffffffffu, reinterpret_cast<unsigned long long>(card.row.list), 0)),
+          __shfl_sync(0xffffffffu, card.row.begin, 0), __shfl_sync(0xffffffffu, card.row.end, 0)};
+      const Stream kv{sK, sV, p, n, a.sparse, cta.k, cta.v, cta.b, cta.h, cta.hk, cta.q0, row};
       const int row0 = cta.q0 + 16 * warp;
       const uint32_t q_rows = smem_address(sQ0 + buffer * kQ);
       auto walk = kv.walk();

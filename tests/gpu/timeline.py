@@ -102,13 +102,14 @@ EDITS = [
 # unit before's O is stored, 6 the first Q K^T is done, 7 the first step ends; 8 the
 # unit's last step ends; 9 its tiles; 10 the SM; 11 the consumer's unit count so far;
 # 12, 13, 14 the unit's summed waits for K tiles, for turns and for its Q K^Ts (issue ->
-# done, with the store in the first step's). With --producer, words 16-18 of consumer 0's
-# are the producer's (its one TMA thread): 16 it starts the unit (before the unit's tile row and
-# the wait for its first tile's stage), 17 it has issued the unit's first K tile, 18 it
+# done, with the store in the first step's), 15 it has the unit's tile walk (from 1, its
+# own work before it waits for the first K tile). With --producer, words 16-18 of consumer 0's
+# are the producer's (its one TMA thread): 16 it starts the unit (before the wait for its
+# first tile's stage), 17 it has issued the unit's first K tile, 18 it
 # has loaded the next unit's Q rows (or this one's, one slot), after waiting for their
-# slot. Against consumer 0's words 1 and 2 they say whether a unit's first K tile was
-# issued late (the stage, the tile row, the Q slot of the unit before) or slow to arrive
-# (HBM).
+# slot, 19 it has the unit's tile row (then it waits for the first tile's stage).
+# Against consumer 0's words 1 and 2 they say whether a unit's first K tile was issued
+# late (the tile row, the stage, the Q slot of the unit before) or slow to arrive (HBM).
 TL_WORDS = 20
 TL_MACRO = f'''
 constexpr int kTlWords = {TL_WORDS};  // timeline.py's TL_WORDS
@@ -155,21 +156,30 @@ PERSISTENT_EDITS = [
      "        carried = u;\n        FG_TL(8, fg_now());\n        FG_TL(9, tl_tiles);\n"
      "        FG_TL(10, fg_smid());\n        FG_TL(11, tl_seq++);\n        FG_TL(12, tl_k);\n"
      "        FG_TL(13, tl_turn);\n        FG_TL(14, tl_qk);\n"),
+    ("      const uint32_t q_rows = smem_address(sQ0 + buffer * kQ);\n      auto walk = kv.walk();\n",
+     "      const uint32_t q_rows = smem_address(sQ0 + buffer * kQ);\n      auto walk = kv.walk();\n"
+     "      FG_TL(15, fg_now());\n"),
 ]
 # --producer: the producer's stamps too (words 16-18 of consumer 0's). They cost the
 # producer registers: the persistent sliding window's producer spills 20 / 68 bytes with
 # them against 16 / 28 without (ptxas, sm_90a; the consumers' stamps add none), so they
 # are a separate run, and their numbers carry that perturbation.
 PRODUCER_EDITS = [
-    ("        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit(",
+    ("        // the unit after this one, drawn now",
      "        a.tickets[1 + u * Tiles::kConsumers * kTlWords + 16] = int(fg_now());\n"
-     "        const Cta cta = unit_cta<kKvRowBytes, T>(a, BM, u);\n        load_unit("),
-    ("a.shape(a)), [&] {\n          if (kQAhead) {\n",
-     "a.shape(a)), [&] {\n          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 17] = int(fg_now());\n"
+     "        // the unit after this one, drawn now"),
+    ("card.row, [&] {\n          if (kQAhead) {\n",
+     "card.row, [&] {\n          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 17] = int(fg_now());\n"
      "          if (kQAhead) {\n"),
-    ("            load_q(u, k);\n          }\n",
-     "            load_q(u, k);\n          }\n"
+    ("            load_q(card, k);\n          }\n",
+     "            load_q(card, k);\n          }\n"
      "          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 18] = int(fg_now());\n"),
+    # 19: the unit's tile row is at hand (the empty asm holds the stamp after the card's
+    # loads, which the compiler could otherwise sink past it)
+    ("        load_unit(Cta(a, BM, card.m_block",
+     "        asm volatile(\"\" ::\"r\"(card.row.begin), \"r\"(card.row.end), \"l\"(card.row.list));\n"
+     "        a.tickets[1 + u * Tiles::kConsumers * kTlWords + 19] = int(fg_now());\n"
+     "        load_unit(Cta(a, BM, card.m_block"),
 ]
 LAUNCH = "flashgen/runtime/launch.py"
 # the copy's launch.py: room for the stamps after the tickets int, kept for measure()
@@ -299,6 +309,7 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
     stamped = bool((p[:, 17] != 0).any())
     waited = since(p[:, 2], p[:, 1]) >= 512
     producer = (f" | producer: stage {mean(since(p[:, 17], p[:, 16])):.2f} "
+                f"(row {mean(since(p[:, 19], p[:, 16])):.2f}) "
                 f"lead {mean(since(p[:, 1], p[:, 17])):.2f} "
                 f"flight {mean(since(p[:, 2], p[:, 17])):.2f} "
                 f"(waited: {mean(since(p[:, 2], p[:, 17]), waited):.2f} in {int(waited.sum())} "
@@ -306,6 +317,7 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
     return (f"{spec:8s} N={N:5d} {family:20s} span {span:7.1f} busy {busy:7.1f} | "
             f"tiles {np.mean(tiles[:, c]):4.1f} unit {mean(unit[:, c]):5.2f} / {mean(unit[:, -1]):5.2f} "
             f"Q {mean(t[:, c, 1] - t[:, c, 0]):.2f} K {mean(t[:, c, 2] - t[:, c, 1]):.2f} "
+            f"(own {mean(since(words[:, c, 15], words[:, c, 1])):.2f}) "
             f"turn {mean(t[:, c, 3] - t[:, c, 2]):.2f} "
             f"carriedPV {mean(t[:, c, 4] - t[:, c, 3], carried[:, c]):.2f} "
             f"store {mean(t[:, c, 5] - t[:, c, 4], carried[:, c]):.2f} "
