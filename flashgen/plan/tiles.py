@@ -91,8 +91,8 @@ class ForwardPlan:
         if self.family == "wgmma":  # swizzled rows need no pad; +1024 to align them;
             barriers = 4 * self.kv_stages * 8 if self.producer else 0   # a producer's mbarriers
             q_slots = self.q_slots if self.persistent else 1  # persistent: and per Q slot and
-            if self.persistent:                  # consumer two mbarriers and a unit's card
-                barriers += (2 * 8 + UNIT_CARD_BYTES) * q_slots * self.consumers
+            if self.persistent:  # consumer two mbarriers and a unit's card (and the card writer's)
+                barriers += (2 * 8 + UNIT_CARD_BYTES) * (q_slots * self.consumers + 1)
             o_stage = self.block_m * dv if self.persistent and self.o_stage else 0
             return ((q_slots * self.block_m * d + self.kv_stages * self.block_n * (d + dv)
                      + o_stage) * ELEMENT_BYTES + barriers + 1024)

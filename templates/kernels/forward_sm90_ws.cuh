@@ -93,12 +93,13 @@ struct ForwardTilesSm90Ws {
   static constexpr int kBarrierOffset = kQBytes + Stages * (K::kBytes + V::kBytes) + kOBytes;
   // the Q slots, the K/V stages and the output stages, then a full and an empty mbarrier
   // per stage for its K and for its V (the kernel's comment), and, persistent, per Q slot
-  // and consumer a full and an empty mbarrier and the unit's card (UnitCard, 40 bytes);
-  // +1024 to align the start on a swizzle pattern
+  // and consumer a full and an empty mbarrier and the unit's card (UnitCard, 40 bytes),
+  // and the same for the card on its way from the producer's card writer; +1024 to align
+  // the start on a swizzle pattern
   static constexpr int kCardBytes = 40;
   static constexpr int kSmemBytes =
       kBarrierOffset + 4 * Stages * 8 +
-      (Persistent ? (2 * 8 + kCardBytes) * kQSlots * kConsumers : 0) + 1024;
+      (Persistent ? (2 * 8 + kCardBytes) * (kQSlots * kConsumers + 1) : 0) + 1024;
   template <class T>
   static constexpr int smem_bytes() { return kSmemBytes; }
   static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
@@ -314,10 +315,11 @@ __device__ __forceinline__ ForwardCta<T, false> unit_cta(const ForwardArgs<T>& a
 }
 
 // A persistent unit as the producer hands it to a consumer with its Q rows: where it lies
-// and its row of K/V tiles. Worked out once, by the producer, during the unit before
-// (two Q slots), instead of by every consumer between its units: there the dependent
-// divisions of unit_at and the Cta and the mask's 64-bit interval arithmetic (trim_row)
-// took 0.6-0.9 us that the unit's first Q K^T waited for (PERF.md, "the unit card").
+// and its row of K/V tiles. Worked out once, by the producer's card writer, a unit or
+// more ahead, instead of by every consumer and the loading thread between their units:
+// there the dependent divisions of unit_at and the Cta and the mask's 64-bit interval
+// arithmetic (trim_row) took 0.3-0.9 us, which the unit's first Q K^T waited for (PERF.md,
+// "the unit card").
 struct UnitCard {
   TileRow row;
   int unit;  // -1: no more units
@@ -383,7 +385,12 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   constexpr int kQBuffers = Tiles::kQSlots * Tiles::kConsumers;
   uint64_t* q_full = full_k + 4 * Stages;                          // [kQBuffers]
   uint64_t* q_empty = q_full + kQBuffers;                          // [kQBuffers]
-  UnitCard* q_card = reinterpret_cast<UnitCard*>(q_empty + kQBuffers);  // [kQBuffers]
+  // the card writer's: full when it has written the next unit's card, empty when the
+  // loading thread has taken it
+  uint64_t* card_full = q_empty + kQBuffers;
+  uint64_t* card_empty = card_full + 1;
+  UnitCard* q_card = reinterpret_cast<UnitCard*>(card_empty + 1);  // [kQBuffers]
+  UnitCard* next_card = q_card + kQBuffers;
   static_assert(sizeof(UnitCard) == Tiles::kCardBytes && alignof(UnitCard) <= 8, "the card");
   constexpr int kQ = Tiles::Q::kBytes / int(sizeof(T));
   constexpr int kK = Tiles::K::kBytes / int(sizeof(T)), kV = Tiles::V::kBytes / int(sizeof(T));
@@ -405,6 +412,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
         mbarrier_init(&q_full[s], 1);
         mbarrier_init(&q_empty[s], 128);
       }
+      mbarrier_init(card_full, 1);
+      mbarrier_init(card_empty, 1);
     }
     mbarrier_init_fence();
   }
@@ -429,6 +438,22 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   // threads by threadIdx.x, 0..127.
   if (warpgroup == 0) {
     release_registers<Tiles::template kProducerRegisters<kTma>>();
+    if constexpr (kPersistent) {
+      // The card writer, warp 1's first lane: draws the units (unit_at's comment) and
+      // works out each one's card, a card ahead of the loading thread, which takes it
+      // during the unit before with two Q slots. In its own registers: worked out in the
+      // loading thread's loop, the card's arithmetic had doubled that thread's spills.
+      if (threadIdx.x == 32) {
+        const int units = (a.shape.q_len + BM - 1) / BM * (a.shape.batch * a.shape.heads);
+        for (int k = 0;; ++k) {
+          mbarrier_wait<true>(card_empty, (k & 1) ^ 1);
+          const int u = k == 0 ? int(blockIdx.x) : int(gridDim.x) + atomicAdd(a.tickets, 1);
+          *next_card = unit_card<kKvRowBytes, V, BM, BN>(a, p, u, units);
+          mbarrier_arrive(card_full);
+          if (u >= units) return;
+        }
+      }
+    }
     if (kTma && threadIdx.x != 0) return;  // one thread issues every TMA load
     // the K/V tiles of one unit, each into its stage once every consumer is done with
     // what that stage held; after_first() after the first tile's (or at once: no tile)
@@ -483,48 +508,49 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
       // unit's first tile goes first because its stage is free while the unit before
       // still runs.
       constexpr bool kQAhead = Tiles::kQSlots == 2;
-      const int units = (a.shape.q_len + BM - 1) / BM * (a.shape.batch * a.shape.heads);
-      // the Q rows of this CTA's k-th unit, and its card (an arrival publishes both; a
-      // card of unit -1: no more)
-      auto load_q = [&](const UnitCard& card, int k) {
+      // the Q rows of this CTA's k-th unit and its card, copied from *card (an arrival
+      // publishes both; a card of unit -1: no more). From shared memory to shared
+      // memory: a card held in the loop's registers raised the thread's spills.
+      auto load_q = [&](const UnitCard* card, int k) {
         const int slot = k % Tiles::kQSlots, use = k / Tiles::kQSlots;
 #pragma unroll
         for (int c = 0; c < Tiles::kConsumers; ++c) {
           const int buffer = slot * Tiles::kConsumers + c;
           mbarrier_wait<true>(&q_empty[buffer], (use & 1) ^ 1);
-          q_card[buffer] = card;
-          if (card.unit < 0) {
+          q_card[buffer] = *card;
+          if (card->unit < 0) {
             mbarrier_arrive(&q_full[buffer]);
             continue;
           }
           mbarrier_arrive_expecting(&q_full[buffer], Tiles::Q::kBytes);
-          tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, card.m_block * BM + 64 * c, card.h,
-                               card.b, &q_full[buffer]);
+          tma_load_tile<64, D>(sQ0 + buffer * kQ, maps.q, card->m_block * BM + 64 * c, card->h,
+                               card->b, &q_full[buffer]);
         }
       };
-      auto card_of = [&](int unit) { return unit_card<kKvRowBytes, V, BM, BN>(a, p, unit, units); };
-      int u = blockIdx.x;
-      if (kQAhead) load_q(card_of(u), 0);
+      // the k-th card from the card writer: written (its copy taken: card_empty)
+      auto wait_card = [&](int k) { mbarrier_wait<true>(card_full, k & 1); };
+      if (kQAhead) {
+        wait_card(0);
+        load_q(next_card, 0);
+        mbarrier_arrive(card_empty);
+      }
       for (int k = 0;; ++k) {
-        // this unit's card: with two slots worked out during the unit before and read
-        // back from its slot (held in registers through that unit's loads it spilled)
-        const UnitCard card = kQAhead ? q_card[(k % Tiles::kQSlots) * Tiles::kConsumers]
-                                      : card_of(u);
+        // this unit's card: with two slots taken during the unit before, in its slot
+        if (!kQAhead) wait_card(k);
+        const UnitCard card =
+            kQAhead ? q_card[(k % Tiles::kQSlots) * Tiles::kConsumers] : *next_card;
         if (card.unit < 0) {
-          if (!kQAhead) load_q(card, k);  // (ahead: published with the unit before)
+          if (!kQAhead) {  // (ahead: published with the unit before)
+            load_q(next_card, k);
+            mbarrier_arrive(card_empty);
+          }
           break;
         }
-        // the unit after this one, drawn now: the atomic's latency passes under this
-        // unit's loads
-        const int after = int(gridDim.x) + atomicAdd(a.tickets, 1);
         load_unit(Cta(a, BM, card.m_block, card.b, card.h, card.hk), card.row, [&] {
-          if (kQAhead) {
-            load_q(card_of(after), k + 1);
-          } else {
-            load_q(card, k);
-          }
+          if (kQAhead) wait_card(k + 1);
+          load_q(next_card, kQAhead ? k + 1 : k);
+          mbarrier_arrive(card_empty);
         });
-        u = after;
       }
     } else {
       load_unit(Cta(a, BM), grid_row, [] {});

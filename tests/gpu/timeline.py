@@ -160,25 +160,26 @@ PERSISTENT_EDITS = [
      "      const uint32_t q_rows = smem_address(sQ0 + buffer * kQ);\n      auto walk = kv.walk();\n"
      "      FG_TL(15, fg_now());\n"),
 ]
-# --producer: the producer's stamps too (words 16-18 of consumer 0's). They cost the
-# producer registers: the persistent sliding window's producer spills 20 / 68 bytes with
-# them against 16 / 28 without (ptxas, sm_90a; the consumers' stamps add none), so they
-# are a separate run, and their numbers carry that perturbation.
+# --producer: the producer's stamps too (words 16-19 of consumer 0's). They cost the
+# loading thread registers: the persistent sliding window's kernel spills 40 / 64 bytes
+# with them against 32 / 40 without (ptxas, sm_90a, with the unit cards; the consumers'
+# stamps add none), so they are a separate run, and their numbers carry that perturbation.
 PRODUCER_EDITS = [
-    ("        // the unit after this one, drawn now",
-     "        a.tickets[1 + u * Tiles::kConsumers * kTlWords + 16] = int(fg_now());\n"
-     "        // the unit after this one, drawn now"),
-    ("card.row, [&] {\n          if (kQAhead) {\n",
-     "card.row, [&] {\n          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 17] = int(fg_now());\n"
-     "          if (kQAhead) {\n"),
-    ("            load_q(card, k);\n          }\n",
-     "            load_q(card, k);\n          }\n"
-     "          a.tickets[1 + u * Tiles::kConsumers * kTlWords + 18] = int(fg_now());\n"),
+    ("          break;\n        }\n        load_unit(",
+     "          break;\n        }\n"
+     "        a.tickets[1 + card.unit * Tiles::kConsumers * kTlWords + 16] = int(fg_now());\n"
+     "        load_unit("),
+    ("card.row, [&] {\n          if (kQAhead) wait_card",
+     "card.row, [&] {\n          a.tickets[1 + card.unit * Tiles::kConsumers * kTlWords + 17] = int(fg_now());\n"
+     "          if (kQAhead) wait_card"),
+    ("          load_q(next_card, kQAhead ? k + 1 : k);\n",
+     "          load_q(next_card, kQAhead ? k + 1 : k);\n"
+     "          a.tickets[1 + card.unit * Tiles::kConsumers * kTlWords + 18] = int(fg_now());\n"),
     # 19: the unit's tile row is at hand (the empty asm holds the stamp after the card's
     # loads, which the compiler could otherwise sink past it)
     ("        load_unit(Cta(a, BM, card.m_block",
      "        asm volatile(\"\" ::\"r\"(card.row.begin), \"r\"(card.row.end), \"l\"(card.row.list));\n"
-     "        a.tickets[1 + u * Tiles::kConsumers * kTlWords + 19] = int(fg_now());\n"
+     "        a.tickets[1 + card.unit * Tiles::kConsumers * kTlWords + 19] = int(fg_now());\n"
      "        load_unit(Cta(a, BM, card.m_block"),
 ]
 LAUNCH = "flashgen/runtime/launch.py"
