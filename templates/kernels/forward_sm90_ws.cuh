@@ -23,8 +23,9 @@
 //     and runs while the previous tile's P V still accumulates into O; O is rescaled
 //     after it.
 // Persistent (kPersistent, the default of a padded batch at d <= 128): one CTA per SM
-// runs many Q tiles (units, drawn from a counter after its first). The producer loads
-// each consumer's Q rows by TMA into Q slots (two: a unit ahead; one at d = 256: as
+// runs many Q tiles (units, drawn from a counter after its first by the producer's card
+// writer, which hands each unit's place and tile row to the loading thread and the
+// consumers: UnitCard). The producer loads each consumer's Q rows by TMA into Q slots (two: a unit ahead; one at d = 256: as
 // soon as that consumer's last Q K^T of a unit is done), and the next unit's K/V while
 // the consumers finish this one's; a consumer carries its unit's last P V into the next
 // unit's first turn and stores the unit's O while that turn's Q K^T runs, at d = 128
@@ -272,7 +273,7 @@ __device__ __forceinline__ void store_output_tma(const float (&o)[1][DT][4],
 constexpr int kQBarrier = 1, kTurnBarrier = 4;
 
 // The units of a persistent forward: (Q tile, batch * head) pairs, unit u as unit_at
-// numbers it. A CTA runs unit blockIdx.x first; its producer then draws the next from
+// numbers it. A CTA runs unit blockIdx.x first; its card writer then draws the next from
 // ForwardArgs::tickets (gridDim.x + a ticket: dynamic, so that an SM whose units were
 // short takes more, where a static split of causal units left SMs idle for 230 of 1144
 // us at N = 8192, PERF.md's seventeenth step).
