@@ -103,14 +103,15 @@ EDITS = [
 # unit's last step ends; 9 its tiles; 10 the SM; 11 the consumer's unit count so far;
 # 12, 13, 14 the unit's summed waits for K tiles, for turns and for its Q K^Ts (issue ->
 # done, with the store in the first step's), 15 it has the unit's tile walk (from 1, its
-# own work before it waits for the first K tile). With --producer, words 16-18 of consumer 0's
+# own work before it waits for the first K tile), 20 it starts that wait (after its first
+# step's walk.advance(), which classifies the next tile). With --producer, words 16-18 of consumer 0's
 # are the producer's (its one TMA thread): 16 it starts the unit (before the wait for its
 # first tile's stage), 17 it has issued the unit's first K tile, 18 it
 # has loaded the next unit's Q rows (or this one's, one slot), after waiting for their
 # slot, 19 it has the unit's tile row (then it waits for the first tile's stage).
 # Against consumer 0's words 1 and 2 they say whether a unit's first K tile was issued
 # late (the tile row, the stage, the Q slot of the unit before) or slow to arrive (HBM).
-TL_WORDS = 20
+TL_WORDS = 21
 TL_MACRO = f'''
 constexpr int kTlWords = {TL_WORDS};  // timeline.py's TL_WORDS
 ''' + '''
@@ -129,7 +130,8 @@ PERSISTENT_EDITS = [
      "    walk.advance();\n    const uint32_t tl_a = fg_now();\n"
      "    mbarrier_wait(&full_k[stage], round & 1);\n    const uint32_t tl_b = fg_now();\n"
      "    tl_k += tl_b - tl_a;\n    ++tl_tiles;\n"
-     "    if constexpr (kKind != kNextTile) FG_TL(2, tl_b);\n"),
+     "    if constexpr (kKind != kNextTile) FG_TL(2, tl_b);\n"
+     "    if constexpr (kKind != kNextTile) FG_TL(20, tl_a);\n"),
     ("    bar_sync(kTurnBarrier + consumer, 256);\n    if constexpr (kCarry",
      "    bar_sync(kTurnBarrier + consumer, 256);\n    const uint32_t tl_c = fg_now();\n"
      "    tl_turn += tl_c - tl_b;\n    if constexpr (kKind != kNextTile) FG_TL(3, tl_c);\n"
@@ -318,7 +320,9 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
     return (f"{spec:8s} N={N:5d} {family:20s} span {span:7.1f} busy {busy:7.1f} | "
             f"tiles {np.mean(tiles[:, c]):4.1f} unit {mean(unit[:, c]):5.2f} / {mean(unit[:, -1]):5.2f} "
             f"Q {mean(t[:, c, 1] - t[:, c, 0]):.2f} K {mean(t[:, c, 2] - t[:, c, 1]):.2f} "
-            f"(own {mean(since(words[:, c, 15], words[:, c, 1])):.2f}) "
+            f"(own {mean(since(words[:, c, 15], words[:, c, 1])):.2f} "
+            f"next {mean(since(words[:, c, 20], words[:, c, 15])):.2f} "
+            f"data {mean(since(words[:, c, 2], words[:, c, 20])):.2f}) "
             f"turn {mean(t[:, c, 3] - t[:, c, 2]):.2f} "
             f"carriedPV {mean(t[:, c, 4] - t[:, c, 3], carried[:, c]):.2f} "
             f"store {mean(t[:, c, 5] - t[:, c, 4], carried[:, c]):.2f} "
