@@ -25,15 +25,15 @@
 // Persistent (kPersistent, the default of a padded batch at d <= 128): one CTA per SM
 // runs many Q tiles (units, drawn from a counter after its first by the producer's card
 // writer, which hands each unit's place and tile row to the loading thread and the
-// consumers: UnitCard). The producer loads each consumer's Q rows by TMA into Q slots (two: a unit ahead; one at d = 256: as
-// soon as that consumer's last Q K^T of a unit is done), and the next unit's K/V while
-// the consumers finish this one's; a consumer carries its unit's last P V into the next
-// unit's first turn and stores the unit's O while that turn's Q K^T runs, at d = 128
-// through an output stage and TMA stores (OStage: the stages and two Q slots take the
-// third K/V stage). So a unit no longer pays a CTA's start (Q and K's first arrival, a
-// Q K^T and softmax with no partner) and end (the last P V and the epilogue with idle
-// tensor cores), ~3 tiles of time at d = 128 (PERF.md, issue 8's seventeenth, twentieth
-// and twenty-first steps).
+// consumers: UnitCard). The producer loads each consumer's Q rows by TMA into Q slots
+// (two: a unit ahead; one at d = 256: as soon as that consumer's last Q K^T of a unit is
+// done), and the next unit's K/V while the consumers finish this one's; a consumer
+// carries its unit's last P V into the next unit's first turn and stores the unit's O
+// while that turn's Q K^T runs, at d = 128 through an output stage and TMA stores
+// (OStage: the stages and two Q slots take the third K/V stage). So a unit no longer
+// pays a CTA's start (Q and K's first arrival, a Q K^T and softmax with no partner) and
+// end (the last P V and the epilogue with idle tensor cores), ~3 tiles of time at d =
+// 128 (PERF.md, issue 8's seventeenth, twentieth and twenty-first steps).
 #pragma once
 #include "forward.cuh"
 #include "pipeline.cuh"

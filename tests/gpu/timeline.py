@@ -28,13 +28,15 @@ The persistent kernel (family wgmma_ws_persistent, PERSISTENT_EDITS): a unit's O
 stored under the next unit's first Q K^T, so its stamps go to words after the tickets
 int (TL_WORDS per unit and consumer). Per (spec, N) it prints consumer 0's means over the
 units, in us: `unit` (consumer 0 / the last consumer), and of the unit's first step the
-waits for its Q rows (`Q`), its first K tile (`K`) and its turn (`turn`), the carried
+waits for its Q rows (`Q`), its first K tile (`K`: the consumer's `own` work on the
+unit, the first step's classifying of the `next` tile, then the wait for the `data`) and
+its turn (`turn`), the carried
 P V, the unit before's O store (`store`), `firstS` (turn -> first Q K^T done, the two
 before included) and `soft`; `tile` is each later tile (weighted over the units, one-tile
 units left out) and `beyond` a unit's time past its tiles at that rate; then per tile
 the unit's summed waits for K, for turns and for its Q K^Ts. Last, with --producer, the
-producer's side of a unit's first K tile: `stage` (from starting the unit to issuing
-that tile: its tile row and the wait for the stage), `lead` (issued this long before
+producer's side of a unit's first K tile: `stage` (from having the unit's card to
+issuing that tile: `row`, the card to the loads, and the wait for the stage), `lead` (issued this long before
 consumer 0 had its Q rows; < 0: after), `flight` (issue -> consumer 0's wait for it
 ends; also over the units where it waited two ticks or more) and `Qslot` (after the
 issue, the producer's wait for a Q slot and the Q load, before the unit's next tile).
@@ -104,13 +106,13 @@ EDITS = [
 # 12, 13, 14 the unit's summed waits for K tiles, for turns and for its Q K^Ts (issue ->
 # done, with the store in the first step's), 15 it has the unit's tile walk (from 1, its
 # own work before it waits for the first K tile), 20 it starts that wait (after its first
-# step's walk.advance(), which classifies the next tile). With --producer, words 16-18 of consumer 0's
-# are the producer's (its one TMA thread): 16 it starts the unit (before the wait for its
-# first tile's stage), 17 it has issued the unit's first K tile, 18 it
-# has loaded the next unit's Q rows (or this one's, one slot), after waiting for their
-# slot, 19 it has the unit's tile row (then it waits for the first tile's stage).
-# Against consumer 0's words 1 and 2 they say whether a unit's first K tile was issued
-# late (the tile row, the stage, the Q slot of the unit before) or slow to arrive (HBM).
+# step's walk.advance(), which classifies the next tile). With --producer, words 16-19 of
+# consumer 0's are the loading thread's (the producer's one TMA thread): 16 it has the
+# unit's card, 19 just before its loads (16 -> 19 was the tile row's arithmetic before
+# the cards), 17 it has issued the unit's first K tile (after waiting for its stage), 18
+# it has loaded the next unit's Q rows (or this one's, one slot), after waiting for their
+# slot. Against consumer 0's words 1 and 2 they say whether a unit's first K tile was
+# issued late (the row, the stage, the Q slot of the unit before) or slow to arrive.
 TL_WORDS = 21
 TL_MACRO = f'''
 constexpr int kTlWords = {TL_WORDS};  // timeline.py's TL_WORDS
