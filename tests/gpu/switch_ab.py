@@ -36,9 +36,17 @@ FLEX = "sliding_window,document,block_layout"
 CUDNN = "causal,dense"
 
 
+def round_order(settings: dict, r: int, alternate: bool = True) -> list:
+    """The (label, put) pairs of round r: odd rounds run B first. In a fixed A-then-B order
+    the position run second read ~0.75 % faster, whichever tree held it (an A/A on an H100:
+    PERF.md, "the A/B's position bias"), as large as the changes being measured."""
+    order = list(settings.items())
+    return order[::-1] if alternate and r % 2 else order
+
+
 def compare(settings: dict[str, Callable[[], None]], restore: Callable[[], None], specs: str,
-            sizes: list[int], d: int, flex: str = "", cudnn: str = "", rounds: int = 3,
-            direction: str = "fwd+bwd") -> None:
+            sizes: list[int], d: int, flex: str = "", cudnn: str = "", rounds: int = 4,
+            direction: str = "fwd+bwd", alternate: bool = True) -> None:
     """settings: label -> a function that puts the switch in that position (the first is A,
     the second B; the gain column is B's time over A's); restore: puts it back. Every
     position's modules are built (or found in the cache) before the first timing."""
@@ -59,8 +67,8 @@ def compare(settings: dict[str, Callable[[], None]], restore: Callable[[], None]
         fn = suite._direction_fn(runner("flashgen", subject).forward, direction, subject, dout)
         times = {label: [] for label in settings}
         try:
-            for _ in range(rounds):
-                for label, put in settings.items():
+            for r in range(rounds):
+                for label, put in round_order(settings, r, alternate):
                     put()
                     times[label].append(time_ms(fn, warmup=3, reps=30, max_seconds=1.0).median_ms)
         finally:
@@ -198,7 +206,9 @@ def main(argv=None):
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--flex", default=FLEX, help="specs whose FlexAttention f+b runs beside")
     ap.add_argument("--cudnn", default=CUDNN)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4, help="even: each position first as often")
+    ap.add_argument("--fixed-order", action="store_true",
+                    help="A before B in every round (the old order, to see its bias)")
     ap.add_argument("--directions", default="fwd+bwd", help="fwd, fwd+bwd or both (a table each)")
     ap.add_argument("--header", default="expr.cuh", help="header: the header's name in a module")
     ap.add_argument("--other", default="",
@@ -210,7 +220,7 @@ def main(argv=None):
     settings, restore = SWITCHES[args.switch](args)
     for direction in args.directions.split(","):
         compare(settings, restore, args.specs, [int(n) for n in args.sizes.split(",")], args.d,
-                args.flex, args.cudnn, args.rounds, direction)
+                args.flex, args.cudnn, args.rounds, direction, not args.fixed_order)
 
 
 if __name__ == "__main__":
