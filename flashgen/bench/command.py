@@ -61,7 +61,7 @@ def add_bench_arguments(p) -> None:
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"{','.join(PEERS)} (default: all; flashgen always runs)")
     p.add_argument("--kv-blocks", help="the block-size sweep: also run flashgen with these "
-                                       "forward KV tiles, e.g. 32,64,128 (peers flashgen@kvBN)")
+                                       "forward KV tiles, e.g. 64,128,176 (peers flashgen@kvBN)")
     p.add_argument("--families", help=f"also run flashgen on these kernel families, e.g. mma "
                                       f"(of {', '.join(FAMILIES)}; peers flashgen/FAMILY)")
     p.add_argument("--out", help="results folder (default: flashgen/bench/results/DATE-GPU); "
@@ -105,9 +105,13 @@ def make_plan(args) -> Plan:
     peers = _names(args.peers, PEERS, "peer")
     if args.kv_blocks:
         blocks = _ints(args.kv_blocks, "--kv-blocks")
-        bad = [b for b in blocks if b < 16 or b & (b - 1)]
+        # the kernel family decides which it takes (plan/tiles.py check_override: powers of
+        # two, and FlashAttention-3's 80, 96, 160, 176, 192 for the warp-specialised
+        # forward); a tile it refuses is a peer that cannot run
+        bad = [b for b in blocks if b < 16 or b > 256 or b % 16]
         if bad:
-            raise BenchError(f"--kv-blocks: {', '.join(map(str, bad))} is not a power of two >= 16")
+            raise BenchError(f"--kv-blocks: {', '.join(map(str, bad))} is not a multiple of 16 "
+                             f"from 16 to 256")
         peers += tuple(sweep_peer(b) for b in blocks)
     if args.families:
         peers += tuple(family_peer(f) for f in _names(args.families, FAMILIES, "family"))

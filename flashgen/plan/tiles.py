@@ -50,6 +50,11 @@ FORWARD_WARPS = 4
 # warpgroup feeding two or three consumers (forward_sm90_ws.cuh; the forward only), one
 # Q tile per CTA or persistent (one CTA per SM looping over Q tiles)
 FAMILIES = ("mma", "wgmma", "wgmma_ws", "wgmma_ws_persistent")
+WS_FAMILIES = ("wgmma_ws", "wgmma_ws_persistent")
+# The keys per tile the warp-specialised forward can take by hand (forward_tile): the N of
+# its Q K^T, one wgmma (templates/kernels/wgmma.cuh's wgmma_ss shapes). FlashAttention-3
+# runs d = 128 at 176 and d = 256 at 80; the other families take powers of two.
+WS_KEY_TILES = (32, 64, 80, 96, 128, 160, 176, 192, 256)
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,10 @@ class TileOverride:
         return "_".join(parts)
 
 
+def _nests(tile: int, block: int) -> bool:
+    return tile % block == 0 or block % tile == 0
+
+
 def _warp_split_fits(rows: int, cols: int, warps: int) -> bool:
     """Can `warps` warps tile a rows x cols block (templates/kernels/backward.cuh WarpSplit)?"""
     row_warps = min(rows // 16, warps)
@@ -207,13 +216,17 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
         raise TileError(f"family must be one of {', '.join(FAMILIES)}, not {tiles.family!r}")
     if tiles.forward is not None:
         block_m, block_n = tiles.forward
-        three_consumers = tiles.family in ("wgmma_ws", "wgmma_ws_persistent")
+        three_consumers = ws = tiles.family in WS_FAMILIES
         if block_m not in (64, 128) and not (block_m == 192 and three_consumers):
             raise TileError(f"forward_tile: BM must be 64 or 128 ({FORWARD_WARPS} warps of 16 "
                             f"or 32 query rows; 192 for three consumers of family="
                             f"wgmma_ws or wgmma_ws_persistent), "
                             f"not {block_m}")
-        if block_n not in (16, 32, 64, 128, 256):
+        if ws and block_n not in WS_KEY_TILES:
+            raise TileError(f"forward_tile: the {tiles.family} forward takes BN of "
+                            f"{', '.join(map(str, WS_KEY_TILES))} (its Q K^T's wgmma shapes), "
+                            f"not {block_n}")
+        if not ws and block_n not in (16, 32, 64, 128, 256):
             raise TileError(f"forward_tile: BN must be a power of two from 16 to 256, not {block_n}")
     if tiles.backward is not None:
         block_m, block_n, warps = tiles.backward
@@ -223,7 +236,13 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
     if head_dim is None:
         return tiles
     plans = []
-    if tiles.forward is not None:
+    if tiles.forward is not None and tiles.family in WS_FAMILIES:
+        # its leanest form (_wgmma_ws_forward): two K/V stages, one Q slot, no output stage
+        block_m, block_n = tiles.forward
+        plans.append(("forward_tile", ForwardPlan(
+            block_m, block_n, 4 * (1 + block_m // 64), "wgmma", 2, True,
+            tiles.family == "wgmma_ws_persistent", 1, False)))
+    elif tiles.forward is not None:
         plans.append(("forward_tile", ForwardPlan(*tiles.forward, FORWARD_WARPS)))
     if tiles.backward is not None:
         block_m, block_n, warps = tiles.backward
@@ -327,6 +346,12 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
         check_override(override, head_dim, value_dim)
         if override.forward is not None:
             block_m, block_n = override.forward
+            if blocks is not None and not (_nests(block_m, blocks[0]) and _nests(block_n, blocks[1])):
+                # the tile lists map whole blocks to tiles or tiles to whole blocks
+                # (runtime/sparse.py _tiles_along)
+                raise TileError(f"forward_tile {override.forward}: a block-sparse spec's tile "
+                                f"must cover whole {blocks[0]} x {blocks[1]} blocks or lie "
+                                f"inside one")
             if producer:
                 if block_m not in (128, 192) or block_m == 192 and widest > 64:
                     raise TileError(f"the wgmma_ws forward has consumers of 64 query rows: BM "

@@ -442,8 +442,10 @@ def test_block_size_sweep_runs_flashgen_at_each_kv_tile_as_peers():
     tiles = _sweep_tiles("causal", 64, 64)
     assert (tiles.forward, tiles.family) == ((192, 64), "wgmma_ws_persistent")
     assert _sweep_tiles("causal", 128, 256) is None             # shared memory: refused
-    with pytest.raises(BenchError, match="power of two"):
-        make_plan(_args("causal", "--kv-blocks", "48"))
+    assert _sweep_tiles("causal", 128, 176).forward == (128, 176)  # FlashAttention-3's
+    assert _sweep_tiles("causal", 128, 48) is None              # no wgmma of that N here
+    with pytest.raises(BenchError, match="multiple of 16"):
+        make_plan(_args("causal", "--kv-blocks", "40"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -238,6 +238,31 @@ def test_warp_specialised_forward_compiles(name, d, family):
 
 
 @pytest.mark.nvcc
+@pytest.mark.parametrize("name, d, tile", [("dense", 128, (128, 176)), ("causal", 128, (128, 160)),
+                                           ("dense", 256, (128, 80))])
+def test_wide_key_tiles_compile(name, d, tile):
+    """The warp-specialised forward by hand at FlashAttention-3's wider K/V tiles (a Q K^T
+    wgmma of N = 176, 160 or 80: wgmma.cuh), in its leanest shared-memory form where the
+    plan must (176 keys at d = 128: two stages, one Q slot, no output stage): it compiles,
+    and neither instance spills."""
+    from flashgen.build.cache import ptxas_report
+    from flashgen.plan.tiles import TileOverride, plan_for
+    from flashgen.render.kernels import render_module
+    spec = flashgen.load(name)
+    tiles = TileOverride(forward=tile, family="wgmma_ws_persistent" if d <= 128 else "wgmma_ws")
+    plan = plan_for(spec, d, tiles, "sm_90a").forward
+    assert (plan.block_m, plan.block_n, plan.producer) == (*tile, True)
+    sources = render_module(spec, f"flashgen/specs/{name}.attn", "bf16", d, tiles, "sm_90a")
+    sources = {f: t for f, t in sources.items() if not f.startswith("backward")}
+    report = {k: r for k, r in ptxas_report(sources, "sm_90a").items() if "forward_kernel" in k}
+    assert report
+    for kernel, r in report.items():
+        if d == 256 and ", true>(" in kernel:
+            continue  # the cp.async instance (varlen, paged): 224 registers spill at 80 keys
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{kernel} spills: {r}"
+
+
+@pytest.mark.nvcc
 @pytest.mark.parametrize("spec_name", ["dense", "sliding_window"])
 @pytest.mark.parametrize("persistent", [False, True], ids=["grid", "persistent"])
 def test_timeline_patch_compiles(persistent, spec_name):

@@ -258,8 +258,32 @@ def test_warp_specialised_forward_plan():
     wide = plan_for(causal, 256, arch="sm_90a").forward
     assert (wide.producer, wide.block_n, wide.kv_stages) == (True, 64, 2)
     assert plan_for(causal, 256, TileOverride(family="wgmma_ws"), "sm_90a").forward == wide
-    with pytest.raises(TileError, match="330 KiB of shared memory at head dim 256"):
+    with pytest.raises(TileError, match="321 KiB of shared memory at head dim 256"):
         plan_for(causal, 256, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
+
+
+def test_warp_specialised_forward_takes_wider_key_tiles():
+    """By hand the warp-specialised forward takes FlashAttention-3's tiles that are not
+    powers of two (the N of its Q K^T's wgmma), each in the richest shared-memory form that
+    fits; the other families keep powers of two, and a block-sparse spec a tile that
+    nests with its blocks."""
+    from flashgen.plan.tiles import TileError, TileOverride
+    causal, persistent = flashgen.load("causal"), "wgmma_ws_persistent"
+
+    def forward(d, tile, family=persistent, spec=causal):
+        return plan_for(spec, d, TileOverride(forward=tile, family=family), "sm_90a").forward
+    wide = forward(128, (128, 176))   # two 88 KiB K/V stages: one Q slot, no output stage
+    assert (wide.block_n, wide.kv_stages, wide.q_slots, wide.o_stage) == (176, 2, 1, False)
+    assert wide.smem_bytes(128, 128) <= 227 * 1024
+    staged = forward(128, (128, 160))   # 80 KiB stages leave room for the output stage
+    assert (staged.kv_stages, staged.q_slots, staged.o_stage) == (2, 1, True)
+    assert forward(256, (128, 80), "wgmma_ws").kv_stages == 2
+    with pytest.raises(TileError, match="takes BN of 32, 64, 80"):
+        forward(128, (128, 168))
+    with pytest.raises(TileError, match="power of two"):
+        forward(128, (128, 176), "mma")
+    with pytest.raises(TileError, match="whole 128 x 128 blocks"):
+        forward(128, (128, 176), spec=flashgen.load("block_layout"))
 
 
 def test_three_consumers_at_d64():
