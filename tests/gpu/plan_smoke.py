@@ -22,6 +22,7 @@ from tests.gpu.oracle import compare  # noqa: E402
 
 SPECS = "dense,causal,sliding_window,key_padding,document,alibi,softcap,prefix_lm,dropout_causal"
 SQUARE = {"document"}   # its parameter is one document id per token of both sides
+DROPOUT_P = 0.25        # a dropout spec runs with dropout on (bit-exact against the reference)
 
 
 def calls(name: str, d: int):
@@ -45,7 +46,8 @@ def main(argv: list[str]) -> int:
                 for call in calls(name, d):
                     label = repr((name, *call))
                     try:
-                        row = compare(op, *call, zlib.crc32(label.encode()), label)
+                        row = compare(op, *call, zlib.crc32(label.encode()), label,
+                                      dropout_p=DROPOUT_P if op.spec.dropout else 0.0)
                     except Exception as error:  # noqa: BLE001 (a call that cannot run is a result)
                         print("ERROR", label, type(error).__name__, str(error)[:200], flush=True)
                         failed += 1
