@@ -237,11 +237,10 @@ def check_override(tiles: TileOverride, head_dim: int | None = None,
         return tiles
     plans = []
     if tiles.forward is not None and tiles.family in WS_FAMILIES:
-        # its leanest form (_wgmma_ws_forward): two K/V stages, one Q slot, no output stage
+        # its leanest form (_wgmma_ws_forward tries richer ones first)
         block_m, block_n = tiles.forward
-        plans.append(("forward_tile", ForwardPlan(
-            block_m, block_n, 4 * (1 + block_m // 64), "wgmma", 2, True,
-            tiles.family == "wgmma_ws_persistent", 1, False)))
+        plans.append(("forward_tile", _ws_plan(block_m // 64, block_n,
+                                               tiles.family == "wgmma_ws_persistent")))
     elif tiles.forward is not None:
         plans.append(("forward_tile", ForwardPlan(*tiles.forward, FORWARD_WARPS)))
     if tiles.backward is not None:
@@ -351,7 +350,7 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                 # (runtime/sparse.py _tiles_along)
                 raise TileError(f"forward_tile {override.forward}: a block-sparse spec's tile "
                                 f"must cover whole {blocks[0]} x {blocks[1]} blocks or lie "
-                                f"inside one")
+                                f"inside one; use a power of two for BM and BN")
             if producer:
                 if block_m not in (128, 192) or block_m == 192 and widest > 64:
                     raise TileError(f"the wgmma_ws forward has consumers of 64 query rows: BM "
@@ -466,6 +465,14 @@ def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None
     return ForwardPlan(block_m, block_n, block_m // 16, "wgmma")
 
 
+def _ws_plan(consumers: int, block_n: int, persistent: bool, kv_stages: int = 2,
+             q_slots: int = 1, o_stage: bool = False) -> ForwardPlan:
+    """A warp-specialised forward: a producer warpgroup and `consumers` of 64 query rows;
+    by default its leanest shared-memory form."""
+    return ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", kv_stages, True,
+                       persistent, q_slots, o_stage)
+
+
 def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
                       persistent: bool = False, consumers: int = 2) -> ForwardPlan:
     """The warp-specialised forward (forward_sm90_ws.cuh): a producer warpgroup and two
@@ -486,8 +493,7 @@ def _wgmma_ws_forward(head_dim: int, value_dim: int, block_n: int,
     for o_stage in ((True, False) if persistent and consumers == 2 else (False,)):
         for stages in (4, 3, 2):
             for q_slots in ((2, 1) if persistent else (1,)):
-                plan = ForwardPlan(64 * consumers, block_n, 4 * (1 + consumers), "wgmma", stages,
-                                   True, persistent, q_slots, o_stage)
+                plan = _ws_plan(consumers, block_n, persistent, stages, q_slots, o_stage)
                 if plan.smem_bytes(head_dim, value_dim) <= SM90_SMEM_LIMIT:
                     return plan
     raise TileError(f"the wgmma_ws forward does not fit shared memory at d = {head_dim}")

@@ -1,6 +1,8 @@
 """Block-sparse tile lists (flashgen/runtime/sparse.py) against a brute-force expansion of
 the layout to elements: every tile with a visible element is listed, once, in order, and
 flagged partial exactly when some of its in-bounds elements are hidden."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -282,8 +284,18 @@ def test_warp_specialised_forward_takes_wider_key_tiles():
         forward(128, (128, 168))
     with pytest.raises(TileError, match="power of two"):
         forward(128, (128, 176), "mma")
-    with pytest.raises(TileError, match="whole 128 x 128 blocks"):
+    with pytest.raises(TileError, match="whole 128 x 128 blocks or lie inside one; use a power"):
         forward(128, (128, 176), spec=flashgen.load("block_layout"))
+
+
+def test_warp_specialised_key_tiles_are_the_wgmma_shapes():
+    """plan/tiles.py's WS_KEY_TILES and wgmma.cuh's wgmma_ss shapes are one list: a tile
+    check_override accepts has its Q K^T instruction, and a new shape is a tile a user may ask."""
+    import re
+    from flashgen.plan.tiles import WS_KEY_TILES
+    header = (Path(__file__).resolve().parents[2] / "templates/kernels/wgmma.cuh").read_text()
+    shapes = {int(n) for n in re.findall(r'^FG_WGMMA_SS\(\d+, "m64n(\d+)k16"', header, re.M)}
+    assert shapes == set(WS_KEY_TILES)
 
 
 def test_three_consumers_at_d64():
