@@ -305,15 +305,14 @@ class AttentionOp:
 
 def check_page_size(forward, page_size: int) -> None:
     """A paged cache's pages against the forward's K/V tiles (`forward`: a ForwardPlan). A
-    tile must lie in one page (page_size a multiple of the tile), except that the sm90
-    family also takes pages shorter than a tile: there each row finds its own page
-    (templates/kernels/schedule.cuh)."""
+    tile must lie in one page (page_size a multiple of the tile), except in the sm90
+    family, where a tile that spans pages (pages shorter than it, or 256-row pages under
+    160-key tiles) has each row find its own page (templates/kernels/schedule.cuh)."""
     block_n = forward.block_n
-    if page_size % block_n == 0 or (forward.family == "wgmma" and page_size < block_n):
+    if page_size % block_n == 0 or forward.family == "wgmma":
         return
-    shorter = f" or below {block_n}" if forward.family == "wgmma" else ""
     raise ArgumentError(f"page_size is {page_size}; the forward reads K/V in tiles of "
-                        f"{block_n} rows, so use a multiple of {block_n}{shorter}")
+                        f"{block_n} rows, so use a multiple of {block_n}")
 
 
 def compile(spec: str | os.PathLike, name: str | None = None, *,  # noqa: A001

@@ -19,7 +19,8 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
 sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
   warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows,
-  three at d = 64, ws_consumers; 128 keys per tile, 64 at d = 256, ws_block_n), else in
+  three at d = 64, ws_consumers; 160 keys per tile at d = 128, 80 at d = 256, 128 at d = 64,
+  ws_block_n), else in
   two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
   (_wgmma_forward); up to d = 128 the backward too, 128 keys
   in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
@@ -35,7 +36,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..analysis.affine import affine_bias
+from ..analysis.bounds import bounds, index_range
 from ..ir.nodes import Binary, Load
+from ..ir.types import Type
 
 SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
 SM90_SMEM_LIMIT = 227 * 1024   # and on H100 / H200
@@ -277,7 +280,8 @@ def smem_limit(arch: str) -> int:
 def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = None,
                override: TileOverride | None = None, arch: str = DEFAULT_ARCH,
                score_reads_tables: bool = False, affine: bool = False,
-               three_consumers: bool = True) -> TilePlan:
+               three_consumers: bool = True, param_grads: bool = False,
+               long_rows: bool = False) -> TilePlan:
     """The tiles for a head dim on an arch, and for a block-sparse spec's (block_q,
     block_k); `override` replaces them by hand-picked ones (see check_override).
     `affine`: the score adds a bias affine in kv_idx (analysis/affine.py), whose tables
@@ -285,7 +289,9 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     more per score than a mask's (no spill at 128 keys, d = 64), while the mma.sync
     warps, 32 rows each, still spilled 16-104 bytes at 128 keys (ALiBi fp16 d = 64,
     sm_80) and keep 64. `three_consumers`: the spec allows three consumers of the
-    warp-specialised forward at d = 64 (ws_consumers)."""
+    warp-specialised forward at d = 64 (ws_consumers). `param_grads`: the score reads
+    float parameters, whose gradients build the forward's exact-P instance; `long_rows`: the
+    mask reads no tables and bounds a row's keys from above only (ws_block_n)."""
     widest = max(head_dim, value_dim)
     if widest <= 64:
         # a score reading parameter tables holds more per element: at 128 keys ptxas
@@ -331,9 +337,8 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
     if family == "wgmma":
         forward = _wgmma_forward(head_dim, value_dim, blocks, per_score_tables)
         if producer:
-            keys = ws_block_n(widest)
             forward = _wgmma_ws_forward(head_dim, value_dim,
-                                        keys if blocks is None else min(keys, max(32, blocks[1])),
+                                        ws_block_n(widest, blocks, param_grads, long_rows),
                                         persistent,
                                         ws_consumers(widest, blocks, persistent,
                                                      three_consumers))
@@ -431,12 +436,33 @@ def ws_consumers(widest: int, blocks: tuple[int, int] | None, persistent: bool,
     return 3 if widest <= 64 and blocks is None and three else 2
 
 
-def ws_block_n(widest: int) -> int:
-    """Keys per tile of the warp-specialised forward: 128 up to d = 128; 64 at d = 256,
-    where a consumer thread's O takes 128 registers and a 128-key score tile 64 more (and
-    the previous tile's P 32), past the 240 it has, and where two stages of 64 keys with
-    the two consumers' Q fill 192 KiB."""
-    return 128 if widest <= 128 else 64
+def ws_block_n(widest: int, blocks: tuple[int, int] | None = None,
+               param_grads: bool = False, long_rows: bool = True) -> int:
+    """Keys per tile of the warp-specialised forward. FlashAttention-3's wider tiles, 160
+    at d = 128 and 80 at d = 256, where a row's keys run long (`long_rows`: no mask, or
+    one that reads no tables and bounds the keys from above only: causal, prefix-LM). A
+    consumer thread's score tile takes BN / 2 registers beside O's Dv / 2, so d = 256
+    stops short of 128 (128 + 64 + the previous tile's P 32 pass the 240 it has). In the
+    block-size sweep (bf16, H100, PERF.md "Issue 8: wider forward tiles") 128 keys took
+    1.03-1.05x the time of 160 (dense, causal; 1.04-1.06x prefix-LM and softcap at
+    N = 8192, 0.97-0.98x at 2048), and 64 keys 1.03-1.07x the time of 80 at d = 256; 176
+    was 0.97-1.03x of 128. Where a row's keys are few the units are short and 160 keys
+    leave the second Q slot out of shared memory (the next unit's Q no longer lands
+    under this one) and straddle more boundaries: 128 keys took 0.82-0.90x the time of
+    160 under the document mask, 0.91-0.93x under the sliding window, 1.00-1.01x under
+    key padding, so such masks keep 128 (64 at d = 256). 128 stays at d = 64 (three
+    consumers, 160 registers each). A spec with float parameters' gradients keeps
+    128 / 64: its exact-P instance (a second P V MMA) spilled 288 bytes at 160 (ALiBi,
+    temperature; none at 128). Under a block-sparse layout a tile follows the layout's
+    blocks (a power of two that nests in them, not below 32)."""
+    if blocks is not None:
+        return min(128 if widest <= 128 else 64, max(32, blocks[1]))
+    if widest <= 64:
+        return 128
+    wide = long_rows and not param_grads
+    if widest <= 128:
+        return 160 if wide else 128
+    return 80 if wide else 64
 
 
 def _wgmma_forward(head_dim: int, value_dim: int, blocks: tuple[int, int] | None,
@@ -550,7 +576,13 @@ def plan_for(spec, head_dim: int, override: TileOverride | None = None,
                   for e in (spec.mask, spec.score, *lets) if e is not None for node in e.walk())
     mask_reads_tables = any(isinstance(node, Load) for e in (spec.mask, *lets) if e is not None
                             for node in e.walk())
+    param_grads = spec.score is not None and any(  # render/variant.py differentiable_loads
+        isinstance(node, Load) and node.type is Type.FLOAT
+        for e in (spec.score, *lets) for node in e.walk())
+    keys = index_range(spec, "kv_idx")
+    long_rows = not mask_reads_tables and (keys is None or all(
+        bound.lower is None for bound in bounds(keys)))
     return plan_tiles(head_dim, spec.value_dim_for(head_dim),
                       None if bs is None else (bs.block_q, bs.block_k), override, arch,
                       score_reads_tables, affine_bias(spec) is not None,
-                      not divides and not mask_reads_tables)
+                      not divides and not mask_reads_tables, param_grads, long_rows)

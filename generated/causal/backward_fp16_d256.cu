@@ -3,7 +3,7 @@
 //
 // attention causal: backward pass, fp16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 64 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 193 KiB shared memory
+//   forward:  128 query rows x 80 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory
 //   backward: 64 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim (wgmma), 2 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"
@@ -24,11 +24,11 @@ using Tiles = fg::BackwardTiles<256, 256, 64, 64, 8, 2>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kKernel = fg::backward_kernel<Variant, T, 256, 256, 64, 64, 8, 2, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 256, 8>;
-// deterministic dQ walks the forward pass's tile lists (128 x 64 tiles) in CTAs of 128 query rows,
+// deterministic dQ walks the forward pass's tile lists (128 x 80 tiles) in CTAs of 128 query rows,
 // 16 per warp
-using DqTiles = fg::DqTiles<256, 256, 128, 64, 8>;
+using DqTiles = fg::DqTiles<256, 256, 128, 80, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 64, 8, 128, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 256, 256, 128, 80, 8, 128, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

@@ -3,7 +3,7 @@
 //
 // attention dense: backward pass, fp16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, persistent (one CTA per SM, 2 Q slots, an output stage per consumer), a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory
+//   forward:  128 query rows x 160 keys per tile, persistent (one CTA per SM, 1 Q slot, an output stage per consumer), a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"
@@ -24,11 +24,11 @@ using WsTiles = fg::BackwardTilesSm90Ws<128, 128, 64, 128, 3>;
 template <bool kDq, bool kDropout, bool kParamGrads>
 constexpr auto kWsKernel = fg::backward_kernel_sm90_ws<Variant, T, 128, 128, 64, 128, 3, kDq, kDropout, kParamGrads>;
 constexpr auto kConvertKernel = fg::dq_convert_kernel<T, Tiles::Rows, 64, 128, 8>;
-// deterministic dQ walks the forward pass's tile lists (128 x 128 tiles) in CTAs of 128 query rows,
+// deterministic dQ walks the forward pass's tile lists (128 x 160 tiles) in CTAs of 128 query rows,
 // 16 per warp
-using DqTiles = fg::DqTiles<128, 128, 128, 128, 8>;
+using DqTiles = fg::DqTiles<128, 128, 128, 160, 8>;
 template <bool kDropout>
-constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 128, 128, 128, 128, 8, 128, kDropout>;
+constexpr auto kDqKernel = fg::dq_kernel<Variant, T, 128, 128, 128, 160, 8, 128, kDropout>;
 
 // The backward kernel proper, one CTA per BN keys.
 template <bool kDq, bool kDropout, bool kParamGrads>

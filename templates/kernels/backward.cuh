@@ -592,47 +592,57 @@ dq_kernel(const BackwardArgs<T> a, const typename V::Params p) {
   typename GradSumsOf<V>::type no_sums{};
   float dq[1][D / 8][4];
   zero(dq);
-  kv.template for_each<Tiles::kStages>([&](int k0, TileMask tile, const T* sK_tile,
+  // A tile of more than 128 keys (the warp-specialised forward's 160 at d = 128) in two
+  // passes: its S and dP would take 2 x 80 registers beside dQ's 64 (ptxas spilled 36 bytes)
+  constexpr int kKeys = BN > 128 ? BN / 2 : BN;
+  static_assert(BN % kKeys == 0 && kKeys % 16 == 0, "a pass covers whole k16 steps");
+  kv.template for_each<Tiles::kStages>([&](int tile_k0, TileMask tile, const T* sK_tile,
                                             const T* sV_tile) {
-    float s[1][BN / 8][4], dp[1][BN / 8][4];
-    zero(s);
-    zero(dp);
-    warp_gemm<1, BN / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_tile, Tiles::kLdQK, 0);
-    warp_gemm<1, BN / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV_tile, Tiles::kLdV, 0);
-    auto ds_of = [&](auto partial) {
-      constexpr bool kPartial = decltype(partial)::value;
-      const FragmentMask<V, 1, BN / 8> mask(p, b, h, row0 + (lane >> 2), k0 + 2 * (lane & 3),
-                                            n.q_len, n.kv_len);
+#pragma unroll 1
+    for (int pass = 0; pass < BN / kKeys; ++pass) {
+      const int k0 = tile_k0 + pass * kKeys;
+      const T* sK_keys = sK_tile + pass * kKeys * Tiles::kLdQK;
+      const T* sV_keys = sV_tile + pass * kKeys * Tiles::kLdV;
+      float s[1][kKeys / 8][4], dp[1][kKeys / 8][4];
+      zero(s);
+      zero(dp);
+      warp_gemm<1, kKeys / 8, D, false, false>(s, sQ, Tiles::kLdQK, 16 * warp, sK_keys, Tiles::kLdQK, 0);
+      warp_gemm<1, kKeys / 8, Dv, false, false>(dp, sdO, Tiles::kLdV, 16 * warp, sV_keys, Tiles::kLdV, 0);
+      auto ds_of = [&](auto partial) {
+        constexpr bool kPartial = decltype(partial)::value;
+        const FragmentMask<V, 1, kKeys / 8> mask(p, b, h, row0 + (lane >> 2), k0 + 2 * (lane & 3),
+                                                 n.q_len, n.kv_len);
 #pragma unroll
-      for (int nt = 0; nt < BN / 8; ++nt) {
-        const int c = k0 + 8 * nt + 2 * (lane & 3);
-        bool block = true;
-        if constexpr (kPartial)
-          block = fragment_block_visible<V>(tile, a.sparse, h, row0 + (lane >> 2), c, n.q_len,
-                                            n.kv_len);
-        float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
-        if constexpr (kDropout) dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), c, keep);
+        for (int nt = 0; nt < kKeys / 8; ++nt) {
+          const int c = k0 + 8 * nt + 2 * (lane & 3);
+          bool block = true;
+          if constexpr (kPartial)
+            block = fragment_block_visible<V>(tile, a.sparse, h, row0 + (lane >> 2), c, n.q_len,
+                                              n.kv_len);
+          float keep[4] = {1.0f, 1.0f, 1.0f, 1.0f};
+          if constexpr (kDropout) dropout_factors(a.dropout, blockIdx.y, row0 + (lane >> 2), c, keep);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {  // compile-time indices keep everything in registers
-          const int r = i >> 1;
-          const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
-          float prob;
-          const bool visible =
-              !kPartial || mask.visible(p, block, b, h, 0, nt, i, q, kv_idx, n.q_len, n.kv_len);
-          score_gradient<V, kPartial, false>(p, no_grads, no_sums, n, visible, lse2[r], delta[r], b, h, q,
-                                             kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
-                                             s[0][nt][i]);
+          for (int i = 0; i < 4; ++i) {  // compile-time indices keep everything in registers
+            const int r = i >> 1;
+            const int q = row0 + (lane >> 2) + 8 * r, kv_idx = c + (i & 1);
+            float prob;
+            const bool visible =
+                !kPartial || mask.visible(p, block, b, h, 0, nt, i, q, kv_idx, n.q_len, n.kv_len);
+            score_gradient<V, kPartial, false>(p, no_grads, no_sums, n, visible, lse2[r], delta[r], b, h, q,
+                                               kv_idx, s[0][nt][i], dp[0][nt][i], keep[i], prob,
+                                               s[0][nt][i]);
+          }
         }
+      };
+      if (tile.partial()) {
+        ds_of(std::true_type{});
+      } else {
+        ds_of(std::false_type{});
       }
-    };
-    if (tile.partial()) {
-      ds_of(std::true_type{});
-    } else {
-      ds_of(std::false_type{});
+      uint32_t ds[1][kKeys / 16][4];
+      accumulator_to_a<T>(ds[0], s[0]);
+      warp_gemm_rA<1, kKeys / 16, D / 8, true>(dq, ds, sK_keys, Tiles::kLdQK, 0);
     }
-    uint32_t ds[1][BN / 16][4];
-    accumulator_to_a<T>(ds[0], s[0]);
-    warp_gemm_rA<1, BN / 16, D / 8, true>(dq, ds, sK_tile, Tiles::kLdQK, 0);
   });
   if (a.dq_f32.data) {  // unrounded (args.cuh)
     store_accumulator(a.dq_f32.from_row(n.q_start), b, h, q0, 16 * warp, 0, n.q_len, dq, n.scale);

@@ -69,7 +69,9 @@ struct KvStream {
     if constexpr (kGeneral) {
       if (n.paged()) {
         if constexpr (std::is_same_v<Layout, SwizzledRows>) {
-          if (n.page_size < BN) {  // pages shorter than a tile: each row finds its page
+          // a tile across pages (pages shorter than a tile, or 256-row pages under 160-key
+          // tiles): each row finds its page
+          if (n.page_size % BN != 0) {
             load_tile_swizzled<BN, COLS, Threads>(
                 smem,
                 [&](int r) {

@@ -86,14 +86,14 @@ def test_plan_shrinks_the_forward_tile_to_the_blocks():
 
 def test_forward_family_by_arch_and_head_dim():
     """sm_90a runs the forward on warpgroup MMA where its loads and shapes fit (d and dv of
-    64, 128, 256): a producer and three consumers at d = 64, two above (64 keys per tile at
-    d = 256); everything else, and any arch before Hopper, on mma.sync. A family
+    64, 128, 256): a producer and three consumers at d = 64, two above (160 keys per tile
+    at d = 128, 80 at d = 256: ws_block_n); everything else, and any arch before Hopper, on mma.sync. A family
     can be asked for by name; the wgmma one only where it fits."""
     from flashgen.plan.tiles import TileError, TileOverride
     from flashgen.render.kernels import render_units
     causal = flashgen.load("causal")
-    for d, tile, warps, producer in ((64, (192, 128), 16, True), (128, (128, 128), 12, True),
-                                     (256, (128, 64), 12, True)):
+    for d, tile, warps, producer in ((64, (192, 128), 16, True), (128, (128, 160), 12, True),
+                                     (256, (128, 80), 12, True)):
         f = plan_for(causal, d, arch="sm_90a").forward
         assert (f.family, f.block_m, f.block_n, f.warps, f.producer) == \
             ("wgmma", *tile, warps, producer), d
@@ -324,3 +324,18 @@ def test_three_consumers_at_d64():
     assert (two.forward.producer, two.forward.consumers) == (True, 2)
     with pytest.raises(TileError, match="192 \\(three\\) at d = 64"):
         plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(192, 128)), "sm_90a")
+
+
+def test_wide_key_tiles_where_rows_run_long():
+    """The warp-specialised forward takes FlashAttention-3's wider key tiles (160 at
+    d = 128, 80 at d = 256) where a row's keys run long; a window, a mask reading tables
+    (document, key padding), float parameters' gradients (ALiBi's slopes, whose exact-P
+    instance spilled at 160) and block-sparse layouts keep 128 / 64 (tiles.ws_block_n)."""
+    wide = {"dense", "causal", "causal_bottom_right", "prefix_lm", "softcap", "dropout_causal"}
+    narrow = {"sliding_window", "document", "key_padding", "alibi", "temperature",
+              "block_layout", "alibi_window_softcap"}
+    for name in wide | narrow:
+        forward = plan_for(flashgen.load(name), 128, arch="sm_90a").forward
+        assert forward.producer and forward.block_n == (160 if name in wide else 128), name
+    for name, keys in (("dense", 80), ("softcap", 80), ("causal", 80)):
+        assert plan_for(flashgen.load(name), 256, arch="sm_90a").forward.block_n == keys

@@ -139,16 +139,15 @@ def test_paged_arguments_get_plain_messages():
 
 
 def test_page_sizes_the_kernels_take():
-    """A K/V tile lies in one page, or (sm90 family) each row finds its page when pages are
-    shorter than a tile; a page longer than a tile but not a multiple of it would put a tile
-    across two pages, and is refused with the sizes that work."""
+    """mma.sync: a K/V tile lies in one page, so a page that is not a multiple of the tile
+    is refused with the sizes that work. sm90 family: any page size; where a tile spans
+    pages (pages shorter than a tile, or 256-row pages under the 160-key tiles of d = 128)
+    each row finds its page."""
     from flashgen.api import check_page_size
     from flashgen.plan.tiles import ForwardPlan
-    wgmma, mma = ForwardPlan(128, 128, 8, "wgmma"), ForwardPlan(128, 64, 4, "mma")
-    for ok in (16, 64, 128, 256):
+    wgmma, mma = ForwardPlan(128, 160, 12, "wgmma"), ForwardPlan(128, 64, 4, "mma")
+    for ok in (16, 64, 128, 160, 192, 256):
         check_page_size(wgmma, ok)
     check_page_size(mma, 128)
-    with pytest.raises(ArgumentError, match="page_size is 192.*multiple of 128 or below 128"):
-        check_page_size(wgmma, 192)
     with pytest.raises(ArgumentError, match="page_size is 32.*multiple of 64$"):
         check_page_size(mma, 32)

@@ -14,6 +14,8 @@ pytestmark = pytest.mark.gpu
 CASES = [
     # spec, dtype, d, H, Hkv, Nq, kv lengths, page size, call options
     ("causal_bottom_right", "bf16", 128, 8, 2, 1, [1000, 5, 300], 128, {}),
+    # 256-row pages under d = 128's 160-key tiles: a tile across two pages
+    ("dense", "bf16", 128, 4, 2, 64, [1000, 2600], 256, {}),
     ("causal_bottom_right", "fp16", 64, 4, 4, 16, [4096, 17, 2000, 640], 256, {"kv_splits": 5}),
     ("alibi", "bf16", 128, 4, 2, 3, [129, 700], 64, {}),
     ("dense", "bf16", 64, 4, 1, 1, [8192, 1, 3000], 128, {}),
