@@ -19,12 +19,11 @@ backward -- 8 warps; BN = 128 keys per CTA up to d = 128 (BM = 128 query rows at
   memory: on sm_80 (163 KiB) the 128-key tiles keep one stage, on sm_90 (227 KiB) two.
 sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
   warp-specialised (ws_by_default: a TMA producer and two consumers of 64 query rows,
-  three at d = 64, ws_consumers; 160 keys per tile at d = 128, 80 at d = 256, 128 at d = 64,
-  ws_block_n), else in
-  two warpgroups of 64 query rows, one per CTA and three CTAs per SM at d = 64
-  (_wgmma_forward); up to d = 128 the backward too, 128 keys
-  in two warpgroups of 64 with 64-row Q tiles, fed by a producer warpgroup (TMA loads,
-  dQ by bulk reduction; _wgmma_backward); at d = 256 64 keys, the two consumers
+  three at d = 64, ws_consumers; 160 keys per tile at d = 128 and 80 at d = 256 where
+  rows run long, else 128 / 64: ws_block_n), else in two warpgroups of 64 query rows,
+  one per CTA and three CTAs per SM at d = 64 (_wgmma_forward); up to d = 128 the
+  backward too, 128 keys in two warpgroups of 64 with 64-row Q tiles, fed by a producer
+  warpgroup (TMA loads, dQ by bulk reduction; _wgmma_backward); at d = 256 64 keys, the two consumers
   splitting the head dim (_wgmma_split_backward). Every other arch and head dim stays
   mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
