@@ -230,35 +230,40 @@ def test_mask_tile_lists_are_built_once_per_tensor_version(monkeypatch):
 
 
 def test_warp_specialised_forward_plan():
-    """family="wgmma_ws": 128 x 128 tiles on a producer warpgroup and two consumers, as
-    many K/V stages as fit (64 keys at d = 256); hand-picked KV tiles keep the producer; the backward
-    stays the wgmma family's."""
+    """family="wgmma_ws": a producer warpgroup and two consumers, as many K/V stages as fit:
+    128 x 128 tiles where a row's keys are few (the sliding window), 128 x 160 where they
+    run long (causal; 80 keys at d = 256: ws_block_n); hand-picked KV tiles keep the
+    producer; the backward stays the wgmma family's."""
     from flashgen.plan.tiles import TileError, TileOverride
-    causal = flashgen.load("causal")
-    plan = plan_for(causal, 128, TileOverride(family="wgmma_ws"), "sm_90a")
+    causal, window = flashgen.load("causal"), flashgen.load("sliding_window")
+    plan = plan_for(window, 128, TileOverride(family="wgmma_ws"), "sm_90a")
     f = plan.forward
     assert (f.family, f.producer, f.block_m, f.block_n, f.warps, f.kv_stages) == \
         ("wgmma", True, 128, 128, 12, 3)
     assert f.smem_bytes(128, 128) <= 227 * 1024
+    f = plan_for(causal, 128, TileOverride(family="wgmma_ws"), "sm_90a").forward
+    assert (f.block_m, f.block_n, f.kv_stages) == (128, 160, 2)
     assert plan_for(causal, 64, TileOverride(family="wgmma_ws"), "sm_90a").forward.kv_stages == 4
     tile = plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(128, 64)), "sm_90a")
     assert (tile.forward.producer, tile.forward.block_n) == (True, 64)
-    persistent = plan_for(causal, 128, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
+    persistent = plan_for(window, 128, TileOverride(family="wgmma_ws_persistent"), "sm_90a")
     assert persistent.forward.producer and persistent.forward.persistent
     assert "persistent" in persistent.describe()[0]
     # d = 128: an output stage per consumer and two Q slots beside two K/V stages (224
-    # KiB), where the grid has three stages
+    # KiB), where the grid has three stages; at 160 keys the output stage and one Q slot
     assert (persistent.forward.o_stage, persistent.forward.q_slots,
             persistent.forward.kv_stages) == (True, 2, 2)
     assert "an output stage per consumer" in persistent.describe()[0]
+    f = plan_for(causal, 128, TileOverride(family="wgmma_ws_persistent"), "sm_90a").forward
+    assert (f.block_n, f.o_stage, f.q_slots, f.kv_stages) == (160, True, 1, 2)
     with pytest.raises(TileError, match="BM is 128"):
         plan_for(causal, 128, TileOverride(family="wgmma_ws", forward=(64, 64)), "sm_90a")
     assert plan.backward.family == "wgmma"
     assert "producer warpgroup" in plan.describe()[0]
-    # d = 256: 64 keys (a consumer's O takes 128 registers), two stages (192 KiB), and the
-    # default there too
+    # d = 256: 80 keys (a consumer's O takes 128 registers), two stages, and the default
+    # there too
     wide = plan_for(causal, 256, arch="sm_90a").forward
-    assert (wide.producer, wide.block_n, wide.kv_stages) == (True, 64, 2)
+    assert (wide.producer, wide.block_n, wide.kv_stages) == (True, 80, 2)
     assert plan_for(causal, 256, TileOverride(family="wgmma_ws"), "sm_90a").forward == wide
     with pytest.raises(TileError, match="321 KiB of shared memory at head dim 256"):
         plan_for(causal, 256, TileOverride(family="wgmma_ws", forward=(128, 128)), "sm_90a")
