@@ -23,9 +23,9 @@ sm90 family (sm_90a, d and dv in 64/128/256) -- warpgroup MMA: the forward
   rows run long, else 128 / 64: ws_block_n), else in two warpgroups of 64 query rows,
   one per CTA and three CTAs per SM at d = 64 (_wgmma_forward); up to d = 128 the
   backward too, 128 keys in two warpgroups of 64 with 64-row Q tiles, fed by a producer
-  warpgroup (TMA loads, dQ by bulk reduction; _wgmma_backward); at d = 256 64 keys, the two consumers
-  splitting the head dim (_wgmma_split_backward). Every other arch and head dim stays
-  mma.sync.
+  warpgroup (TMA loads, dQ by bulk reduction; _wgmma_backward); at d = 256 64 keys, the
+  two consumers splitting the head dim (_wgmma_split_backward). Every other arch and
+  head dim stays mma.sync.
 block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 32,
   backward not below 64 x 64), so a tile lies inside one block and is all visible or
   all skipped; smaller blocks read the layout per element in the tiles whose blocks
@@ -436,7 +436,7 @@ def ws_consumers(widest: int, blocks: tuple[int, int] | None, persistent: bool,
 
 
 def ws_block_n(widest: int, blocks: tuple[int, int] | None = None,
-               param_grads: bool = False, long_rows: bool = True) -> int:
+               param_grads: bool = False, long_rows: bool = False) -> int:
     """Keys per tile of the warp-specialised forward. FlashAttention-3's wider tiles, 160
     at d = 128 and 80 at d = 256, where a row's keys run long (`long_rows`: no mask, or
     one that reads no tables and bounds the keys from above only: causal, prefix-LM). A
