@@ -9,8 +9,20 @@ from typing import Callable
 
 from ..ir import build as B
 from ..ir.functions import FUNCTIONS
-from ..ir.nodes import (Binary, Call, Const, Expr, Load, Local, ScalarParam, Select, ToFloat,
-                        Unary, Var)
+from ..ir.nodes import (AttentionSpec, Binary, Call, Const, Expr, Load, Local, ScalarParam,
+                        Select, ToFloat, Unary, Var, inline_lets)
+from ..ir.types import Type
+
+
+def differentiable_loads(spec: AttentionSpec) -> list[Load]:
+    """The distinct reads of float tensor parameters in `score`, in order of appearance.
+    Each gets its own gradient term (a table read twice at different places adds twice);
+    the planner keeps narrower forward tiles for such specs (plan/tiles.py ws_block_n)."""
+    if spec.score is None:
+        return []
+    score = inline_lets(spec, spec.score)
+    loads = [n for n in score.walk() if isinstance(n, Load) and n.type is Type.FLOAT]
+    return list(dict.fromkeys(loads))
 
 
 class NotDifferentiable(Exception):

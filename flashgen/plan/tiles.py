@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 from ..analysis.affine import affine_bias
 from ..analysis.bounds import bounds, index_range
+from ..analysis.derivative import differentiable_loads
 from ..ir.nodes import Binary, Load
-from ..ir.types import Type
 
 SM80_SMEM_LIMIT = 163 * 1024   # opt-in dynamic shared memory per block on A100
 SM90_SMEM_LIMIT = 227 * 1024   # and on H100 / H200
@@ -577,9 +577,7 @@ def plan_for(spec, head_dim: int, override: TileOverride | None = None,
                   for e in (spec.mask, spec.score, *lets) if e is not None for node in e.walk())
     mask_reads_tables = any(isinstance(node, Load) for e in (spec.mask, *lets) if e is not None
                             for node in e.walk())
-    param_grads = spec.score is not None and any(  # render/variant.py differentiable_loads
-        isinstance(node, Load) and node.type is Type.FLOAT
-        for e in (spec.score, *lets) for node in e.walk())
+    param_grads = bool(differentiable_loads(spec))
     keys = index_range(spec, "kv_idx")
     long_rows = not mask_reads_tables and (keys is None or all(
         bound.lower is None for bound in bounds(keys)))

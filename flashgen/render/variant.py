@@ -8,7 +8,7 @@ import jinja2
 
 from .. import resources
 from ..analysis.affine import affine_bias
-from ..analysis.derivative import NotDifferentiable, derivative
+from ..analysis.derivative import NotDifferentiable, derivative, differentiable_loads
 from ..ir.nodes import AttentionSpec, Expr, Load, Local, ParamDecl, Var, inline_lets
 from ..ir.pretty import pretty
 from ..ir.types import PARAM_TYPES, Type
@@ -97,16 +97,6 @@ def _param(p: ParamDecl, path: str) -> ParamView:
         return ParamView(f"{decl} {p.name}", comment, f"{decl}::read(in)")
     read = {"f32": "in.f32()", "i32": "in.i32()", "bool": "in.i32() != 0"}[p.element]
     return ParamView(f"{C_TYPE[PARAM_TYPES[p.element]]} {p.name}", comment, read)
-
-
-def differentiable_loads(spec: AttentionSpec) -> list[Load]:
-    """The distinct reads of float tensor parameters in `score`, in order of appearance.
-    Each gets its own gradient term (a table read twice at different places adds twice)."""
-    if spec.score is None:
-        return []
-    score = inline_lets(spec, spec.score)
-    loads = [n for n in score.walk() if isinstance(n, Load) and n.type is Type.FLOAT]
-    return list(dict.fromkeys(loads))
 
 
 def _lets_needed(spec: AttentionSpec, roots: list[Expr]) -> list[str]:

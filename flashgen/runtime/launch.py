@@ -43,7 +43,7 @@ from ..plan.tiles import TileOverride, plan_for
 from ..reference.philox import MASK32, resolve_seed, threshold
 from ..render.kernels import render_module
 from ..render.tile_class import mask_reads, scans_tables
-from ..render.variant import differentiable_loads
+from ..analysis.derivative import differentiable_loads
 from .arguments import WHOLE, Frame, packed_view
 from .sparse import DENSE, MaskTiles, sparse_tiles
 

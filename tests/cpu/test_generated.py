@@ -151,7 +151,7 @@ def test_every_shipped_kernel_compiles(name, arch):
     from flashgen.build.cache import ptxas_report
     from flashgen.render.kernels import render_module
     from flashgen.render.tile_class import scans_tables
-    from flashgen.render.variant import differentiable_loads
+    from flashgen.analysis.derivative import differentiable_loads
     spec = flashgen.load(name)
     path = f"flashgen/specs/{name}.attn"
     sources = {}
