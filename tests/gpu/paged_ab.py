@@ -1,0 +1,86 @@
+"""A/B of the warp-specialised forward's plan on a paged KV cache (op.paged) and on the
+contiguous call of the same shape, in one process on one GPU, the two plans interleaved
+over rounds (switch_ab.py's plan switch and its round order).
+
+    PYTHONPATH=$PWD python tests/gpu/paged_ab.py --fields block_n=128,q_slots=2,o_stage=0
+
+Shapes: prefill (B = 2, H = 16, Nq = Nk = 4096) and decoding (B = 8, H = 16, Nq = 1 and 16,
+Nk = 32768), d = 128, bf16, pages of --pages rows shuffled in the pool. Not a test: the
+perf notes' tool for the cost of a tile that spans pages (the per-row page lookup) against
+one that nests in a page.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+
+import flashgen
+from flashgen.bench.timing import time_ms
+
+try:
+    from .switch_ab import _plan_settings, round_order
+except ImportError:   # run as a script
+    from switch_ab import _plan_settings, round_order
+
+SHAPES = [("prefill", 2, 4096, 4096), ("decode", 8, 1, 32768), ("decode", 8, 16, 32768)]
+
+
+def paged_inputs(B: int, H: int, nq: int, nk: int, d: int, page: int, gen: torch.Generator):
+    """q, k_cache, v_cache, block_table, kv_lens: every entry nk rows, its pages shuffled."""
+    per = -(-nk // page)
+    order = torch.randperm(B * per, generator=gen).to(torch.int32)
+    q = torch.randn(B, H, nq, d, generator=gen).to(torch.bfloat16).cuda()
+    k = torch.randn(B * per, page, H, d, generator=gen).to(torch.bfloat16).cuda()
+    v = torch.randn_like(k)
+    return q, k, v, order.view(B, per).cuda(), torch.full((B,), nk, dtype=torch.int32).cuda()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--fields", default="block_n=128,q_slots=2,o_stage=0")
+    ap.add_argument("--specs", default="dense,causal_bottom_right")
+    ap.add_argument("--pages", default="256,128")
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args(argv)
+    settings, restore = _plan_settings(args.fields)
+    H, d = 16, 128
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    try:
+        for spec in args.specs.split(","):
+            op = flashgen.compile(spec)
+            for name, B, nq, nk in SHAPES:
+                for page in [int(p) for p in args.pages.split(",")]:
+                    q, k, v, table, lens = paged_inputs(B, H, nq, nk, d, page, gen)
+                    calls = {"paged": lambda: op.paged(q, k, v, table, lens)}
+                    if page == int(args.pages.split(",")[0]):   # once per shape
+                        kc = k.view(B, -1, H, d)[:, :nk].transpose(1, 2).contiguous()
+                        vc = v.view(B, -1, H, d)[:, :nk].transpose(1, 2).contiguous()
+                        calls["contiguous"] = lambda kc=kc, vc=vc: op(q, kc, vc)
+                    for what, fn in calls.items():
+                        times = {label: [] for label in settings}
+                        with torch.no_grad():
+                            for r in range(args.rounds):
+                                for label, put in round_order(settings, r):
+                                    put()
+                                    times[label].append(time_ms(fn, warmup=3, reps=30).median_ms)
+                        a, b = (statistics.median(t) for t in times.values())
+                        label = f"{spec} {name} B={B} Nq={nq} Nk={nk} " + (
+                            f"page={page}" if what == "paged" else "contiguous")
+                        rows.append((label, a, b))
+                        print(label, round(a, 4), round(b, 4), flush=True)
+                    del q, k, v, table, lens, calls
+                    torch.cuda.empty_cache()
+    finally:
+        restore()
+    a_label, b_label = list(settings)[:2]
+    print(f"\nforward ms, A = {a_label!r}, B = {b_label!r}")
+    print(f"{'case':58s} {'A ms':>8s} {'B ms':>8s} {'B/A-1':>7s}")
+    for label, a, b in rows:
+        print(f"{label:58s} {a:8.4f} {b:8.4f} {b / a - 1:+7.1%}")
+
+
+if __name__ == "__main__":
+    main()
