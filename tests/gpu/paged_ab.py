@@ -1,8 +1,9 @@
-"""A/B of the warp-specialised forward's plan on a paged KV cache (op.paged) and on the
-contiguous call of the same shape, in one process on one GPU, the two plans interleaved
-over rounds (switch_ab.py's plan switch and its round order).
+"""A/B of a switch of switch_ab.py (the warp-specialised forward's plan, another tree's
+headers) on a paged KV cache (op.paged) and on the contiguous call of the same shape, in
+one process on one GPU, the two positions interleaved over rounds (switch_ab's round order).
 
-    PYTHONPATH=$PWD python tests/gpu/paged_ab.py --fields block_n=128,q_slots=2,o_stage=0
+    PYTHONPATH=$PWD python tests/gpu/paged_ab.py plan --fields block_n=128,q_slots=2,o_stage=0
+    PYTHONPATH=$PWD python tests/gpu/paged_ab.py header --other OLD_TREE/templates
 
 Shapes: prefill (B = 2, H = 16, Nq = Nk = 4096) and decoding (B = 8, H = 16, Nq = 1 and 16,
 Nk = 32768), d = 128, bf16, pages of --pages rows shuffled in the pool. Not a test: the
@@ -20,9 +21,9 @@ import flashgen
 from flashgen.bench.timing import time_ms
 
 try:
-    from .switch_ab import _plan_settings, round_order
+    from .switch_ab import SWITCHES, round_order
 except ImportError:   # run as a script
-    from switch_ab import _plan_settings, round_order
+    from switch_ab import SWITCHES, round_order
 
 SHAPES = [("prefill", 2, 4096, 4096), ("decode", 8, 1, 32768), ("decode", 8, 16, 32768)]
 
@@ -39,12 +40,16 @@ def paged_inputs(B: int, H: int, nq: int, nk: int, d: int, page: int, gen: torch
 
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fields", default="block_n=128,q_slots=2,o_stage=0")
+    ap.add_argument("switch", choices=["plan", "header"])
+    ap.add_argument("--fields", default="block_n=128,q_slots=2,o_stage=0",
+                    help="plan: the warp-specialised forward's plan fields in A")
+    ap.add_argument("--other", default="", help="header: a templates/ folder (A)")
+    ap.add_argument("--header", default="expr.cuh")
     ap.add_argument("--specs", default="dense,causal_bottom_right")
     ap.add_argument("--pages", default="256,128")
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args(argv)
-    settings, restore = _plan_settings(args.fields)
+    settings, restore = SWITCHES[args.switch](args)
     H, d = 16, 128
     gen = torch.Generator().manual_seed(0)
     rows = []
