@@ -181,8 +181,9 @@ class AttentionOp:
         """Attention of q [B, H, Nq, d] against a paged KV cache, for decoding (forward
         only): k_cache and v_cache [pages, page_size, Hkv, d]; entry b's key row r is row
         r % page_size of page block_table[b, r // page_size] (int32 [B, pages_per_seq]),
-        and kv_lens[b] (int32 [B]) rows are valid. page_size must be a multiple of the
-        forward's K/V tile (64 or 128; 256 always works). Queries and keys are
+        and kv_lens[b] (int32 [B]) rows are valid. On sm90 any page_size works; the
+        mma.sync family wants a multiple of its K/V tile (64 or 128; 256 always works;
+        check_page_size). Queries and keys are
         bottom-right aligned only through the spec (`causal_bottom_right` for new tokens
         at the end of the cache). Page numbers and lengths are trusted (no host sync),
         as in FlashAttention; returns out [B, H, Nq, dv] (and lse [B, H, Nq])."""
