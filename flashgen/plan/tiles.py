@@ -355,8 +355,8 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                                         ws_consumers(widest, blocks, persistent,
                                                      three_consumers))
             narrow = ws_block_n(widest, blocks, param_grads)
-            if narrow != forward.block_n:
-                forward = replace(forward, general_block_n=narrow)
+            if narrow != forward.block_n and not forward.general_block_n:  # (unless set:
+                forward = replace(forward, general_block_n=narrow)  # switch_ab.py's A/B)
         if widest <= 128:
             backward = _wgmma_backward(blocks, head_dim, value_dim)
         elif head_dim in (128, 256) and value_dim in (128, 256):
