@@ -41,7 +41,8 @@ struct SwizzledRows {
 // thread of load_tile_swizzled asks for its rows a pass apart): the cursor keeps the page
 // and the row's place in it, so a row costs an add and a page crossed one block_table
 // read. A division and a table read for every row had a tile across pages take the
-// forward 2.2-2.5x the time of tiles that nest in a page (PERF.md, paged KV).
+// forward 2.2-2.5x the time of tiles that nest in a page; the cursor took 19 % off, still
+// 1.8x, since a crossing's table read stalls the thread among its copies (PERF.md, paged KV).
 template <class T>
 struct PageCursor {
   const Strided4<const T>& x;
