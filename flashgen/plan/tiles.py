@@ -32,7 +32,7 @@ block-sparse -- the tiles shrink to the layout's blocks (forward not below 64 x 
   differ (templates/kernels/sparse.cuh)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..analysis.affine import affine_bias
 from ..analysis.bounds import bounds, index_range
@@ -70,6 +70,17 @@ class ForwardPlan:
     persistent: bool = False   # producer: one CTA per SM, looping over the Q tiles
     q_slots: int = 1           # persistent: Q buffers per consumer, loaded a unit ahead
     o_stage: bool = False      # persistent: an output buffer per consumer, stored by TMA
+    general_block_n: int = 0   # producer: keys per tile of the general instance; 0: block_n
+
+    @property
+    def general_keys(self) -> int:
+        """Keys per tile of the forward's general instance (a packed batch, a paged cache,
+        split-KV: cp.async loads), which keeps 128 (64 at d = 256) where a padded batch's
+        tiles are FlashAttention-3's wider ones (ws_block_n): a tile of 128 nests in 128-
+        and 256-row pages, where one of 160 spanned two and its loads took 1.8-2.5x the
+        time (PERF.md, paged KV), and no call of the general instance measured faster at
+        160 (split-KV decoding level)."""
+        return self.general_block_n or self.block_n
 
     @property
     def kernel_family(self) -> str:
@@ -162,7 +173,9 @@ class TilePlan:
                      "(wgmma)")
         return [
             f"forward:  {f.block_m} query rows x {f.block_n} keys per tile, {how}, "
-            f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory",
+            f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory"
+            + (f" ({f.general_keys} keys per tile in the general instance: packed, paged, "
+               "split-KV)" if f.general_keys != f.block_n else ""),
             f"backward: {b.block_n} keys x {b.block_m} query rows per tile, "
             + ("a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim "
                "(wgmma), " if b.split else
@@ -341,6 +354,9 @@ def plan_tiles(head_dim: int, value_dim: int, blocks: tuple[int, int] | None = N
                                         persistent,
                                         ws_consumers(widest, blocks, persistent,
                                                      three_consumers))
+            narrow = ws_block_n(widest, blocks, param_grads)
+            if narrow != forward.block_n and not forward.general_block_n:  # (unless set:
+                forward = replace(forward, general_block_n=narrow)  # switch_ab.py's A/B)
         if widest <= 128:
             backward = _wgmma_backward(blocks, head_dim, value_dim)
         elif head_dim in (128, 256) and value_dim in (128, 256):

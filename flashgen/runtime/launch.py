@@ -387,7 +387,7 @@ def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None =
     var = variant(key)
     n = Sizes.of(q, k, varlen, paged)
     plan = var.plan(q.shape[-1], _arch(q.device.index)).forward
-    kv_tiles = -(-n.Nk // plan.block_n)
+    kv_tiles = -(-n.Nk // plan.general_keys)  # split-KV runs the general instance
     if splits is not None:
         return max(1, min(int(splits), kv_tiles, MAX_KV_SPLITS))
     ctas = n.B * n.H * -(-n.Nq // plan.block_m)

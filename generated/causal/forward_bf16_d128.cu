@@ -3,7 +3,7 @@
 //
 // attention causal: forward pass, bf16, head_dim 128, value_dim 128
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 160 keys per tile, persistent (one CTA per SM, 1 Q slot, an output stage per consumer), a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory
+//   forward:  128 query rows x 160 keys per tile, persistent (one CTA per SM, 1 Q slot, an output stage per consumer), a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory (128 keys per tile in the general instance: packed, paged, split-KV)
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"
@@ -19,8 +19,10 @@ using Variant = fg_causal::Variant;  // whole sequences
 constexpr bool kPersistent = true;
 constexpr bool kOutputStage = true;
 using Tiles = fg::ForwardTilesSm90Ws<128, 128, 160, 2, 2, kPersistent, 1, kOutputStage>;
+// the general instance (a packed batch, a paged cache, split-KV) keeps 128 keys per tile: one nests in a cache's pages
+// (plan/tiles.py ForwardPlan.general_keys); the shared memory of the 160-key tiles holds it
 template <bool kDropout, bool kExactP, bool kGeneral>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 128, 128, 160, 2, 2, kPersistent && !kGeneral, 1, kOutputStage, kDropout, kExactP, kGeneral>;
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 128, 128, kGeneral ? 128 : 160, 2, 2, kPersistent && !kGeneral, 1, kOutputStage, kDropout, kExactP, kGeneral>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh; persistent, of Q and, with the output stage, of O too)
 using Maps = fg::KvTensorMaps;

@@ -74,7 +74,10 @@ __device__ __forceinline__ void load_tile(T* smem, const T* gmem, int64_t stride
 // first element in global memory (a strided tensor, or a page of a paged cache); rows >=
 // rows_valid become zero. Each thread keeps one 16-byte column chunk and walks down the
 // rows: 8 neighbouring threads fill one 128-byte row, which the swizzle spreads over all
-// banks.
+// banks. Every thread calls row_ptr for each row it walks, valid or not, in increasing
+// order, and where ROWS is whole passes every lane of a warp makes the same calls: so
+// row_ptr may keep state from row to row and shuffle across the warp (schedule.cuh
+// PageWindow). The pointer of a row past rows_valid is not read.
 template <int ROWS, int COLS, int THREADS, class T, class RowPtr>
 __device__ __forceinline__ void load_tile_swizzled(T* smem, RowPtr row_ptr, int rows_valid,
                                                    const T* fallback) {
@@ -94,8 +97,9 @@ __device__ __forceinline__ void load_tile_swizzled(T* smem, RowPtr row_ptr, int 
     const int r = r0 + i * kRowsPerPass;
     if (ROWS % kRowsPerPass == 0 || r < ROWS) {
       const bool valid = r < rows_valid;
+      const T* const src = row_ptr(r);
       cp_async_16(kWholeAtoms ? dst + i * kRowsPerPass * 128 : base + Tile::chunk_offset(r, 8 * c),
-                  valid ? row_ptr(r) + 8 * c : fallback, valid);
+                  valid ? src + 8 * c : fallback, valid);
     }
   }
 }

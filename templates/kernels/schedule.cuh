@@ -37,34 +37,57 @@ struct SwizzledRows {
   }
 };
 
-// The rows of one batch entry of a paged cache, asked for in increasing order (each
-// thread of load_tile_swizzled asks for its rows a pass apart): the cursor keeps the page
-// and the row's place in it, so a row costs an add and a page crossed one block_table
-// read. A division and a table read for every row had a tile across pages take the
-// forward 2.2-2.5x the time of tiles that nest in a page; the cursor took 19 % off, still
-// 1.8x, since a crossing's table read stalls the thread among its copies (PERF.md, paged KV).
+// The rows of one K/V tile of a paged cache where the tile spans pages (pages shorter
+// than a tile, or 256-row pages under 160-key tiles). Lane j of each warp reads page j of
+// the tile's window up front, every lane's read independent, so a tile waits for the
+// table once, as a tile in one page does; a row then takes its page from the lane that
+// holds it by a shuffle, and each thread follows its rows' place in their page by adds
+// (load_tile_swizzled asks for a thread's rows in increasing order, every lane for every
+// row). A table read and a division for every row had a tile across pages take the
+// forward 2.2-2.5x the time of one in a page; a cursor that read the table at each page
+// crossed, in the middle of a thread's copies, 1.8x (PERF.md, paged KV).
 template <class T>
-struct PageCursor {
+struct PageWindow {
   const Strided4<const T>& x;
-  const int* pages;  // this entry's row of block_table
   int page_size, hk;
-  int last = -1, offset = 0, page = 0;
+  int first_offset;  // the tile's first row's place in its page
+  int page;          // this lane's page of the window
+  int last = -1, slot = 0, offset = 0;
 
+  // The window is a warp's 32 lanes: a tile of `rows` rows starting anywhere in a page
+  // touches at most (rows + page_size - 2) / page_size + 1 pages.
+  __host__ __device__ static constexpr bool covers(int rows, int page_size) {
+    return (rows + page_size - 2) / page_size + 1 <= 32;
+  }
+
+  // table: the batch entry's row of block_table; k0: the tile's first row; rows: the
+  // tile's valid rows (> 0)
+  __device__ __forceinline__ PageWindow(const Strided4<const T>& x_, const int* table,
+                                        int page_size_, int hk_, int k0, int rows)
+      : x(x_), page_size(page_size_), hk(hk_) {
+    const int first = k0 / page_size;
+    first_offset = k0 - first * page_size;
+    const int pages = (first_offset + rows - 1) / page_size + 1;
+    const int lane = threadIdx.x & 31;
+    page = lane < pages ? table[first + lane] : 0;
+  }
+
+  // row r of the tile (r increasing from call to call; rows past the valid ones give a
+  // pointer that is not read)
   __device__ __forceinline__ const T* row(int r) {
     if (last < 0) {
-      const int slot = r / page_size;
-      offset = r - slot * page_size;
-      pages += slot;
-      page = *pages;
+      const int o = first_offset + r;
+      slot = o / page_size;
+      offset = o - slot * page_size;
     } else {
       offset += r - last;
-      while (offset >= page_size) {  // (r is a valid row: its page is in the table)
+      while (offset >= page_size) {
         offset -= page_size;
-        page = *++pages;
+        ++slot;
       }
     }
     last = r;
-    return x.at(page, hk, offset);
+    return x.at(__shfl_sync(0xffffffffu, page, slot & 31), hk, offset);
   }
 };
 
@@ -100,12 +123,25 @@ struct KvStream {
     if constexpr (kGeneral) {
       if (n.paged()) {
         if constexpr (std::is_same_v<Layout, SwizzledRows>) {
-          // a tile across pages (pages shorter than a tile, or 256-row pages under 160-key
-          // tiles): each thread follows its rows from page to page
+          // a tile across pages: its pages read once, a warp's lanes holding them
+          // (PageWindow), where the tile is whole passes of load_tile_swizzled (the same
+          // calls in every lane, for the shuffles) and pages of more than a few rows
           if (n.page_size % BN != 0) {
-            PageCursor<T> cursor{x, n.block_table + int64_t(b) * n.pages_per_seq, n.page_size, hk};
-            load_tile_swizzled<BN, COLS, Threads>(
-                smem, [&](int r) { return cursor.row(k0 + r); }, rows, x.data);
+            const int* table = n.block_table + int64_t(b) * n.pages_per_seq;
+            constexpr bool kWholePasses = BN % (Threads / (COLS / 8)) == 0;
+            if (kWholePasses && PageWindow<T>::covers(BN, n.page_size)) {
+              PageWindow<T> window(x, table, n.page_size, hk, k0, min(rows, BN));
+              load_tile_swizzled<BN, COLS, Threads>(
+                  smem, [&](int r) { return window.row(r); }, rows, x.data);
+            } else {  // each row finds its page (rows past the valid ones read the last's)
+              load_tile_swizzled<BN, COLS, Threads>(
+                  smem,
+                  [&](int r) {
+                    const int row = k0 + min(r, rows - 1);
+                    return x.at(table[row / n.page_size], hk, row % n.page_size);
+                  },
+                  rows, x.data);
+            }
             return;
           }
         }

@@ -75,7 +75,7 @@ def test_split_kv_count_by_shape(monkeypatch):
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
     monkeypatch.setattr(launch, "_arch", lambda index: "sm_90a")
     key = flashgen.compile("causal_bottom_right").key
-    block_n = launch.variant(key).plan(128, "sm_90a").forward.block_n
+    block_n = launch.variant(key).plan(128, "sm_90a").forward.general_keys  # split-KV's tiles
     q = torch.empty(1, 8, 1, 128, device="meta")
     k = torch.empty(1, 8, 32768, 128, device="meta")
     assert launch.kv_splits(key, q, k) == min(-(-2 * 132 // 8), 32768 // block_n // 4, 64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import flashgen
-from flashgen.plan.tiles import plan_for
+from flashgen.plan.tiles import TileOverride, plan_for
 from flashgen.render.tile_class import scans_tables
 from flashgen.runtime.sparse import DENSE, MaskTiles, SparseTiles, sparse_tiles, tile_lists
 
@@ -335,12 +335,20 @@ def test_wide_key_tiles_where_rows_run_long():
     """The warp-specialised forward takes FlashAttention-3's wider key tiles (160 at
     d = 128, 80 at d = 256) where a row's keys run long; a window, a mask reading tables
     (document, key padding), float parameters' gradients (ALiBi's slopes, whose exact-P
-    instance spilled at 160) and block-sparse layouts keep 128 / 64 (tiles.ws_block_n)."""
+    instance spilled at 160) and block-sparse layouts keep 128 / 64 (tiles.ws_block_n).
+    The general instance (packed, paged, split-KV) keeps 128 / 64 everywhere, so that its
+    tiles nest in 128- and 256-row pages (ForwardPlan.general_keys)."""
     wide = {"dense", "causal", "causal_bottom_right", "prefix_lm", "softcap", "dropout_causal"}
     narrow = {"sliding_window", "document", "key_padding", "alibi", "temperature",
               "block_layout", "alibi_window_softcap"}
     for name in wide | narrow:
         forward = plan_for(flashgen.load(name), 128, arch="sm_90a").forward
         assert forward.producer and forward.block_n == (160 if name in wide else 128), name
+        assert forward.general_keys == 128, name
     for name, keys in (("dense", 80), ("softcap", 80), ("causal", 80)):
-        assert plan_for(flashgen.load(name), 256, arch="sm_90a").forward.block_n == keys
+        forward = plan_for(flashgen.load(name), 256, arch="sm_90a").forward
+        assert (forward.block_n, forward.general_keys) == (keys, 64), name
+    # a hand-picked tile is the general instance's too
+    forward = plan_for(flashgen.load("dense"), 128,
+                       TileOverride((128, 176), family="wgmma_ws_persistent"), "sm_90a").forward
+    assert forward.general_keys == forward.block_n == 176

@@ -16,6 +16,10 @@ CASES = [
     ("causal_bottom_right", "bf16", 128, 8, 2, 1, [1000, 5, 300], 128, {}),
     # 256-row pages under d = 128's 160-key tiles: a tile across two pages
     ("dense", "bf16", 128, 4, 2, 64, [1000, 2600], 256, {}),
+    # vLLM's 16-row pages: a 160-key tile across up to 11 pages (PageWindow's shuffles);
+    # 5-row pages: more than a warp's 32 lanes of pages a tile, each row finds its own
+    ("causal_bottom_right", "bf16", 128, 4, 2, 16, [700, 33, 2001], 16, {}),
+    ("dense", "fp16", 128, 2, 2, 8, [300, 161], 5, {}),
     ("causal_bottom_right", "fp16", 64, 4, 4, 16, [4096, 17, 2000, 640], 256, {"kv_splits": 5}),
     ("alibi", "bf16", 128, 4, 2, 3, [129, 700], 64, {}),
     ("dense", "bf16", 64, 4, 1, 1, [8192, 1, 3000], 128, {}),
