@@ -6,7 +6,7 @@ one process on one GPU, the two positions interleaved over rounds (switch_ab's r
     PYTHONPATH=$PWD python tests/gpu/paged_ab.py header --other OLD_TREE/templates
 
 Shapes: prefill (B = 2, H = 16, Nq = Nk = 4096) and decoding (B = 8, H = 16, Nq = 1 and 16,
-Nk = 32768), d = 128, bf16, pages of --pages rows shuffled in the pool. Not a test: the
+Nk = 32768), d = 128 (--d), bf16, pages of --pages rows shuffled in the pool (--order). Not a test: the
 perf notes' tool for the cost of a tile that spans pages (the per-row page lookup) against
 one that nests in a page.
 """
@@ -28,10 +28,13 @@ except ImportError:   # run as a script
 SHAPES = [("prefill", 2, 4096, 4096), ("decode", 8, 1, 32768), ("decode", 8, 16, 32768)]
 
 
-def paged_inputs(B: int, H: int, nq: int, nk: int, d: int, page: int, gen: torch.Generator):
-    """q, k_cache, v_cache, block_table, kv_lens: every entry nk rows, its pages shuffled."""
+def paged_inputs(B: int, H: int, nq: int, nk: int, d: int, page: int, gen: torch.Generator,
+                 shuffled: bool = True):
+    """q, k_cache, v_cache, block_table, kv_lens: every entry nk rows, its pages shuffled in
+    the pool (or in order: the same lookups without the scatter)."""
     per = -(-nk // page)
-    order = torch.randperm(B * per, generator=gen).to(torch.int32)
+    order = (torch.randperm(B * per, generator=gen) if shuffled
+             else torch.arange(B * per)).to(torch.int32)
     q = torch.randn(B, H, nq, d, generator=gen).to(torch.bfloat16).cuda()
     k = torch.randn(B * per, page, H, d, generator=gen).to(torch.bfloat16).cuda()
     v = torch.randn_like(k)
@@ -48,17 +51,22 @@ def main(argv=None):
     ap.add_argument("--specs", default="dense,causal_bottom_right")
     ap.add_argument("--pages", default="256,128")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--order", choices=["shuffled", "sorted"], default="shuffled",
+                    help="the pages' places in the pool")
+    ap.add_argument("--d", type=int, default=128)
+    ap.add_argument("--shapes", default="prefill,decode")
     args = ap.parse_args(argv)
     settings, restore = SWITCHES[args.switch](args)
-    H, d = 16, 128
+    H, d = 16, args.d
     gen = torch.Generator().manual_seed(0)
     rows = []
     try:
         for spec in args.specs.split(","):
             op = flashgen.compile(spec)
-            for name, B, nq, nk in SHAPES:
+            for name, B, nq, nk in [s for s in SHAPES if s[0] in args.shapes.split(",")]:
                 for page in [int(p) for p in args.pages.split(",")]:
-                    q, k, v, table, lens = paged_inputs(B, H, nq, nk, d, page, gen)
+                    q, k, v, table, lens = paged_inputs(B, H, nq, nk, d, page, gen,
+                                                             args.order == "shuffled")
                     calls = {"paged": lambda: op.paged(q, k, v, table, lens)}
                     if page == int(args.pages.split(",")[0]):   # once per shape
                         kc = k.view(B, -1, H, d)[:, :nk].transpose(1, 2).contiguous()
