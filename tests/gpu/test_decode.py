@@ -38,6 +38,8 @@ CASES = [
     ("softcap", "bf16", 256, 1, 4, 2, 5, 3000, None, {}),
     ("causal_bottom_right", "bf16", 128, 1, 2, 2, 64, 4096, 4, {}),
     ("causal_bottom_right", "fp16", 64, 1, 2, 2, 65, 4096, 4, {}),
+    ("dense", "bf16", 64, 16, 16, 4, 3, 700, 1, {}),            # a padded batch, unsplit
+    ("causal", "fp16", 128, 2, 4, 4, 64, 64, 1, {}),
 ]
 
 
