@@ -71,8 +71,8 @@ class ForwardPlan:
     q_slots: int = 1           # persistent: Q buffers per consumer, loaded a unit ahead
     o_stage: bool = False      # persistent: an output buffer per consumer, stored by TMA
     general_block_n: int = 0   # producer: keys per tile of the general instance; 0: block_n
-    decode_rows: int = 64      # producer: a call of at most this many query rows runs the general
-                               # instance with one consumer (decoding: forward.cu.j2 DecodeTiles); 0: never
+    decode_rows: int = 64      # producer: a general call (packed, paged, split-KV) of at most this
+                               # many query rows runs one consumer (decoding: forward.cu.j2); 0: never
 
     @property
     def general_keys(self) -> int:

@@ -21,9 +21,10 @@ constexpr bool kOutputStage = true;
 using Tiles = fg::ForwardTilesSm90Ws<128, 128, 160, 2, 2, kPersistent, 1, kOutputStage>;
 // the general instance (a packed batch, a paged cache, split-KV) keeps 128 keys per tile: one nests in a cache's pages
 // (plan/tiles.py ForwardPlan.general_keys); the shared memory of the 160-key tiles holds it
-// decoding (a call whose sequences hold at most 64 query rows, without dropout or exact P: padded too): the
+// decoding (a general call whose sequences hold at most 64 query rows, without dropout or exact P): the
 // general instance with one consumer, so that a CTA's GEMMs and softmax run over 64 rows, not 128 of which all
-// but a few are padding (plan/tiles.py ForwardPlan.decode_rows); the grid is the general instance's, one Q tile high
+// but a few are padding (plan/tiles.py ForwardPlan.decode_rows); the grid is the general instance's, one Q tile high. A
+// padded batch keeps the lean instance: rows of one tile measured 16-21 % slower on this grid than persistent (PERF.md)
 constexpr int kDecodeRows = 64;
 static_assert(kDecodeRows <= 64, "one consumer's rows");
 using DecodeTiles = fg::ForwardTilesSm90Ws<128, 128, 128, 2, 1>;
@@ -51,11 +52,8 @@ cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params
 template <bool kDropout>
 int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, int smem, void* stream) {
   // a packed batch, a paged cache or split-KV runs the general instance, a padded batch the lean one
-  // (and so does decoding, a padded batch's too: launch_forward gives it one consumer)
-  const bool decoding = !kDropout && !args.exact_p && args.shape.q_len <= kDecodeRows;
   Maps maps{};
   const bool general = args.shape.varlen() || args.shape.paged() || args.splits > 1
-                       || decoding
                        || !Tiles::encode_maps(maps, args)  // K or V strides the TMA engine cannot address
       ;
   const int q_tiles = (args.shape.q_len + 128 - 1) / 128;

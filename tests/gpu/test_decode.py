@@ -2,7 +2,7 @@
 against long K/V, the splits chosen by shape or forced, with masks that skip tiles
 (bottom-right causal, documents), block-sparse lists, ALiBi with learned slopes (the
 gradients go through the combined O and lse), dropout, GQA, and rows no split sees; up to
-64 query rows (no dropout, no exact P) on the sm90 family the one-consumer instance."""
+64 query rows (no dropout, no exact P) a general call on the sm90 family runs one consumer."""
 import pytest
 import torch
 
@@ -38,7 +38,7 @@ CASES = [
     ("softcap", "bf16", 256, 1, 4, 2, 5, 3000, None, {}),
     ("causal_bottom_right", "bf16", 128, 1, 2, 2, 64, 4096, 4, {}),
     ("causal_bottom_right", "fp16", 64, 1, 2, 2, 65, 4096, 4, {}),
-    ("dense", "bf16", 64, 16, 16, 4, 3, 700, 1, {}),            # a padded batch, unsplit
+    ("dense", "bf16", 64, 16, 16, 4, 3, 700, 1, {}),            # a padded batch, unsplit (lean)
     ("causal", "fp16", 128, 2, 4, 4, 64, 64, 1, {}),
 ]
 
