@@ -106,7 +106,9 @@ struct ForwardTilesSm90Ws {
   static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
                     kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <= kPool,
                 "the reallocated registers fit the CTA's pool");
-  static_assert(kConsumers == 2 || kConsumers == 3, "two or three consumers");
+  // one consumer: the decoding instance (forward.cu.j2 DecodeTiles), a grid of general CTAs
+  static_assert(kConsumers == 2 || kConsumers == 3 || (kConsumers == 1 && !Persistent),
+                "two or three consumers; one for decoding");
   // Host: the tensor maps of a padded batch's K and V in boxes of BN rows (persistent: and
   // Q's, in boxes of a consumer's 64 rows); false where the TMA engine cannot address
   // them (the call then runs the cp.async instance)
@@ -437,8 +439,11 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
 
   // The producer is warpgroup 0 because the loads (load_tile_swizzled) index their
   // threads by threadIdx.x, 0..127.
+  // With one consumer (decoding) the CTA's 256 threads may each hold up to 255 registers,
+  // so nothing is moved between the warpgroups.
+  constexpr bool kMoveRegisters = Tiles::kConsumers > 1;
   if (warpgroup == 0) {
-    release_registers<Tiles::template kProducerRegisters<kTma>>();
+    if constexpr (kMoveRegisters) release_registers<Tiles::template kProducerRegisters<kTma>>();
     if constexpr (kPersistent) {
       // The card writer, warp 1's first lane: draws the units (unit_at's comment) and
       // works out each one's card, a card ahead of the loading thread, which takes it
@@ -563,7 +568,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     return;
   }
 
-  set_registers<Tiles::template kConsumerRegisters<kTma>>();
+  if constexpr (kMoveRegisters) set_registers<Tiles::template kConsumerRegisters<kTma>>();
   const int consumer = warpgroup - 1;
   const int warp = (threadIdx.x >> 5) - 4;  // among the consumers' warps
   // Turns: a consumer's GEMMs of one step (Q K^T of this tile, P V of the previous
@@ -574,6 +579,8 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   // waited for; a persistent CTA's ring runs on from unit to unit (a consumer starts
   // its next unit without waiting for the others to end this one), and consumer 0
   // takes the last hand-over after the last unit.
+  // One consumer (decoding) has no one to take turns with.
+  constexpr bool kTurns = Tiles::kConsumers > 1;
   constexpr int kLast = Tiles::kConsumers - 1;
   const int next = consumer == kLast ? 0 : consumer + 1;
   float o[1][Dv / 8][4];
@@ -628,12 +635,13 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
 
     float s[1][BN / 8][4];
     float row_offset[1][2];  // V::kAffineBias (forward.cuh score_and_mask)
-    bar_sync(kTurnBarrier + consumer, 256);
+    if constexpr (kTurns) bar_sync(kTurnBarrier + consumer, 256);
     if constexpr (kCarry || (!kOverlap && kPv)) issue_pv(pending);
     issue_gemm_ss<T, BN, D>(s[0], q_rows, Tiles::Q::kBlockBytes, smem_address(sK + stage * kK),
                             Tiles::K::kBlockBytes);
     if constexpr (kOverlap && kPv) issue_pv(pending);
-    if (kPersistent || consumer != kLast || !walk.done()) bar_arrive(kTurnBarrier + next, 256);
+    if (kTurns && (kPersistent || consumer != kLast || !walk.done()))
+      bar_arrive(kTurnBarrier + next, 256);
     if constexpr (kCarry) {
       wgmma_wait<1>();  // the carried P V, issued first; the Q K^T may still run
       fence_operand(o[0]);
@@ -717,7 +725,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     const int row0 = q0 + 16 * warp;  // this warp's first query row
     const uint32_t q_rows = smem_address(sQ);
     auto walk = kv.walk();
-    if (consumer == kLast && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
+    if (kTurns && consumer == kLast && !walk.done()) bar_arrive(kTurnBarrier + 0, 256);
     auto none = [] {};
     if (!walk.done()) {
       step(First{}, walk, n, b, h, row0, q_rows, none);

@@ -182,8 +182,13 @@ def test_every_shipped_kernel_compiles(name, arch):
     # its own dq_convert_kernel beside the mma.sync fallback's
     split_units = sum(plan_for(spec, d, arch=arch).backward.split
                       for d in spec.head_dims) * len(spec.dtypes)
+    # the warp-specialised forward's one-consumer decoding instance (ForwardPlan.decode_rows)
+    decode_units = sum(bool(plan_for(spec, d, arch=arch).forward.producer
+                            and plan_for(spec, d, arch=arch).forward.decode_rows)
+                       for d in spec.head_dims) * len(spec.dtypes)
     # the forward also with and without the packed-batch / split-KV work (kGeneral)
-    assert kernels == {"forward_kernel": 2 * configs * param_grads, "backward_kernel": backward,
+    assert kernels == {"forward_kernel": 2 * configs * param_grads + decode_units,
+                       "backward_kernel": backward,
                        "dq_convert_kernel": units + split_units, "dq_kernel": configs, "delta_kernel": units,
                        "combine_kernel": units,           # split-KV's merge, one per unit
                        "tile_class_kernel": int(scans_tables(spec))}  # one per spec

@@ -1,7 +1,8 @@
 """Split-KV decoding (templates/kernels/combine.cuh) against the oracle: few query rows
 against long K/V, the splits chosen by shape or forced, with masks that skip tiles
 (bottom-right causal, documents), block-sparse lists, ALiBi with learned slopes (the
-gradients go through the combined O and lse), dropout, GQA, and rows no split sees."""
+gradients go through the combined O and lse), dropout, GQA, and rows no split sees; up to
+64 query rows (no dropout, no exact P) a general call on the sm90 family runs one consumer."""
 import pytest
 import torch
 
@@ -32,6 +33,13 @@ CASES = [
     ("bigbird", "bf16", 64, 1, 2, 2, 128, 4096, 6, {}),          # block-sparse lists
     ("dropout_causal", "bf16", 64, 1, 2, 2, 8, 1500, 4, {"dropout_p": 0.2}),
     ("causal", "bf16", 64, 1, 2, 2, 8, 1500, 3, {}),             # rows 0-7 see one split
+    # the one-consumer decoding instance (forward.cu.j2 DecodeTiles) up to 64 query rows,
+    # the general instance's 128 / 192 from 65
+    ("softcap", "bf16", 256, 1, 4, 2, 5, 3000, None, {}),
+    ("causal_bottom_right", "bf16", 128, 1, 2, 2, 64, 4096, 4, {}),
+    ("causal_bottom_right", "fp16", 64, 1, 2, 2, 65, 4096, 4, {}),
+    ("dense", "bf16", 64, 16, 16, 4, 3, 700, 1, {}),            # a padded batch, unsplit (lean)
+    ("causal", "fp16", 128, 2, 4, 4, 64, 64, 1, {}),
 ]
 
 

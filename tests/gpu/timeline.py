@@ -134,8 +134,9 @@ PERSISTENT_EDITS = [
      "    tl_k += tl_b - tl_a;\n    ++tl_tiles;\n"
      "    if constexpr (kKind != kNextTile) FG_TL(2, tl_b);\n"
      "    if constexpr (kKind != kNextTile) FG_TL(20, tl_a);\n"),
-    ("    bar_sync(kTurnBarrier + consumer, 256);\n    if constexpr (kCarry",
-     "    bar_sync(kTurnBarrier + consumer, 256);\n    const uint32_t tl_c = fg_now();\n"
+    ("    if constexpr (kTurns) bar_sync(kTurnBarrier + consumer, 256);\n    if constexpr (kCarry",
+     "    if constexpr (kTurns) bar_sync(kTurnBarrier + consumer, 256);\n"
+     "    const uint32_t tl_c = fg_now();\n"
      "    tl_turn += tl_c - tl_b;\n    if constexpr (kKind != kNextTile) FG_TL(3, tl_c);\n"
      "    if constexpr (kCarry"),
     ("      wgmma_wait<1>();  // the carried P V",
