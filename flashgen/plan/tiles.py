@@ -71,8 +71,8 @@ class ForwardPlan:
     q_slots: int = 1           # persistent: Q buffers per consumer, loaded a unit ahead
     o_stage: bool = False      # persistent: an output buffer per consumer, stored by TMA
     general_block_n: int = 0   # producer: keys per tile of the general instance; 0: block_n
-    decode_rows: int = 64      # producer: a general call (packed, paged, split-KV) of at most this
-                               # many query rows runs one consumer (decoding: forward.cu.j2); 0: never
+    decode_rows: int = 64      # producer: a call of at most this many query rows runs its
+                               # instance with one consumer (decoding: forward.cu.j2); 0: never
 
     @property
     def general_keys(self) -> int:
@@ -178,8 +178,7 @@ class TilePlan:
             f"{f.kv_stages} K/V stages, {f.smem_bytes(d, dv) // 1024} KiB shared memory"
             + (f" ({f.general_keys} keys per tile in the general instance: packed, paged, "
                "split-KV)" if f.general_keys != f.block_n else "")
-            + (f"; up to {f.decode_rows} query rows (decoding) the general instance runs one "
-               "consumer" if f.producer and f.decode_rows and f.decode_rows < f.block_m else ""),
+            + (f"; up to {f.decode_rows} query rows (decoding) one consumer" if f.producer and f.decode_rows and f.decode_rows < f.block_m else ""),
             f"backward: {b.block_n} keys x {b.block_m} query rows per tile, "
             + ("a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim "
                "(wgmma), " if b.split else

@@ -3,7 +3,7 @@
 //
 // attention block_layout: backward pass, bf16, head_dim 64, value_dim 64
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 128 keys per tile, persistent (one CTA per SM, 2 Q slots, an output stage per consumer), a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 177 KiB shared memory; up to 64 query rows (decoding) the general instance runs one consumer
+//   forward:  128 query rows x 128 keys per tile, persistent (one CTA per SM, 2 Q slots, an output stage per consumer), a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 4 K/V stages, 177 KiB shared memory; up to 64 query rows (decoding) one consumer
 //   backward: 128 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups of 64 keys (wgmma), 3 Q/dO stages, 130 KiB shared memory
 
 #include "variant.cuh"

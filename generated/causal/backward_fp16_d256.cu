@@ -3,7 +3,7 @@
 //
 // attention causal: backward pass, fp16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 80 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory (64 keys per tile in the general instance: packed, paged, split-KV); up to 64 query rows (decoding) the general instance runs one consumer
+//   forward:  128 query rows x 80 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory (64 keys per tile in the general instance: packed, paged, split-KV); up to 64 query rows (decoding) one consumer
 //   backward: 64 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim (wgmma), 2 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"

@@ -3,7 +3,7 @@
 //
 // attention dense: forward pass, fp16, head_dim 256, value_dim 256
 // Tile plan (flashgen/plan/tiles.py) for sm_90a:
-//   forward:  128 query rows x 80 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory (64 keys per tile in the general instance: packed, paged, split-KV); up to 64 query rows (decoding) the general instance runs one consumer
+//   forward:  128 query rows x 80 keys per tile, a producer warpgroup and 2 consumer warpgroups of 64 rows (wgmma), 2 K/V stages, 225 KiB shared memory (64 keys per tile in the general instance: packed, paged, split-KV); up to 64 query rows (decoding) one consumer
 //   backward: 64 keys x 64 query rows per tile, a producer warpgroup (TMA) and 2 consumer warpgroups splitting the head dim (wgmma), 2 Q/dO stages, 226 KiB shared memory
 
 #include "variant.cuh"
@@ -20,10 +20,10 @@ constexpr bool kOutputStage = false;
 using Tiles = fg::ForwardTilesSm90Ws<256, 256, 80, 2, 2, kPersistent, 1, kOutputStage>;
 // the general instance (a packed batch, a paged cache, split-KV) keeps 64 keys per tile: one nests in a cache's pages
 // (plan/tiles.py ForwardPlan.general_keys); the shared memory of the 80-key tiles holds it
-// decoding (a general call whose sequences hold at most 64 query rows, without dropout or exact P): the
-// general instance with one consumer, so that a CTA's GEMMs and softmax run over 64 rows, not 128 of which all
-// but a few are padding (plan/tiles.py ForwardPlan.decode_rows); the grid is the general instance's, one Q tile high. A
-// padded batch keeps the lean instance: rows of one tile measured 16-21 % slower on this grid than persistent (PERF.md)
+// decoding (a call whose sequences hold at most 64 query rows, without dropout or exact P): the
+// instance the call would run (general or lean), with one consumer, so that a CTA's GEMMs and softmax run over 64
+// rows, not 128 of which all but a few are padding (plan/tiles.py ForwardPlan.decode_rows). The grid is the
+// same: at most 64 rows are one Q tile (a unit) at any BM
 constexpr int kDecodeRows = 64;
 static_assert(kDecodeRows <= 64, "one consumer's rows");
 using DecodeTiles = fg::ForwardTilesSm90Ws<256, 256, 64, 2, 1>;
@@ -38,9 +38,9 @@ using Maps = fg::KvTensorMaps;
 template <bool kDropout, bool kGeneral>
 cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params& params, const Maps& maps,
                            dim3 grid, int smem, void* stream) {
-  if constexpr (kGeneral && !kDropout) {
+  if constexpr (!kDropout) {
     if (args.shape.q_len <= kDecodeRows && !args.exact_p)
-      return fg::launch(kKernel<false, false, true, 1>, grid, DecodeTiles::kThreads, smem, stream, args, params, maps);
+      return fg::launch(kKernel<false, false, kGeneral, 1>, grid, DecodeTiles::kThreads, smem, stream, args, params, maps);
   }
   if constexpr (Variant::kHasParamGrads) {
     if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params, maps);

@@ -106,9 +106,8 @@ struct ForwardTilesSm90Ws {
   static_assert(kProducerRegisters<true> * 128 + kConsumerRegisters<true> * 128 * kConsumers <= kPool &&
                     kProducerRegisters<false> * 128 + kConsumerRegisters<false> * 128 * kConsumers <= kPool,
                 "the reallocated registers fit the CTA's pool");
-  // one consumer: the decoding instance (forward.cu.j2 DecodeTiles), a grid of general CTAs
-  static_assert(kConsumers == 2 || kConsumers == 3 || (kConsumers == 1 && !Persistent),
-                "two or three consumers; one for decoding");
+  // one consumer: decoding's instances (forward.cu.j2 DecodeTiles), general or persistent
+  static_assert(kConsumers >= 1 && kConsumers <= 3, "one to three consumers");
   // Host: the tensor maps of a padded batch's K and V in boxes of BN rows (persistent: and
   // Q's, in boxes of a consumer's 64 rows); false where the TMA engine cannot address
   // them (the call then runs the cp.async instance)
@@ -742,7 +741,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     // stores the unit's O (from the fragments: the Q buffers hold the next units' rows).
     const Shape& n = a.shape;
     zero(o);
-    if (consumer == kLast) bar_arrive(kTurnBarrier + 0, 256);
+    if (kTurns && consumer == kLast) bar_arrive(kTurnBarrier + 0, 256);
     int carried = -1;  // the unit whose O waits for its last P V, or -1 (one register:
                        // its batch, head and rows held apart spilled at d = 64's 160, and
                        // with the output stage at d = 128 in document and T5's consumers)
@@ -809,7 +808,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
     }
     // the output stage is not left before its last store has read it
     if (Tiles::kOStage && (threadIdx.x & 127) == 0) bulk_wait_read<0>();
-    if (consumer == 0) bar_sync(kTurnBarrier + 0, 256);  // the last consumer's last hand-over
+    if (kTurns && consumer == 0) bar_sync(kTurnBarrier + 0, 256);  // the last consumer's last hand-over
   }
 }
 

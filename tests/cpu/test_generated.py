@@ -182,8 +182,9 @@ def test_every_shipped_kernel_compiles(name, arch):
     # its own dq_convert_kernel beside the mma.sync fallback's
     split_units = sum(plan_for(spec, d, arch=arch).backward.split
                       for d in spec.head_dims) * len(spec.dtypes)
-    # the warp-specialised forward's one-consumer decoding instance (ForwardPlan.decode_rows)
-    decode_units = sum(bool(plan_for(spec, d, arch=arch).forward.producer
+    # the warp-specialised forward's one-consumer decoding instances, general and lean
+    # (ForwardPlan.decode_rows)
+    decode_units = 2 * sum(bool(plan_for(spec, d, arch=arch).forward.producer
                             and plan_for(spec, d, arch=arch).forward.decode_rows)
                        for d in spec.head_dims) * len(spec.dtypes)
     # the forward also with and without the packed-batch / split-KV work (kGeneral)

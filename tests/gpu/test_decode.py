@@ -2,7 +2,7 @@
 against long K/V, the splits chosen by shape or forced, with masks that skip tiles
 (bottom-right causal, documents), block-sparse lists, ALiBi with learned slopes (the
 gradients go through the combined O and lse), dropout, GQA, and rows no split sees; up to
-64 query rows (no dropout, no exact P) a general call on the sm90 family runs one consumer."""
+64 query rows (no dropout, no exact P) the sm90 family's forward runs one consumer."""
 import pytest
 import torch
 
@@ -38,8 +38,11 @@ CASES = [
     ("softcap", "bf16", 256, 1, 4, 2, 5, 3000, None, {}),
     ("causal_bottom_right", "bf16", 128, 1, 2, 2, 64, 4096, 4, {}),
     ("causal_bottom_right", "fp16", 64, 1, 2, 2, 65, 4096, 4, {}),
-    ("dense", "bf16", 64, 16, 16, 4, 3, 700, 1, {}),            # a padded batch, unsplit (lean)
+    # a padded batch, unsplit: the lean instance (persistent at d <= 128), one consumer too
+    ("dense", "bf16", 64, 16, 16, 4, 3, 700, 1, {}),
     ("causal", "fp16", 128, 2, 4, 4, 64, 64, 1, {}),
+    ("softcap", "bf16", 256, 4, 8, 8, 2, 600, 1, {}),
+    (DECODE_DOCUMENTS, "bf16", 128, 2, 2, 2, 9, 2000, 1, {}),
 ]
 
 
