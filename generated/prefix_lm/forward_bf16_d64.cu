@@ -22,7 +22,8 @@ using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3, kPersistent, 2, kOutputS
 // decoding (a general call whose sequences hold at most 64 query rows, without dropout or exact P): the
 // general instance with one consumer, so that a CTA's GEMMs and softmax run over 64 rows, not 192 of which all
 // but a few are padding (plan/tiles.py ForwardPlan.decode_rows); the grid is the general instance's, one Q tile high. A
-// padded batch keeps the lean instance: rows of one tile measured 16-21 % slower on this grid than persistent (PERF.md)
+// padded batch keeps the lean instance (the persistent kernel at d <= 128), whose one-consumer form is not yet GPU-tested
+// in full (PERF.md, "one consumer in the lean instance")
 constexpr int kDecodeRows = 64;
 static_assert(kDecodeRows <= 64, "one consumer's rows");
 using DecodeTiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 1>;
