@@ -650,3 +650,27 @@ def test_ab_rounds_alternate_which_position_runs_first():
     assert orders == [["A", "B"], ["B", "A"], ["A", "B"], ["B", "A"]]
     assert all([label for label, _ in switch_ab.round_order(settings, r, alternate=False)]
                == ["A", "B"] for r in range(4))
+
+
+@pytest.mark.parametrize("run_ms, spins", [(0.05, True), (1.0, False)])
+def test_time_ms_spins_before_a_short_run_whose_issue_outlasts_the_clearing(monkeypatch, run_ms,
+                                                                             spins):
+    """A short run that takes the CPU 120 us to issue gets a spin of three times that
+    before each timed run, so that its events bracket GPU work only; a long one none."""
+    import flashgen.bench.timing as timing
+    gpu = _FakeGpu(monkeypatch, run_ms)
+    issue = 120e-6
+
+    def fn():
+        gpu.fn()
+        gpu.now += issue  # the CPU's issue time
+
+    def sleep(cycles):
+        gpu.log.append(("spin", cycles))
+    monkeypatch.setattr(timing.torch.cuda, "_sleep", sleep, raising=False)
+    timing.time_ms(fn, warmup=3, reps=4, device="cpu", settle_seconds=0)
+    spun = [x[1] for x in gpu.log if isinstance(x, tuple)]
+    cycles = int(3 * issue * timing.SPIN_CYCLES_PER_S)
+    # the sizing run spins either way (its length is not known yet); the rest only if short
+    assert spun == [cycles] * (4 if spins else 1)
+    assert timing.issue_spin_cycles(timing.ISSUE_COVERED_S) == 0
