@@ -21,7 +21,11 @@
 //     softmax runs while the others' GEMMs run;
 //   - inside a consumer (the TMA instance), this tile's softmax waits for its Q K^T only
 //     and runs while the previous tile's P V still accumulates into O; O is rescaled
-//     after it.
+//     after it;
+//   - decoding (a general call of at most 64 query rows: forward.cu.j2 DecodeTiles) runs
+//     one consumer, without turns and without moving registers: two or three consumers
+//     would compute 128 or 192 rows for the few real ones (PERF.md, "decoding with one
+//     consumer").
 // Persistent (kPersistent, the default of a padded batch at d <= 128): one CTA per SM
 // runs many Q tiles (units, drawn from a counter after its first by the producer's card
 // writer, which hands each unit's place and tile row to the loading thread and the

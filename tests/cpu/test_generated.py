@@ -32,6 +32,30 @@ def test_generated_code_points_back_to_the_spec():
     assert "fg::TensorRef<float, 1> slopes;" in text
 
 
+def test_decoding_runs_one_consumer_where_the_plan_says(monkeypatch):
+    """The warp-specialised forward's module launches its general instance with one
+    consumer for calls of at most ForwardPlan.decode_rows query rows (and no dropout or
+    exact P); decode_rows = 0 (the plan A/B's off position) and the other families have no
+    such instance."""
+    import dataclasses
+    from flashgen.plan import tiles
+    from flashgen.render.kernels import render_module
+    spec = flashgen.load("dense")
+
+    def forward(arch):
+        return render_module(spec, "flashgen/specs/dense.attn", "bf16", 64, arch=arch)[
+            "forward_bf16_d64.cu"]
+    one = "kKernel<false, false, true, 1>"
+    text = forward("sm_90a")
+    assert one in text and "args.shape.q_len <= kDecodeRows && !args.exact_p" in text
+    assert "using DecodeTiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 1>;" in text
+    assert one not in forward("sm_80")
+    planner = tiles._wgmma_ws_forward
+    monkeypatch.setattr(tiles, "_wgmma_ws_forward",
+                        lambda *a, **k: dataclasses.replace(planner(*a, **k), decode_rows=0))
+    assert one not in forward("sm_90a")
+
+
 def _probe(spec) -> str:
     ns = f"fg_{spec.name}::Variant"
     args = "0, 1, int(threadIdx.x), int(threadIdx.x) / 2, 64, 80"
