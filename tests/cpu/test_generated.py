@@ -33,8 +33,8 @@ def test_generated_code_points_back_to_the_spec():
 
 
 def test_decoding_runs_one_consumer_where_the_plan_says(monkeypatch):
-    """The warp-specialised forward's module launches its general instance with one
-    consumer for calls of at most ForwardPlan.decode_rows query rows (and no dropout or
+    """The warp-specialised forward's module launches its instances with one consumer
+    for calls of at most ForwardPlan.decode_rows query rows (and no dropout or
     exact P); decode_rows = 0 (the plan A/B's off position) and the other families have no
     such instance."""
     import dataclasses
@@ -45,7 +45,7 @@ def test_decoding_runs_one_consumer_where_the_plan_says(monkeypatch):
     def forward(arch):
         return render_module(spec, "flashgen/specs/dense.attn", "bf16", 64, arch=arch)[
             "forward_bf16_d64.cu"]
-    one = "kKernel<false, false, true, 1>"
+    one = "kKernel<false, false, kGeneral, 1>"  # (the general and the lean instance)
     text = forward("sm_90a")
     assert one in text and "args.shape.q_len <= kDecodeRows && !args.exact_p" in text
     assert "using DecodeTiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 1>;" in text
