@@ -104,6 +104,44 @@ __device__ __forceinline__ void load_tile_swizzled(T* smem, RowPtr row_ptr, int 
   }
 }
 
+// load_tile_swizzled with the rows dealt out in bands: warp w of the THREADS / 32 takes
+// rows [w B, (w + 1) B) of the ROWS (B = banded_rows's band), 32 / (COLS / 8) rows a step,
+// so that a thread's rows are 2 or 4 apart (1 at 256 columns), not 8. For a source whose
+// rows change place every few rows (a paged cache's pages of 16, schedule.cuh PageBand) a
+// thread then crosses one or two places per tile, not one every other row. row_ptr(r) as
+// load_tile_swizzled's: each thread calls it for each of its rows, valid or not, r
+// increasing.
+template <int ROWS, int COLS, int THREADS>
+struct BandedRows {
+  static constexpr int kChunks = COLS / 8;             // 16-byte chunks of a row
+  static constexpr int kRowsPerStep = 32 / kChunks;    // a warp's rows per instruction
+  static constexpr int kBand = ROWS / (THREADS / 32);  // a warp's rows
+  static_assert(32 % kChunks == 0 && THREADS % 32 == 0 && ROWS % (THREADS / 32) == 0 &&
+                    kBand % kRowsPerStep == 0,
+                "a warp's band is whole steps of whole rows");
+  // this thread's first row, and its 16-byte chunk of every row
+  __device__ __forceinline__ static int first_row() {
+    return int(threadIdx.x / 32) * kBand + int(threadIdx.x % 32) / kChunks;
+  }
+  __device__ __forceinline__ static int chunk() { return int(threadIdx.x % 32) % kChunks; }
+};
+
+template <int ROWS, int COLS, int THREADS, class T, class RowPtr>
+__device__ __forceinline__ void load_tile_swizzled_banded(T* smem, RowPtr row_ptr, int rows_valid,
+                                                          const T* fallback) {
+  using Tile = SwizzledTile<ROWS, COLS>;
+  using Rows = BandedRows<ROWS, COLS, THREADS>;
+  const int r0 = Rows::first_row(), c = Rows::chunk();
+  unsigned char* const base = reinterpret_cast<unsigned char*>(smem);
+#pragma unroll
+  for (int i = 0; i < Rows::kBand / Rows::kRowsPerStep; ++i) {
+    const int r = r0 + i * Rows::kRowsPerStep;
+    const bool valid = r < rows_valid;
+    const T* const src = row_ptr(r);
+    cp_async_16(base + Tile::chunk_offset(r, 8 * c), valid ? src + 8 * c : fallback, valid);
+  }
+}
+
 // ROWS floats (one per row: lse, delta) into shared memory, 4 bytes per cp.async (a
 // row block of a [B, H, N] tensor is only 4-byte aligned); rows >= rows_valid become 0.
 template <int ROWS, int THREADS>

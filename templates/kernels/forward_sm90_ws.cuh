@@ -82,7 +82,7 @@ struct ForwardTilesSm90Ws {
   using K = SwizzledTile<BN, D>;
   using V = SwizzledTile<BN, Dv>;
   template <class Variant, class T, bool kGeneral>
-  using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows>;
+  using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows, kConsumers == 1>;
   // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA (two where
   // shared memory holds them, at d = 64 and 128: the next unit's Q lands under this one;
   // else one, refilled as soon as its consumer's last Q K^T of a unit is done)

@@ -91,9 +91,65 @@ struct PageWindow {
   }
 };
 
+// A thread's rows of a K/V tile in a paged cache, dealt out in bands (copy.cuh
+// load_tile_swizzled_banded: rows a step of 1-4 apart, 16-32 to a thread): they lie in at
+// most three pages where a band holds at most 2 page_size + 1 rows (pages of 16 rows and
+// more at 64 and 128 columns, of 8 and more at 256). The thread reads those pages' table
+// entries together when the tile starts (independent loads, one latency) and forms each
+// page's first-row address once; a row then costs an add, a compare and its address from
+// its page's. Against PageWindow (a shuffle and a full address per row, a thread's rows 8
+// apart and so in a new page every other row at 16-row pages), a tile of pages of 16 read
+// 1.36x the time of one page (decoding, d = 128, PERF.md "decoding with one consumer").
+template <class T>
+struct PageBand {
+  const Strided4<const T>& x;
+  int page_size;
+  int offset;                // the last row's place in its page
+  int last;                  // the last row asked for
+  const T* page[3];          // this thread's pages' first rows, in order (register-held:
+                             // only shifted, never indexed at run time)
+
+  __host__ __device__ static constexpr bool covers(int band, int page_size) {
+    return band <= 2 * page_size + 1;
+  }
+
+  // table: the batch entry's row of block_table; k0: the tile's first row; rows: the
+  // tile's valid rows (> 0); r0: this thread's first row of the tile
+  __device__ __forceinline__ PageBand(const Strided4<const T>& x_, const int* table,
+                                      int page_size_, int hk, int k0, int rows, int r0)
+      : x(x_), page_size(page_size_), last(r0) {
+    const int row = k0 + r0;
+    const int first = row / page_size;
+    offset = row - first * page_size;
+    // rows past the valid ones take the last valid row's page (their address is not read)
+    const int last_page = (k0 + rows - 1) / page_size;
+    int entry[3];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) entry[j] = table[min(first + j, last_page)];
+#pragma unroll
+    for (int j = 0; j < 3; ++j) page[j] = x.at(entry[j], hk, 0);
+  }
+
+  // row r of the tile (r increasing, at most page_size past the last)
+  __device__ __forceinline__ const T* row(int r) {
+    offset += r - last;
+    last = r;
+    if (offset >= page_size) {
+      offset -= page_size;
+      page[0] = page[1];
+      page[1] = page[2];
+    }
+    return page[0] + int64_t(offset) * x.row;
+  }
+};
+
 // kGeneral (forward.cuh): the stream may read a paged KV cache (args.cuh Shape).
+// kPageBands: a tile across pages may load its rows in bands (PageBand), where the loading
+// threads have the registers for its three page addresses: the one-consumer decoding
+// instance's producer (forward_sm90_ws.cuh) has up to 255; at 32-56 (two or three
+// consumers) it spilled 16-104 bytes.
 template <class V, class T, int D, int Dv, int BM, int BN, int Threads, bool kGeneral = false,
-          class Layout = PaddedRows>
+          class Layout = PaddedRows, bool kPageBands = false>
 struct KvStream {
   static constexpr int kK = Layout::template kElements<BN, D>;  // elements per stage
   static constexpr int kV = Layout::template kElements<BN, Dv>;
@@ -128,6 +184,13 @@ struct KvStream {
           // calls in every lane, for the shuffles) and pages of more than a few rows
           if (n.page_size % BN != 0) {
             const int* table = n.block_table + int64_t(b) * n.pages_per_seq;
+            using Bands = BandedRows<BN, COLS, Threads>;
+            if (kPageBands && PageBand<T>::covers(Bands::kBand, n.page_size)) {
+              PageBand<T> band(x, table, n.page_size, hk, k0, min(rows, BN), Bands::first_row());
+              load_tile_swizzled_banded<BN, COLS, Threads>(
+                  smem, [&](int r) { return band.row(r); }, rows, x.data);
+              return;
+            }
             constexpr bool kWholePasses = BN % (Threads / (COLS / 8)) == 0;
             if (kWholePasses && PageWindow<T>::covers(BN, n.page_size)) {
               PageWindow<T> window(x, table, n.page_size, hk, k0, min(rows, BN));
