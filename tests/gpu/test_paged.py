@@ -1,7 +1,7 @@
 """A paged KV cache (op.paged, forward only) against its reference (op.reference_paged):
 shuffled pages, entries of their own lengths (one shorter than a page, one ending inside
-a page), GQA, split-KV by shape and forced, a score, a block pattern; out and lse within
-the oracle's bound."""
+a page), GQA, split-KV by shape and forced, a score, a block pattern, pages from 5 to 256
+rows; out and lse within the oracle's bound."""
 import pytest
 import torch
 
@@ -24,6 +24,11 @@ CASES = [
     ("alibi", "bf16", 128, 4, 2, 3, [129, 700], 64, {}),
     ("dense", "bf16", 64, 4, 1, 1, [8192, 1, 3000], 128, {}),
     ("bigbird", "bf16", 64, 2, 2, 128, [1500, 900], 128, {}),
+    # decoding's one consumer loads a tile across pages in warp bands (schedule.cuh
+    # PageBand): pages of 16 at d = 64, of 24 (a band across three), of 8 at d = 256
+    ("dense", "bf16", 64, 4, 2, 1, [3000, 40, 515], 16, {}),
+    ("causal_bottom_right", "fp16", 128, 2, 2, 5, [1111, 24, 700], 24, {}),
+    ("dense", "bf16", 256, 2, 1, 4, [900, 77], 8, {}),
 ]
 
 
