@@ -307,8 +307,9 @@ class AttentionOp:
 def check_page_size(forward, page_size: int) -> None:
     """A paged cache's pages against the forward's K/V tiles (`forward`: a ForwardPlan). A
     tile must lie in one page (page_size a multiple of the tile), except in the sm90
-    family, where a tile that spans pages (pages shorter than it, or 256-row pages under
-    160-key tiles) takes its pages from a warp's lanes (schedule.cuh PageWindow)."""
+    family, where a tile that spans pages (pages shorter than the general instance's 128
+    keys, 64 at d = 256, or not a multiple of them) takes its pages from a warp's lanes
+    (schedule.cuh PageWindow)."""
     block_n = forward.block_n
     if page_size % block_n == 0 or forward.family == "wgmma":
         return

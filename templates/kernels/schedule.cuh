@@ -38,7 +38,7 @@ struct SwizzledRows {
 };
 
 // The rows of one K/V tile of a paged cache where the tile spans pages (pages shorter
-// than a tile, or 256-row pages under 160-key tiles). Lane j of each warp reads page j of
+// than the general instance's tile, or not a multiple of it). Lane j of each warp reads page j of
 // the tile's window up front, every lane's read independent, so a tile waits for the
 // table once, as a tile in one page does; a row then takes its page from the lane that
 // holds it by a shuffle, and each thread follows its rows' place in their page by adds

@@ -208,9 +208,8 @@ def test_every_shipped_kernel_compiles(name, arch):
                       for d in spec.head_dims) * len(spec.dtypes)
     # the warp-specialised forward's one-consumer decoding instances, general and lean
     # (ForwardPlan.decode_rows)
-    decode_units = 2 * sum(bool(plan_for(spec, d, arch=arch).forward.producer
-                            and plan_for(spec, d, arch=arch).forward.decode_rows)
-                       for d in spec.head_dims) * len(spec.dtypes)
+    forwards = [plan_for(spec, d, arch=arch).forward for d in spec.head_dims]
+    decode_units = 2 * sum(bool(f.producer and f.decode_rows) for f in forwards) * len(spec.dtypes)
     # the forward also with and without the packed-batch / split-KV work (kGeneral)
     assert kernels == {"forward_kernel": 2 * configs * param_grads + decode_units,
                        "backward_kernel": backward,

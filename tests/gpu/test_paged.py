@@ -14,9 +14,10 @@ pytestmark = pytest.mark.gpu
 CASES = [
     # spec, dtype, d, H, Hkv, Nq, kv lengths, page size, call options
     ("causal_bottom_right", "bf16", 128, 8, 2, 1, [1000, 5, 300], 128, {}),
-    # 256-row pages under d = 128's 160-key tiles: a tile across two pages
+    # 256-row pages at d = 128, whose padded-batch tiles are 160 keys: the general
+    # instance's 128-key tiles nest in them (ForwardPlan.general_keys)
     ("dense", "bf16", 128, 4, 2, 64, [1000, 2600], 256, {}),
-    # vLLM's 16-row pages: a 160-key tile across up to 11 pages (PageWindow's shuffles);
+    # vLLM's 16-row pages: a 128-key tile across up to 9 pages (PageWindow's shuffles);
     # 5-row pages: more than a warp's 32 lanes of pages a tile, each row finds its own
     ("causal_bottom_right", "bf16", 128, 4, 2, 16, [700, 33, 2001], 16, {}),
     ("dense", "fp16", 128, 2, 2, 8, [300, 161], 5, {}),
