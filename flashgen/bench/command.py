@@ -13,6 +13,7 @@ from .flops import DIRECTIONS
 from ..plan.tiles import FAMILIES
 from .peers import PEERS, family_peer, sweep_peer
 from .suite import (
+    DECODE_BATCH,
     DECODE_ROWS,
     DECODE_SIZES,
     DECODE_SPECS,
@@ -48,6 +49,8 @@ def add_bench_arguments(p) -> None:
                         "forward (split-KV)")
     p.add_argument("--rows", help="--decode: query rows, e.g. 1,4 (default "
                                   f"{','.join(map(str, DECODE_ROWS))})")
+    p.add_argument("--batch", help=f"--decode: the batch B (default {DECODE_BATCH}; 1 or 2 "
+                                   "leave most SMs to split-KV)")
     p.add_argument("--quick", action="store_true",
                    help=f"a smoke run: N={','.join(map(str, QUICK_SIZES))}, bf16, d=128, "
                         f"{QUICK_REPS} reps")
@@ -124,6 +127,8 @@ def make_plan(args) -> Plan:
         raise BenchError("give --long or --decode, not both")
     if args.rows and not args.decode:
         raise BenchError("--rows sets the query rows of --decode")
+    if args.batch and not args.decode:
+        raise BenchError("--batch sets the batch of --decode")
     if args.suite:
         sources = list(LONG_SPECS if args.long else DECODE_SPECS if args.decode
                        else api.shipped())
@@ -150,7 +155,10 @@ def make_plan(args) -> Plan:
     strict = bool(args.dtype or args.head_dim)
     if args.decode:
         rows = _ints(args.rows, "--rows") if args.rows else DECODE_ROWS
-        cases = decode_cases(sources, sizes, dtypes, head_dims, notes, strict, rows)
+        batch = _ints(args.batch, "--batch") if args.batch else [DECODE_BATCH]
+        if len(batch) != 1 or batch[0] < 1:
+            raise BenchError("--batch takes one count >= 1, e.g. --batch 1")
+        cases = decode_cases(sources, sizes, dtypes, head_dims, notes, strict, rows, batch[0])
     else:
         make = long_cases if args.long else grid_cases
         cases = make(sources, sizes, dtypes, head_dims, notes, strict)

@@ -304,7 +304,7 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
         if r["sweep"] == "grid":
             grid[(r["spec"], r["dtype"])].append(r)
         elif r["sweep"] == "decode":
-            decode[(r["spec"], r["dtype"], r["d"])].append(r)
+            decode[(r["spec"], r["dtype"], r["d"], r["B"])].append(r)
         else:
             long[(r["spec"], r["dtype"], r["d"])].append(r)
     for (spec, dtype), group in sorted(grid.items()):
@@ -329,7 +329,7 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
             ax.set_ylabel(label)
             ax.set_title(f"{spec} {dtype} d={d}, B=1 H={group[0]['H']}")
         written.append(_save(fig, out / f"long_{spec}_{dtype}_d{d}.png"))
-    for (spec, dtype, d), group in sorted(decode.items()):
+    for (spec, dtype, d, B), group in sorted(decode.items()):
         counts = sorted({r["Nq"] for r in group})
         fig = Figure(figsize=(5.5 * len(counts), 4), layout="constrained")
         for ax, nq in zip(fig.subplots(1, len(counts), squeeze=False)[0], counts):
@@ -339,7 +339,7 @@ def plot(rows: list[dict], folder: Path) -> list[Path]:
             ax.set_ylabel("median time (ms)")
             ax.set_title(f"{spec} {dtype} d={d}, decoding {nq} row(s), "
                          f"B={group[0]['B']} H={group[0]['H']}")
-        written.append(_save(fig, out / f"decode_{spec}_{dtype}_d{d}.png"))
+        written.append(_save(fig, out / f"decode_{spec}_{dtype}_d{d}_B{B}.png"))
     return written
 
 

@@ -113,13 +113,13 @@ def long_cases(sources, sizes, dtypes, head_dims, notes: list[str], strict=True)
 
 
 def decode_cases(sources, sizes, dtypes, head_dims, notes: list[str], strict=True,
-                 rows=DECODE_ROWS) -> list[Case]:
-    """B = 8, H = 16 query rows (1, 16) against N keys: split-KV's ground."""
+                 rows=DECODE_ROWS, batch=DECODE_BATCH) -> list[Case]:
+    """B = 8 (or `batch`), H = 16 query rows (1, 16) against N keys: split-KV's ground."""
     cases = []
     for source in sources:
         spec = api.load(source)
         for dtype, d in spec_configs(spec, dtypes, head_dims, notes, strict):
-            cases += [Case("decode", spec.name, dtype, d, DECODE_BATCH, DECODE_HEADS,
+            cases += [Case("decode", spec.name, dtype, d, batch, DECODE_HEADS,
                            DECODE_HEADS, N, source, Nq) for Nq in rows for N in sizes]
     return cases
 

@@ -379,11 +379,14 @@ def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None =
               paged: Paged | None = None) -> int:
     """How many CTAs share each Q tile's K/V tiles (split-KV, templates/kernels/combine.cuh).
     None: chosen by shape. One CTA per Q tile fills the GPU when there are enough Q tiles;
-    decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so the K/V
-    tiles are split until about two waves of CTAs run, keeping >= 4 tiles per split (each
-    split costs a partial O round trip and the combine's read of it). A forced count is
-    capped at the number of K/V tiles and at MAX_KV_SPLITS. A packed batch counts as its
-    longest sequences."""
+    decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so where at
+    most half the SMs would have one, the K/V tiles are split into as many parts as keep
+    the CTAs within one wave, keeping >= 4 tiles per split (each split costs a partial O
+    round trip and the combine's read of it). Measured (PERF.md, "the split count
+    measured"): at 128 CTAs on 132 SMs every split count was slower than none, by 12-15 %
+    at 4k keys, since a second wave of shorter CTAs takes what the first one saves. A
+    forced count is capped at the number of K/V tiles and at MAX_KV_SPLITS. A packed batch
+    counts as its longest sequences."""
     var = variant(key)
     n = Sizes.of(q, k, varlen, paged)
     plan = var.plan(q.shape[-1], _arch(q.device.index)).forward
@@ -392,9 +395,10 @@ def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None =
         return max(1, min(int(splits), kv_tiles, MAX_KV_SPLITS))
     ctas = n.B * n.H * -(-n.Nq // plan.block_m)
     sms = _sm_count(q.device.index)
-    if ctas == 0 or ctas >= sms or kv_tiles < 8:    # no rows: nothing to split
+    one_wave = sms // ctas if ctas else 0           # no rows: nothing to split
+    if one_wave < 2 or kv_tiles < 8:
         return 1
-    return max(1, min(-(-2 * sms // ctas), kv_tiles // 4, MAX_KV_SPLITS))
+    return max(1, min(one_wave, kv_tiles // 4, MAX_KV_SPLITS))
 
 
 @functools.cache

@@ -493,6 +493,13 @@ def test_plan_of_the_decoding_sweep():
         make_plan(_args("causal", "--long", "--decode"))
     with pytest.raises(BenchError, match="--rows sets the query rows of --decode"):
         make_plan(_args("causal", "--rows", "4"))
+    # --batch: one batch for the whole sweep (B = 1 leaves the SMs to split-KV)
+    plan = make_plan(_args("dense", "--decode", "--batch", "1", "--sizes", "4096"))
+    assert {(c.B, c.H) for c in plan.cases} == {(1, 16)}
+    with pytest.raises(BenchError, match="--batch sets the batch of --decode"):
+        make_plan(_args("causal", "--batch", "1"))
+    with pytest.raises(BenchError, match="one count >= 1"):
+        make_plan(_args("dense", "--decode", "--batch", "1,2"))
     # the other sweeps' cases have Nq = N
     grid = make_plan(_args("causal", "--sizes", "1024")).cases[0]
     assert grid.fields()["Nq"] == grid.N == 1024 and "Nq" not in grid.label()
@@ -518,7 +525,7 @@ def test_decoding_table_and_plots(tmp_path):
     assert "4.096 us" in text and "8.192 us 2.00x" in text
     if importlib.util.find_spec("matplotlib"):
         written = report.plot(_decode_rows(), tmp_path)
-        assert [p.name for p in written] == ["decode_causal_bottom_right_bf16_d128.png"]
+        assert [p.name for p in written] == ["decode_causal_bottom_right_bf16_d128_B8.png"]
 
 
 def test_results_from_before_the_decoding_sweep_read_nq_as_n(tmp_path):

@@ -69,17 +69,19 @@ def test_forward_keeps_for_backward_only_what_autograd_needs():
 
 
 def test_split_kv_count_by_shape(monkeypatch):
-    """launch.kv_splits: one CTA per Q tile while they fill the GPU; for decoding shapes
-    about two waves of CTAs, >= 4 K/V tiles per split, at most 64; a forced count is
-    capped by the K/V tiles."""
+    """launch.kv_splits: one CTA per Q tile while they fill half the GPU or more; for
+    decoding shapes one wave of CTAs, >= 4 K/V tiles per split, at most 64; a forced count
+    is capped by the K/V tiles."""
     monkeypatch.setattr(launch, "_sm_count", lambda index: 132)
     monkeypatch.setattr(launch, "_arch", lambda index: "sm_90a")
     key = flashgen.compile("causal_bottom_right").key
     block_n = launch.variant(key).plan(128, "sm_90a").forward.general_keys  # split-KV's tiles
     q = torch.empty(1, 8, 1, 128, device="meta")
     k = torch.empty(1, 8, 32768, 128, device="meta")
-    assert launch.kv_splits(key, q, k) == min(-(-2 * 132 // 8), 32768 // block_n // 4, 64)
-    assert launch.kv_splits(key, torch.empty(4, 16, 1, 128, device="meta"), k) == 5  # 64 CTAs
+    assert launch.kv_splits(key, q, k) == min(132 // 8, 32768 // block_n // 4, 64)
+    assert launch.kv_splits(key, torch.empty(4, 16, 1, 128, device="meta"), k) == 2  # 64 CTAs
+    assert launch.kv_splits(key, torch.empty(5, 16, 1, 128, device="meta"), k) == 1  # 80
+    assert launch.kv_splits(key, torch.empty(8, 16, 1, 128, device="meta"), k) == 1  # 128
     assert launch.kv_splits(key, torch.empty(8, 32, 1, 128, device="meta"), k) == 1  # 256
     assert launch.kv_splits(key, torch.empty(2, 16, 4096, 128, device="meta"), k) == 1
     assert launch.kv_splits(key, q, torch.empty(1, 8, 4 * block_n, 128, device="meta")) == 1
