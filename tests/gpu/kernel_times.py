@@ -85,6 +85,9 @@ def main() -> None:
     p.add_argument("--peers", default="flex",
                    help="comma list ('' for flashgen alone): the suite's peers, or flashgen-det")
     p.add_argument("--direction", default="fwd+bwd", choices=("fwd", "fwd+bwd"))
+    p.add_argument("--decode", metavar="B,ROWS", default=None,
+                   help="the decoding sweep's case instead: batch B, ROWS query rows against "
+                        "--sizes keys (H = 16; give --direction fwd)")
     p.add_argument("--calls", type=int, default=10)
     p.add_argument("--width", type=int, default=90, help="kernel name characters shown")
     p.add_argument("--host-profile", type=int, default=0, metavar="LINES",
@@ -97,7 +100,12 @@ def main() -> None:
         list(pool.map(lambda s: api.build(s, dtypes=[a.dtype], head_dims=[a.head_dim]), specs))
     for spec in specs:
         for n in [int(x) for x in a.sizes.split(",")]:
-            case = suite.grid_cases([spec], [n], [a.dtype], [a.head_dim], [])[0]
+            if a.decode:
+                batch, rows = (int(x) for x in a.decode.split(","))
+                case = suite.decode_cases([spec], [n], [a.dtype], [a.head_dim], [],
+                                          rows=[rows], batch=batch)[0]
+            else:
+                case = suite.grid_cases([spec], [n], [a.dtype], [a.head_dim], [])[0]
             subject = suite._subject(case, api.compile(case.source), device)
             call = subject.call
             dout = torch.randn(call.q.shape[:3] + call.v.shape[3:], dtype=call.q.dtype,
