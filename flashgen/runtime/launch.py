@@ -460,9 +460,13 @@ def forward(key: str, q, k, v, tensors, scalars, scale: float, dropout_p: float 
     ints += [splits, 0 if partial_out is None else partial_out.data_ptr(),
              0 if partial_lse is None else partial_lse.data_ptr()]
     # the persistent forward's CTAs draw their units after the first from a zeroed int
-    # (forward_sm90_ws.cuh); one per call, so that calls on other streams never share it
+    # (forward_sm90_ws.cuh); one per call, so that calls on other streams never share it.
+    # A packed, paged or split call runs the general instance on a grid (forward.cu.j2
+    # run()), which draws none: no zeroing kernel there, a few us of a decoding step.
+    general = n.varlen is not None or paged is not None or splits > 1
     tickets = (torch.zeros(1, dtype=torch.int32, device=q.device)
-               if q.is_cuda and var.plan(q.shape[-1], _arch(q.device.index)).forward.persistent
+               if q.is_cuda and not general
+               and var.plan(q.shape[-1], _arch(q.device.index)).forward.persistent
                else None)
     ints.append(0 if tickets is None else tickets.data_ptr())
     _dropout_and_sparse(key, n, q, dropout_p, rng, layout, tensors, scalars, frame, ints, floats)
