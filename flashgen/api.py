@@ -309,7 +309,7 @@ def check_page_size(forward, page_size: int) -> None:
     tile must lie in one page (page_size a multiple of the tile), except in the sm90
     family, where a tile that spans pages (pages shorter than the general instance's 128
     keys, 64 at d = 256, or not a multiple of them) takes its pages from a warp's lanes
-    (schedule.cuh PageWindow)."""
+    (schedule.cuh PageWindow) or, in the decoding instance, by bands of rows (PageBand)."""
     block_n = forward.block_n
     if page_size % block_n == 0 or forward.family == "wgmma":
         return
