@@ -6,7 +6,8 @@ one process on one GPU, the two positions interleaved over rounds (switch_ab's r
     PYTHONPATH=$PWD python tests/gpu/paged_ab.py header --other OLD_TREE/templates
 
 Shapes: prefill (B = 2, H = 16, Nq = Nk = 4096) and decoding (B = 8, H = 16, Nq = 1 and 16,
-Nk = 32768; --shapes batch: B = 64, Nk = 4096, unsplit), d = 128 (--d), bf16, pages of --pages rows shuffled in the pool (--order). Not a test: the
+Nk = 32768; --shapes batch: B = 64, Nk = 4096, unsplit; --shapes single: B = 1, Nq = 1, Nk = 4096 and
+32768, split), d = 128 (--d), bf16, pages of --pages rows shuffled in the pool (--order). Not a test: the
 perf notes' tool for the cost of a tile that spans pages (the per-row page lookup) against
 one that nests in a page.
 """
@@ -27,7 +28,9 @@ except ImportError:   # run as a script
 
 SHAPES = [("prefill", 2, 4096, 4096), ("decode", 8, 1, 32768), ("decode", 8, 16, 32768),
           # a batch of B * H >= the SMs, which decodes without splitting the keys
-          ("batch", 64, 1, 4096), ("batch", 64, 16, 4096)]
+          ("batch", 64, 1, 4096), ("batch", 64, 16, 4096),
+          # one sequence (B = 1, 16 CTAs' rows): split-KV and the combine kernel carry it
+          ("single", 1, 1, 4096), ("single", 1, 1, 32768)]
 
 
 def paged_inputs(B: int, H: int, nq: int, nk: int, d: int, page: int, gen: torch.Generator,
