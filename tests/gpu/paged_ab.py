@@ -57,6 +57,9 @@ def main(argv=None):
                     help="the pages' places in the pool")
     ap.add_argument("--d", type=int, default=128)
     ap.add_argument("--shapes", default="prefill,decode")
+    ap.add_argument("--packed", action="store_true",
+                    help="also the same rows as a packed batch (op.varlen: the general instance "
+                         "without pages, which a change to the paged loads must leave alone)")
     args = ap.parse_args(argv)
     settings, restore = SWITCHES[args.switch](args)
     H, d = 16, args.d
@@ -74,6 +77,12 @@ def main(argv=None):
                         kc = k.view(B, -1, H, d)[:, :nk].transpose(1, 2).contiguous()
                         vc = v.view(B, -1, H, d)[:, :nk].transpose(1, 2).contiguous()
                         calls["contiguous"] = lambda kc=kc, vc=vc: op(q, kc, vc)
+                        if args.packed:
+                            qp, kp, vp = (t.transpose(1, 2).reshape(-1, H, d) for t in (q, kc, vc))
+                            cq = torch.arange(B + 1, dtype=torch.int32, device="cuda") * nq
+                            ck = torch.arange(B + 1, dtype=torch.int32, device="cuda") * nk
+                            calls["packed"] = lambda qp=qp, kp=kp, vp=vp, cq=cq, ck=ck: op.varlen(
+                                qp, kp, vp, cq, ck, max_seqlen_q=nq, max_seqlen_k=nk)
                     for what, fn in calls.items():
                         times = {label: [] for label in settings}
                         with torch.no_grad():
@@ -83,7 +92,7 @@ def main(argv=None):
                                     times[label].append(time_ms(fn, warmup=3, reps=30).median_ms)
                         a, b = (statistics.median(t) for t in times.values())
                         label = f"{spec} {name} B={B} Nq={nq} Nk={nk} " + (
-                            f"page={page}" if what == "paged" else "contiguous")
+                            f"page={page}" if what == "paged" else what)
                         rows.append((label, a, b))
                         print(label, round(a, 4), round(b, 4), flush=True)
                     del q, k, v, table, lens, calls
