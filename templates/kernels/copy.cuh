@@ -126,15 +126,18 @@ struct BandedRows {
   __device__ __forceinline__ static int chunk() { return int(threadIdx.x % 32) % kChunks; }
 };
 
-template <int ROWS, int COLS, int THREADS, class T, class RowPtr>
+// UNROLL: the band loop's unroll, 0 for all of it (a thread with registers to spare: the
+// addresses of all its rows formed ahead of their copies); a few where registers are scarce.
+template <int ROWS, int COLS, int THREADS, int UNROLL = 0, class T, class RowPtr>
 __device__ __forceinline__ void load_tile_swizzled_banded(T* smem, RowPtr row_ptr, int rows_valid,
                                                           const T* fallback) {
   using Tile = SwizzledTile<ROWS, COLS>;
   using Rows = BandedRows<ROWS, COLS, THREADS>;
+  constexpr int kSteps = Rows::kBand / Rows::kRowsPerStep;
   const int r0 = Rows::first_row(), c = Rows::chunk();
   unsigned char* const base = reinterpret_cast<unsigned char*>(smem);
-#pragma unroll
-  for (int i = 0; i < Rows::kBand / Rows::kRowsPerStep; ++i) {
+#pragma unroll(UNROLL == 0 ? kSteps : UNROLL)
+  for (int i = 0; i < kSteps; ++i) {
     const int r = r0 + i * Rows::kRowsPerStep;
     const bool valid = r < rows_valid;
     const T* const src = row_ptr(r);

@@ -81,8 +81,18 @@ struct ForwardTilesSm90Ws {
   using Q = SwizzledTile<64, D>;  // one per consumer
   using K = SwizzledTile<BN, D>;
   using V = SwizzledTile<BN, Dv>;
-  template <class Variant, class T, bool kGeneral>
-  using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows, kConsumers == 1>;
+  // Page bands (schedule.cuh PageBand) for a paged tile across pages: in the one-consumer
+  // decoding instance, whose producer may hold 255 registers; with two or three consumers
+  // (a producer of 24-56) where ptxas (sm_90a, every shipped spec) found no spill added,
+  // with the band loop unrolled by 4 (fully, dense d = 128 spilled 16 bytes). Left out:
+  // dropout (60 bytes at d = 64) and two consumers at d = 64, which the planner gives only
+  // to consumers that hold more per element (ws_consumers: dilated 68 -> 156 bytes).
+  template <bool kDropout>
+  static constexpr bool kPageBands =
+      kConsumers == 1 || (!kDropout && !(kConsumers == 2 && D <= 64));
+  template <class Variant, class T, bool kGeneral, bool kDropout>
+  using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows,
+                          kPageBands<kDropout>, kConsumers == 1 ? 0 : 4>;
   // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA (two where
   // shared memory holds them, at d = 64 and 128: the next unit's Q lands under this one;
   // else one, refilled as soon as its consumer's last Q K^T of a unit is done)
@@ -363,7 +373,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   constexpr bool kTma = !kGeneral;
   constexpr int BM = Tiles::BM;
   using Cta = ForwardCta<T, kGeneral>;
-  using Stream = typename Tiles::template Stream<V, T, kGeneral>;
+  using Stream = typename Tiles::template Stream<V, T, kGeneral, kDropout>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   T* sQ0 = reinterpret_cast<T*>(smem);                   // [kQSlots][kConsumers]

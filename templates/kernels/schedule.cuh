@@ -145,11 +145,10 @@ struct PageBand {
 
 // kGeneral (forward.cuh): the stream may read a paged KV cache (args.cuh Shape).
 // kPageBands: a tile across pages may load its rows in bands (PageBand), where the loading
-// threads have the registers for its three page addresses: the one-consumer decoding
-// instance's producer (forward_sm90_ws.cuh) has up to 255; at 32-56 (two or three
-// consumers) it spilled 16-104 bytes.
+// threads have the registers for its three page addresses (forward_sm90_ws.cuh says
+// which instances); kBandUnroll: load_tile_swizzled_banded's UNROLL.
 template <class V, class T, int D, int Dv, int BM, int BN, int Threads, bool kGeneral = false,
-          class Layout = PaddedRows, bool kPageBands = false>
+          class Layout = PaddedRows, bool kPageBands = false, int kBandUnroll = 0>
 struct KvStream {
   static constexpr int kK = Layout::template kElements<BN, D>;  // elements per stage
   static constexpr int kV = Layout::template kElements<BN, Dv>;
@@ -187,7 +186,7 @@ struct KvStream {
             using Bands = BandedRows<BN, COLS, Threads>;
             if (kPageBands && PageBand<T>::covers(Bands::kBand, n.page_size)) {
               PageBand<T> band(x, table, n.page_size, hk, k0, min(rows, BN), Bands::first_row());
-              load_tile_swizzled_banded<BN, COLS, Threads>(
+              load_tile_swizzled_banded<BN, COLS, Threads, kBandUnroll>(
                   smem, [&](int r) { return band.row(r); }, rows, x.data);
               return;
             }
