@@ -382,11 +382,12 @@ def kv_splits(key: str, q, k, splits: int | None = None, varlen: Varlen | None =
     decoding (a few query rows, long K/V) has B * H of them against ~132 SMs, so where at
     most half the SMs would have one, the K/V tiles are split into as many parts as keep
     the CTAs within one wave, keeping >= 4 tiles per split (each split costs a partial O
-    round trip and the combine's read of it). Measured (PERF.md, "the split count
-    measured"): at 128 CTAs on 132 SMs every split count was slower than none, by 12-15 %
-    at 4k keys, since a second wave of shorter CTAs takes what the first one saves. A
-    forced count is capped at the number of K/V tiles and at MAX_KV_SPLITS. A packed batch
-    counts as its longest sequences."""
+    round trip and the combine's read of it). Measured (PERF.md, "next-call measured"): at
+    128 CTAs on 132 SMs every split count was slower than none (by 10-20 % at 4k keys: a
+    second wave of shorter CTAs takes what the first one saves); at 8-64 CTAs the one-wave
+    count was the fastest in 14 of 16 cases and within 9 % in the others. A forced count
+    is capped at the number of K/V tiles and at MAX_KV_SPLITS. A packed batch counts as its
+    longest sequences."""
     var = variant(key)
     n = Sizes.of(q, k, varlen, paged)
     plan = var.plan(q.shape[-1], _arch(q.device.index)).forward
