@@ -44,7 +44,8 @@ int run(const fg::ForwardArgs<T>& args, const Variant::Params& params, int smem,
   if (status != cudaSuccess || args.splits <= 1) return status;
   // split-KV: merge the parts by their lse (combine.cuh), one warp per query row
   const int64_t rows = args.shape.rows();
-  return fg::launch(fg::combine_kernel<T, 64>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
+  // as the forward's dependent: launched while the forward's CTAs run, it waits for their end (launch.cuh)
+  return fg::launch_dependent(fg::combine_kernel<T, 64>, dim3(unsigned((rows + 7) / 8)), 256, 0, stream, args);
 }
 }  // namespace
 

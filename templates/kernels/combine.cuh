@@ -8,6 +8,7 @@
 // kernel's would be.
 #pragma once
 #include "args.cuh"
+#include "launch.cuh"
 #include "mma.cuh"
 
 namespace fg {
@@ -20,6 +21,9 @@ namespace fg {
 // dependent round after another).
 template <class T, int Dv>
 __global__ void __launch_bounds__(256) combine_kernel(const ForwardArgs<T> a) {
+  // launched as the forward kernel's dependent (forward.cu.j2): its partial results are
+  // complete and visible only past this
+  wait_for_prerequisite_grid();
   const Shape& n = a.shape;
   const int64_t rows = n.rows();
   const int64_t row = int64_t(blockIdx.x) * 8 + (threadIdx.x >> 5);  // over Shape::row's rows

@@ -10,6 +10,7 @@
 // once at the end and written with lse; nothing N x N touches memory.
 #pragma once
 #include "args.cuh"
+#include "launch.cuh"
 #include "dropout.cuh"
 #include "schedule.cuh"
 #include "mask.cuh"
@@ -309,6 +310,9 @@ template <class V, class T, int D, int Dv, int BM, int BN, int W, bool kDropout,
 __global__ void __launch_bounds__(32 * W, (ForwardTiles<D, Dv, BM, BN, W>::kMinBlocksPerSM))
 forward_kernel(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTiles<D, Dv, BM, BN, W>;
+  // split-KV: the combine kernel, launched as this one's dependent, may take its place on
+  // the SMs as soon as every CTA is here (launch.cuh); it waits for this grid's end to read
+  if constexpr (kGeneral) allow_dependent_launch();
   constexpr int MT = Tiles::kMTiles;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sQ = reinterpret_cast<T*>(smem);

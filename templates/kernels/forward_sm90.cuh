@@ -50,6 +50,9 @@ __global__ void __launch_bounds__(ForwardTilesSm90<D, Dv, BM, BN>::kThreads,
                                   ForwardTilesSm90<D, Dv, BM, BN>::kMinBlocksPerSM)
 forward_kernel_sm90(const ForwardArgs<T> a, const typename V::Params p) {
   using Tiles = ForwardTilesSm90<D, Dv, BM, BN>;
+  // split-KV: the combine kernel, launched as this one's dependent, may take its place on
+  // the SMs as soon as every CTA is here (launch.cuh); it waits for this grid's end to read
+  if constexpr (kGeneral) allow_dependent_launch();
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   T* sQ = reinterpret_cast<T*>(smem);

@@ -367,6 +367,9 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
                        const __grid_constant__ KvTensorMaps maps) {
   using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers, kPersistent, QSlots, OStage>;
   static_assert(!(kPersistent && kGeneral), "the general instance runs the grid");
+  // split-KV: the combine kernel, launched as this one's dependent, may take its place on
+  // the SMs as soon as every CTA is here (launch.cuh); it waits for this grid's end to read
+  if constexpr (kGeneral) allow_dependent_launch();
   // A padded batch's K and V are loaded by TMA (tma.cuh; the host encodes `maps`); the
   // general instance (a packed batch, a paged cache, split-KV) and any call whose K / V
   // the engine cannot address load them with cp.async (KvStream), `maps` unused.
