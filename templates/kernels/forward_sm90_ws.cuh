@@ -82,14 +82,17 @@ struct ForwardTilesSm90Ws {
   using K = SwizzledTile<BN, D>;
   using V = SwizzledTile<BN, Dv>;
   // Page bands (schedule.cuh PageBand) for a paged tile across pages: in the one-consumer
-  // decoding instance, whose producer may hold 255 registers; with two or three consumers
-  // (a producer of 24-56) where ptxas (sm_90a, every shipped spec) found no spill added,
-  // with the band loop unrolled by 4 (fully, dense d = 128 spilled 16 bytes). Left out:
-  // dropout (60 bytes at d = 64) and two consumers at d = 64, which the planner gives only
-  // to consumers that hold more per element (ws_consumers: dilated 68 -> 156 bytes).
+  // decoding instance, whose producer may hold 255 registers; with two consumers (a
+  // producer of 56) where ptxas (sm_90a, every shipped spec) found no spill added, with the
+  // band loop unrolled by 4 (fully, dense d = 128 spilled 16 bytes): prefill from pages of
+  // 16 / 24 rows -20 to -23 % at d = 128. Left out: dropout (60 bytes at d = 64), two
+  // consumers at d = 64, which the planner gives only to consumers that hold more per
+  // element (ws_consumers: dilated 68 -> 156 bytes), and three consumers (d = 64, a
+  // producer of 32), where the bands took 13-15 % off pages of 16 but cost a packed batch,
+  // which never reads a page, 4.8 % (PERF.md, "page bands for prefill measured").
   template <bool kDropout>
   static constexpr bool kPageBands =
-      kConsumers == 1 || (!kDropout && !(kConsumers == 2 && D <= 64));
+      kConsumers == 1 || (!kDropout && kConsumers == 2 && D > 64);
   template <class Variant, class T, bool kGeneral, bool kDropout>
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows,
                           kPageBands<kDropout>, kConsumers == 1 ? 0 : 4>;

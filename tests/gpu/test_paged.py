@@ -30,9 +30,9 @@ CASES = [
     ("dense", "bf16", 64, 4, 2, 1, [3000, 40, 515], 16, {}),
     ("causal_bottom_right", "fp16", 128, 2, 2, 5, [1111, 24, 700], 24, {}),
     ("dense", "bf16", 256, 2, 1, 4, [900, 77], 8, {}),
-    # prefill (more than 64 query rows: two or three consumers) in bands too, where they add
-    # no spill (forward_sm90_ws.cuh kPageBands): pages of 16 at d = 128 and 64 (three
-    # consumers), 24 at d = 128, 8 at d = 256
+    # prefill (more than 64 query rows) in bands too with two consumers (forward_sm90_ws.cuh
+    # kPageBands): pages of 16 and 24 at d = 128, 8 at d = 256; three consumers (d = 64)
+    # take PageWindow's shuffles
     ("causal_bottom_right", "bf16", 128, 4, 2, 300, [700, 300, 2001], 16, {}),
     ("causal", "bf16", 64, 4, 4, 200, [513, 2000], 16, {}),
     ("dense", "fp16", 128, 2, 2, 129, [1111, 700], 24, {}),
