@@ -89,7 +89,7 @@ struct ForwardTilesSm90Ws {
   // consumers at d = 64, which the planner gives only to consumers that hold more per
   // element (ws_consumers: dilated 68 -> 156 bytes), and three consumers (d = 64, a
   // producer of 32), where the bands took 13-15 % off pages of 16 but cost a packed batch,
-  // which never reads a page, 4.8 % (PERF.md, "page bands for prefill measured").
+  // which never reads a page, 4.8 % (PERF.md, "next-call-2 measured").
   template <bool kDropout>
   static constexpr bool kPageBands =
       kConsumers == 1 || (!kDropout && kConsumers == 2 && D > 64);
