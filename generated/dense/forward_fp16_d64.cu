@@ -26,8 +26,8 @@ using Tiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 3, kPersistent, 2, kOutputS
 constexpr int kDecodeRows = 64;
 static_assert(kDecodeRows <= 64, "one consumer's rows");
 using DecodeTiles = fg::ForwardTilesSm90Ws<64, 64, 128, 4, 1>;
-template <bool kDropout, bool kExactP, bool kGeneral, int kConsumers = 3>
-constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, kConsumers, kPersistent && !kGeneral, 2, kOutputStage, kDropout, kExactP, kGeneral>;
+template <bool kDropout, bool kExactP, bool kGeneral, int kConsumers = 3, bool kPagedCall = false>
+constexpr auto kKernel = fg::forward_kernel_sm90_ws<Variant, T, 64, 64, 128, 4, kConsumers, kPersistent && !kGeneral, 2, kOutputStage, kDropout, kExactP, kGeneral, kPagedCall>;
 // the kernels' arguments: the call's, its spec parameters, and the tensor maps of K and V (a padded batch whose
 // K and V the TMA engine can address: tma.cuh; persistent, of Q and, with the output stage, of O too)
 using Maps = fg::KvTensorMaps;
@@ -40,6 +40,11 @@ cudaError_t launch_forward(const fg::ForwardArgs<T>& args, const Variant::Params
   if constexpr (!kDropout) {
     if (args.shape.q_len <= kDecodeRows && !args.exact_p)
       return fg::launch(kKernel<false, false, kGeneral, 1>, grid, DecodeTiles::kThreads, smem, stream, args, params, maps);
+  }
+  if constexpr (kGeneral && Tiles::kPagedInstance<kDropout>) {
+    // a paged cache: the instance with page bands, which would cost the shared instance's other calls (forward_sm90_ws.cuh kPageBands)
+    if (args.shape.paged() && !args.exact_p)
+      return fg::launch(kKernel<kDropout, false, true, 3, true>, grid, Tiles::kThreads, smem, stream, args, params, maps);
   }
   if constexpr (Variant::kHasParamGrads) {
     if (args.exact_p) return fg::launch(kKernel<kDropout, true, kGeneral>, grid, Tiles::kThreads, smem, stream, args, params, maps);

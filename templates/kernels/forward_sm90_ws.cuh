@@ -87,15 +87,21 @@ struct ForwardTilesSm90Ws {
   // band loop unrolled by 4 (fully, dense d = 128 spilled 16 bytes): prefill from pages of
   // 16 / 24 rows -20 to -23 % at d = 128. Left out: dropout (60 bytes at d = 64), two
   // consumers at d = 64, which the planner gives only to consumers that hold more per
-  // element (ws_consumers: dilated 68 -> 156 bytes), and three consumers (d = 64, a
-  // producer of 32), where the bands took 13-15 % off pages of 16 but cost a packed batch,
-  // which never reads a page, 4.8 % (PERF.md, "next-call-2 measured").
-  template <bool kDropout>
+  // element (ws_consumers: dilated 68 -> 156 bytes). Three consumers (d = 64, a producer
+  // of 32) have them in an instance of their own for paged calls (kPagedCall, below): in
+  // the shared one the bands took 13-15 % off pages of 16 but cost a packed batch, which
+  // never reads a page, 4.8 %, and still 2-5 % with the producer's paged and unpaged
+  // loops apart (PERF.md, "next-call-2 measured", "the paged instance").
+  template <bool kDropout, bool kPagedCall = false>
   static constexpr bool kPageBands =
-      kConsumers == 1 || (!kDropout && kConsumers == 2 && D > 64);
-  template <class Variant, class T, bool kGeneral, bool kDropout>
+      kConsumers == 1 || (!kDropout && (kConsumers == 2 ? D > 64 : kPagedCall));
+  // whether a paged call runs an instance of its own (the kernel's kPagedCall): where the
+  // bands are left out of the shared instance for the other calls' sake only
+  template <bool kDropout>
+  static constexpr bool kPagedInstance = kPageBands<kDropout, true> && !kPageBands<kDropout>;
+  template <class Variant, class T, bool kGeneral, bool kDropout, bool kPagedCall = false>
   using Stream = KvStream<Variant, T, D, Dv, BM, BN, 128, kGeneral, SwizzledRows,
-                          kPageBands<kDropout>, kConsumers == 1 ? 0 : 4>;
+                          kPageBands<kDropout, kPagedCall>, kConsumers == 1 ? 0 : 4>;
   // Persistent: QSlots Q buffers per consumer, which the producer fills by TMA (two where
   // shared memory holds them, at d = 64 and 128: the next unit's Q lands under this one;
   // else one, refilled as soon as its consumer's last Q K^T of a unit is done)
@@ -363,13 +369,17 @@ constexpr int kFirstTile = 0, kNextTile = 1, kCarriedTile = 2;
 // Template arguments as forward_kernel_sm90's, with Stages (K/V stages) and Consumers
 // (of 64 rows each) instead of BM, and kPersistent (a padded batch only): one CTA per SM,
 // running units until the tickets run out, QSlots Q buffers per consumer (see below).
+// kPagedCall: the general instance that runs only calls whose K/V is a paged cache
+// (Tiles::kPagedInstance), with page bands the shared one leaves out.
 template <class V, class T, int D, int Dv, int BN, int Stages, int Consumers, bool kPersistent,
-          int QSlots, bool OStage, bool kDropout, bool kExactP, bool kGeneral>
+          int QSlots, bool OStage, bool kDropout, bool kExactP, bool kGeneral,
+          bool kPagedCall = false>
 __global__ void __launch_bounds__(ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers>::kThreads, 1)
 forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
                        const __grid_constant__ KvTensorMaps maps) {
   using Tiles = ForwardTilesSm90Ws<D, Dv, BN, Stages, Consumers, kPersistent, QSlots, OStage>;
   static_assert(!(kPersistent && kGeneral), "the general instance runs the grid");
+  static_assert(kGeneral || !kPagedCall, "a paged cache is read by the general instance");
   // split-KV: the combine kernel, launched as this one's dependent, may take its place on
   // the SMs as soon as every CTA is here (launch.cuh); it waits for this grid's end to read
   if constexpr (kGeneral) allow_dependent_launch();
@@ -379,7 +389,7 @@ forward_kernel_sm90_ws(const ForwardArgs<T> a, const typename V::Params p,
   constexpr bool kTma = !kGeneral;
   constexpr int BM = Tiles::BM;
   using Cta = ForwardCta<T, kGeneral>;
-  using Stream = typename Tiles::template Stream<V, T, kGeneral, kDropout>;
+  using Stream = typename Tiles::template Stream<V, T, kGeneral, kDropout, kPagedCall>;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   unsigned char* smem = smem_raw + ((1024 - (smem_address(smem_raw) & 1023)) & 1023);
   T* sQ0 = reinterpret_cast<T*>(smem);                   // [kQSlots][kConsumers]

@@ -157,6 +157,11 @@ _SERIAL_ALLOWED = re.compile(
     r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 3, \w+, \d+, \w+, \w+, true, ")
 
 
+# the decoding instance: one consumer (same template arguments)
+_ONE_CONSUMER = re.compile(
+    r"forward_kernel_sm90_ws<[^<>]*<[^<>]*>, [^,]+, \d+, \d+, \d+, \d+, 1, ")
+
+
 def _assert_not_serialised(kernel: str, report: dict) -> None:
     assert report["wgmma_serialized"] is None or _SERIAL_ALLOWED.search(kernel), \
         f"{kernel}: ptxas serialised its wgmmas: {report}"
@@ -293,25 +298,30 @@ def test_wide_key_tiles_compile(name, d, tile):
 
 @pytest.mark.nvcc
 @pytest.mark.parametrize("spec_name", ["dense", "sliding_window"])
-@pytest.mark.parametrize("persistent", [False, True], ids=["grid", "persistent"])
-def test_timeline_patch_compiles(persistent, spec_name):
+@pytest.mark.parametrize("mode", ["grid", "persistent", "decode"])
+def test_timeline_patch_compiles(mode, spec_name):
     """tests/gpu/timeline.py's stamps still find their places in the warp-specialised
-    forward (the grid's kernel, and the persistent one with the copy's launch.py) and the
+    forward (the grid's kernel, the persistent one with the copy's launch.py, and with
+    --decode the general instance's producer and consumer, the decoding instance's
+    spills checked) and the
     patched kernel compiles spilling no more than the kernel it measures: the tool that
     split the forward's fixed cost per unit (PERF.md, issue 8's seventeenth and
     twenty-first steps) does not rot, nor perturb what it measures (a stamp index kept
     live in the producer had doubled the sliding window's producer spills)."""
     from flashgen.build.cache import ptxas_report
     from flashgen.render.kernels import render_module
-    from tests.gpu.timeline import (EDITS, KERNEL, LAUNCH, LAUNCH_EDITS, PERSISTENT_EDITS,
-                                    PRODUCER_EDITS, patch)
+    from tests.gpu.timeline import (DECODE_EDITS, EDITS, KERNEL, LAUNCH, LAUNCH_DECODE_EDITS,
+                                    LAUNCH_EDITS, PERSISTENT_EDITS, PRODUCER_EDITS, patch)
+    persistent = mode == "persistent"
     spec = flashgen.load(spec_name)
     sources = render_module(spec, f"flashgen/specs/{spec_name}.attn", "bf16", 128, arch="sm_90a")
     header = KERNEL.removeprefix("templates/")
     sources = {f: t for f, t in sources.items() if not f.startswith("backward")}
-    patched = {**sources, header: patch(sources[header], PERSISTENT_EDITS if persistent else EDITS)}
-    if persistent:
-        assert "LAST_TICKETS" in patch((ROOT / LAUNCH).read_text(), LAUNCH_EDITS, LAUNCH)
+    edits = {"grid": EDITS, "persistent": PERSISTENT_EDITS, "decode": DECODE_EDITS}[mode]
+    patched = {**sources, header: patch(sources[header], edits)}
+    if mode != "grid":
+        launch_edits = LAUNCH_EDITS if persistent else LAUNCH_DECODE_EDITS
+        assert "LAST_TICKETS" in patch((ROOT / LAUNCH).read_text(), launch_edits, LAUNCH)
     assert "fg_now()" in patched[header]
 
     def spills(sources):
@@ -320,7 +330,10 @@ def test_timeline_patch_compiles(persistent, spec_name):
         return {k: (r["spill_stores"], r["spill_loads"]) for k, r in report.items()}
     before, after = spills(sources), spills(patched)
     assert before.keys() == after.keys()
+    assert mode != "decode" or any(_ONE_CONSUMER.search(k) for k in after)
     for kernel, (stores, loads) in after.items():
+        if mode == "decode" and not _ONE_CONSUMER.search(kernel):
+            continue  # the producer's stamps are in every instance; one consumer's measured
         assert stores <= before[kernel][0] and loads <= before[kernel][1], \
             f"{kernel} spills {stores} / {loads} bytes with the stamps, {before[kernel]} without"
     if persistent:  # --producer's stamps: they perturb the producer (timeline.py), compile

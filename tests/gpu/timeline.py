@@ -187,6 +187,55 @@ PRODUCER_EDITS = [
      "        a.tickets[1 + card.unit * Tiles::kConsumers * kTlWords + 19] = int(fg_now());\n"
      "        load_unit(Cta(a, BM, card.m_block"),
 ]
+# --decode: the general instance's grid CTA in a decoding step (B = 1, one query row,
+# split-KV, one consumer: forward.cu.j2's decoding instance), its producer's side too. The
+# stamps go after the tickets int, DECODE_WORDS per CTA (blockIdx's linear index), which
+# the copy's launch.py allocates for every call (a zeroing kernel before each forward
+# that the real call does not have). Words: 0 the CTA starts (thread 0), 1 the producer
+# has the CTA's tile row (the mask's key range), 2 it has issued the first K tile's
+# copies, 3 its last tile's, 4 its copies have landed; 5 the consumer starts (thread
+# 128), 6 its Q rows are in, 7 the first K tile is in, 8 the first step ends (Q K^T,
+# softmax), 9 the last P V is done, 10 the partial O is stored; 11 the SM, 12 the tiles.
+DECODE_WORDS = 13
+DECODE_MACRO = f'''
+constexpr int kDtlWords = {DECODE_WORDS};  // timeline.py's DECODE_WORDS
+''' + '''
+#define FG_DTL(e, t)                                                                         \\
+  do {                                                                                       \\
+    if (a.tickets != nullptr)                                                                \\
+      a.tickets[1 + (blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z)) *      \\
+                        kDtlWords + (e)] = int(t);                                           \\
+  } while (0)
+'''
+DECODE_EDITS = [
+    ("namespace fg {\n", "namespace fg {\n" + STAMPS + DECODE_MACRO),
+    ("  if constexpr (kGeneral) allow_dependent_launch();\n",
+     "  if (threadIdx.x == 0) FG_DTL(0, fg_now());\n  if constexpr (kGeneral) allow_dependent_launch();\n"),
+    ("    grid_row = grid_cta.template tiles<V, BM, BN>(a, p, grid_cta.shape(a));\n  }\n",
+     "    grid_row = grid_cta.template tiles<V, BM, BN>(a, p, grid_cta.shape(a));\n  }\n"
+     "  if (threadIdx.x == 0) FG_DTL(1, fg_now());\n"),
+    ("          mbarrier_arrive_on_copies(full);\n",
+     "          mbarrier_arrive_on_copies(full);\n          if (threadIdx.x == 0) {\n"
+     "            if (kLoadK && tile == 0) FG_DTL(2, fg_now());\n            FG_DTL(3, fg_now());\n"
+     "          }\n"),
+    ("      cp_async_wait<0>();  // no copy outlives the thread that issued it\n",
+     "      cp_async_wait<0>();  // no copy outlives the thread that issued it\n"
+     "      if (threadIdx.x == 0) FG_DTL(4, fg_now());\n"),
+    ("  const int consumer = warpgroup - 1;\n",
+     "  const int consumer = warpgroup - 1;\n  if (threadIdx.x == 128) FG_DTL(5, fg_now());\n"),
+    ("      bar_sync(kQBarrier + consumer, 128);\n    }\n",
+     "      bar_sync(kQBarrier + consumer, 128);\n    }\n    if (threadIdx.x == 128) FG_DTL(6, fg_now());\n"),
+    ("    walk.advance();\n    mbarrier_wait(&full_k[stage], round & 1);\n",
+     "    walk.advance();\n    mbarrier_wait(&full_k[stage], round & 1);\n"
+     "    if (kKind == kFirstTile && threadIdx.x == 128) FG_DTL(7, fg_now());\n"),
+    ("    pending = stage;\n    ++i;\n  };",
+     "    pending = stage;\n    ++i;\n    if (kKind == kFirstTile && threadIdx.x == 128) FG_DTL(8, fg_now());\n  };"),
+    ("      last_pv();\n    }\n    // through Q's buffer",
+     "      last_pv();\n    }\n    if (threadIdx.x == 128) FG_DTL(9, fg_now());\n    // through Q's buffer"),
+    ("        kQBarrier + consumer);\n  } else {",
+     "        kQBarrier + consumer);\n    if (threadIdx.x == 128) {\n      FG_DTL(10, fg_now());\n"
+     "      FG_DTL(11, fg_smid());\n      FG_DTL(12, i);\n    }\n  } else {"),
+]
 LAUNCH = "flashgen/runtime/launch.py"
 # the copy's launch.py: room for the stamps after the tickets int, kept for measure()
 LAUNCH_EDITS = [
@@ -195,6 +244,14 @@ LAUNCH_EDITS = [
     ("    ints.append(0 if tickets is None else tickets.data_ptr())",
      "    ints.append(0 if tickets is None else tickets.data_ptr())\n"
      "    globals()['LAST_TICKETS'] = tickets"),
+]
+
+# --decode: room for every call's stamps (a general call has no tickets of its own)
+LAUNCH_DECODE_EDITS = [
+    ("    ints.append(0 if tickets is None else tickets.data_ptr())",
+     f"    tickets = torch.zeros(1 + {DECODE_WORDS} * (1 << 16), dtype=torch.int32, device=q.device)\n"
+     "    globals()['LAST_TICKETS'] = tickets\n"
+     "    ints.append(0 if tickets is None else tickets.data_ptr())"),
 ]
 
 
@@ -208,17 +265,48 @@ def patch(source: str, edits=EDITS, path: str = KERNEL) -> str:
     return source
 
 
-def copy_tree(dst: pathlib.Path, persistent: bool, producer: bool = False) -> None:
+def copy_tree(dst: pathlib.Path, persistent: bool, producer: bool = False,
+              decode: bool = False) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     for part in ("flashgen", "templates", "grammar"):
         shutil.copytree(ROOT / part, dst / part,
                         ignore=shutil.ignore_patterns("__pycache__", "results"))
     kernel = dst / KERNEL
-    edits = PERSISTENT_EDITS + (PRODUCER_EDITS if producer else []) if persistent else EDITS
+    edits = (DECODE_EDITS if decode else
+             PERSISTENT_EDITS + (PRODUCER_EDITS if producer else []) if persistent else EDITS)
     kernel.write_text(patch(kernel.read_text(), edits))
-    if persistent:
+    if persistent or decode:
         launch = dst / LAUNCH
-        launch.write_text(patch(launch.read_text(), LAUNCH_EDITS, LAUNCH))
+        launch.write_text(patch(launch.read_text(),
+                                LAUNCH_DECODE_EDITS if decode else LAUNCH_EDITS, LAUNCH))
+
+
+def decode_row(spec: str, nk: int, d: int, calls: int = 30) -> str:
+    """One decoding step's CTAs (B = 1, H = 16, one query row, nk keys; runs in the
+    patched copy): each event's median and last CTA after the first CTA's start, in us,
+    from the last of `calls` back-to-back steps."""
+    import numpy as np
+    import torch
+    import flashgen
+    from flashgen.runtime import launch
+
+    H = 16
+    op = flashgen.compile(spec)
+    q = torch.randn(1, H, 1, d, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, H, nk, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    with torch.no_grad():
+        for _ in range(calls):
+            op(q, k, v)
+        torch.cuda.synchronize()
+    words = launch.LAST_TICKETS[1:].view(-1, DECODE_WORDS).cpu().numpy().astype(np.int64)
+    words = words[words[:, 12] > 0]  # the grid's CTAs (stamped, with a tile)
+    t = (words[:, :11] - words[:, 0].min()) & 0xFFFFFFFF  # ns from the first CTA's start
+    names = ["start", "row", "K0 issued", "last issued", "landed", "consumer", "Q in",
+             "K0 in", "step 1", "last PV", "stored"]
+    cells = " ".join(f"{n} {np.median(t[:, e]) / 1000:.2f}/{t[:, e].max() / 1000:.2f}"
+                     for e, n in enumerate(names))
+    return (f"{spec:8s} B=1 Nk={nk:6d} d={d} CTAs {len(words)} on {len(np.unique(words[:, 11]))} "
+            f"SMs, tiles {np.median(words[:, 12]):.0f} | median/last us: {cells}")
 
 
 def measure(spec: str, family: str, N: int, d: int) -> str:
@@ -346,19 +434,23 @@ def main() -> None:
     parser.add_argument("--copy", default="/tmp/flashgen_timeline_tree")
     parser.add_argument("--producer", action="store_true",
                         help="the persistent kernel's producer stamps too (PRODUCER_EDITS)")
+    parser.add_argument("--decode", action="store_true",
+                        help="a B = 1 decoding step's CTAs (DECODE_EDITS); --sizes are its keys")
     parser.add_argument("--measure", nargs=4, metavar=("SPEC", "FAMILY", "N", "D"),
                         help=argparse.SUPPRESS)  # the child process, inside the copy
     args = parser.parse_args()
     if args.measure:
         spec, family, N, d = args.measure
-        print(measure(spec, family, int(N), int(d)), flush=True)
+        print(decode_row(spec, int(N), int(d)) if family == "decode"
+              else measure(spec, family, int(N), int(d)), flush=True)
         return
-    families = args.families.split(",")
+    families = ["decode"] if args.decode else args.families.split(",")
     envs = {}
     for persistent in sorted({f == PERSISTENT for f in families}):
         copy = pathlib.Path(args.copy + ("_persistent" if persistent else "")
-                            + ("_producer" if persistent and args.producer else ""))
-        copy_tree(copy, persistent, args.producer)
+                            + ("_producer" if persistent and args.producer else "")
+                            + ("_decode" if args.decode else ""))
+        copy_tree(copy, persistent, args.producer, args.decode)
         # the cache beside the copy, not in it: a run after prebuilding into it keeps it
         env = dict(os.environ, FLASHGEN_CACHE_DIR=f"{copy}_cache",
                    PYTHONPATH=os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]))
