@@ -215,8 +215,11 @@ def test_every_shipped_kernel_compiles(name, arch):
     # (ForwardPlan.decode_rows)
     forwards = [plan_for(spec, d, arch=arch).forward for d in spec.head_dims]
     decode_units = 2 * sum(bool(f.producer and f.decode_rows) for f in forwards) * len(spec.dtypes)
+    # and at three consumers a paged call's instance, with the page bands the shared one
+    # leaves out (forward_sm90_ws.cuh Tiles::kPagedInstance; not with dropout)
+    paged_units = sum(bool(f.producer and f.consumers == 3) for f in forwards) * len(spec.dtypes)
     # the forward also with and without the packed-batch / split-KV work (kGeneral)
-    assert kernels == {"forward_kernel": 2 * configs * param_grads + decode_units,
+    assert kernels == {"forward_kernel": 2 * configs * param_grads + decode_units + paged_units,
                        "backward_kernel": backward,
                        "dq_convert_kernel": units + split_units, "dq_kernel": configs, "delta_kernel": units,
                        "combine_kernel": units,           # split-KV's merge, one per unit
