@@ -195,8 +195,10 @@ PRODUCER_EDITS = [
 # has the CTA's tile row (the mask's key range), 2 it has issued the first K tile's
 # copies, 3 its last tile's, 4 its copies have landed; 5 the consumer starts (thread
 # 128), 6 its Q rows are in, 7 the first K tile is in, 8 the first step ends (Q K^T,
-# softmax), 9 the last P V is done, 10 the partial O is stored; 11 the SM, 12 the tiles.
-DECODE_WORDS = 13
+# softmax), 9 the last P V is done, 10 the partial O is stored; 11 the SM, 12 the tiles;
+# between 1 and 2, the producer's 13 it has the Cta and the sequence's shape (load_unit),
+# 14 the Stream and the walk's first tile, 15 the first stage's empty wait is over.
+DECODE_WORDS = 16
 DECODE_MACRO = f'''
 constexpr int kDtlWords = {DECODE_WORDS};  // timeline.py's DECODE_WORDS
 ''' + '''
@@ -218,6 +220,16 @@ DECODE_EDITS = [
      "          mbarrier_arrive_on_copies(full);\n          if (threadIdx.x == 0) {\n"
      "            if (kLoadK && tile == 0) FG_DTL(2, fg_now());\n            FG_DTL(3, fg_now());\n"
      "          }\n"),
+    ("      if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows\n"
+     "      const Stream kv{",
+     "      if (kGeneral && cta.q0 >= n.q_len) return;  // varlen: past a shorter sequence's rows\n"
+     "      if (threadIdx.x == 0) FG_DTL(13, fg_now());\n      const Stream kv{"),
+    ("      auto walk = kv.walk();\n      if (walk.done()) after_first();\n",
+     "      auto walk = kv.walk();\n      if (threadIdx.x == 0) FG_DTL(14, fg_now());\n"
+     "      if (walk.done()) after_first();\n"),
+    ("        mbarrier_wait<true>((kLoadK ? empty_k : empty_v) + stage, (round & 1) ^ 1);\n",
+     "        mbarrier_wait<true>((kLoadK ? empty_k : empty_v) + stage, (round & 1) ^ 1);\n"
+     "        if (threadIdx.x == 0 && kLoadK && tile == 0) FG_DTL(15, fg_now());\n"),
     ("      cp_async_wait<0>();  // no copy outlives the thread that issued it\n",
      "      cp_async_wait<0>();  // no copy outlives the thread that issued it\n"
      "      if (threadIdx.x == 0) FG_DTL(4, fg_now());\n"),
@@ -300,11 +312,12 @@ def decode_row(spec: str, nk: int, d: int, calls: int = 30) -> str:
         torch.cuda.synchronize()
     words = launch.LAST_TICKETS[1:].view(-1, DECODE_WORDS).cpu().numpy().astype(np.int64)
     words = words[words[:, 12] > 0]  # the grid's CTAs (stamped, with a tile)
-    t = (words[:, :11] - words[:, 0].min()) & 0xFFFFFFFF  # ns from the first CTA's start
-    names = ["start", "row", "K0 issued", "last issued", "landed", "consumer", "Q in",
-             "K0 in", "step 1", "last PV", "stored"]
+    t = (words - words[:, 0].min()) & 0xFFFFFFFF  # ns from the first CTA's start
+    names = {0: "start", 1: "row", 13: "cta", 14: "walk", 15: "stage", 2: "K0 issued",
+             3: "last issued", 4: "landed", 5: "consumer", 6: "Q in", 7: "K0 in", 8: "step 1",
+             9: "last PV", 10: "stored"}
     cells = " ".join(f"{n} {np.median(t[:, e]) / 1000:.2f}/{t[:, e].max() / 1000:.2f}"
-                     for e, n in enumerate(names))
+                     for e, n in names.items())
     return (f"{spec:8s} B=1 Nk={nk:6d} d={d} CTAs {len(words)} on {len(np.unique(words[:, 11]))} "
             f"SMs, tiles {np.median(words[:, 12]):.0f} | median/last us: {cells}")
 
