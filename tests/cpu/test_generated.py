@@ -332,7 +332,8 @@ def test_timeline_patch_compiles(mode, spec_name):
     from flashgen.build.cache import ptxas_report
     from flashgen.render.kernels import render_module
     from tests.gpu.timeline import (DECODE_EDITS, EDITS, KERNEL, LAUNCH, LAUNCH_DECODE_EDITS,
-                                    LAUNCH_EDITS, PERSISTENT_EDITS, PRODUCER_EDITS, patch)
+                                    LAUNCH_EDITS, PERSISTENT_EDITS, PRODUCER_EDITS, STORE_EDITS,
+                                    patch)
     persistent = mode == "persistent"
     spec = flashgen.load(spec_name)
     sources = render_module(spec, f"flashgen/specs/{spec_name}.attn", "bf16", 128, arch="sm_90a")
@@ -362,6 +363,11 @@ def test_timeline_patch_compiles(mode, spec_name):
                                                   PERSISTENT_EDITS + PRODUCER_EDITS)}
         for kernel, (stores, loads) in spills(with_producer).items():
             assert stores <= SPILL_BYTES and loads <= SPILL_BYTES, f"{kernel}: {stores} / {loads}"
+        # --store's: the O store's clock() reads, in the consumers
+        with_store = {**sources, header: patch(sources[header], PERSISTENT_EDITS + STORE_EDITS)}
+        for kernel, (stores, loads) in spills(with_store).items():
+            assert stores <= before[kernel][0] and loads <= before[kernel][1], \
+                f"{kernel} spills {stores} / {loads} bytes with --store, {before[kernel]} without"
 
 
 def _tiles_types(plan) -> tuple[str, str]:

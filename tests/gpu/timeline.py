@@ -4,7 +4,7 @@ steps).
 
     PYTHONPATH=$PWD python tests/gpu/timeline.py [--specs dense,causal] [--sizes 2048,8192]
         [--head-dim 128] [--families wgmma_ws,wgmma_ws_persistent] [--copy /tmp/timeline_tree]
-        [--producer]
+        [--producer | --store]
 
 It copies the tree (flashgen, templates, grammar) to --copy (+ "_persistent" for the
 persistent kernel), patches the copy's kernel (`patch`) and runs the measurement there in
@@ -187,6 +187,36 @@ PRODUCER_EDITS = [
      "        a.tickets[1 + card.unit * Tiles::kConsumers * kTlWords + 19] = int(fg_now());\n"
      "        load_unit(Cta(a, BM, card.m_block"),
 ]
+# --store: the persistent kernel's O store (store_output_tma) split into its pieces, in SM
+# cycles (clock(): one SM's counter, exact within the function, where the global timer
+# ticks in ~0.25 us). Thread 0 of a consumer writes STORE_WORDS words per (batch, head, 64
+# rows) from STORE_BASE (the stamp buffer's second half): 0 the row scales and lse stores,
+# 1 the wait for the stage's last TMA store to have read it, 2 the first barrier, 3 the
+# stmatrix writes, 4 the proxy fence, 5 the second barrier, 6 the TMA store's issue, 7 one.
+STORE_BASE = 1 + TL_WORDS * 4 * (1 << 15)
+STORE_WORDS = 8
+STORE_PIECES = ("scales+lse", "wait_read", "bar1", "stmatrix", "fence", "bar2", "tma_issue")
+STORE_EDITS = [
+    ("  const int warp_row = 16 * (tid >> 5);  // the warp's first row of the 64\n",
+     "  const int warp_row = 16 * (tid >> 5);  // the warp's first row of the 64\n"
+     "  const uint32_t st0 = clock();\n"),
+    ("  if (tid == 0) bulk_wait_read<0>();  // the stage's last store has read it (a unit ago)\n"
+     "  bar_sync(barrier, 128);\n",
+     "  const uint32_t st1 = clock();\n"
+     "  if (tid == 0) bulk_wait_read<0>();  // the stage's last store has read it (a unit ago)\n"
+     "  const uint32_t st2 = clock();\n  bar_sync(barrier, 128);\n  const uint32_t st3 = clock();\n"),
+    ("  fence_proxy_async();  // the stage was written by the generic proxy; the TMA reads async\n"
+     "  bar_sync(barrier, 128);\n",
+     "  const uint32_t st4 = clock();\n"
+     "  fence_proxy_async();  // the stage was written by the generic proxy; the TMA reads async\n"
+     "  const uint32_t st5 = clock();\n  bar_sync(barrier, 128);\n  const uint32_t st6 = clock();\n"),
+    ("    tma_store_tile<64, Dv>(stage, map, rows0, h, b);\n    bulk_commit();\n",
+     "    tma_store_tile<64, Dv>(stage, map, rows0, h, b);\n    bulk_commit();\n"
+     "    const uint32_t st7 = clock();\n"
+     f"    int* w = a.tickets + {STORE_BASE} + ((int64_t(b) * n.heads + h) * n.q_len + rows0) / 64 * {STORE_WORDS};\n"
+     "    w[0] = st1 - st0, w[1] = st2 - st1, w[2] = st3 - st2, w[3] = st4 - st3;\n"
+     "    w[4] = st5 - st4, w[5] = st6 - st5, w[6] = st7 - st6, w[7] = 1;\n"),
+]
 # --decode: the general instance's grid CTA in a decoding step (B = 1, one query row,
 # split-KV, one consumer: forward.cu.j2's decoding instance), its producer's side too. The
 # stamps go after the tickets int, DECODE_WORDS per CTA (blockIdx's linear index), which
@@ -278,14 +308,15 @@ def patch(source: str, edits=EDITS, path: str = KERNEL) -> str:
 
 
 def copy_tree(dst: pathlib.Path, persistent: bool, producer: bool = False,
-              decode: bool = False) -> None:
+              decode: bool = False, store: bool = False) -> None:
     shutil.rmtree(dst, ignore_errors=True)
     for part in ("flashgen", "templates", "grammar"):
         shutil.copytree(ROOT / part, dst / part,
                         ignore=shutil.ignore_patterns("__pycache__", "results"))
     kernel = dst / KERNEL
     edits = (DECODE_EDITS if decode else
-             PERSISTENT_EDITS + (PRODUCER_EDITS if producer else []) if persistent else EDITS)
+             PERSISTENT_EDITS + (PRODUCER_EDITS if producer else [])
+             + (STORE_EDITS if store else []) if persistent else EDITS)
     kernel.write_text(patch(kernel.read_text(), edits))
     if persistent or decode:
         launch = dst / LAUNCH
@@ -421,6 +452,11 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
                 f"flight {mean(since(p[:, 2], p[:, 17])):.2f} "
                 f"(waited: {mean(since(p[:, 2], p[:, 17]), waited):.2f} in {int(waited.sum())} "
                 f"of {len(waited)} units) Qslot {mean(since(p[:, 18], p[:, 17])):.2f}") if stamped else ""
+    st = tickets[STORE_BASE:].view(-1, STORE_WORDS)
+    st = st[st[:, 7] == 1].cpu().numpy().astype(np.int64)
+    store = (" | store cycles (mean over {} stores): ".format(len(st)) + " ".join(
+        f"{name} {st[:, k].mean():.0f}" for k, name in enumerate(STORE_PIECES))
+        + f" all {st[:, :7].sum(1).mean():.0f}") if len(st) else ""
     return (f"{spec:8s} N={N:5d} {family:20s} span {span:7.1f} busy {busy:7.1f} | "
             f"tiles {np.mean(tiles[:, c]):4.1f} unit {mean(unit[:, c]):5.2f} / {mean(unit[:, -1]):5.2f} "
             f"Q {mean(t[:, c, 1] - t[:, c, 0]):.2f} K {mean(t[:, c, 2] - t[:, c, 1]):.2f} "
@@ -433,7 +469,7 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
             f"firstS {mean(t[:, c, 6] - t[:, c, 3]):.2f} soft {mean(t[:, c, 7] - t[:, c, 6]):.2f} "
             f"tile {rest[c] / 1000:.2f} beyond {mean(unit[:, c] - tiles[:, c] * rest[c]):.2f} | per tile: K {mean(words[:, c, 12] / tiles[:, c]):.2f} "
             f"turn {mean(words[:, c, 13] / tiles[:, c]):.2f} QK {mean(words[:, c, 14] / tiles[:, c]):.2f}"
-            + producer)
+            + producer + store)
 
 
 def main() -> None:
@@ -447,6 +483,8 @@ def main() -> None:
     parser.add_argument("--copy", default="/tmp/flashgen_timeline_tree")
     parser.add_argument("--producer", action="store_true",
                         help="the persistent kernel's producer stamps too (PRODUCER_EDITS)")
+    parser.add_argument("--store", action="store_true",
+                        help="the persistent kernel's O store split into its pieces (STORE_EDITS)")
     parser.add_argument("--decode", action="store_true",
                         help="a B = 1 decoding step's CTAs (DECODE_EDITS); --sizes are its keys")
     parser.add_argument("--measure", nargs=4, metavar=("SPEC", "FAMILY", "N", "D"),
@@ -462,8 +500,9 @@ def main() -> None:
     for persistent in sorted({f == PERSISTENT for f in families}):
         copy = pathlib.Path(args.copy + ("_persistent" if persistent else "")
                             + ("_producer" if persistent and args.producer else "")
+                            + ("_store" if persistent and args.store else "")
                             + ("_decode" if args.decode else ""))
-        copy_tree(copy, persistent, args.producer, args.decode)
+        copy_tree(copy, persistent, args.producer, args.decode, args.store)
         # the cache beside the copy, not in it: a run after prebuilding into it keeps it
         env = dict(os.environ, FLASHGEN_CACHE_DIR=f"{copy}_cache",
                    PYTHONPATH=os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]))
