@@ -409,7 +409,8 @@ def persistent_row(spec: str, family: str, N: int, forward, tickets) -> str:
 
     consumers = forward.block_m // 64
     per_unit = consumers * TL_WORDS
-    words = tickets[1:1 + (tickets.numel() - 1) // per_unit * per_unit]
+    # the units' words end where --store's begin (whose entries would read as units)
+    words = tickets[1:1 + (STORE_BASE - 1) // per_unit * per_unit]
     words = words.view(-1, consumers, TL_WORDS).cpu().numpy().astype(np.int64)
     words = words[words[:, 0, 9] > 0]  # units with a tile, stamped
     ev = words[..., :9]
