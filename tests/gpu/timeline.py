@@ -4,7 +4,7 @@ steps).
 
     PYTHONPATH=$PWD python tests/gpu/timeline.py [--specs dense,causal] [--sizes 2048,8192]
         [--head-dim 128] [--families wgmma_ws,wgmma_ws_persistent] [--copy /tmp/timeline_tree]
-        [--producer | --store]
+        [--producer] [--store]
 
 It copies the tree (flashgen, templates, grammar) to --copy (+ "_persistent" for the
 persistent kernel), patches the copy's kernel (`patch`) and runs the measurement there in
