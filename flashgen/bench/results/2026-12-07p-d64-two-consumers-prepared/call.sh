@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepared 2026-12-07, not run (no device time left): two consumers (128-row units, the output
 # stage) against main's three (192-row units) in the d = 64 forward, cuDNN beside. The profile
-# (2026-12-07n) has ours doing 11 % more tensor work and 14 % more exponentials than cuDNN at causal
+# (2026-12-07n) has ours doing 11 % more tensor work and 14 % more busy cycles on the XU pipe (the MUFU exponentials and other special functions) than cuDNN at causal
 # N = 2048, all of it from 192-row units on the diagonal, at the same ~45 % pipe use. From a
 # checkout of main, carry [".whl"] (the lark wheel). ~400 s.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 FLASHGEN_CACHE_DIR=/tmp/fgcache || exit
