@@ -15,10 +15,10 @@ FAMILIES = [
     ("exp (MUFU)", r"^MUFU"),
     ("fp32 math", r"^(FFMA|FMUL|FADD|FMNMX|FSEL|FSETP|FCHK|FRND)"),
     ("packed conv", r"^(F2FP|F2F|I2F|F2I)"),
-    ("uniform", r"^U"),
+    ("uniform", r"^U"),   # TMA's issue (UTMALDG, UBLKCP) included: uniform-datapath ops
     ("branch / sync", r"^(BRA|BSSY|BSYNC|WARPSYNC|BAR|EXIT|RET|CALL|YIELD|NANOSLEEP|ELECT|VOTE)"),
     ("mbarrier / sync mem", r"^(SYNCS|ARRIVES|MEMBAR|FENCE|DEPBAR|ERRBAR|CCTL)"),
-    ("shared / global mem", r"^(LDS|STS|LDG|STG|LDSM|STSM|LD|ST|ATOM|RED|UBLKCP|UTMA|LDC)"),
+    ("shared / global mem", r"^(LDS|STS|LDG|STG|LDSM|STSM|LD|ST|ATOM|RED|LDC)"),
     ("int / predicate", r"^(IMAD|IADD|LEA|ISETP|LOP|SHF|SEL|IMNMX|PLOP|P2R|R2P|PRMT|MOV|S2R|CS2R|S2UR|R2UR|IABS|BMSK|FLO|POPC|SGXT)"),
 ]
 
